@@ -1,0 +1,327 @@
+//! Configuration: command-line flags, `VOXD_*` environment variables and an optional TOML file,
+//! in that order of precedence, merged into one validated [`Config`].
+//!
+//! Two phases: clap collects raw values (flags, then environment) as `Option`s; [`Config::resolve`]
+//! fills what is still unset from the file, then from defaults, and checks the result. Every
+//! setting has the same name in all three places (`--asr-threads`, `VOXD_ASR_THREADS`,
+//! `[asr] threads`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::asr::AudioCtx;
+
+/// Errors in configuration; each names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("invalid {setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "VOXD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data folder: models are cached in `<home>/models` [default: $XDG_DATA_HOME/voxd].
+    #[arg(long, global = true, env = "VOXD_HOME")]
+    pub home: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, env = "VOXD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Speech-recognition settings.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AsrArgs {
+    /// Whisper model: a manifest name (whisper-tiny.en) or a path to a whisper.cpp ggml file.
+    #[arg(long, env = "VOXD_ASR_MODEL")]
+    pub asr_model: Option<String>,
+    /// Concurrent transcriptions [default: number of cores].
+    #[arg(long, env = "VOXD_ASR_POOL")]
+    pub asr_pool: Option<usize>,
+    /// CPU threads per transcription [default: 1].
+    #[arg(long, env = "VOXD_ASR_THREADS")]
+    pub asr_threads: Option<usize>,
+    /// Default language code [default: en].
+    #[arg(long, env = "VOXD_LANGUAGE")]
+    pub language: Option<String>,
+    /// Initial prompt that conditions the decoder (names, spelling).
+    #[arg(long, env = "VOXD_ASR_PROMPT")]
+    pub asr_prompt: Option<String>,
+    /// Beam width for decoding; 1 = greedy [default: 1].
+    #[arg(long, env = "VOXD_ASR_BEAM")]
+    pub asr_beam: Option<usize>,
+    /// Encoder window: auto (trim to the audio), full, or 1..1500 positions [default: auto].
+    #[arg(long, env = "VOXD_AUDIO_CTX")]
+    pub audio_ctx: Option<String>,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "VOXD_ADDR")]
+    pub addr: Option<String>,
+    /// Largest accepted upload in MiB [default: 25].
+    #[arg(long, env = "VOXD_MAX_UPLOAD_MB")]
+    pub max_upload_mb: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    home: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    server: FileServer,
+    #[serde(default)]
+    asr: FileAsr,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    addr: Option<String>,
+    max_upload_mb: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAsr {
+    model: Option<String>,
+    pool: Option<usize>,
+    threads: Option<usize>,
+    language: Option<String>,
+    prompt: Option<String>,
+    audio_ctx: Option<String>,
+    beam: Option<usize>,
+}
+
+/// Speech-recognition configuration.
+#[derive(Debug, Clone)]
+pub struct AsrConfig {
+    /// `None`: the manifest's default ASR model.
+    pub model: Option<String>,
+    pub pool: usize,
+    pub threads: usize,
+    pub language: String,
+    pub prompt: Option<String>,
+    pub audio_ctx: AudioCtx,
+    pub beam: usize,
+}
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    pub max_upload_bytes: usize,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub home: PathBuf,
+    pub log_format: LogFormat,
+    pub asr: AsrConfig,
+    pub server: ServerConfig,
+}
+
+/// The default data folder: `$XDG_DATA_HOME/voxd` (`~/.local/share/voxd`).
+pub fn default_home() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("voxd")
+}
+
+impl Config {
+    /// Merges flags/environment (`common`, `asr`, `server`) over the file named by
+    /// `common.config` over the defaults, and validates the result.
+    pub fn resolve(
+        common: &CommonArgs,
+        asr: &AsrArgs,
+        server: &ServerArgs,
+    ) -> Result<Self, ConfigError> {
+        let file = match &common.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+
+        let addr_text = server
+            .addr
+            .clone()
+            .or(file.server.addr)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let addr = addr_text.parse().map_err(|e| ConfigError::Invalid {
+            setting: "addr",
+            message: format!("`{addr_text}`: {e}"),
+        })?;
+        let max_upload_mb = server
+            .max_upload_mb
+            .or(file.server.max_upload_mb)
+            .unwrap_or(25);
+        if max_upload_mb == 0 || max_upload_mb > 4096 {
+            return Err(ConfigError::Invalid {
+                setting: "max_upload_mb",
+                message: format!("{max_upload_mb} is outside 1..=4096"),
+            });
+        }
+
+        let pool = asr.asr_pool.or(file.asr.pool).unwrap_or(cores);
+        let threads = asr.asr_threads.or(file.asr.threads).unwrap_or(1);
+        let beam = asr.asr_beam.or(file.asr.beam).unwrap_or(1);
+        for (setting, v) in [
+            ("asr_pool", pool),
+            ("asr_threads", threads),
+            ("asr_beam", beam),
+        ] {
+            if !(1..=256).contains(&v) {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    message: format!("{v} is outside 1..=256"),
+                });
+            }
+        }
+        let audio_ctx_text = asr
+            .audio_ctx
+            .clone()
+            .or(file.asr.audio_ctx)
+            .unwrap_or_else(|| "auto".into());
+        let audio_ctx = audio_ctx_text
+            .parse()
+            .map_err(|message| ConfigError::Invalid {
+                setting: "audio_ctx",
+                message,
+            })?;
+        let language = asr
+            .language
+            .clone()
+            .or(file.asr.language)
+            .unwrap_or_else(|| "en".into());
+        if language.is_empty()
+            || language.len() > 8
+            || !language.chars().all(|c| c.is_ascii_alphabetic())
+        {
+            return Err(ConfigError::Invalid {
+                setting: "language",
+                message: format!("`{language}` is not a language code such as en"),
+            });
+        }
+
+        Ok(Config {
+            home: common
+                .home
+                .clone()
+                .or(file.home)
+                .unwrap_or_else(default_home),
+            log_format: common.log_format.or(file.log_format).unwrap_or_default(),
+            asr: AsrConfig {
+                model: asr.asr_model.clone().or(file.asr.model),
+                pool,
+                threads,
+                language,
+                prompt: asr.asr_prompt.clone().or(file.asr.prompt),
+                audio_ctx,
+                beam,
+            },
+            server: ServerConfig {
+                addr,
+                max_upload_bytes: (max_upload_mb * 1024 * 1024) as usize,
+            },
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("voxd.toml");
+        std::fs::write(
+            &file,
+            "home = \"/data/voxd\"\n[server]\naddr = \"0.0.0.0:9000\"\nmax_upload_mb = 5\n[asr]\nthreads = 3\nlanguage = \"de\"\n",
+        )
+        .unwrap();
+        let common = CommonArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let asr = AsrArgs {
+            asr_threads: Some(2),
+            ..Default::default()
+        };
+        let cfg = Config::resolve(&common, &asr, &ServerArgs::default()).unwrap();
+        assert_eq!(cfg.asr.threads, 2, "flag wins over file");
+        assert_eq!(cfg.asr.language, "de", "file wins over default");
+        assert_eq!(cfg.server.addr.to_string(), "0.0.0.0:9000");
+        assert_eq!(cfg.server.max_upload_bytes, 5 * 1024 * 1024);
+        assert_eq!(cfg.home, PathBuf::from("/data/voxd"));
+        assert_eq!(cfg.asr.audio_ctx, AudioCtx::Auto, "default");
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("voxd.toml");
+        std::fs::write(&file, "[asr]\nthreds = 3\n").unwrap();
+        let common = CommonArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let err =
+            Config::resolve(&common, &AsrArgs::default(), &ServerArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("threds"), "{err}");
+
+        let server = ServerArgs {
+            addr: Some("localhost:http".into()),
+            ..Default::default()
+        };
+        let err =
+            Config::resolve(&CommonArgs::default(), &AsrArgs::default(), &server).unwrap_err();
+        assert!(err.to_string().contains("addr"), "{err}");
+        let asr = AsrArgs {
+            asr_pool: Some(0),
+            ..Default::default()
+        };
+        let err =
+            Config::resolve(&CommonArgs::default(), &asr, &ServerArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("asr_pool"), "{err}");
+    }
+}

@@ -1,0 +1,30 @@
+//! voxd: a self-hosted, real-time voice assistant server.
+//!
+//! A session is a pipeline of stages joined by bounded channels:
+//!
+//! ```text
+//! transport (HTTP / WebSocket) ─▶ audio (decode, resample to 16 kHz) ─▶ turn detection (VAD)
+//!     ─▶ ASR (whisper pool) ─▶ RAG (retrieve passages) ─▶ LLM ─▶ protocol events out
+//! ```
+//!
+//! Each stage is a module with a small interface, swappable behind a trait (local model or
+//! remote endpoint). Heavy model compute runs on dedicated worker threads, never on the async
+//! executor. The modules, in pipeline order:
+//!
+//! - [`models`]: fetch, verify, convert and cache the default models; resolve a user's own files.
+//! - [`audio`]: decode files and uploads, stream-resample any rate to 16 kHz.
+//! - [`asr`]: the speech recogniser trait and the embedded whisper.cpp worker pool.
+//! - [`server`]: the HTTP routes (health, readiness, OpenAI-compatible transcription).
+//! - [`config`]: flags, environment and TOML file merged into one validated configuration.
+//! - [`telemetry`]: logging setup.
+//! - [`wer`]: word error rate, for tests and benchmarks.
+
+#![forbid(unsafe_code)]
+
+pub mod asr;
+pub mod audio;
+pub mod config;
+pub mod models;
+pub mod server;
+pub mod telemetry;
+pub mod wer;

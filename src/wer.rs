@@ -1,0 +1,81 @@
+//! Word error rate, for comparing transcripts in tests and benchmarks.
+//!
+//! Transcripts are compared after normalising case and punctuation, never as raw strings:
+//! "And so, my fellow Americans" and "and so my fellow americans" are the same words.
+
+/// Lower-cases, turns punctuation into spaces (keeping apostrophes inside words, as in
+/// "don't") and splits into words.
+pub fn normalize(text: &str) -> Vec<String> {
+    let mut cleaned = String::with_capacity(text.len());
+    let chars: Vec<char> = text.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let inner_apostrophe = (c == '\'' || c == '’')
+            && i > 0
+            && chars[i - 1].is_alphanumeric()
+            && chars.get(i + 1).is_some_and(|n| n.is_alphanumeric());
+        if c.is_alphanumeric() {
+            cleaned.extend(c.to_lowercase());
+        } else if inner_apostrophe {
+            cleaned.push('\'');
+        } else {
+            cleaned.push(' ');
+        }
+    }
+    cleaned.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Word error rate of `hypothesis` against `reference`: (substitutions + deletions +
+/// insertions) / reference words. An empty reference gives 0 for an empty hypothesis, else 1.
+pub fn wer(reference: &str, hypothesis: &str) -> f64 {
+    let r = normalize(reference);
+    let h = normalize(hypothesis);
+    if r.is_empty() {
+        return if h.is_empty() { 0.0 } else { 1.0 };
+    }
+    // Levenshtein distance over words, one row at a time.
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    let mut cur = vec![0; h.len() + 1];
+    for (i, rw) in r.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, hw) in h.iter().enumerate() {
+            let sub = prev[j] + usize::from(rw != hw);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[h.len()] as f64 / r.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_ignores_case_and_punctuation() {
+        assert_eq!(
+            normalize("And so, my fellow Americans!"),
+            ["and", "so", "my", "fellow", "americans"]
+        );
+        assert_eq!(
+            normalize("Don't 'quote' me—please."),
+            ["don't", "quote", "me", "please"]
+        );
+        assert_eq!(
+            wer(
+                "Ask not what your country can do.",
+                "ask not what your country can do"
+            ),
+            0.0
+        );
+    }
+
+    #[test]
+    fn counts_substitutions_insertions_and_deletions() {
+        assert_eq!(wer("a b c d", "a x c d"), 0.25);
+        assert_eq!(wer("a b c d", "a b c d e"), 0.25);
+        assert_eq!(wer("a b c d", "a c d"), 0.25);
+        assert_eq!(wer("a b", ""), 1.0);
+        assert_eq!(wer("", ""), 0.0);
+        assert_eq!(wer("", "hello"), 1.0);
+    }
+}
