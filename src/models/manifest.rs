@@ -82,6 +82,14 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
+    /// The format of the cached files (after conversion).
+    pub fn cached_format(&self) -> &str {
+        match self.convert {
+            Some(Conversion::Ct2WhisperToGgml) => "ggml",
+            None => &self.format,
+        }
+    }
+
     /// The output file that a runtime loads (the first listed).
     pub fn main_file(&self) -> &str {
         &self.outputs[0].file

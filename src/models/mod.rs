@@ -103,3 +103,24 @@ impl ModelError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_reported_as_such() {
+        // /dev/full answers every write with ENOSPC, as a full disk does.
+        use std::io::Write;
+        let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+            panic!("/dev/full is missing: this test needs Linux");
+        };
+        let e = f
+            .write_all(&[0u8; 4096])
+            .and_then(|()| f.flush())
+            .unwrap_err();
+        let err = ModelError::io("/dev/full", e);
+        assert!(matches!(err, ModelError::DiskFull { .. }), "{err}");
+        assert!(err.to_string().contains("VOXD_HOME"), "{err}");
+    }
+}

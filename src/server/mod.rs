@@ -1,7 +1,8 @@
 //! The HTTP server (axum): routes, shared state, start-up and graceful shutdown.
 //!
-//! Routes: `GET /healthz` (the process answers), `GET /readyz` (200 once the models are
-//! loaded), `POST /v1/audio/transcriptions`. Every error is JSON (see [`error`]).
+//! Routes: `GET /` (the web demo, compiled in), `GET /healthz` (the process answers),
+//! `GET /readyz` (200 once the models are loaded), `POST /v1/audio/transcriptions`. Every error
+//! is JSON (see [`error`]).
 
 pub mod error;
 pub mod transcriptions;
@@ -73,6 +74,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_upload_bytes;
     Router::new()
+        .route("/", get(web_demo))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(
@@ -81,6 +83,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(not_found)
         .with_state(state)
+}
+
+/// The browser demo, compiled into the binary so it works from any folder and offline.
+const WEB_DEMO: &str = include_str!("../../web-demo/index.html");
+
+async fn web_demo() -> axum::response::Html<&'static str> {
+    axum::response::Html(WEB_DEMO)
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -35,13 +35,15 @@ impl Format {
             "verbose_json" => Format::VerboseJson,
             "srt" => Format::Srt,
             "vtt" => Format::Vtt,
-            other => return Err(ApiError::bad_request(
-                "invalid_response_format",
-                format!(
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_response_format",
+                    format!(
                     "response_format `{other}` is not one of json, text, verbose_json, srt, vtt"
                 ),
-            )
-            .with_param("response_format")),
+                )
+                .with_param("response_format"))
+            }
         })
     }
 }

@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests: test data, the installed default model, one shared
+//! whisper pool per test binary, and a real server on a loopback port.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use voxd::asr::{WhisperConfig, WhisperPool};
+use voxd::models::{Manifest, ModelStore, Role};
+
+/// A file in `tests/data`.
+pub fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// The reference transcript of `file` (and `channel` for the stereo file).
+pub fn reference(file: &str, channel: &str) -> String {
+    let tsv = std::fs::read_to_string(data("transcripts.tsv")).unwrap();
+    tsv.lines()
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .find(|c| c.len() == 3 && c[0] == file && (channel.is_empty() || c[1] == channel))
+        .unwrap_or_else(|| panic!("no reference for {file} {channel}"))[2]
+        .to_string()
+}
+
+/// The data folder the models were pulled into (`VOXD_HOME` or the default).
+pub fn home() -> PathBuf {
+    std::env::var_os("VOXD_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(voxd::config::default_home)
+}
+
+/// The installed default Whisper model.
+pub fn asr_model() -> PathBuf {
+    let store = ModelStore::new(&home(), Manifest::builtin());
+    store.resolve(Role::Asr, None).unwrap_or_else(|e| {
+        panic!("{e}\nThe tests need the default models: run `cargo run -- models pull` first (scripts/test does).")
+    })
+}
+
+/// One whisper pool (2 workers) shared by the tests of a binary.
+pub fn pool() -> Arc<WhisperPool> {
+    static POOL: OnceLock<Arc<WhisperPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cfg = WhisperConfig {
+            pool_size: 2,
+            threads: 1,
+            ..WhisperConfig::new(asr_model())
+        };
+        Arc::new(WhisperPool::load(cfg).expect("the default model loads"))
+    })
+    .clone()
+}
+
+/// Starts the real server on a loopback port; returns its base URL (`http://127.0.0.1:PORT`).
+/// With `with_asr` false the server runs as if its model were still loading.
+pub async fn start_server(max_upload_bytes: usize, with_asr: bool) -> String {
+    let state = Arc::new(voxd::server::AppState::new(max_upload_bytes));
+    if with_asr {
+        let p = tokio::task::spawn_blocking(pool).await.unwrap();
+        state.set_asr(p);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        voxd::server::serve(listener, state, std::future::pending())
+            .await
+            .unwrap();
+    });
+    format!("http://{addr}")
+}

@@ -1,0 +1,157 @@
+//! End to end through the real decoders, resampler and whisper model: every test recording
+//! transcribes to its reference (word error rate after normalising case and punctuation).
+
+mod common;
+
+use voxd::asr::{Asr, AudioCtx, Request, WhisperConfig, WhisperPool};
+use voxd::audio::{self, ChannelSelect};
+use voxd::wer::wer;
+
+async fn transcribe(pool: &WhisperPool, file: &str, channel: ChannelSelect) -> String {
+    let decoded = audio::decode_file(&common::data(file), channel).unwrap();
+    let decoded = audio::to_model_rate(decoded).unwrap();
+    assert_eq!(decoded.sample_rate, 16_000);
+    pool.transcribe(Request::new(decoded.samples))
+        .await
+        .unwrap()
+        .text
+}
+
+/// Each recording with the WER the default configuration must reach.
+///
+/// The LDC93S1 clips are a 2.9 s TIMIT sentence on which tiny.en says "dog suit" for "dark
+/// suit" and "wash for" for "wash water" with a trimmed encoder window (2 of 10 words); see
+/// `full_window_reaches_ten_percent_on_the_timit_clips` for the full window.
+const CASES: &[(&str, &str, ChannelSelect, f64)] = &[
+    ("jfk.wav", "", ChannelSelect::Mix, 0.10),
+    ("jfk.flac", "", ChannelSelect::Mix, 0.10),
+    ("jfk.ogg", "", ChannelSelect::Mix, 0.10),
+    ("LDC93S1_pcms16le_1_16000.wav", "", ChannelSelect::Mix, 0.20),
+    ("LDC93S1_pcms16le_1_8000.wav", "", ChannelSelect::Mix, 0.20),
+    ("LDC93S1_pcms16le_2_44100.wav", "", ChannelSelect::Mix, 0.20),
+    (
+        "stereo_diarization.wav",
+        "left",
+        ChannelSelect::Index(0),
+        0.10,
+    ),
+    (
+        "stereo_diarization.wav",
+        "right",
+        ChannelSelect::Index(1),
+        0.10,
+    ),
+];
+
+#[tokio::test]
+async fn every_recording_transcribes_to_its_reference() {
+    let pool = common::pool();
+    // All at once: the pool's two workers share the queue.
+    let jobs = CASES.iter().map(|&(file, _, select, _)| {
+        let pool = pool.clone();
+        async move { transcribe(&pool, file, select).await }
+    });
+    let results = futures::future::join_all(jobs).await;
+    let mut failures = Vec::new();
+    for ((file, channel, _, max_wer), text) in CASES.iter().zip(results) {
+        let reference = common::reference(file, channel);
+        let w = wer(&reference, &text);
+        eprintln!("{file} {channel}: WER {:.0}% `{text}`", w * 100.0);
+        if w > *max_wer {
+            failures.push(format!(
+                "{file} {channel}: WER {w:.2} > {max_wer}: `{text}`"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test]
+async fn the_two_stereo_channels_are_different_speakers() {
+    let pool = common::pool();
+    let left = transcribe(&pool, "stereo_diarization.wav", ChannelSelect::Index(0)).await;
+    let right = transcribe(&pool, "stereo_diarization.wav", ChannelSelect::Index(1)).await;
+    // Each channel matches its own reference far better than the other's.
+    let l_ref = common::reference("stereo_diarization.wav", "left");
+    let r_ref = common::reference("stereo_diarization.wav", "right");
+    assert!(
+        wer(&l_ref, &left) < 0.2 && wer(&r_ref, &left) > 0.8,
+        "left: {left}"
+    );
+    assert!(
+        wer(&r_ref, &right) < 0.2 && wer(&l_ref, &right) > 0.8,
+        "right: {right}"
+    );
+    let err = audio::decode_file(
+        &common::data("stereo_diarization.wav"),
+        ChannelSelect::Index(2),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("2 channel"), "{err}");
+}
+
+#[tokio::test]
+async fn mp3_decodes_and_gives_text() {
+    let pool = common::pool();
+    let decoded = audio::decode_file(&common::data("hotwords.mp3"), ChannelSelect::Mix).unwrap();
+    assert_eq!((decoded.sample_rate, decoded.source_channels), (44_100, 2));
+    assert!(decoded.duration_s() > 2.0, "{}", decoded.duration_s());
+    let text = transcribe(&pool, "hotwords.mp3", ChannelSelect::Mix).await;
+    assert!(
+        voxd::wer::normalize(&text).len() >= 5,
+        "too little text: `{text}`"
+    );
+}
+
+#[tokio::test]
+async fn full_window_reaches_ten_percent_on_the_timit_clips() {
+    let cfg = WhisperConfig {
+        pool_size: 1,
+        threads: 2,
+        audio_ctx: AudioCtx::Full,
+        ..WhisperConfig::new(common::asr_model())
+    };
+    let pool = tokio::task::spawn_blocking(move || WhisperPool::load(cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    for (file, max_wer) in [
+        ("LDC93S1_pcms16le_1_16000.wav", 0.10),
+        ("LDC93S1_pcms16le_2_44100.wav", 0.10),
+    ] {
+        let text = transcribe(&pool, file, ChannelSelect::Mix).await;
+        let w = wer(&common::reference(file, ""), &text);
+        assert!(w <= max_wer, "{file}: WER {w:.2} `{text}`");
+    }
+}
+
+#[tokio::test]
+async fn segments_have_ordered_timestamps_within_the_audio() {
+    let pool = common::pool();
+    let decoded = audio::decode_file(&common::data("jfk.wav"), ChannelSelect::Mix).unwrap();
+    let t = pool
+        .transcribe(Request::new(decoded.samples))
+        .await
+        .unwrap();
+    assert!(!t.segments.is_empty());
+    let mut last = 0.0;
+    for s in &t.segments {
+        assert!(s.start_s >= last - 1e-6 && s.end_s >= s.start_s, "{s:?}");
+        assert!(s.end_s <= 11.1, "{s:?}");
+        last = s.end_s;
+    }
+    assert!((t.audio.as_secs_f64() - 11.0).abs() < 0.1, "{:?}", t.audio);
+}
+
+#[tokio::test]
+async fn silence_and_very_short_audio_do_not_invent_speech() {
+    let pool = common::pool();
+    // 300 ms of near-silence is padded internally and gives no words or a filler at most.
+    let t = pool
+        .transcribe(Request::new(vec![0.0; 4_800]))
+        .await
+        .unwrap();
+    assert!(voxd::wer::normalize(&t.text).len() <= 2, "`{}`", t.text);
+    let err = pool.transcribe(Request::new(vec![])).await.unwrap_err();
+    assert!(matches!(err, voxd::asr::AsrError::NoAudio), "{err}");
+}
