@@ -13,6 +13,7 @@
 //!
 //! - [`models`]: fetch, verify, convert and cache the default models; resolve a user's own files.
 //! - [`audio`]: decode files and uploads, stream-resample any rate to 16 kHz.
+//! - [`vad`]: turn detection (webrtc-vad frames → turns, with pause/resume for speculation).
 //! - [`asr`]: the speech recogniser trait and the embedded whisper.cpp worker pool.
 //! - [`server`]: the HTTP routes (health, readiness, OpenAI-compatible transcription).
 //! - [`config`]: flags, environment and TOML file merged into one validated configuration.
@@ -27,4 +28,5 @@ pub mod config;
 pub mod models;
 pub mod server;
 pub mod telemetry;
+pub mod vad;
 pub mod wer;

@@ -1,9 +1,10 @@
-//! Audio in: decoding files and uploads to samples ([`decode`]) and converting any sample rate to
-//! the 16 kHz that the speech models use ([`resample`]).
+//! Audio in: decoding files and uploads to samples ([`decode`], [`g711`] for telephone audio)
+//! and converting any sample rate to the 16 kHz that the speech models use ([`resample`]).
 //!
 //! Everything downstream of this module sees mono `f32` samples at [`MODEL_RATE`].
 
 pub mod decode;
+pub mod g711;
 pub mod resample;
 
 pub use decode::{decode_bytes, decode_file, ChannelSelect, DecodedAudio};
