@@ -73,63 +73,20 @@ fn converted_tiny_en_has_whisper_cpp_structure() {
     assert!(!names.iter().any(|n| n.ends_with("key.bias")));
 
     // Shapes (innermost first) and types: matrices f16; vectors, conv biases and positions f32.
-    let t = |n: &str| s.tensor(n).unwrap();
-    assert_eq!(
-        (
-            t("encoder.conv1.weight").dims.clone(),
-            t("encoder.conv1.weight").ttype
-        ),
-        (vec![3, 80, 384], 1)
-    );
-    assert_eq!(
-        (
-            t("encoder.conv1.bias").dims.clone(),
-            t("encoder.conv1.bias").ttype
-        ),
-        (vec![1, 384], 0)
-    );
-    assert_eq!(
-        (
-            t("encoder.positional_embedding").dims.clone(),
-            t("encoder.positional_embedding").ttype
-        ),
-        (vec![384, 1500], 0)
-    );
-    assert_eq!(
-        (
-            t("decoder.positional_embedding").dims.clone(),
-            t("decoder.positional_embedding").ttype
-        ),
-        (vec![384, 448], 0)
-    );
-    assert_eq!(
-        (
-            t("decoder.token_embedding.weight").dims.clone(),
-            t("decoder.token_embedding.weight").ttype
-        ),
-        (vec![384, 51864], 1)
-    );
-    assert_eq!(
-        (
-            t("encoder.blocks.0.attn.query.weight").dims.clone(),
-            t("encoder.blocks.0.attn.query.weight").ttype
-        ),
-        (vec![384, 384], 1)
-    );
-    assert_eq!(
-        (
-            t("decoder.blocks.3.cross_attn.value.bias").dims.clone(),
-            t("decoder.blocks.3.cross_attn.value.bias").ttype
-        ),
-        (vec![384], 0)
-    );
-    assert_eq!(
-        (
-            t("encoder.blocks.2.mlp.0.weight").dims.clone(),
-            t("encoder.blocks.2.mlp.0.weight").ttype
-        ),
-        (vec![384, 1536], 1)
-    );
+    let expected: &[(&str, &[u64], u32)] = &[
+        ("encoder.conv1.weight", &[3, 80, 384], 1),
+        ("encoder.conv1.bias", &[1, 384], 0),
+        ("encoder.positional_embedding", &[384, 1500], 0),
+        ("decoder.positional_embedding", &[384, 448], 0),
+        ("decoder.token_embedding.weight", &[384, 51864], 1),
+        ("encoder.blocks.0.attn.query.weight", &[384, 384], 1),
+        ("decoder.blocks.3.cross_attn.value.bias", &[384], 0),
+        ("encoder.blocks.2.mlp.0.weight", &[384, 1536], 1),
+    ];
+    for &(name, dims, ttype) in expected {
+        let t = s.tensor(name).unwrap();
+        assert_eq!((t.dims.as_slice(), t.ttype), (dims, ttype), "{name}");
+    }
     for tensor in &s.tensors {
         let expect = if tensor.dims.len() == 1
             || tensor.name.contains("positional")
