@@ -86,6 +86,18 @@ pub struct ServerArgs {
     /// Largest accepted upload in MiB [default: 25].
     #[arg(long, env = "VOXD_MAX_UPLOAD_MB")]
     pub max_upload_mb: Option<u64>,
+    /// Require this API key on every API route (Bearer header, or the browser subprotocol).
+    #[arg(long, env = "VOXD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Browser origins allowed to open realtime sessions, comma-separated [default: any].
+    #[arg(long, env = "VOXD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Concurrent realtime sessions; more get 503 [default: 64].
+    #[arg(long, env = "VOXD_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Longest realtime session in minutes [default: 60].
+    #[arg(long, env = "VOXD_MAX_SESSION_MINUTES")]
+    pub max_session_minutes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +116,10 @@ struct FileConfig {
 struct FileServer {
     addr: Option<String>,
     max_upload_mb: Option<u64>,
+    api_key: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    max_sessions: Option<usize>,
+    max_session_minutes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +152,10 @@ pub struct AsrConfig {
 pub struct ServerConfig {
     pub addr: SocketAddr,
     pub max_upload_bytes: usize,
+    pub api_key: Option<String>,
+    pub allowed_origins: Vec<String>,
+    pub max_sessions: usize,
+    pub max_session_minutes: u64,
 }
 
 /// The validated configuration.
@@ -188,6 +208,26 @@ impl Config {
                 setting: "max_upload_mb",
                 message: format!("{max_upload_mb} is outside 1..=4096"),
             });
+        }
+
+        let max_sessions = server
+            .max_sessions
+            .or(file.server.max_sessions)
+            .unwrap_or(64);
+        let max_session_minutes = server
+            .max_session_minutes
+            .or(file.server.max_session_minutes)
+            .unwrap_or(60);
+        for (setting, v) in [
+            ("max_sessions", max_sessions as u64),
+            ("max_session_minutes", max_session_minutes),
+        ] {
+            if !(1..=100_000).contains(&v) {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    message: format!("{v} is outside 1..=100000"),
+                });
+            }
         }
 
         let pool = asr.asr_pool.or(file.asr.pool).unwrap_or(cores);
@@ -250,6 +290,18 @@ impl Config {
             server: ServerConfig {
                 addr,
                 max_upload_bytes: (max_upload_mb * 1024 * 1024) as usize,
+                api_key: server
+                    .api_key
+                    .clone()
+                    .or(file.server.api_key)
+                    .filter(|k| !k.is_empty()),
+                allowed_origins: server
+                    .allowed_origins
+                    .clone()
+                    .or(file.server.allowed_origins)
+                    .unwrap_or_default(),
+                max_sessions,
+                max_session_minutes,
             },
         })
     }

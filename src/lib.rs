@@ -15,7 +15,10 @@
 //! - [`audio`]: decode files and uploads, stream-resample any rate to 16 kHz.
 //! - [`vad`]: turn detection (webrtc-vad frames → turns, with pause/resume for speculation).
 //! - [`asr`]: the speech recogniser trait and the embedded whisper.cpp worker pool.
+//! - [`protocol`]: the OpenAI Realtime API events and session configuration.
+//! - [`realtime`]: one realtime session wiring audio, VAD, ASR and events over a WebSocket.
 //! - [`server`]: the HTTP routes (health, readiness, OpenAI-compatible transcription).
+//! - [`client`]: the Rust client for the realtime API (used by `voxd client`).
 //! - [`config`]: flags, environment and TOML file merged into one validated configuration.
 //! - [`telemetry`]: logging setup.
 //! - [`wer`]: word error rate, for tests and benchmarks.
@@ -24,8 +27,11 @@
 
 pub mod asr;
 pub mod audio;
+pub mod client;
 pub mod config;
 pub mod models;
+pub mod protocol;
+pub mod realtime;
 pub mod server;
 pub mod telemetry;
 pub mod vad;

@@ -12,7 +12,7 @@ use voxd::asr::{Asr, Request, WhisperConfig, WhisperPool};
 use voxd::audio::{self, ChannelSelect};
 use voxd::config::{AsrArgs, CommonArgs, Config, ServerArgs};
 use voxd::models::{Manifest, ModelStore, PullOptions, PullOutcome, Role};
-use voxd::server::{self, AppState};
+use voxd::server::{self, AppState, ServerSettings};
 
 #[derive(Parser)]
 #[command(
@@ -191,7 +191,16 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let state = Arc::new(AppState::new(cfg.server.max_upload_bytes));
+        let state = Arc::new(AppState::with_settings(ServerSettings {
+            max_upload_bytes: cfg.server.max_upload_bytes,
+            api_key: cfg.server.api_key.clone(),
+            allowed_origins: cfg.server.allowed_origins.clone(),
+            max_sessions: cfg.server.max_sessions,
+            limits: voxd::realtime::Limits {
+                max_session: std::time::Duration::from_secs(cfg.server.max_session_minutes * 60),
+                ..Default::default()
+            },
+        }));
         let listener = tokio::net::TcpListener::bind(cfg.server.addr)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.server.addr))?;

@@ -3,9 +3,10 @@
 //!
 //! Work arrives on two queues (finals, partials) guarded by one mutex; workers take finals first.
 //! The compute runs on these dedicated threads, never on the async executor; callers await a
-//! oneshot reply. The partial queue is bounded by the pool size and drops its oldest entry when
-//! full (a newer partial of the same speech makes the old one pointless); the final queue is
-//! bounded by `max_queue` and answers [`AsrError::Busy`] beyond it.
+//! oneshot reply. Partials are served first come, first served across sessions (each session
+//! keeps at most one queued), are skipped once they have waited [`PARTIAL_MAX_WAIT`] (a newer one
+//! of the same speech is coming) and, beyond `max_queue`, the oldest is dropped. Finals are never
+//! skipped; beyond `max_queue` waiting finals, new ones get [`AsrError::Busy`].
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -94,6 +95,9 @@ const CTX_MARGIN: i32 = 64;
 /// The smallest trimmed window. Below about 220 positions (4.4 s) tiny.en falls into repetition
 /// loops on short clips (measured on LDC93S1: 210 loops, 224 does not); 320 leaves a margin.
 const CTX_FLOOR: i32 = 320;
+/// A partial that waited longer than this is stale: skipped with [`AsrError::Superseded`].
+pub const PARTIAL_MAX_WAIT: Duration = Duration::from_millis(1500);
+
 /// whisper.cpp skips inputs shorter than one second: pad up to this many samples.
 const MIN_SAMPLES: usize = 16_000 + 1_600;
 
@@ -233,7 +237,7 @@ impl WhisperPool {
                 q.finals.push_back(job);
             }
             Priority::Partial => {
-                if q.partials.len() >= self.workers.len() {
+                if q.partials.len() >= self.config.max_queue {
                     if let Some(old) = q.partials.pop_front() {
                         let _ = old.reply.send(Err(AsrError::Superseded));
                     }
@@ -303,6 +307,10 @@ fn worker(
             continue;
         }
         let queue_wait = job.enqueued.elapsed();
+        if job.request.priority == Priority::Partial && queue_wait > PARTIAL_MAX_WAIT {
+            let _ = job.reply.send(Err(AsrError::Superseded));
+            continue;
+        }
         let result = run(&mut state, &job.request, &cfg, model_ctx, multilingual).map(|mut t| {
             t.queue_wait = queue_wait;
             t
@@ -360,6 +368,11 @@ fn run(
     params.set_print_timestamps(false);
     params.set_suppress_blank(true);
     params.set_audio_ctx(audio_ctx_for(cfg.audio_ctx, samples.len(), model_ctx));
+    if req.priority == Priority::Partial {
+        // Speech runs at ~3 words (~4 tokens) a second; a partial that goes far beyond is
+        // repeating itself, which short windows invite. Bounding it also bounds its cost.
+        params.set_max_tokens((audio.as_secs_f64() * 6.0).ceil() as i32 + 8);
+    }
     let prompt = req.prompt.as_deref().or(cfg.prompt.as_deref());
     if let Some(p) = prompt.filter(|p| !p.is_empty()) {
         params.set_initial_prompt(p);

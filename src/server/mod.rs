@@ -1,27 +1,60 @@
 //! The HTTP server (axum): routes, shared state, start-up and graceful shutdown.
 //!
 //! Routes: `GET /` (the web demo, compiled in), `GET /healthz` (the process answers),
-//! `GET /readyz` (200 once the models are loaded), `POST /v1/audio/transcriptions`. Every error
-//! is JSON (see [`error`]).
+//! `GET /readyz` (200 once the models are loaded), `POST /v1/audio/transcriptions`,
+//! `GET /v1/realtime` (WebSocket). Every error is JSON (see [`error`]). With an API key set,
+//! every route but `/`, `/healthz` and `/readyz` requires it.
 
 pub mod error;
+pub mod realtime;
 pub mod transcriptions;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::asr::Asr;
+use crate::realtime::Limits;
 use error::ApiError;
+
+/// Server-wide settings that are not per-request.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Largest request body accepted.
+    pub max_upload_bytes: usize,
+    /// Required on every API route when set (`Authorization: Bearer`, or for browsers the
+    /// `openai-insecure-api-key.<key>` WebSocket subprotocol).
+    pub api_key: Option<String>,
+    /// Browser origins allowed to open realtime sessions; empty = any.
+    pub allowed_origins: Vec<String>,
+    /// Concurrent realtime sessions; more get 503.
+    pub max_sessions: usize,
+    pub limits: Limits,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_upload_bytes: 25 << 20,
+            api_key: None,
+            allowed_origins: Vec::new(),
+            max_sessions: 64,
+            limits: Limits::default(),
+        }
+    }
+}
 
 /// State shared by all requests.
 pub struct AppState {
@@ -31,16 +64,58 @@ pub struct AppState {
     pub max_upload_bytes: usize,
     /// Longest decoded upload accepted, in seconds.
     pub max_audio_seconds: f64,
+    api_key: Option<String>,
+    allowed_origins: Vec<String>,
+    pub max_sessions: usize,
+    pub limits: Limits,
+    live: Arc<AtomicUsize>,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
     pub fn new(max_upload_bytes: usize) -> Self {
+        Self::with_settings(ServerSettings {
+            max_upload_bytes,
+            ..Default::default()
+        })
+    }
+
+    pub fn with_settings(s: ServerSettings) -> Self {
         AppState {
             asr: OnceLock::new(),
             load_error: Mutex::new(None),
-            max_upload_bytes,
+            max_upload_bytes: s.max_upload_bytes,
             max_audio_seconds: 4.0 * 3600.0,
+            api_key: s.api_key.filter(|k| !k.is_empty()),
+            allowed_origins: s.allowed_origins,
+            max_sessions: s.max_sessions,
+            limits: s.limits,
+            live: Arc::new(AtomicUsize::new(0)),
+            shutdown: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Realtime sessions open now.
+    pub fn live_sessions(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    fn live_counter(&self) -> Arc<AtomicUsize> {
+        self.live.clone()
+    }
+
+    fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Asks every realtime session to finish its turn and close (code 1001).
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    fn origin_allowed(&self, origin: &str) -> bool {
+        self.allowed_origins.is_empty()
+            || self.allowed_origins.iter().any(|o| o == origin || o == "*")
     }
 
     /// Installs the loaded speech recogniser (the server becomes ready).
@@ -81,8 +156,51 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/audio/transcriptions",
             post(transcriptions::transcribe).layer(DefaultBodyLimit::max(limit)),
         )
+        .route("/v1/realtime", get(realtime::upgrade))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ))
         .with_state(state)
+}
+
+/// Compares without an early exit, so the key's length of matching prefix does not leak by timing.
+fn same_key(given: &str, key: &str) -> bool {
+    let (a, b) = (given.as_bytes(), key.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(key) = state.api_key.as_deref() else {
+        return next.run(req).await;
+    };
+    if matches!(req.uri().path(), "/" | "/healthz" | "/readyz") {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|k| same_key(k.trim(), key));
+    let subprotocol = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix("openai-insecure-api-key."))
+        .any(|k| same_key(k, key));
+    if bearer || subprotocol {
+        next.run(req).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "a valid API key is required: send `Authorization: Bearer <key>`",
+        )
+        .into_response()
+    }
 }
 
 /// The browser demo, compiled into the binary so it works from any folder and offline.
@@ -125,9 +243,28 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     info!(%addr, "listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let sessions = state.clone();
+    let grace = state.limits.shutdown_grace;
+    let signal = async move {
+        shutdown.await;
+        // Stop accepting; realtime sessions finish their turns and close with 1001.
+        sessions.begin_shutdown();
+    };
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(signal)
+        .await?;
+    // Upgraded sockets are not HTTP connections: wait for the sessions themselves.
+    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(3);
+    while state.live_sessions() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if state.live_sessions() > 0 {
+        warn!(
+            sessions = state.live_sessions(),
+            "closing with sessions still open"
+        );
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

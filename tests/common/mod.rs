@@ -71,3 +71,32 @@ pub async fn start_server(max_upload_bytes: usize, with_asr: bool) -> String {
     });
     format!("http://{addr}")
 }
+
+/// Starts the real server with `settings` and the shared model; returns the `ws://…/v1/realtime`
+/// URL and the server state (for its live-session gauge).
+pub async fn start_realtime(
+    settings: voxd::server::ServerSettings,
+) -> (String, Arc<voxd::server::AppState>) {
+    // Server logs on stderr when asked for (they bypass the test harness's capture).
+    if std::env::var_os("VOXD_TEST_LOG").is_some() {
+        voxd::telemetry::init(voxd::config::LogFormat::Text);
+    }
+    let state = Arc::new(voxd::server::AppState::with_settings(settings));
+    let p = tokio::task::spawn_blocking(pool).await.unwrap();
+    state.set_asr(p);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = state.clone();
+    tokio::spawn(async move {
+        voxd::server::serve(listener, s, std::future::pending())
+            .await
+            .unwrap();
+    });
+    (format!("ws://{addr}/v1/realtime"), state)
+}
+
+/// A recording (mono), resampled to `rate`.
+pub fn audio_at(file: &str, rate: u32) -> Vec<f32> {
+    let d = voxd::audio::decode_file(&data(file), voxd::audio::ChannelSelect::Mix).unwrap();
+    voxd::audio::resample::resample_all(&d.samples, d.sample_rate, rate).unwrap()
+}

@@ -1,0 +1,219 @@
+//! Server events, with the OpenAI Realtime API's GA names and fields. Every event sent carries a
+//! unique `event_id` (added by [`ServerEvent::to_json`]). voxd's additions (such as turn timings
+//! on `.completed`) are extra fields that other clients ignore.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{new_id, ProtocolError};
+
+/// The body of an `error` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub code: Option<String>,
+    pub message: String,
+    pub param: Option<String>,
+    pub event_id: Option<String>,
+}
+
+impl From<&ProtocolError> for ErrorBody {
+    fn from(e: &ProtocolError) -> Self {
+        ErrorBody {
+            kind: "invalid_request_error".into(),
+            code: Some(e.code.into()),
+            message: e.message.clone(),
+            param: e.param.clone(),
+            event_id: e.event_id.clone(),
+        }
+    }
+}
+
+/// One content part of a user item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Content {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub transcript: Option<String>,
+}
+
+/// A conversation item (voxd creates user audio messages).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub id: String,
+    #[serde(default = "item_object")]
+    pub object: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub role: String,
+    pub content: Vec<Content>,
+}
+
+fn item_object() -> String {
+    "realtime.item".into()
+}
+
+impl Item {
+    /// A user audio message, with its transcript once known.
+    pub fn user_audio(id: &str, transcript: Option<String>) -> Self {
+        Item {
+            id: id.to_string(),
+            object: item_object(),
+            kind: "message".into(),
+            status: "completed".into(),
+            role: "user".into(),
+            content: vec![Content {
+                kind: "input_audio".into(),
+                transcript,
+            }],
+        }
+    }
+}
+
+/// voxd's timing extension on a completed transcription, in ms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TurnTiming {
+    /// Audio time of the end of speech (the last voiced frame).
+    pub speech_end_ms: Option<u64>,
+    /// Length of the transcribed audio.
+    pub audio_ms: u64,
+    /// Waiting for a free ASR worker.
+    pub asr_queue_ms: u64,
+    /// ASR compute.
+    pub asr_ms: u64,
+    /// Whether the result came from speculative finalisation (started at the pause).
+    pub speculative: bool,
+}
+
+/// Everything voxd sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ServerEvent {
+    #[serde(rename = "session.created")]
+    SessionCreated { session: Value },
+    #[serde(rename = "session.updated")]
+    SessionUpdated { session: Value },
+    #[serde(rename = "input_audio_buffer.speech_started")]
+    SpeechStarted {
+        audio_start_ms: u64,
+        item_id: String,
+    },
+    #[serde(rename = "input_audio_buffer.speech_stopped")]
+    SpeechStopped { audio_end_ms: u64, item_id: String },
+    #[serde(rename = "input_audio_buffer.committed")]
+    Committed {
+        previous_item_id: Option<String>,
+        item_id: String,
+    },
+    #[serde(rename = "input_audio_buffer.cleared")]
+    Cleared,
+    #[serde(rename = "input_audio_buffer.timeout_triggered")]
+    TimeoutTriggered {
+        audio_start_ms: u64,
+        audio_end_ms: u64,
+        item_id: String,
+    },
+    #[serde(rename = "conversation.item.added")]
+    ItemAdded {
+        previous_item_id: Option<String>,
+        item: Item,
+    },
+    #[serde(rename = "conversation.item.done")]
+    ItemDone {
+        previous_item_id: Option<String>,
+        item: Item,
+    },
+    #[serde(rename = "conversation.item.input_audio_transcription.delta")]
+    TranscriptionDelta {
+        item_id: String,
+        content_index: u32,
+        delta: String,
+    },
+    #[serde(rename = "conversation.item.input_audio_transcription.completed")]
+    TranscriptionCompleted {
+        item_id: String,
+        content_index: u32,
+        transcript: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        voxd_timing: Option<TurnTiming>,
+    },
+    #[serde(rename = "conversation.item.input_audio_transcription.failed")]
+    TranscriptionFailed {
+        item_id: String,
+        content_index: u32,
+        error: ErrorBody,
+    },
+    #[serde(rename = "error")]
+    Error { error: ErrorBody },
+}
+
+impl ServerEvent {
+    /// An `error` event for a client mistake.
+    pub fn error(e: &ProtocolError) -> Self {
+        ServerEvent::Error { error: e.into() }
+    }
+
+    /// The event as a JSON text frame with a fresh `event_id`.
+    pub fn to_json(&self) -> String {
+        let mut v = serde_json::to_value(self).expect("server events serialise");
+        if let Value::Object(map) = &mut v {
+            map.insert("event_id".into(), Value::String(new_id("event")));
+        }
+        v.to_string()
+    }
+
+    /// The event's `type` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerEvent::SessionCreated { .. } => "session.created",
+            ServerEvent::SessionUpdated { .. } => "session.updated",
+            ServerEvent::SpeechStarted { .. } => "input_audio_buffer.speech_started",
+            ServerEvent::SpeechStopped { .. } => "input_audio_buffer.speech_stopped",
+            ServerEvent::Committed { .. } => "input_audio_buffer.committed",
+            ServerEvent::Cleared => "input_audio_buffer.cleared",
+            ServerEvent::TimeoutTriggered { .. } => "input_audio_buffer.timeout_triggered",
+            ServerEvent::ItemAdded { .. } => "conversation.item.added",
+            ServerEvent::ItemDone { .. } => "conversation.item.done",
+            ServerEvent::TranscriptionDelta { .. } => {
+                "conversation.item.input_audio_transcription.delta"
+            }
+            ServerEvent::TranscriptionCompleted { .. } => {
+                "conversation.item.input_audio_transcription.completed"
+            }
+            ServerEvent::TranscriptionFailed { .. } => {
+                "conversation.item.input_audio_transcription.failed"
+            }
+            ServerEvent::Error { .. } => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_have_ga_names_fields_and_an_event_id() {
+        let e = ServerEvent::SpeechStarted {
+            audio_start_ms: 120,
+            item_id: "item_1".into(),
+        };
+        let v: Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["type"], "input_audio_buffer.speech_started");
+        assert_eq!(v["audio_start_ms"], 120);
+        assert!(v["event_id"].as_str().unwrap().starts_with("event_"));
+        assert_eq!(e.kind(), "input_audio_buffer.speech_started");
+        // Round trip, as the Rust client reads them.
+        let back: ServerEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+
+        let err =
+            ServerEvent::error(&ProtocolError::new("invalid_json", "bad").event(Some("c1".into())));
+        let v: Value = serde_json::from_str(&err.to_json()).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_json");
+        assert_eq!(v["error"]["event_id"], "c1");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+}

@@ -1,0 +1,529 @@
+//! The realtime session's configuration and `session.update`.
+//!
+//! An update is applied to a copy and validated as a whole before it replaces the current
+//! configuration, so a bad update changes nothing. Both the GA shape
+//! (`session.audio.input.format`, `.turn_detection`, `.transcription`) and the beta shape
+//! (`input_audio_format: "pcm16"`, top-level `turn_detection`, `input_audio_transcription`) are
+//! read. voxd's own settings live under `session.voxd`.
+
+use serde_json::{json, Map, Value};
+
+use super::{new_id, ProtocolError};
+use crate::vad::VadParams;
+
+/// `session.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    Realtime,
+    Transcription,
+}
+
+/// Audio the client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// 16-bit little-endian mono PCM at `rate` Hz (8000–48000).
+    Pcm16 { rate: u32 },
+    /// G.711 μ-law at 8 kHz.
+    Pcmu,
+    /// G.711 A-law at 8 kHz.
+    Pcma,
+}
+
+impl InputFormat {
+    /// Samples per second.
+    pub fn rate(self) -> u32 {
+        match self {
+            InputFormat::Pcm16 { rate } => rate,
+            InputFormat::Pcmu | InputFormat::Pcma => 8_000,
+        }
+    }
+
+    /// Bytes per sample.
+    pub fn sample_bytes(self) -> usize {
+        match self {
+            InputFormat::Pcm16 { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// `server_vad` settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TurnDetection {
+    pub threshold: f32,
+    pub prefix_padding_ms: u64,
+    pub silence_duration_ms: u64,
+    pub create_response: bool,
+    pub interrupt_response: bool,
+    pub idle_timeout_ms: Option<u64>,
+}
+
+impl Default for TurnDetection {
+    fn default() -> Self {
+        TurnDetection {
+            threshold: 0.5,
+            prefix_padding_ms: 300,
+            silence_duration_ms: 500,
+            create_response: true,
+            interrupt_response: true,
+            idle_timeout_ms: None,
+        }
+    }
+}
+
+/// The whole session configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
+    pub id: String,
+    pub kind: SessionKind,
+    pub model: String,
+    pub instructions: String,
+    pub input_format: InputFormat,
+    /// `None`: the client commits turns by hand.
+    pub turn_detection: Option<TurnDetection>,
+    pub transcription_model: String,
+    pub language: Option<String>,
+    pub prompt: Option<String>,
+    /// voxd: re-transcribe the growing turn this often (ms of audio) for partials; 0 = off.
+    pub partial_interval_ms: u64,
+    /// voxd: voiced audio needed before a turn starts.
+    pub min_speech_ms: u64,
+    /// voxd: start the final transcription when silence begins (after this many ms of it);
+    /// `None` = wait for the end of the silence window.
+    pub speculative_after_ms: Option<u64>,
+}
+
+impl SessionConfig {
+    /// The configuration a new connection starts with.
+    pub fn new(kind: SessionKind, model: &str) -> Self {
+        SessionConfig {
+            id: new_id("sess"),
+            kind,
+            model: model.to_string(),
+            instructions: String::new(),
+            input_format: InputFormat::Pcm16 { rate: 24_000 },
+            turn_detection: Some(TurnDetection::default()),
+            transcription_model: "whisper-1".into(),
+            language: None,
+            prompt: None,
+            partial_interval_ms: 500,
+            min_speech_ms: 200,
+            speculative_after_ms: Some(100),
+        }
+    }
+
+    /// The VAD parameters, when turn detection is on.
+    pub fn vad_params(&self) -> Option<VadParams> {
+        self.turn_detection.map(|t| VadParams {
+            threshold: t.threshold,
+            prefix_padding_ms: t.prefix_padding_ms,
+            silence_duration_ms: t.silence_duration_ms,
+            min_speech_ms: self.min_speech_ms,
+        })
+    }
+
+    /// Applies a `session.update` body; on error nothing changes.
+    pub fn apply_update(&mut self, session: &Value) -> Result<(), ProtocolError> {
+        let obj = session.as_object().ok_or_else(|| {
+            ProtocolError::new("invalid_session_config", "`session` must be an object")
+                .param("session")
+        })?;
+        let mut next = self.clone();
+        if let Some(t) = obj.get("type") {
+            next.kind = match t.as_str() {
+                Some("realtime") => SessionKind::Realtime,
+                Some("transcription") => SessionKind::Transcription,
+                _ => {
+                    return Err(invalid(
+                        "session.type",
+                        "must be \"realtime\" or \"transcription\"",
+                    ))
+                }
+            };
+        }
+        if let Some(v) = obj.get("instructions") {
+            next.instructions = v
+                .as_str()
+                .ok_or_else(|| invalid("session.instructions", "must be a string"))?
+                .to_string();
+        }
+        if let Some(v) = obj.get("model").and_then(Value::as_str) {
+            next.model = v.to_string();
+        }
+
+        // Beta shape first, so that GA fields win when a client sends both.
+        if let Some(v) = obj.get("input_audio_format") {
+            next.input_format = beta_format(v)?;
+        }
+        if let Some(v) = obj.get("turn_detection") {
+            next.turn_detection = turn_detection(v, next.turn_detection, "session.turn_detection")?;
+        }
+        if let Some(v) = obj.get("input_audio_transcription") {
+            transcription(v, &mut next, "session.input_audio_transcription")?;
+        }
+
+        if let Some(input) = obj.get("audio").and_then(|a| a.get("input")) {
+            let input = input
+                .as_object()
+                .ok_or_else(|| invalid("session.audio.input", "must be an object"))?;
+            if let Some(v) = input.get("format") {
+                next.input_format = ga_format(v)?;
+            }
+            if let Some(v) = input.get("turn_detection") {
+                next.turn_detection =
+                    turn_detection(v, next.turn_detection, "session.audio.input.turn_detection")?;
+            }
+            if let Some(v) = input.get("transcription") {
+                transcription(v, &mut next, "session.audio.input.transcription")?;
+            }
+        }
+
+        if let Some(v) = obj.get("voxd") {
+            let v = v
+                .as_object()
+                .ok_or_else(|| invalid("session.voxd", "must be an object"))?;
+            if let Some(x) = v.get("partial_interval_ms") {
+                let ms = uint(x, "session.voxd.partial_interval_ms")?;
+                if ms != 0 && !(100..=10_000).contains(&ms) {
+                    return Err(invalid(
+                        "session.voxd.partial_interval_ms",
+                        "must be 0 (off) or 100..=10000",
+                    ));
+                }
+                next.partial_interval_ms = ms;
+            }
+            if let Some(x) = v.get("min_speech_ms") {
+                next.min_speech_ms = ranged(x, "session.voxd.min_speech_ms", 20, 5_000)?;
+            }
+            if let Some(x) = v.get("speculative_after_ms") {
+                next.speculative_after_ms = match x {
+                    Value::Null => None,
+                    x => Some(ranged(x, "session.voxd.speculative_after_ms", 0, 5_000)?),
+                };
+            }
+        }
+        *self = next;
+        Ok(())
+    }
+
+    /// The configuration as sent in `session.created` / `session.updated` (GA shape).
+    pub fn to_view(&self) -> Value {
+        let format = match self.input_format {
+            InputFormat::Pcm16 { rate } => json!({ "type": "audio/pcm", "rate": rate }),
+            InputFormat::Pcmu => json!({ "type": "audio/pcmu" }),
+            InputFormat::Pcma => json!({ "type": "audio/pcma" }),
+        };
+        let turn_detection = match self.turn_detection {
+            None => Value::Null,
+            Some(t) => json!({
+                "type": "server_vad",
+                "threshold": t.threshold,
+                "prefix_padding_ms": t.prefix_padding_ms,
+                "silence_duration_ms": t.silence_duration_ms,
+                "create_response": t.create_response,
+                "interrupt_response": t.interrupt_response,
+                "idle_timeout_ms": t.idle_timeout_ms,
+            }),
+        };
+        json!({
+            "id": self.id,
+            "object": "realtime.session",
+            "type": match self.kind { SessionKind::Realtime => "realtime", SessionKind::Transcription => "transcription" },
+            "model": self.model,
+            "instructions": self.instructions,
+            "output_modalities": ["text"],
+            "audio": {
+                "input": {
+                    "format": format,
+                    "transcription": {
+                        "model": self.transcription_model,
+                        "language": self.language,
+                        "prompt": self.prompt,
+                    },
+                    "turn_detection": turn_detection,
+                    "noise_reduction": null,
+                }
+            },
+            "voxd": {
+                "partial_interval_ms": self.partial_interval_ms,
+                "min_speech_ms": self.min_speech_ms,
+                "speculative_after_ms": self.speculative_after_ms,
+            }
+        })
+    }
+}
+
+fn invalid(param: &str, message: &str) -> ProtocolError {
+    ProtocolError::new("invalid_session_config", format!("{param} {message}")).param(param)
+}
+
+fn uint(v: &Value, param: &str) -> Result<u64, ProtocolError> {
+    v.as_u64()
+        .ok_or_else(|| invalid(param, "must be a non-negative integer"))
+}
+
+fn ranged(v: &Value, param: &str, min: u64, max: u64) -> Result<u64, ProtocolError> {
+    let n = uint(v, param)?;
+    if !(min..=max).contains(&n) {
+        return Err(invalid(param, &format!("must be between {min} and {max}")));
+    }
+    Ok(n)
+}
+
+fn pcm_rate(v: Option<&Value>, param: &str) -> Result<u32, ProtocolError> {
+    match v {
+        None | Some(Value::Null) => Ok(24_000),
+        Some(x) => {
+            let rate = x.as_u64().ok_or_else(|| {
+                ProtocolError::new(
+                    "unsupported_sample_rate",
+                    format!("{param} must be an integer"),
+                )
+                .param(param)
+            })?;
+            if !(8_000..=48_000).contains(&rate) {
+                return Err(ProtocolError::new(
+                    "unsupported_sample_rate",
+                    format!("sample rate {rate} Hz is not supported; use 8000 to 48000"),
+                )
+                .param(param));
+            }
+            Ok(rate as u32)
+        }
+    }
+}
+
+fn ga_format(v: &Value) -> Result<InputFormat, ProtocolError> {
+    let param = "session.audio.input.format";
+    let obj = v.as_object().ok_or_else(|| {
+        ProtocolError::new(
+            "unsupported_audio_format",
+            "format must be an object such as {\"type\":\"audio/pcm\",\"rate\":24000}",
+        )
+        .param(param)
+    })?;
+    match obj.get("type").and_then(Value::as_str) {
+        Some("audio/pcm") => Ok(InputFormat::Pcm16 {
+            rate: pcm_rate(obj.get("rate"), "session.audio.input.format.rate")?,
+        }),
+        Some("audio/pcmu") => Ok(InputFormat::Pcmu),
+        Some("audio/pcma") => Ok(InputFormat::Pcma),
+        other => Err(ProtocolError::new(
+            "unsupported_audio_format",
+            format!(
+                "audio format {other:?} is not supported; use audio/pcm, audio/pcmu or audio/pcma"
+            ),
+        )
+        .param(param)),
+    }
+}
+
+fn beta_format(v: &Value) -> Result<InputFormat, ProtocolError> {
+    match v.as_str() {
+        Some("pcm16") => Ok(InputFormat::Pcm16 { rate: 24_000 }),
+        Some("g711_ulaw") => Ok(InputFormat::Pcmu),
+        Some("g711_alaw") => Ok(InputFormat::Pcma),
+        other => Err(ProtocolError::new(
+            "unsupported_audio_format",
+            format!(
+                "input_audio_format {other:?} is not supported; use pcm16, g711_ulaw or g711_alaw"
+            ),
+        )
+        .param("session.input_audio_format")),
+    }
+}
+
+fn turn_detection(
+    v: &Value,
+    current: Option<TurnDetection>,
+    param: &str,
+) -> Result<Option<TurnDetection>, ProtocolError> {
+    let obj: &Map<String, Value> = match v {
+        Value::Null => return Ok(None),
+        Value::Object(o) => o,
+        _ => return Err(invalid(param, "must be an object or null")),
+    };
+    match obj.get("type").and_then(Value::as_str) {
+        None | Some("server_vad") | Some("semantic_vad") => {}
+        Some(other) => {
+            return Err(invalid(
+                &format!("{param}.type"),
+                &format!("`{other}` is not supported; use server_vad"),
+            ))
+        }
+    }
+    let mut t = current.unwrap_or_default();
+    if let Some(x) = obj.get("threshold") {
+        let th = x
+            .as_f64()
+            .filter(|v| (0.0..=1.0).contains(v))
+            .ok_or_else(|| {
+                invalid(
+                    &format!("{param}.threshold"),
+                    "must be a number from 0 to 1",
+                )
+            })?;
+        t.threshold = th as f32;
+    }
+    if let Some(x) = obj.get("prefix_padding_ms") {
+        t.prefix_padding_ms = ranged(x, &format!("{param}.prefix_padding_ms"), 0, 5_000)?;
+    }
+    if let Some(x) = obj.get("silence_duration_ms") {
+        t.silence_duration_ms = ranged(x, &format!("{param}.silence_duration_ms"), 60, 10_000)?;
+    }
+    if let Some(x) = obj.get("create_response") {
+        t.create_response = x
+            .as_bool()
+            .ok_or_else(|| invalid(&format!("{param}.create_response"), "must be a boolean"))?;
+    }
+    if let Some(x) = obj.get("interrupt_response") {
+        t.interrupt_response = x
+            .as_bool()
+            .ok_or_else(|| invalid(&format!("{param}.interrupt_response"), "must be a boolean"))?;
+    }
+    if let Some(x) = obj.get("idle_timeout_ms") {
+        t.idle_timeout_ms = match x {
+            Value::Null => None,
+            x => Some(ranged(
+                x,
+                &format!("{param}.idle_timeout_ms"),
+                1_000,
+                3_600_000,
+            )?),
+        };
+    }
+    Ok(Some(t))
+}
+
+fn transcription(v: &Value, next: &mut SessionConfig, param: &str) -> Result<(), ProtocolError> {
+    let obj = match v {
+        Value::Null => return Ok(()),
+        Value::Object(o) => o,
+        _ => return Err(invalid(param, "must be an object")),
+    };
+    if let Some(m) = obj.get("model").and_then(Value::as_str) {
+        next.transcription_model = m.to_string();
+    }
+    if let Some(l) = obj.get("language") {
+        next.language = match l {
+            Value::Null => None,
+            Value::String(s) if s.is_empty() => None,
+            Value::String(s) if s.len() <= 8 && s.chars().all(|c| c.is_ascii_alphabetic()) => {
+                Some(s.clone())
+            }
+            _ => {
+                return Err(invalid(
+                    &format!("{param}.language"),
+                    "must be a language code such as \"en\"",
+                ))
+            }
+        };
+    }
+    if let Some(p) = obj.get("prompt") {
+        next.prompt = match p {
+            Value::Null => None,
+            Value::String(s) if s.is_empty() => None,
+            Value::String(s) => Some(s.clone()),
+            _ => return Err(invalid(&format!("{param}.prompt"), "must be a string")),
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> SessionConfig {
+        SessionConfig::new(SessionKind::Realtime, "voxd")
+    }
+
+    #[test]
+    fn ga_update_sets_format_vad_and_transcription() {
+        let mut c = cfg();
+        c.apply_update(&json!({
+            "type": "transcription",
+            "audio": {"input": {
+                "format": {"type": "audio/pcm", "rate": 16000},
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 700, "prefix_padding_ms": 200},
+                "transcription": {"model": "whisper-1", "language": "en", "prompt": "Kennedy"}
+            }}
+        }))
+        .unwrap();
+        assert_eq!(c.kind, SessionKind::Transcription);
+        assert_eq!(c.input_format, InputFormat::Pcm16 { rate: 16_000 });
+        let t = c.turn_detection.unwrap();
+        assert_eq!((t.silence_duration_ms, t.prefix_padding_ms), (700, 200));
+        assert_eq!(
+            (c.language.as_deref(), c.prompt.as_deref()),
+            (Some("en"), Some("Kennedy"))
+        );
+        let view = c.to_view();
+        assert_eq!(view["audio"]["input"]["format"]["rate"], 16000);
+        assert_eq!(
+            view["audio"]["input"]["turn_detection"]["silence_duration_ms"],
+            700
+        );
+    }
+
+    #[test]
+    fn beta_shape_and_null_turn_detection() {
+        let mut c = cfg();
+        c.apply_update(&json!({"input_audio_format": "g711_ulaw", "turn_detection": null}))
+            .unwrap();
+        assert_eq!(c.input_format, InputFormat::Pcmu);
+        assert_eq!(c.turn_detection, None);
+        assert_eq!(c.to_view()["audio"]["input"]["turn_detection"], Value::Null);
+        c.apply_update(&json!({"turn_detection": {"type": "server_vad"}}))
+            .unwrap();
+        assert_eq!(c.turn_detection, Some(TurnDetection::default()));
+    }
+
+    #[test]
+    fn bad_updates_are_refused_whole() {
+        let before = cfg();
+        let cases = [
+            (
+                json!({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 0}}}}),
+                "unsupported_sample_rate",
+            ),
+            (
+                json!({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 96000}}}}),
+                "unsupported_sample_rate",
+            ),
+            (
+                json!({"audio": {"input": {"format": {"type": "audio/opus"}}}}),
+                "unsupported_audio_format",
+            ),
+            (
+                json!({"input_audio_format": "mp3"}),
+                "unsupported_audio_format",
+            ),
+            (
+                json!({"turn_detection": {"silence_duration_ms": -5}}),
+                "invalid_session_config",
+            ),
+            (
+                json!({"turn_detection": {"threshold": 3}}),
+                "invalid_session_config",
+            ),
+            (json!({"type": "chat"}), "invalid_session_config"),
+            (
+                json!({"voxd": {"partial_interval_ms": 5}}),
+                "invalid_session_config",
+            ),
+            (json!("nope"), "invalid_session_config"),
+        ];
+        for (update, code) in cases {
+            let mut c = before.clone();
+            // A valid part first, to prove nothing of it is kept.
+            let mut u = update.clone();
+            if let Value::Object(o) = &mut u {
+                o.insert("instructions".into(), json!("changed"));
+            }
+            let err = c.apply_update(&u).unwrap_err();
+            assert_eq!(err.code, code, "{update}");
+            assert_eq!(c, before, "{update} changed the config");
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `GET /v1/realtime`: the OpenAI Realtime API over a WebSocket (the URL the official SDKs build
+//! from a base URL ending in `/v1`). Checks come before the upgrade: readiness (503), the session
+//! cap (503) and allowed origins (403); the API key is checked by the auth layer for every route.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::protocol::SessionKind;
+use crate::realtime::{self, Shared};
+
+/// Largest WebSocket message: a 15 MiB append in base64 plus its JSON envelope.
+pub const MAX_MESSAGE_BYTES: usize = 21 * 1024 * 1024;
+/// Frames up to 1 MiB beyond the message limit are read whole, so the message check answers
+/// with a clean close 1009; a larger frame is refused from its header and the socket is reset.
+pub const MAX_FRAME_BYTES: usize = MAX_MESSAGE_BYTES + 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct RealtimeQuery {
+    /// Accepted for compatibility (`?model=gpt-realtime`); the loaded models answer.
+    #[allow(dead_code)]
+    model: Option<String>,
+    /// `transcription` starts a transcription session (the beta API's `?intent=transcription`).
+    intent: Option<String>,
+}
+
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<RealtimeQuery>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|e| {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            format!("this endpoint speaks WebSocket: {e}"),
+        )
+    })?;
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        if !state.origin_allowed(origin) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                format!("origin {origin} is not allowed (--allowed-origins)"),
+            ));
+        }
+    }
+    let asr = state.asr()?;
+    let live = state.live_sessions();
+    if live >= state.max_sessions {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            format!(
+                "the server is at its limit of {} sessions",
+                state.max_sessions
+            ),
+        ));
+    }
+    let kind = match query.intent.as_deref() {
+        Some("transcription") => SessionKind::Transcription,
+        _ => SessionKind::Realtime,
+    };
+    let shared = Shared::new(
+        asr,
+        state.limits.clone(),
+        state.live_counter(),
+        state.shutdown_signal(),
+    );
+    Ok(ws
+        .protocols(["realtime"])
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| realtime::run(socket, shared, kind)))
+}
