@@ -44,6 +44,8 @@ enum Command {
         #[command(subcommand)]
         action: ModelsAction,
     },
+    /// Stream an audio file to a realtime endpoint and print the events.
+    Client(ClientArgs),
     /// Transcribe an audio file (WAV, FLAC, MP3, Ogg/Vorbis) and print the transcript.
     Transcribe {
         /// The audio file.
@@ -57,6 +59,46 @@ enum Command {
         #[command(flatten)]
         asr: AsrArgs,
     },
+}
+
+/// `voxd client` options.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The audio file to stream (WAV, FLAC, MP3, Ogg/Vorbis).
+    file: PathBuf,
+    /// Realtime endpoint.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/v1/realtime")]
+    url: String,
+    /// Pace the audio in real time, as a microphone would (default: as fast as possible).
+    #[arg(long)]
+    realtime: bool,
+    /// Session sample rate the file is converted to.
+    #[arg(long, default_value_t = 24_000)]
+    rate: u32,
+    /// Send raw PCM16 binary frames instead of base64 `append` events.
+    #[arg(long)]
+    binary: bool,
+    /// Channel of the file: mix, left, right or a number.
+    #[arg(long, default_value = "mix")]
+    channel: ChannelSelect,
+    /// Silence (ms) that ends a turn.
+    #[arg(long, default_value_t = 500)]
+    silence_ms: u64,
+    /// Turn speculative finalisation off (wait for the whole silence window).
+    #[arg(long)]
+    no_speculative: bool,
+    /// No server VAD: commit once at the end of the file.
+    #[arg(long)]
+    manual: bool,
+    /// Silence appended after the file, in ms.
+    #[arg(long, default_value_t = 1500)]
+    tail_ms: u64,
+    /// Print every server event as a JSON line.
+    #[arg(long)]
+    json: bool,
+    /// API key (Authorization: Bearer).
+    #[arg(long, env = "VOXD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +171,11 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = Config::resolve(&cli.common, &AsrArgs::default(), &ServerArgs::default())?;
             voxd::telemetry::init(cfg.log_format);
             models(cfg, action)
+        }
+        Command::Client(args) => {
+            let cfg = Config::resolve(&cli.common, &AsrArgs::default(), &ServerArgs::default())?;
+            voxd::telemetry::init(cfg.log_format);
+            tokio::runtime::Runtime::new()?.block_on(client(args))
         }
         Command::Transcribe {
             file,
@@ -370,6 +417,155 @@ fn transcribe(
                 "timing_ms": { "decode": decode_ms, "asr": transcript.compute.as_millis() },
             })
         ),
+    }
+    Ok(())
+}
+
+/// Streams a file to a realtime endpoint; prints events and, per turn, the time from the end of
+/// speech in the file (found offline with the same VAD) to the final transcript.
+async fn client(args: ClientArgs) -> Result<()> {
+    use voxd::client::Incoming;
+    use voxd::protocol::ServerEvent;
+
+    let decoded = audio::decode_file(&args.file, args.channel)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let at_16k = audio::to_model_rate(decoded.clone())?.samples;
+    let mut samples =
+        audio::resample::resample_all(&decoded.samples, decoded.sample_rate, args.rate)?;
+    samples.extend(vec![0.0; (args.rate as u64 * args.tail_ms / 1000) as usize]);
+    // True ends of speech in the file, for latency figures.
+    let vad = voxd::vad::VadParams {
+        silence_duration_ms: args.silence_ms,
+        ..Default::default()
+    };
+    let speech_ends: Vec<u64> = voxd::vad::segment(&at_16k, vad)
+        .into_iter()
+        .map(|(_, end)| end)
+        .collect();
+
+    let (mut tx, mut rx) = voxd::client::connect(&args.url, args.api_key.as_deref()).await?;
+    let turn_detection = if args.manual {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({"type": "server_vad", "silence_duration_ms": args.silence_ms})
+    };
+    let speculative = if args.no_speculative {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!(100)
+    };
+    tx.update_session(serde_json::json!({
+        "type": "transcription",
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": args.rate}, "turn_detection": turn_detection}},
+        "voxd": {"speculative_after_ms": speculative}
+    }))
+    .await?;
+
+    let start = tokio::time::Instant::now();
+    let (rate, realtime, binary, manual) = (args.rate, args.realtime, args.binary, args.manual);
+    let sender = tokio::spawn(async move {
+        tx.stream(&samples, rate, 20, realtime, binary).await?;
+        if manual {
+            tx.commit().await?;
+        }
+        Ok::<_, voxd::client::ClientError>(tx)
+    });
+
+    let expected_turns = if args.manual {
+        1
+    } else {
+        speech_ends.len().max(1)
+    };
+    let mut done = 0;
+    let mut latencies = Vec::new();
+    let mut streaming_done = false;
+    let mut sender = Some(sender);
+    let idle_limit = std::time::Duration::from_secs(10);
+    while done < expected_turns {
+        let msg = tokio::select! {
+            m = rx.next() => m,
+            r = async { sender.as_mut().expect("checked").await }, if sender.is_some() => {
+                sender = None;
+                r??;
+                streaming_done = true;
+                continue;
+            }
+            _ = tokio::time::sleep(idle_limit), if streaming_done => {
+                eprintln!("no more turns after the audio ended ({done} of {expected_turns} transcribed)");
+                break;
+            }
+        };
+        let Some(msg) = msg else { break };
+        let event = match msg? {
+            Incoming::Event(e) => e,
+            Incoming::Other(v) => {
+                if args.json {
+                    println!("{v}");
+                }
+                continue;
+            }
+            Incoming::Closed { code, reason } => {
+                bail!("the server closed the session ({code} {reason})")
+            }
+        };
+        if args.json {
+            println!("{}", serde_json::to_string(&event)?);
+        }
+        match &event {
+            ServerEvent::TranscriptionDelta { delta, .. } if !args.json => {
+                use std::io::Write;
+                print!("{delta}");
+                std::io::stdout().flush()?;
+            }
+            ServerEvent::TranscriptionCompleted {
+                transcript,
+                voxd_timing,
+                ..
+            } => {
+                let now_ms = start.elapsed().as_millis() as i64;
+                let latency = speech_ends
+                    .get(done)
+                    .filter(|_| args.realtime && !args.manual)
+                    .map(|&end| now_ms - end as i64);
+                if let Some(l) = latency {
+                    latencies.push(l);
+                }
+                if !args.json {
+                    println!();
+                    let timing = voxd_timing
+                        .as_ref()
+                        .map(|t| {
+                            format!(
+                                " (asr {} ms{})",
+                                t.asr_ms,
+                                if t.speculative { ", speculative" } else { "" }
+                            )
+                        })
+                        .unwrap_or_default();
+                    match latency {
+                        Some(l) => println!(
+                            "[final] {transcript}\n        end of speech -> final: {l} ms{timing}"
+                        ),
+                        None => println!("[final] {transcript}{timing}"),
+                    }
+                }
+                done += 1;
+            }
+            ServerEvent::Error { error } => eprintln!(
+                "error: {} ({})",
+                error.message,
+                error.code.as_deref().unwrap_or("")
+            ),
+            _ => {}
+        }
+    }
+    if !latencies.is_empty() && !args.json {
+        latencies.sort_unstable();
+        println!(
+            "median end of speech -> final: {} ms over {} turn(s)",
+            latencies[latencies.len() / 2],
+            latencies.len()
+        );
     }
     Ok(())
 }

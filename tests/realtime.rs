@@ -472,3 +472,76 @@ async fn a_client_that_never_reads_is_disconnected() {
     assert_eq!(closed, Some(1013), "expected close 1013 (try again later)");
     wait_for_no_sessions(&state).await;
 }
+
+#[tokio::test]
+async fn session_cap_origins_and_maximum_length() {
+    let settings = ServerSettings {
+        max_sessions: 1,
+        allowed_origins: vec!["http://app.example".into()],
+        limits: voxd::realtime::Limits {
+            max_session: Duration::from_secs(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (url, state) = common::start_realtime(settings).await;
+    let (_tx, mut rx) = client::connect(&url, None).await.unwrap();
+    // The cap: a second session is refused before the upgrade.
+    match client::connect(&url, None).await {
+        Err(client::ClientError::Refused { status, body }) => {
+            assert_eq!(status, 503);
+            assert!(body.contains("too_many_sessions"), "{body}");
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    // The maximum length: an error, then a normal close.
+    let (events, closed) = read_until(&mut rx, |_| false).await;
+    assert!(
+        events.iter().any(|e| matches!(e, ServerEvent::Error { error } if error.code.as_deref() == Some("session_expired"))),
+        "{events:?}"
+    );
+    assert_eq!(closed, Some(1000));
+    wait_for_no_sessions(&state).await;
+
+    // Origins: a browser from elsewhere is refused; the allowed one gets in.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "http://app.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+}
+
+#[tokio::test]
+async fn an_append_over_15_mib_is_refused_and_the_session_continues() {
+    let (url, _) = common::start_realtime(ServerSettings::default()).await;
+    let (mut tx, mut rx) = open(&url, pcm(16_000, 500)).await;
+    // 15.5 MiB of audio: within the WebSocket message limit, over the API's append limit.
+    let audio = "A".repeat((15 * 1024 * 1024 + 512 * 1024) / 3 * 4);
+    tx.send_text(format!(
+        r#"{{"type":"input_audio_buffer.append","event_id":"big","audio":"{audio}"}}"#
+    ))
+    .await
+    .unwrap();
+    let (events, closed) = read_until(&mut rx, |e| e.iter().any(|e| e.kind() == "error")).await;
+    assert_eq!(closed, None);
+    match events.last().unwrap() {
+        ServerEvent::Error { error } => {
+            assert_eq!(error.code.as_deref(), Some("audio_too_large"));
+            assert_eq!(error.event_id.as_deref(), Some("big"));
+        }
+        other => panic!("{other:?}"),
+    }
+    tx.update_session(json!({"instructions": "still here"}))
+        .await
+        .unwrap();
+    let (events, _) =
+        read_until(&mut rx, |e| e.iter().any(|e| e.kind() == "session.updated")).await;
+    assert_eq!(events.last().unwrap().kind(), "session.updated");
+}

@@ -1,0 +1,93 @@
+//! The `voxd serve` process itself: it starts with the default models, serves, and on SIGTERM
+//! closes realtime sessions with 1001 and exits cleanly.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use voxd::client::{self, Incoming};
+
+#[tokio::test]
+async fn sigterm_closes_sessions_with_1001_and_exits_cleanly() {
+    common::asr_model();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voxd"))
+        .args([
+            "serve",
+            "--no-pull",
+            "--addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--asr-pool",
+            "1",
+        ])
+        .env("VOXD_HOME", common::home())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The address is in the `listening` log line.
+    let stderr = child.stderr.take().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["fields"]["message"] == "listening" {
+                    let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("voxd serve did not start");
+
+    // Wait until the model is loaded.
+    let base = format!("http://{addr}");
+    let mut ready = false;
+    for _ in 0..600 {
+        if reqwest::get(format!("{base}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "never ready");
+
+    let (_tx, mut rx) = client::connect(&format!("ws://{addr}/v1/realtime"), None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(rx.next().await, Some(Ok(Incoming::Event(_)))),
+        "session.created"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Incoming::Closed { code, .. })) => return Some(code),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("no close after SIGTERM");
+    assert_eq!(closed, Some(1001));
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
