@@ -545,3 +545,29 @@ async fn an_append_over_15_mib_is_refused_and_the_session_continues() {
         read_until(&mut rx, |e| e.iter().any(|e| e.kind() == "session.updated")).await;
     assert_eq!(events.last().unwrap().kind(), "session.updated");
 }
+
+#[tokio::test]
+async fn idle_timeout_is_reported_when_nobody_speaks() {
+    let (url, _) = common::start_realtime(ServerSettings::default()).await;
+    let session = json!({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000},
+        "turn_detection": {"type": "server_vad", "idle_timeout_ms": 1000}}}});
+    let (mut tx, mut rx) = open(&url, session).await;
+    tx.stream(&vec![0.0; 16_000 * 5 / 2], 16_000, 100, false, false)
+        .await
+        .unwrap();
+    let (events, _) = read_until(&mut rx, |e| {
+        e.iter()
+            .any(|e| e.kind() == "input_audio_buffer.timeout_triggered")
+    })
+    .await;
+    match events.last().unwrap() {
+        ServerEvent::TimeoutTriggered {
+            audio_start_ms,
+            audio_end_ms,
+            ..
+        } => {
+            assert_eq!((*audio_start_ms, *audio_end_ms), (0, 1000));
+        }
+        other => panic!("{other:?}"),
+    }
+}

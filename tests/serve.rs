@@ -91,3 +91,46 @@ async fn sigterm_closes_sessions_with_1001_and_exits_cleanly() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test]
+async fn voxd_client_streams_a_file_and_prints_events() {
+    let (url, _) = common::start_realtime(voxd::server::ServerSettings::default()).await;
+    let file = common::data("LDC93S1_pcms16le_2_44100.wav");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxd"))
+        .args([
+            "client",
+            "--json",
+            "--url",
+            &url,
+            "--rate",
+            "16000",
+            file.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(
+        kinds.contains(&"input_audio_buffer.speech_started"),
+        "{kinds:?}"
+    );
+    let completed = events
+        .iter()
+        .find(|e| e["type"] == "conversation.item.input_audio_transcription.completed")
+        .expect("a final transcript");
+    let reference = common::reference("LDC93S1_pcms16le_2_44100.wav", "");
+    assert!(
+        voxd::wer::wer(&reference, completed["transcript"].as_str().unwrap()) <= 0.2,
+        "{completed}"
+    );
+}

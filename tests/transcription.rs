@@ -155,3 +155,57 @@ async fn silence_and_very_short_audio_do_not_invent_speech() {
     let err = pool.transcribe(Request::new(vec![])).await.unwrap_err();
     assert!(matches!(err, voxd::asr::AsrError::NoAudio), "{err}");
 }
+
+#[tokio::test]
+async fn finals_are_served_before_waiting_partials() {
+    use voxd::asr::Priority;
+    // One worker: while it runs the first job, a final submitted after two partials goes first.
+    let cfg = WhisperConfig {
+        pool_size: 1,
+        threads: 1,
+        ..WhisperConfig::new(common::asr_model())
+    };
+    let pool = std::sync::Arc::new(
+        tokio::task::spawn_blocking(move || WhisperPool::load(cfg))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let samples = audio::decode_file(&common::data("jfk.wav"), ChannelSelect::Mix)
+        .unwrap()
+        .samples;
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let job = |name: &'static str, priority: Priority| {
+        let (pool, order, samples) = (pool.clone(), order.clone(), samples.clone());
+        tokio::spawn(async move {
+            let request = Request {
+                priority,
+                ..Request::new(samples)
+            };
+            let result = pool.transcribe(request).await;
+            order.lock().unwrap().push((name, result.is_ok()));
+        })
+    };
+    let first = job("first", Priority::Final);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let p1 = job("partial-1", Priority::Partial);
+    let p2 = job("partial-2", Priority::Partial);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let fin = job("final", Priority::Final);
+    for h in [first, p1, p2, fin] {
+        h.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    let pos = |n: &str| order.iter().position(|(name, _)| *name == n).unwrap();
+    assert!(
+        pos("final") < pos("partial-1") && pos("final") < pos("partial-2"),
+        "{order:?}"
+    );
+    assert!(
+        order
+            .iter()
+            .filter(|(n, _)| n.starts_with("first") || *n == "final")
+            .all(|(_, ok)| *ok),
+        "{order:?}"
+    );
+}
