@@ -32,8 +32,6 @@ pub struct Request {
     pub language: Option<String>,
     /// Text that conditions the decoder (names, spelling, style).
     pub prompt: Option<String>,
-    /// Whether segment timestamps are needed.
-    pub timestamps: bool,
     pub priority: Priority,
 }
 
@@ -44,7 +42,6 @@ impl Request {
             samples,
             language: None,
             prompt: None,
-            timestamps: true,
             priority: Priority::Final,
         }
     }

@@ -360,19 +360,19 @@ fn run(
     params.set_language(Some(&language));
     params.set_translate(false);
     params.set_no_context(true);
-    params.set_no_timestamps(!req.timestamps);
-    params.set_single_segment(!req.timestamps);
+    // Always decode with timestamp tokens, even when the caller wants no segments: without them
+    // tiny.en loops ("She had your dark suit… She had your dark suit…") on short clips with a
+    // trimmed window (measured on LDC93S1); with them it ends the segment cleanly.
+    params.set_no_timestamps(false);
     params.set_print_special(false);
     params.set_print_progress(false);
     params.set_print_realtime(false);
     params.set_print_timestamps(false);
     params.set_suppress_blank(true);
     params.set_audio_ctx(audio_ctx_for(cfg.audio_ctx, samples.len(), model_ctx));
-    if req.priority == Priority::Partial {
-        // Speech runs at ~3 words (~4 tokens) a second; a partial that goes far beyond is
-        // repeating itself, which short windows invite. Bounding it also bounds its cost.
-        params.set_max_tokens((audio.as_secs_f64() * 6.0).ceil() as i32 + 8);
-    }
+    // Speech runs at ~3 words (~4 tokens) a second; far beyond that the decoder is repeating
+    // itself. The bound is per segment, so long audio is unaffected.
+    params.set_max_tokens((audio.as_secs_f64().min(30.0) * 8.0).ceil() as i32 + 16);
     let prompt = req.prompt.as_deref().or(cfg.prompt.as_deref());
     if let Some(p) = prompt.filter(|p| !p.is_empty()) {
         params.set_initial_prompt(p);

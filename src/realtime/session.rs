@@ -472,7 +472,6 @@ impl Hub {
             samples,
             language: opts.language,
             prompt: opts.prompt,
-            timestamps: false,
             priority: if kind == JobKind::Partial {
                 Priority::Partial
             } else {

@@ -110,7 +110,6 @@ pub async fn transcribe(
         samples: decoded.samples,
         language,
         prompt,
-        timestamps: matches!(format, Format::VerboseJson | Format::Srt | Format::Vtt),
         priority: Priority::Final,
     };
     let transcript = asr.transcribe(request).await?;
