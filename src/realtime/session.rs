@@ -408,6 +408,20 @@ struct Turn {
     speculative_result: Option<Result<Transcript, AsrError>>,
 }
 
+impl Turn {
+    fn new(seq: u64) -> Self {
+        Turn {
+            seq,
+            item_id: new_id("item"),
+            partials: Partials::default(),
+            partial_in_flight: false,
+            queued_partial: None,
+            speculation: None,
+            speculative_result: None,
+        }
+    }
+}
+
 /// A turn that ended and waits for its final transcript (kept in order).
 struct Ending {
     seq: u64,
@@ -563,15 +577,7 @@ impl Hub {
                 }
                 let turn = turn.unwrap_or_else(|| {
                     self.seq += 1;
-                    Turn {
-                        seq: self.seq,
-                        item_id: new_id("item"),
-                        partials: Partials::default(),
-                        partial_in_flight: false,
-                        queued_partial: None,
-                        speculation: None,
-                        speculative_result: None,
-                    }
+                    Turn::new(self.seq)
                 });
                 // A manual commit never uses a speculative result: the audio may continue past it.
                 let turn = Turn {
