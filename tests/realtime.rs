@@ -118,6 +118,11 @@ async fn stream_file(
 }
 
 fn check_jfk_turn(events: &[ServerEvent], label: &str) {
+    check_jfk_turn_with(events, label, 0.15)
+}
+
+/// `max_delta_wer` bounds how far the concatenated partial deltas may be from the final text.
+fn check_jfk_turn_with(events: &[ServerEvent], label: &str, max_delta_wer: f64) {
     let jfk = common::reference("jfk.wav", "");
     let kinds: Vec<&str> = events.iter().map(|e| e.kind()).collect();
     let started = kinds
@@ -160,7 +165,7 @@ fn check_jfk_turn(events: &[ServerEvent], label: &str) {
     let d = deltas(events);
     let agreement = wer(&finals[0], &d);
     assert!(
-        agreement <= 0.15,
+        agreement <= max_delta_wer,
         "{label}: deltas `{d}` vs final `{}`",
         finals[0]
     );
@@ -190,9 +195,20 @@ async fn jfk_in_real_time_gives_partials_then_the_final() {
 async fn other_rates_and_binary_frames() {
     let _turn = SPEECH.lock().await;
     let (url, _) = common::start_realtime(ServerSettings::default()).await;
-    for (rate, binary) in [(8_000, false), (48_000, false), (16_000, true)] {
+    // At 8 kHz tiny.en mishears the first two seconds until more context arrives ("and so am I
+    // fellow" for "and so my fellow"), sometimes consistently enough for three hypotheses to agree;
+    // those partial words then differ from the final (measured: up to 4 of 21 words).
+    for (rate, binary, max_delta_wer) in [
+        (8_000, false, 0.25),
+        (48_000, false, 0.15),
+        (16_000, true, 0.15),
+    ] {
         let events = stream_file(&url, "jfk.wav", rate, binary, 1).await;
-        check_jfk_turn(&events, &format!("{rate} Hz binary={binary}"));
+        check_jfk_turn_with(
+            &events,
+            &format!("{rate} Hz binary={binary}"),
+            max_delta_wer,
+        );
     }
 }
 

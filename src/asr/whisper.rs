@@ -6,7 +6,8 @@
 //! oneshot reply. Partials are served first come, first served across sessions (each session
 //! keeps at most one queued), are skipped once they have waited [`PARTIAL_MAX_WAIT`] (a newer one
 //! of the same speech is coming) and, beyond `max_queue`, the oldest is dropped. Finals are never
-//! skipped; beyond `max_queue` waiting finals, new ones get [`AsrError::Busy`].
+//! skipped; beyond `max_queue` waiting finals, new ones get [`AsrError::Busy`]. A final that
+//! starts while no other job runs or waits uses every core instead of `threads`.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -129,6 +130,8 @@ struct Job {
 struct Queues {
     finals: VecDeque<Job>,
     partials: VecDeque<Job>,
+    /// Workers running a job.
+    busy: usize,
     shutdown: bool,
 }
 
@@ -289,43 +292,67 @@ fn worker(
     model_ctx: i32,
     multilingual: bool,
 ) {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     loop {
-        let job = {
+        let (job, alone) = {
             let mut q = shared.queues.lock().expect("queue lock");
             loop {
                 if q.shutdown {
                     return;
                 }
                 if let Some(j) = q.finals.pop_front().or_else(|| q.partials.pop_front()) {
-                    break j;
+                    let alone = q.busy == 0 && q.finals.is_empty() && q.partials.is_empty();
+                    q.busy += 1;
+                    break (j, alone);
                 }
                 q = shared.ready.wait(q).expect("queue lock");
             }
         };
-        if job.reply.is_closed() {
-            debug!("skipping a transcription nobody waits for");
-            continue;
-        }
-        let queue_wait = job.enqueued.elapsed();
-        if job.request.priority == Priority::Partial && queue_wait > PARTIAL_MAX_WAIT {
-            let _ = job.reply.send(Err(AsrError::Superseded));
-            continue;
-        }
-        let result = run(&mut state, &job.request, &cfg, model_ctx, multilingual).map(|mut t| {
-            t.queue_wait = queue_wait;
-            t
-        });
-        if let Err(e) = &result {
-            warn!(error = %e, "transcription failed");
-        }
-        let _ = job.reply.send(result);
+        // A final with the pool otherwise idle takes every core: it is what the person waits for.
+        let threads = if alone && job.request.priority == Priority::Final {
+            cores.max(cfg.threads)
+        } else {
+            cfg.threads
+        };
+        run_job(&mut state, &cfg, job, threads, model_ctx, multilingual);
+        shared.queues.lock().expect("queue lock").busy -= 1;
     }
+}
+
+fn run_job(
+    state: &mut WhisperState,
+    cfg: &WhisperConfig,
+    job: Job,
+    threads: usize,
+    model_ctx: i32,
+    multilingual: bool,
+) {
+    if job.reply.is_closed() {
+        debug!("skipping a transcription nobody waits for");
+        return;
+    }
+    let queue_wait = job.enqueued.elapsed();
+    if job.request.priority == Priority::Partial && queue_wait > PARTIAL_MAX_WAIT {
+        let _ = job.reply.send(Err(AsrError::Superseded));
+        return;
+    }
+    let result = run(state, &job.request, cfg, threads, model_ctx, multilingual).map(|mut t| {
+        t.queue_wait = queue_wait;
+        t
+    });
+    if let Err(e) = &result {
+        warn!(error = %e, "transcription failed");
+    }
+    let _ = job.reply.send(result);
 }
 
 fn run(
     state: &mut WhisperState,
     req: &Request,
     cfg: &WhisperConfig,
+    threads: usize,
     model_ctx: i32,
     multilingual: bool,
 ) -> Result<Transcript, AsrError> {
@@ -356,7 +383,7 @@ fn run(
         SamplingStrategy::Greedy { best_of: 1 }
     };
     let mut params = FullParams::new(strategy);
-    params.set_n_threads(cfg.threads.max(1) as i32);
+    params.set_n_threads(threads.max(1) as i32);
     params.set_language(Some(&language));
     params.set_translate(false);
     params.set_no_context(true);
