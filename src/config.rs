@@ -100,6 +100,68 @@ pub struct ServerArgs {
     pub max_session_minutes: Option<u64>,
 }
 
+/// Knowledge-base and embedding settings.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KbArgs {
+    /// Knowledge-base database file [default: <home>/kb.sqlite].
+    #[arg(long = "kb", env = "VOXD_KB")]
+    pub kb_path: Option<PathBuf>,
+    /// Embedding model: a manifest name (all-minilm-l6-v2) or a folder with model.safetensors,
+    /// config.json and tokenizer.json; with --embed-url, the remote model's name.
+    #[arg(long, env = "VOXD_EMBED_MODEL")]
+    pub embed_model: Option<String>,
+    /// Use an OpenAI-compatible embeddings endpoint (base URL with /v1) instead of the local model.
+    #[arg(long, env = "VOXD_EMBED_URL")]
+    pub embed_url: Option<String>,
+    /// API key for --embed-url.
+    #[arg(long, env = "VOXD_EMBED_API_KEY", hide_env_values = true)]
+    pub embed_api_key: Option<String>,
+    /// Vector length to request from --embed-url [default: the model's].
+    #[arg(long, env = "VOXD_EMBED_DIMENSIONS")]
+    pub embed_dimensions: Option<usize>,
+    /// Threads running the local embedding model [default: 1].
+    #[arg(long, env = "VOXD_EMBED_WORKERS")]
+    pub embed_workers: Option<usize>,
+    /// Relevance floor: passages less similar (cosine) to the question are not used [default: 0.3].
+    #[arg(long, env = "VOXD_KB_MIN_SCORE")]
+    pub kb_min_score: Option<f32>,
+    /// Passages retrieved per question [default: 4].
+    #[arg(long, env = "VOXD_KB_TOP_K")]
+    pub kb_top_k: Option<usize>,
+    /// Largest document accepted, in MiB [default: 5].
+    #[arg(long, env = "VOXD_KB_MAX_DOCUMENT_MB")]
+    pub kb_max_document_mb: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKb {
+    path: Option<PathBuf>,
+    embed_model: Option<String>,
+    embed_url: Option<String>,
+    embed_api_key: Option<String>,
+    embed_dimensions: Option<usize>,
+    embed_workers: Option<usize>,
+    min_score: Option<f32>,
+    top_k: Option<usize>,
+    max_document_mb: Option<u64>,
+}
+
+/// Knowledge-base configuration.
+#[derive(Debug, Clone)]
+pub struct KbConfig {
+    pub path: PathBuf,
+    /// `None`: the manifest's default embedding model (or, with `embed_url`, an error).
+    pub embed_model: Option<String>,
+    pub embed_url: Option<String>,
+    pub embed_api_key: Option<String>,
+    pub embed_dimensions: Option<usize>,
+    pub embed_workers: usize,
+    pub min_score: f32,
+    pub top_k: usize,
+    pub max_document_bytes: usize,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -109,6 +171,8 @@ struct FileConfig {
     server: FileServer,
     #[serde(default)]
     asr: FileAsr,
+    #[serde(default)]
+    kb: FileKb,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +229,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub asr: AsrConfig,
     pub server: ServerConfig,
+    pub kb: KbConfig,
 }
 
 /// The default data folder: `$XDG_DATA_HOME/voxd` (`~/.local/share/voxd`).
@@ -181,6 +246,16 @@ impl Config {
         common: &CommonArgs,
         asr: &AsrArgs,
         server: &ServerArgs,
+    ) -> Result<Self, ConfigError> {
+        Self::resolve_with(common, asr, server, &KbArgs::default())
+    }
+
+    /// [`Config::resolve`] with knowledge-base flags too.
+    pub fn resolve_with(
+        common: &CommonArgs,
+        asr: &AsrArgs,
+        server: &ServerArgs,
+        kb: &KbArgs,
     ) -> Result<Self, ConfigError> {
         let file = match &common.config {
             Some(path) => read_file(path)?,
@@ -271,12 +346,75 @@ impl Config {
             });
         }
 
-        Ok(Config {
-            home: common
-                .home
+        let home = common
+            .home
+            .clone()
+            .or(file.home)
+            .unwrap_or_else(default_home);
+        let fk = file.kb;
+        let embed_workers = kb.embed_workers.or(fk.embed_workers).unwrap_or(1);
+        if !(1..=64).contains(&embed_workers) {
+            return Err(ConfigError::Invalid {
+                setting: "embed_workers",
+                message: format!("{embed_workers} is outside 1..=64"),
+            });
+        }
+        let min_score = kb.kb_min_score.or(fk.min_score).unwrap_or(0.3);
+        if !(-1.0..=1.0).contains(&min_score) {
+            return Err(ConfigError::Invalid {
+                setting: "kb_min_score",
+                message: format!("{min_score} is outside -1..=1 (cosine similarity)"),
+            });
+        }
+        let top_k = kb.kb_top_k.or(fk.top_k).unwrap_or(4);
+        if !(1..=crate::rag::search::MAX_TOP_K).contains(&top_k) {
+            return Err(ConfigError::Invalid {
+                setting: "kb_top_k",
+                message: format!("{top_k} is outside 1..={}", crate::rag::search::MAX_TOP_K),
+            });
+        }
+        let max_doc_mb = kb.kb_max_document_mb.or(fk.max_document_mb).unwrap_or(5);
+        if !(1..=1024).contains(&max_doc_mb) {
+            return Err(ConfigError::Invalid {
+                setting: "kb_max_document_mb",
+                message: format!("{max_doc_mb} is outside 1..=1024"),
+            });
+        }
+        let embed_url = kb
+            .embed_url
+            .clone()
+            .or(fk.embed_url)
+            .filter(|u| !u.is_empty());
+        let embed_model = kb.embed_model.clone().or(fk.embed_model);
+        if embed_url.is_some() && embed_model.is_none() {
+            return Err(ConfigError::Invalid {
+                setting: "embed_model",
+                message: "--embed-url needs --embed-model, the remote model's name".into(),
+            });
+        }
+        let kb_config = KbConfig {
+            path: kb
+                .kb_path
                 .clone()
-                .or(file.home)
-                .unwrap_or_else(default_home),
+                .or(fk.path)
+                .unwrap_or_else(|| home.join("kb.sqlite")),
+            embed_model,
+            embed_url,
+            embed_api_key: kb
+                .embed_api_key
+                .clone()
+                .or(fk.embed_api_key)
+                .filter(|k| !k.is_empty()),
+            embed_dimensions: kb.embed_dimensions.or(fk.embed_dimensions),
+            embed_workers,
+            min_score,
+            top_k,
+            max_document_bytes: (max_doc_mb as usize) << 20,
+        };
+
+        Ok(Config {
+            home,
+            kb: kb_config,
             log_format: common.log_format.or(file.log_format).unwrap_or_default(),
             asr: AsrConfig {
                 model: asr.asr_model.clone().or(file.asr.model),

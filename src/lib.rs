@@ -15,6 +15,8 @@
 //! - [`audio`]: decode files and uploads, stream-resample any rate to 16 kHz.
 //! - [`vad`]: turn detection (webrtc-vad frames → turns, with pause/resume for speculation).
 //! - [`asr`]: the speech recogniser trait and the embedded whisper.cpp worker pool.
+//! - [`rag`]: the knowledge base: embeddings, SQLite store, chunking, hybrid retrieval.
+//! - [`prompt`]: the grounded prompt (instructions, delimited passages, history) and ChatML.
 //! - [`protocol`]: the OpenAI Realtime API events and session configuration.
 //! - [`realtime`]: one realtime session wiring audio, VAD, ASR and events over a WebSocket.
 //! - [`server`]: the HTTP routes (health, readiness, OpenAI-compatible transcription).
@@ -22,6 +24,7 @@
 //! - [`config`]: flags, environment and TOML file merged into one validated configuration.
 //! - [`telemetry`]: logging setup.
 //! - [`wer`]: word error rate, for tests and benchmarks.
+//! - [`workers`]: the bounded worker-thread pool for model compute.
 
 #![forbid(unsafe_code)]
 
@@ -30,9 +33,12 @@ pub mod audio;
 pub mod client;
 pub mod config;
 pub mod models;
+pub mod prompt;
 pub mod protocol;
+pub mod rag;
 pub mod realtime;
 pub mod server;
 pub mod telemetry;
 pub mod vad;
 pub mod wer;
+pub mod workers;

@@ -10,7 +10,7 @@ use tracing::{error, info};
 
 use voxd::asr::{Asr, Request, WhisperConfig, WhisperPool};
 use voxd::audio::{self, ChannelSelect};
-use voxd::config::{AsrArgs, CommonArgs, Config, ServerArgs};
+use voxd::config::{AsrArgs, CommonArgs, Config, KbArgs, ServerArgs};
 use voxd::models::{Manifest, ModelStore, PullOptions, PullOutcome, Role};
 use voxd::server::{self, AppState, ServerSettings};
 
@@ -35,6 +35,8 @@ enum Command {
         server: ServerArgs,
         #[command(flatten)]
         asr: AsrArgs,
+        #[command(flatten)]
+        kb: KbArgs,
         /// Do not download missing default models; fail instead.
         #[arg(long)]
         no_pull: bool,
@@ -46,6 +48,13 @@ enum Command {
     },
     /// Stream an audio file to a realtime endpoint and print the events.
     Client(ClientArgs),
+    /// Manage the knowledge base that grounds answers.
+    Kb {
+        #[command(flatten)]
+        kb: KbArgs,
+        #[command(subcommand)]
+        action: KbAction,
+    },
     /// Transcribe an audio file (WAV, FLAC, MP3, Ogg/Vorbis) and print the transcript.
     Transcribe {
         /// The audio file.
@@ -139,6 +148,38 @@ enum ModelsAction {
     },
 }
 
+#[derive(Subcommand)]
+enum KbAction {
+    /// Add files or folders (.txt, .md, .html); unchanged files are skipped, changed ones replaced.
+    Add {
+        /// Files or folders (searched recursively).
+        paths: Vec<PathBuf>,
+    },
+    /// List the documents.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a document by id.
+    Remove { id: String },
+    /// Search the knowledge base.
+    Search {
+        query: String,
+        /// Passages to return.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Only documents of this source (repeatable).
+        #[arg(long)]
+        source: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-embed every chunk with the configured embedding model.
+    Reindex,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum OutputFormat {
     Text,
@@ -161,9 +202,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             server,
             asr,
+            kb,
             no_pull,
         } => {
-            let cfg = Config::resolve(&cli.common, &asr, &server)?;
+            let cfg = Config::resolve_with(&cli.common, &asr, &server, &kb)?;
             voxd::telemetry::init(cfg.log_format);
             serve(cfg, no_pull)
         }
@@ -171,6 +213,16 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = Config::resolve(&cli.common, &AsrArgs::default(), &ServerArgs::default())?;
             voxd::telemetry::init(cfg.log_format);
             models(cfg, action)
+        }
+        Command::Kb { kb, action } => {
+            let cfg = Config::resolve_with(
+                &cli.common,
+                &AsrArgs::default(),
+                &ServerArgs::default(),
+                &kb,
+            )?;
+            voxd::telemetry::init(cfg.log_format);
+            tokio::runtime::Runtime::new()?.block_on(kb_command(cfg, action))
         }
         Command::Client(args) => {
             let cfg = Config::resolve(&cli.common, &AsrArgs::default(), &ServerArgs::default())?;
@@ -251,6 +303,24 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(cfg.server.addr)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.server.addr))?;
+        state.expect_kb();
+        let kb_state = state.clone();
+        let kb_cfg = cfg.kb.clone();
+        let kb_models = store.clone();
+        tokio::spawn(async move {
+            match voxd::rag::open::open(&kb_cfg, &kb_models).await {
+                Ok(kb) => {
+                    if let Err(e) = kb.check_model().await {
+                        error!(error = %e, "the knowledge base needs re-indexing");
+                    }
+                    kb_state.set_kb(Arc::new(kb))
+                }
+                Err(e) => {
+                    error!(error = %e, "opening the knowledge base failed");
+                    kb_state.set_kb_error(e.to_string());
+                }
+            }
+        });
         let loader_state = state.clone();
         let wcfg = whisper_config(&cfg, model_path);
         tokio::task::spawn_blocking(move || match WhisperPool::load(wcfg) {
@@ -568,4 +638,183 @@ async fn client(args: ClientArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Files under `paths` (folders recursively, in name order).
+fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect();
+            entries.sort();
+            let (dirs, files): (Vec<_>, Vec<_>) = entries.into_iter().partition(|p| p.is_dir());
+            // In a folder, files of other types are skipped (named explicitly, they are errors).
+            out.extend(
+                files
+                    .into_iter()
+                    .filter(|p| voxd::rag::extract::Format::for_path(p).is_ok()),
+            );
+            out.extend(collect_files(&dirs)?);
+        } else if path.exists() {
+            out.push(path.clone());
+        } else {
+            bail!("{}: no such file or folder", path.display());
+        }
+    }
+    Ok(out)
+}
+
+async fn kb_command(cfg: Config, action: KbAction) -> Result<()> {
+    let models = store(&cfg);
+    let kb = voxd::rag::open::open(&cfg.kb, &models).await?;
+    match action {
+        KbAction::Add { paths } => {
+            if paths.is_empty() {
+                bail!("name at least one file or folder to add");
+            }
+            let files = collect_files(&paths)?;
+            if files.is_empty() {
+                bail!("no .txt, .md or .html files found");
+            }
+            let bar = indicatif::ProgressBar::new(files.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} adding [{bar:30}] {pos}/{len} {wide_msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            if files.len() < 2 {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let mut failed = 0;
+            let mut counts = std::collections::BTreeMap::new();
+            for file in &files {
+                bar.set_message(file.display().to_string());
+                match kb.add_file(file).await {
+                    Ok(out) => {
+                        *counts
+                            .entry(format!("{:?}", out.status).to_lowercase())
+                            .or_insert(0) += 1;
+                        bar.println(format!(
+                            "{:<9} {}  {} ({} chunks)",
+                            format!("{:?}", out.status).to_lowercase(),
+                            out.document.id,
+                            file.display(),
+                            out.document.chunks
+                        ));
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        bar.println(format!("error     {}: {e}", file.display()));
+                    }
+                }
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            println!("{} ({} failed)", summary.join(", "), failed);
+            if failed > 0 {
+                bail!("{failed} of {} files could not be added", files.len());
+            }
+            Ok(())
+        }
+        KbAction::List { json } => {
+            let docs = kb.list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&docs)?);
+                return Ok(());
+            }
+            println!("{:<26} {:>6} {:<20} TITLE / URI", "ID", "CHUNKS", "VERSION");
+            for d in &docs {
+                println!(
+                    "{:<26} {:>6} {:<20} {}  {}",
+                    d.id,
+                    d.chunks,
+                    voxd::rag::extract::format_time(d.version_at),
+                    d.title,
+                    d.uri.as_deref().unwrap_or("")
+                );
+            }
+            println!("{} documents in {}", docs.len(), cfg.kb.path.display());
+            Ok(())
+        }
+        KbAction::Remove { id } => {
+            kb.remove(&id).await?;
+            println!("removed {id}");
+            Ok(())
+        }
+        KbAction::Search {
+            query,
+            top_k,
+            source,
+            json,
+        } => {
+            let mut request = voxd::rag::SearchRequest::new(query);
+            request.top_k = top_k;
+            if !source.is_empty() {
+                request.filter = Some(voxd::rag::Filter {
+                    sources: Some(source),
+                    ..Default::default()
+                });
+            }
+            let results = kb.search(request).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+                return Ok(());
+            }
+            if !results.grounded {
+                println!("nothing in the knowledge base passes the relevance floor");
+            }
+            for (i, p) in results.passages.iter().enumerate() {
+                let c = &p.citation;
+                println!(
+                    "[{}] {:.3} (cosine {:.3})  {} › {}  [{}, chunk {}, chars {}..{}]",
+                    i + 1,
+                    p.score,
+                    p.similarity,
+                    c.title,
+                    c.heading,
+                    c.document_id,
+                    c.chunk_id,
+                    c.char_start,
+                    c.char_end
+                );
+                for line in p.text.lines().filter(|l| !l.trim().is_empty()).take(4) {
+                    println!("    {line}");
+                }
+            }
+            println!(
+                "embed {:.1} ms, search {:.1} ms",
+                results.embed_ms, results.search_ms
+            );
+            Ok(())
+        }
+        KbAction::Reindex => {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "re-embedding [{bar:30}] {pos}/{len} chunks",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            let n = kb
+                .reindex(&|done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                })
+                .await?;
+            bar.finish_and_clear();
+            println!("re-embedded {n} chunks with {}", kb.model());
+            Ok(())
+        }
+    }
 }

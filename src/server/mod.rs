@@ -2,10 +2,12 @@
 //!
 //! Routes: `GET /` (the web demo, compiled in), `GET /healthz` (the process answers),
 //! `GET /readyz` (200 once the models are loaded), `POST /v1/audio/transcriptions`,
-//! `GET /v1/realtime` (WebSocket). Every error is JSON (see [`error`]). With an API key set,
+//! `GET /v1/realtime` (WebSocket), the knowledge base under `/v1/kb/` and `POST /v1/embeddings`
+//! (see [`kb`]). Every error is JSON (see [`error`]). With an API key set,
 //! every route but `/`, `/healthz` and `/readyz` requires it.
 
 pub mod error;
+pub mod kb;
 pub mod realtime;
 pub mod transcriptions;
 
@@ -26,6 +28,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::asr::Asr;
+use crate::rag::KnowledgeBase;
 use crate::realtime::Limits;
 use error::ApiError;
 
@@ -60,6 +63,11 @@ impl Default for ServerSettings {
 pub struct AppState {
     asr: OnceLock<Arc<dyn Asr>>,
     load_error: Mutex<Option<String>>,
+    kb: OnceLock<Arc<KnowledgeBase>>,
+    /// Why the knowledge base is unavailable (`None` while it loads).
+    kb_error: Mutex<Option<String>>,
+    /// A knowledge base is being opened: not ready until it is (or fails).
+    kb_pending: std::sync::atomic::AtomicBool,
     /// Largest request body accepted.
     pub max_upload_bytes: usize,
     /// Longest decoded upload accepted, in seconds.
@@ -84,6 +92,9 @@ impl AppState {
         AppState {
             asr: OnceLock::new(),
             load_error: Mutex::new(None),
+            kb: OnceLock::new(),
+            kb_error: Mutex::new(None),
+            kb_pending: std::sync::atomic::AtomicBool::new(false),
             max_upload_bytes: s.max_upload_bytes,
             max_audio_seconds: 4.0 * 3600.0,
             api_key: s.api_key.filter(|k| !k.is_empty()),
@@ -128,6 +139,49 @@ impl AppState {
         *self.load_error.lock().expect("lock") = Some(message);
     }
 
+    /// Says a knowledge base is being opened: `/readyz` waits for it.
+    pub fn expect_kb(&self) {
+        self.kb_pending.store(true, Ordering::SeqCst);
+    }
+
+    /// Installs the opened knowledge base.
+    pub fn set_kb(&self, kb: Arc<KnowledgeBase>) {
+        let _ = self.kb.set(kb);
+        self.kb_pending.store(false, Ordering::SeqCst);
+    }
+
+    /// Records that the knowledge base could not be opened (its routes answer 503 with this).
+    pub fn set_kb_error(&self, message: String) {
+        *self.kb_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+        self.kb_pending.store(false, Ordering::SeqCst);
+    }
+
+    /// The knowledge base, if it is open.
+    pub fn knowledge_base(&self) -> Option<Arc<KnowledgeBase>> {
+        self.kb.get().cloned()
+    }
+
+    /// The knowledge base, or a 503 saying why not.
+    pub fn kb(&self) -> Result<Arc<KnowledgeBase>, ApiError> {
+        if let Some(kb) = self.kb.get() {
+            return Ok(kb.clone());
+        }
+        let message = match self
+            .kb_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(e) => format!("the knowledge base is unavailable: {e}"),
+            None => "the knowledge base is still loading; retry shortly".into(),
+        };
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kb_unavailable",
+            message,
+        ))
+    }
+
     /// The speech recogniser, or a 503 while it is loading.
     pub fn asr(&self) -> Result<Arc<dyn Asr>, ApiError> {
         if let Some(a) = self.asr.get() {
@@ -157,6 +211,21 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(transcriptions::transcribe).layer(DefaultBodyLimit::max(limit)),
         )
         .route("/v1/realtime", get(realtime::upgrade))
+        .route(
+            "/v1/kb/documents",
+            post(kb::add_document)
+                .get(kb::list_documents)
+                .layer(DefaultBodyLimit::max(limit)),
+        )
+        .route(
+            "/v1/kb/documents/{id}",
+            get(kb::get_document).delete(kb::delete_document),
+        )
+        .route("/v1/kb/search", post(kb::search))
+        .route(
+            "/v1/embeddings",
+            post(kb::embeddings).layer(DefaultBodyLimit::max(limit)),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -215,10 +284,30 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let kb_error = state
+        .kb_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let kb = match (state.kb.get(), kb_error) {
+        (Some(kb), _) => json!({ "status": "ready", "embedding_model": kb.model() }),
+        (None, Some(e)) => json!({ "status": "unavailable", "reason": e }),
+        (None, None) if !state.kb_pending.load(Ordering::SeqCst) => {
+            json!({ "status": "not_configured" })
+        }
+        (None, None) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(
+                    json!({ "status": "not_ready", "reason": "the knowledge base is still loading" }),
+                ),
+            )
+        }
+    };
     match state.asr() {
         Ok(asr) => (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "asr": asr.describe() })),
+            Json(json!({ "status": "ready", "asr": asr.describe(), "kb": kb })),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

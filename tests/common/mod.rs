@@ -100,3 +100,57 @@ pub fn audio_at(file: &str, rate: u32) -> Vec<f32> {
     let d = voxd::audio::decode_file(&data(file), voxd::audio::ChannelSelect::Mix).unwrap();
     voxd::audio::resample::resample_all(&d.samples, d.sample_rate, rate).unwrap()
 }
+
+/// The installed default embedding model's folder.
+pub fn embed_model_dir() -> PathBuf {
+    let store = ModelStore::new(&home(), Manifest::builtin());
+    store
+        .resolve(Role::Embeddings, None)
+        .unwrap_or_else(|e| {
+            panic!("{e}\nRun `cargo run -- models pull` first (scripts/test does).")
+        })
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// One local embedder shared by the tests of a binary.
+pub fn embedder() -> Arc<voxd::rag::embed::LocalEmbedder> {
+    static EMBEDDER: OnceLock<Arc<voxd::rag::embed::LocalEmbedder>> = OnceLock::new();
+    EMBEDDER
+        .get_or_init(|| {
+            Arc::new(
+                voxd::rag::embed::LocalEmbedder::load(&embed_model_dir(), "all-minilm-l6-v2", 1)
+                    .expect("the default embedding model loads"),
+            )
+        })
+        .clone()
+}
+
+/// A knowledge base in a fresh SQLite file under `dir`, with the shared local embedder.
+pub fn knowledge_base(dir: &std::path::Path) -> voxd::rag::KnowledgeBase {
+    let store = voxd::rag::store::SqliteStore::open(&dir.join("kb.sqlite")).unwrap();
+    voxd::rag::KnowledgeBase::new(
+        Arc::new(store),
+        embedder(),
+        voxd::rag::KbSettings::default(),
+    )
+}
+
+/// Starts the real server with `settings` and a knowledge base (no speech model); returns its
+/// base URL.
+pub async fn start_kb_server(
+    settings: voxd::server::ServerSettings,
+    kb: voxd::rag::KnowledgeBase,
+) -> String {
+    let state = Arc::new(voxd::server::AppState::with_settings(settings));
+    state.set_kb(Arc::new(kb));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        voxd::server::serve(listener, state, std::future::pending())
+            .await
+            .unwrap();
+    });
+    format!("http://{addr}")
+}

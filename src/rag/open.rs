@@ -1,0 +1,76 @@
+//! Opening the knowledge base the configuration describes: the store file and the embedder
+//! (local model from the model cache or a user's folder, or a remote endpoint).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::embed::{EmbedError, Embedder, LocalEmbedder, RemoteEmbedder, RemoteEmbedderConfig};
+use super::store::SqliteStore;
+use super::{KbError, KbSettings, KnowledgeBase};
+use crate::config::KbConfig;
+use crate::models::{ModelStore, Role};
+
+/// The embedder the configuration names.
+pub async fn embedder(cfg: &KbConfig, models: &ModelStore) -> Result<Arc<dyn Embedder>, KbError> {
+    if let Some(url) = &cfg.embed_url {
+        let remote = RemoteEmbedder::connect(RemoteEmbedderConfig {
+            base_url: url.clone(),
+            api_key: cfg.embed_api_key.clone(),
+            model: cfg.embed_model.clone().unwrap_or_default(),
+            dimensions: cfg.embed_dimensions,
+            max_tokens: 512,
+            timeout: Duration::from_secs(30),
+        })
+        .await?;
+        return Ok(Arc::new(remote));
+    }
+    let value = cfg.embed_model.as_deref();
+    let path = models
+        .resolve(Role::Embeddings, value)
+        .map_err(|e| EmbedError::Load {
+            path: PathBuf::from(value.unwrap_or("<default embedding model>")),
+            reason: e.to_string(),
+        })?;
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().map(|p| p.to_path_buf()).unwrap_or_default()
+    };
+    let name = match value {
+        Some(v) if models.manifest().get(v).is_some() => v.to_string(),
+        Some(_) => dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "custom".into()),
+        None => models
+            .manifest()
+            .default_for(Role::Embeddings)
+            .map(|e| e.name.clone())
+            .unwrap_or_else(|| "default".into()),
+    };
+    let workers = cfg.embed_workers;
+    let local = tokio::task::spawn_blocking(move || LocalEmbedder::load(&dir, &name, workers))
+        .await
+        .map_err(|e| KbError::Internal(e.to_string()))??;
+    Ok(Arc::new(local))
+}
+
+/// Opens the store and the embedder.
+pub async fn open(cfg: &KbConfig, models: &ModelStore) -> Result<KnowledgeBase, KbError> {
+    let embedder = embedder(cfg, models).await?;
+    let path = cfg.path.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        .await
+        .map_err(|e| KbError::Internal(e.to_string()))??;
+    tracing::info!(path = %cfg.path.display(), model = embedder.model_name(), "knowledge base open");
+    Ok(KnowledgeBase::new(
+        Arc::new(store),
+        embedder,
+        KbSettings {
+            min_score: cfg.min_score,
+            default_top_k: cfg.top_k,
+            max_document_bytes: cfg.max_document_bytes,
+        },
+    ))
+}
