@@ -172,6 +172,9 @@ enum KbAction {
         /// Only documents of this source (repeatable).
         #[arg(long)]
         source: Vec<String>,
+        /// Relevance floor for this search (cosine, -1..1) [default: --kb-min-score].
+        #[arg(long, allow_hyphen_values = true)]
+        min_score: Option<f32>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -755,10 +758,12 @@ async fn kb_command(cfg: Config, action: KbAction) -> Result<()> {
             query,
             top_k,
             source,
+            min_score,
             json,
         } => {
             let mut request = voxd::rag::SearchRequest::new(query);
             request.top_k = top_k;
+            request.min_score = min_score;
             if !source.is_empty() {
                 request.filter = Some(voxd::rag::Filter {
                     sources: Some(source),

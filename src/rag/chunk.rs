@@ -2,7 +2,8 @@
 //! of a target size (in the embedding model's tokens) with a little overlap, keeping each
 //! passage's exact byte span in the source so citations can point back into it.
 //!
-//! Passages never cross a heading. A section longer than the limit is cut preferably at a
+//! A passage crosses a heading only when the sections on both sides together fit the target (a
+//! short introduction joins what follows). A section longer than the limit is cut preferably at a
 //! paragraph end once the target is reached, and the next passage repeats the last sentences
 //! (up to `overlap` tokens) so a fact split across the cut is still found whole in one of them.
 
@@ -68,10 +69,28 @@ pub fn chunk(
     count: &dyn Fn(&str) -> usize,
 ) -> Vec<Chunk> {
     let mut chunks = Vec::new();
-    for section in sections(text, markdown, params, count) {
+    for section in merge_small(sections(text, markdown, params, count), params) {
         pack(&section, params, &mut chunks);
     }
     chunks
+}
+
+/// Joins neighbouring sections while together they fit the target, so a short introduction or a
+/// two-line section travels with its neighbour instead of becoming a passage too small to be
+/// found. The joined section keeps the first one's heading.
+fn merge_small(sections: Vec<Section>, params: ChunkParams) -> Vec<Section> {
+    let size = |s: &Section| s.units.iter().map(|u| u.tokens).sum::<usize>();
+    let mut out: Vec<Section> = Vec::new();
+    for section in sections {
+        match out.last_mut() {
+            Some(last) if size(last) + size(&section) <= params.target => {
+                last.units.extend(section.units);
+                last.has_body |= section.has_body;
+            }
+            _ => out.push(section),
+        }
+    }
+    out
 }
 
 /// Byte ranges of the lines of `text`, without their line ending.
@@ -269,7 +288,12 @@ mod tests {
     #[test]
     fn sections_follow_headings_and_spans_point_into_the_source() {
         let text = "# Guide\n## Prices\nA tune-up is £55. A full service is £120.\n\n## Hours\nWe open at eight.\n";
-        let chunks = chunk(text, true, PARAMS, &words);
+        let small = ChunkParams {
+            target: 12,
+            max: 16,
+            overlap: 2,
+        };
+        let chunks = chunk(text, true, small, &words);
         assert_eq!(chunks.len(), 2, "{chunks:?}");
         assert_eq!(chunks[0].heading, "Guide › Prices");
         assert_eq!(
@@ -281,8 +305,12 @@ mod tests {
             &text[chunks[1].start..chunks[1].end],
             "## Hours\nWe open at eight."
         );
+        // Sections that fit the target together make one passage.
+        let joined = chunk(text, true, PARAMS, &words);
+        assert_eq!(joined.len(), 1, "{joined:?}");
+        assert_eq!(&text[joined[0].start..joined[0].end], text.trim_end());
         // Plain text has no headings: `#` lines are just text.
-        let plain = chunk(text, false, PARAMS, &words);
+        let plain = chunk(text, false, small, &words);
         assert!(plain.iter().all(|c| c.heading.is_empty()));
     }
 

@@ -494,7 +494,13 @@ impl KnowledgeBase {
             for (id, score, [vr, kr]) in fused {
                 let Some(row) = index.row(id) else { continue };
                 let similarity = index.similarity(row, &qv);
-                if similarity < floor {
+                // A passage the keyword search also found needs a little less similarity.
+                let needed = if kr.is_some() {
+                    floor - search::KEYWORD_FLOOR_RELIEF
+                } else {
+                    floor
+                };
+                if similarity < needed {
                     continue;
                 }
                 picked.push((id, row, score, similarity, vr, kr));
