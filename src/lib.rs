@@ -16,6 +16,7 @@
 //! - [`vad`]: turn detection (webrtc-vad frames → turns, with pause/resume for speculation).
 //! - [`asr`]: the speech recogniser trait and the embedded whisper.cpp worker pool.
 //! - [`rag`]: the knowledge base: embeddings, SQLite store, chunking, hybrid retrieval.
+//! - [`llm`]: the language-model trait: SmolLM2 in-process (candle) or an OpenAI-compatible endpoint.
 //! - [`prompt`]: the grounded prompt (instructions, delimited passages, history) and ChatML.
 //! - [`protocol`]: the OpenAI Realtime API events and session configuration.
 //! - [`realtime`]: one realtime session wiring audio, VAD, ASR and events over a WebSocket.
@@ -32,6 +33,7 @@ pub mod asr;
 pub mod audio;
 pub mod client;
 pub mod config;
+pub mod llm;
 pub mod models;
 pub mod prompt;
 pub mod protocol;

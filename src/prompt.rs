@@ -114,24 +114,22 @@ fn passages_block(passages: &[Passage]) -> String {
     s
 }
 
-/// The messages for one answer: system (instructions, then the grounding), the history that
-/// fits the budget, then the user's words.
+/// The messages for one answer: the instructions as the first system message (untouched by
+/// anything retrieved, and a stable prefix the embedded model caches), the grounding as a second
+/// system message, the history that fits the budget, then the user's words.
 pub fn build(input: &PromptInput<'_>, count_tokens: &dyn Fn(&str) -> usize) -> Vec<ChatMessage> {
-    let mut system = input.instructions.trim().to_string();
-    let extra = match input.grounding {
+    let mut messages = Vec::new();
+    let instructions = input.instructions.trim();
+    if !instructions.is_empty() {
+        messages.push(ChatMessage::new(Role::System, instructions));
+    }
+    let grounding = match input.grounding {
         Grounding::None => None,
         Grounding::NothingFound | Grounding::Passages([]) => Some(NOTHING_FOUND.to_string()),
         Grounding::Passages(p) => Some(passages_block(p)),
     };
-    if let Some(extra) = extra {
-        if !system.is_empty() {
-            system.push_str("\n\n");
-        }
-        system.push_str(&extra);
-    }
-    let mut messages = Vec::new();
-    if !system.is_empty() {
-        messages.push(ChatMessage::new(Role::System, system));
+    if let Some(g) = grounding {
+        messages.push(ChatMessage::new(Role::System, g));
     }
     let mut kept = Vec::new();
     let mut used = 0;
@@ -228,14 +226,14 @@ mod tests {
             },
             &words,
         );
-        // The system section up to the passages is identical whatever the documents say.
-        let head = format!("{INSTRUCTIONS}\n\n{PASSAGE_RULES}");
+        // The instructions are identical whatever the documents say, and come first.
         for built in [&built_evil, &built_clean] {
-            assert_eq!(built[0].role, Role::System);
-            assert!(built[0].content.starts_with(&head), "{}", built[0].content);
-            assert_eq!(built.len(), 2);
+            assert_eq!(built[0], ChatMessage::new(Role::System, INSTRUCTIONS));
+            assert_eq!(built[1].role, Role::System);
+            assert!(built[1].content.starts_with(PASSAGE_RULES));
+            assert_eq!(built.len(), 3);
         }
-        let sys = &built_evil[0].content;
+        let sys = &built_evil[1].content;
         // The injected text stays inside one delimited quotation…
         let open = sys.find("<<<passage 1: quotation from").unwrap();
         let close = sys.rfind("<<<end passage 1>>>").unwrap();
@@ -250,9 +248,11 @@ mod tests {
         assert!(!sys.contains("[INST]") && !sys.contains("</s>"));
         // …and in the rendered template only the template's own control tokens are real.
         let rendered = render_chatml(&built_evil, true);
-        assert_eq!(rendered.matches("<|im_start|>").count(), 3, "{rendered}");
-        assert_eq!(rendered.matches("<|im_end|>").count(), 2);
-        assert!(rendered.starts_with(&format!("<|im_start|>system\n{head}")));
+        assert_eq!(rendered.matches("<|im_start|>").count(), 4, "{rendered}");
+        assert_eq!(rendered.matches("<|im_end|>").count(), 3);
+        assert!(rendered.starts_with(&format!(
+            "<|im_start|>system\n{INSTRUCTIONS}<|im_end|>\n<|im_start|>system\n{PASSAGE_RULES}"
+        )));
     }
 
     #[test]
@@ -268,9 +268,9 @@ mod tests {
                 },
                 &words,
             );
-            assert!(built[0].content.starts_with(INSTRUCTIONS));
-            assert!(built[0].content.ends_with(NOTHING_FOUND));
-            assert!(built[0].content.contains("don't know"));
+            assert_eq!(built[0].content, INSTRUCTIONS);
+            assert_eq!(built[1].content, NOTHING_FOUND);
+            assert!(built[1].content.contains("don't know"));
         }
         let ungrounded = build(
             &PromptInput {
@@ -283,6 +283,11 @@ mod tests {
             &words,
         );
         assert_eq!(ungrounded[0].content, INSTRUCTIONS);
+        assert_eq!(
+            ungrounded.len(),
+            2,
+            "instructions and the user's words only"
+        );
     }
 
     #[test]

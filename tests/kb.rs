@@ -462,11 +462,19 @@ async fn an_injected_document_does_not_change_the_system_section() {
         },
         &|s| s.split_whitespace().count(),
     );
-    let system = &messages[0].content;
-    assert!(system.starts_with(&format!("{instructions}\n\n{}", prompt::PASSAGE_RULES)));
-    let before_passages = &system[..system.find("<<<passage 1").unwrap()];
+    assert_eq!(
+        messages[0].content, instructions,
+        "the system instructions are untouched"
+    );
+    let grounding = &messages[1].content;
+    assert!(grounding.starts_with(prompt::PASSAGE_RULES));
+    let before_passages = &grounding[..grounding.find("<<<passage 1").unwrap()];
     assert!(!before_passages.contains("HACKED"));
     let rendered = prompt::render_chatml(&messages, true);
-    assert_eq!(rendered.matches("<|im_start|>").count(), 3, "{rendered}");
-    assert_eq!(rendered.matches("<|im_start|>system").count(), 1);
+    assert_eq!(rendered.matches("<|im_start|>").count(), 4, "{rendered}");
+    assert_eq!(
+        rendered.matches("<|im_start|>system").count(),
+        2,
+        "no injected system turn"
+    );
 }

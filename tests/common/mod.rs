@@ -154,3 +154,28 @@ pub async fn start_kb_server(
     });
     format!("http://{addr}")
 }
+
+/// The installed default LLM (GGUF file).
+pub fn llm_model() -> PathBuf {
+    ModelStore::new(&home(), Manifest::builtin())
+        .resolve(Role::Llm, None)
+        .unwrap_or_else(|e| {
+            panic!("{e}\nRun `cargo run -- models pull` first (scripts/test does).")
+        })
+}
+
+/// One embedded LLM shared by the tests of a binary.
+pub fn llm() -> Arc<voxd::llm::LocalLlm> {
+    static LLM: OnceLock<Arc<voxd::llm::LocalLlm>> = OnceLock::new();
+    LLM.get_or_init(|| {
+        Arc::new(
+            voxd::llm::LocalLlm::load(voxd::llm::LocalLlmConfig {
+                path: llm_model(),
+                name: "smollm2-135m-instruct".into(),
+                cache_entries: 4,
+            })
+            .expect("the default LLM loads"),
+        )
+    })
+    .clone()
+}

@@ -1,0 +1,483 @@
+//! The embedded LLM: a GGUF llama-architecture model (default SmolLM2-135M-Instruct, Q4_1) run
+//! with candle's quantized llama on a dedicated worker thread.
+//!
+//! Prefix caching: the attention (KV) state after a prompt prefix is kept (a few entries, least
+//! recently used dropped first). A request whose tokens start with a cached prefix clones that
+//! state (tensors are shared, not copied) and only runs the rest of its prompt. Callers mark
+//! useful prefixes with [`GenerateRequest::cache_points`] or warm one ahead of time with
+//! [`Llm::prefill`] (the realtime session does this while the person is still talking).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::LogitsProcessor;
+use candle_transformers::models::quantized_llama::ModelWeights;
+use futures::future::BoxFuture;
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc;
+
+use super::gguf_tokenizer::{self, GgufTokenizer};
+use super::stop::StopScanner;
+use super::template::{ChatTemplate, CHATML};
+use super::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, LlmStream, Usage};
+use crate::prompt::ChatMessage;
+use crate::workers::WorkerPool;
+
+/// candle's quantized llama precomputes rotary embeddings for this many positions.
+const MAX_POSITIONS: usize = 4096;
+/// Prompt tokens per forward pass while prefilling.
+const PREFILL_CHUNK: usize = 512;
+/// Requests that may wait for the model.
+const QUEUE: usize = 64;
+
+/// How to load the model.
+#[derive(Debug, Clone)]
+pub struct LocalLlmConfig {
+    pub path: PathBuf,
+    /// Name served in `/v1/models`.
+    pub name: String,
+    /// Cached prompt prefixes kept (each holds its KV state: ~45 KB per token for SmolLM2-135M).
+    pub cache_entries: usize,
+}
+
+struct CacheEntry {
+    tokens: Vec<u32>,
+    model: ModelWeights,
+    used: u64,
+}
+
+/// What the worker thread owns.
+struct Engine {
+    weights: ModelWeights,
+    tokenizer: GgufTokenizer,
+    template: ChatTemplate,
+    context: usize,
+    cache: Vec<CacheEntry>,
+    cache_entries: usize,
+    clock: u64,
+}
+
+/// The embedded LLM.
+pub struct LocalLlm {
+    pool: Arc<WorkerPool<Engine>>,
+    tokenizer: Tokenizer,
+    name: String,
+    context: usize,
+}
+
+fn compute(e: candle_core::Error) -> LlmError {
+    LlmError::Compute(e.to_string())
+}
+
+impl Engine {
+    fn load(cfg: &LocalLlmConfig) -> Result<Self, LlmError> {
+        let fail = |reason: String| LlmError::Load {
+            path: cfg.path.display().to_string(),
+            reason,
+        };
+        let mut file = std::fs::File::open(&cfg.path).map_err(|e| fail(e.to_string()))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| fail(format!("not a GGUF file: {e}")))?;
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        if arch != "llama" {
+            return Err(fail(format!(
+                "architecture `{arch}` is not supported (the embedded backend runs llama-architecture GGUF models; serve others through an OpenAI-compatible endpoint)"
+            )));
+        }
+        let tokenizer = gguf_tokenizer::from_metadata(&content.metadata).map_err(fail)?;
+        let source = content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| CHATML.to_string());
+        let token = |key: &str| {
+            content
+                .metadata
+                .get(key)
+                .and_then(|v| v.to_u32().ok())
+                .and_then(|id| tokenizer.tokenizer.id_to_token(id))
+                .unwrap_or_default()
+        };
+        let template = ChatTemplate::new(
+            &source,
+            &token("tokenizer.ggml.bos_token_id"),
+            &token("tokenizer.ggml.eos_token_id"),
+        )
+        .map_err(fail)?;
+        let context = content
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map(|c| c as usize)
+            .unwrap_or(2048)
+            .min(MAX_POSITIONS);
+        let weights = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+            .map_err(|e| fail(format!("the weights could not be read: {e}")))?;
+        Ok(Engine {
+            weights,
+            tokenizer,
+            template,
+            context,
+            cache: Vec::new(),
+            cache_entries: cfg.cache_entries,
+            clock: 0,
+        })
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        self.tokenizer
+            .tokenizer
+            .encode_fast(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| LlmError::Compute(format!("tokenizer: {e}")))
+    }
+
+    /// The cached state with the longest token prefix of `tokens` (strictly shorter, so at least
+    /// one token is left to run), as a fresh model and the number of tokens it covers.
+    fn start_from(&mut self, tokens: &[u32]) -> (ModelWeights, usize) {
+        self.clock += 1;
+        let clock = self.clock;
+        let best = self
+            .cache
+            .iter_mut()
+            .filter(|e| e.tokens.len() < tokens.len() && tokens.starts_with(&e.tokens))
+            .max_by_key(|e| e.tokens.len());
+        match best {
+            Some(e) => {
+                e.used = clock;
+                (e.model.clone(), e.tokens.len())
+            }
+            None => (self.weights.clone(), 0),
+        }
+    }
+
+    fn remember(&mut self, tokens: &[u32], model: &ModelWeights) {
+        if self.cache_entries == 0 || self.cache.iter().any(|e| e.tokens == tokens) {
+            return;
+        }
+        self.clock += 1;
+        if self.cache.len() >= self.cache_entries {
+            if let Some(oldest) = self
+                .cache
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(i, _)| i)
+            {
+                self.cache.swap_remove(oldest);
+            }
+        }
+        self.cache.push(CacheEntry {
+            tokens: tokens.to_vec(),
+            model: model.clone(),
+            used: self.clock,
+        });
+    }
+
+    /// Token counts of the rendered prompt at each cache point that is a clean token prefix.
+    fn boundaries(&self, messages: &[ChatMessage], points: &[usize], tokens: &[u32]) -> Vec<usize> {
+        let mut out = Vec::new();
+        for &n in points {
+            if n == 0 || n >= messages.len() {
+                continue;
+            }
+            let Ok(text) = self.template.render(&messages[..n], false) else {
+                continue;
+            };
+            let Ok(prefix) = self.encode(&text) else {
+                continue;
+            };
+            if prefix.len() < tokens.len() && tokens.starts_with(&prefix) {
+                out.push(prefix.len());
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Runs `tokens[from..to]` through `model` (whose cache covers `..from`); returns the logits
+    /// after the last one. Stops early (None) if `cancelled` says so.
+    fn run(
+        model: &mut ModelWeights,
+        tokens: &[u32],
+        from: usize,
+        to: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<Tensor>, LlmError> {
+        let mut pos = from;
+        let mut logits = None;
+        while pos < to {
+            if cancelled() {
+                return Ok(None);
+            }
+            let end = (pos + PREFILL_CHUNK).min(to);
+            let input = Tensor::new(&tokens[pos..end], &Device::Cpu)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(compute)?;
+            logits = Some(model.forward(&input, pos).map_err(compute)?);
+            pos = end;
+        }
+        Ok(logits)
+    }
+
+    /// Prefills `tokens` up to each boundary (caching the state there) and then to the end.
+    fn prefill(
+        &mut self,
+        tokens: &[u32],
+        boundaries: &[usize],
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<(ModelWeights, Tensor, usize)>, LlmError> {
+        let (mut model, cached) = self.start_from(tokens);
+        let mut pos = cached;
+        let mut logits = None;
+        let ahead: Vec<usize> = boundaries.iter().copied().filter(|&b| b > pos).collect();
+        for b in ahead {
+            match Self::run(&mut model, tokens, pos, b, cancelled)? {
+                Some(l) => logits = Some(l),
+                None => return Ok(None),
+            }
+            pos = b;
+            self.remember(&tokens[..b], &model);
+        }
+        if pos < tokens.len() {
+            match Self::run(&mut model, tokens, pos, tokens.len(), cancelled)? {
+                Some(l) => logits = Some(l),
+                None => return Ok(None),
+            }
+        }
+        Ok(logits.map(|l| (model, l, cached)))
+    }
+
+    fn generate(
+        &mut self,
+        req: GenerateRequest,
+        tx: &mpsc::Sender<Result<LlmEvent, LlmError>>,
+        submitted: Instant,
+    ) -> Result<(), LlmError> {
+        let started = Instant::now();
+        let prompt = self
+            .template
+            .render(&req.messages, true)
+            .map_err(LlmError::Invalid)?;
+        let tokens = self.encode(&prompt)?;
+        if tokens.is_empty() {
+            return Err(LlmError::Invalid("the prompt is empty".into()));
+        }
+        if tokens.len() + req.max_tokens > self.context {
+            return Err(LlmError::ContextOverflow {
+                prompt: tokens.len(),
+                max_tokens: req.max_tokens,
+                context: self.context,
+            });
+        }
+        let boundaries = self.boundaries(&req.messages, &req.cache_points, &tokens);
+        let cancelled = || tx.is_closed();
+        let Some((mut model, logits, cached)) = self.prefill(&tokens, &boundaries, &cancelled)?
+        else {
+            return Ok(());
+        };
+        let prefill_ms = started.elapsed().as_secs_f64() * 1e3;
+        let temperature = (req.temperature > 0.0).then_some(req.temperature as f64);
+        let mut sampler = LogitsProcessor::new(
+            req.seed.unwrap_or(299_792_458),
+            temperature,
+            req.top_p.map(f64::from),
+        );
+        let mut logits = logits;
+        let mut generated: Vec<u32> = Vec::new();
+        let mut emitted = String::new();
+        let mut scanner = StopScanner::new(&req.stop);
+        let mut first_token_ms = 0.0;
+        let mut first_at = None;
+        let mut finish = FinishReason::Length;
+        let stop_ids = self.tokenizer.stop_ids.clone();
+        for i in 0..req.max_tokens {
+            let next = sampler
+                .sample(&logits.squeeze(0).map_err(compute)?)
+                .map_err(compute)?;
+            if i == 0 {
+                first_token_ms = submitted.elapsed().as_secs_f64() * 1e3;
+                first_at = Some(Instant::now());
+            }
+            if stop_ids.contains(&next) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            generated.push(next);
+            let text = self
+                .tokenizer
+                .tokenizer
+                .decode(&generated, true)
+                .map_err(|e| LlmError::Compute(format!("tokenizer: {e}")))?;
+            // Wait for the rest of a character split across tokens.
+            if !text.ends_with('\u{fffd}')
+                && text.len() > emitted.len()
+                && text.starts_with(&emitted)
+            {
+                let piece = text[emitted.len()..].to_string();
+                emitted = text;
+                let (out, stopped) = scanner.push(&piece);
+                if !out.is_empty() && tx.blocking_send(Ok(LlmEvent::Delta(out))).is_err() {
+                    return Ok(()); // cancelled
+                }
+                if stopped {
+                    finish = FinishReason::Stop;
+                    break;
+                }
+            }
+            if tx.is_closed() {
+                return Ok(());
+            }
+            if tokens.len() + generated.len() >= self.context {
+                break;
+            }
+            let input = Tensor::new(&[next], &Device::Cpu)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(compute)?;
+            logits = model
+                .forward(&input, tokens.len() + generated.len() - 1)
+                .map_err(compute)?;
+        }
+        let rest = scanner.finish();
+        if finish == FinishReason::Length && !rest.is_empty() {
+            let _ = tx.blocking_send(Ok(LlmEvent::Delta(rest)));
+        }
+        let decode_s = first_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let usage = Usage {
+            prompt_tokens: tokens.len(),
+            completion_tokens: generated.len(),
+            cached_tokens: cached,
+            queue_ms: (started - submitted).as_secs_f64() * 1e3,
+            prefill_ms,
+            first_token_ms,
+            tokens_per_second: if decode_s > 0.0 && generated.len() > 1 {
+                (generated.len() - 1) as f64 / decode_s
+            } else {
+                0.0
+            },
+        };
+        tracing::debug!(
+            prompt = usage.prompt_tokens,
+            cached = usage.cached_tokens,
+            completion = usage.completion_tokens,
+            prefill_ms = usage.prefill_ms as u64,
+            tps = usage.tokens_per_second as u64,
+            "generation done"
+        );
+        let _ = tx.blocking_send(Ok(LlmEvent::Done { finish, usage }));
+        Ok(())
+    }
+}
+
+impl LocalLlm {
+    /// Loads the GGUF model (blocking: call from a blocking thread) and starts its worker.
+    pub fn load(cfg: LocalLlmConfig) -> Result<Self, LlmError> {
+        let engine = Engine::load(&cfg)?;
+        let tokenizer = engine.tokenizer.tokenizer.clone();
+        let context = engine.context;
+        tracing::info!(model = %cfg.name, path = %cfg.path.display(), context, "language model loaded");
+        Ok(LocalLlm {
+            pool: Arc::new(WorkerPool::start("llm", vec![engine], QUEUE)),
+            tokenizer,
+            name: cfg.name,
+            context,
+        })
+    }
+
+    /// The model file's path, for messages.
+    pub fn describe(path: &Path) -> String {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Llm for LocalLlm {
+    fn generate(&self, request: GenerateRequest) -> BoxFuture<'_, Result<LlmStream, LlmError>> {
+        Box::pin(async move {
+            if request.messages.is_empty() {
+                return Err(LlmError::Invalid("no messages".into()));
+            }
+            if request.max_tokens == 0 {
+                return Err(LlmError::Invalid("max_tokens must be at least 1".into()));
+            }
+            let (tx, rx) = mpsc::channel(256);
+            let submitted = Instant::now();
+            let job_tx = tx.clone();
+            let pool = self.pool.clone();
+            // The job streams into `tx`; its own failure is sent as the stream's last item.
+            tokio::spawn(async move {
+                let result = pool
+                    .run(move |engine: &mut Engine| engine.generate(request, &job_tx, submitted))
+                    .await;
+                let err = match result {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(e) => LlmError::Pool(e),
+                };
+                let _ = tx.send(Err(err)).await;
+            });
+            let stream = tokio_stream_from(rx);
+            Ok(stream)
+        })
+    }
+
+    fn prefill(&self, messages: Vec<ChatMessage>) -> BoxFuture<'_, Result<(), LlmError>> {
+        Box::pin(async move {
+            if messages.is_empty() {
+                return Ok(());
+            }
+            self.pool
+                .run(move |engine: &mut Engine| {
+                    let text = engine
+                        .template
+                        .render(&messages, false)
+                        .map_err(LlmError::Invalid)?;
+                    let tokens = engine.encode(&text)?;
+                    if tokens.len() >= engine.context {
+                        return Ok(());
+                    }
+                    // Cache the whole prefix: run all but nothing after it.
+                    let (mut model, cached) = engine.start_from(&tokens);
+                    if cached < tokens.len()
+                        && Engine::run(&mut model, &tokens, cached, tokens.len(), &|| false)?
+                            .is_some()
+                    {
+                        engine.remember(&tokens, &model);
+                    }
+                    Ok(())
+                })
+                .await?
+        })
+    }
+
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn count_tokens(&self, text: &str) -> usize {
+        self.tokenizer
+            .encode_fast(text, false)
+            .map(|e| e.len())
+            .unwrap_or_else(|_| crate::rag::embed::estimate_tokens(text))
+    }
+
+    fn context_length(&self) -> usize {
+        self.context
+    }
+}
+
+/// A stream over a channel receiver.
+fn tokio_stream_from(mut rx: mpsc::Receiver<Result<LlmEvent, LlmError>>) -> LlmStream {
+    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}

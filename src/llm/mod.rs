@@ -1,0 +1,189 @@
+//! Language models: the [`Llm`] trait and its two implementations, the embedded SmolLM2 run with
+//! candle ([`local::LocalLlm`]) and any OpenAI-compatible chat-completions endpoint
+//! ([`remote::RemoteLlm`]).
+//!
+//! A generation is a stream of [`LlmEvent`]s: text deltas, then one `Done` with the finish reason
+//! and usage. Dropping the stream cancels the generation: the embedded model's loop stops at the
+//! next token, the remote HTTP stream is closed.
+
+pub mod gguf_tokenizer;
+pub mod local;
+pub mod remote;
+pub mod stop;
+pub mod template;
+
+use std::pin::Pin;
+
+use futures::future::BoxFuture;
+use futures::Stream;
+use serde::Serialize;
+
+use crate::prompt::ChatMessage;
+use crate::workers::PoolError;
+
+pub use local::{LocalLlm, LocalLlmConfig};
+pub use remote::{RemoteLlm, RemoteLlmConfig};
+
+/// Errors of the LLM stage; [`LlmError::code`] is the code clients see.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LlmError {
+    #[error("could not load the language model from {path}: {reason}")]
+    Load { path: String, reason: String },
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("the prompt is {prompt} tokens; with {max_tokens} to generate it exceeds the model's context of {context}")]
+    ContextOverflow {
+        prompt: usize,
+        max_tokens: usize,
+        context: usize,
+    },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("generation failed: {0}")]
+    Compute(String),
+    #[error("the LLM endpoint {url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the LLM endpoint {url} did not answer within {seconds} s ({what})")]
+    Timeout {
+        url: String,
+        seconds: f64,
+        what: &'static str,
+    },
+    #[error("the LLM endpoint {url} answered {status}: {message}")]
+    Upstream {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("the LLM endpoint {url} sent a malformed stream: {reason}")]
+    Malformed { url: String, reason: String },
+}
+
+impl LlmError {
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LlmError::Load { .. } | LlmError::Compute(_) => "llm_failed",
+            LlmError::Pool(PoolError::Busy { .. }) => "server_busy",
+            LlmError::Pool(_) => "llm_failed",
+            LlmError::ContextOverflow { .. } => "context_length_exceeded",
+            LlmError::Invalid(_) => "invalid_request",
+            LlmError::Unreachable { .. } => "llm_unreachable",
+            LlmError::Timeout { .. } => "llm_timeout",
+            LlmError::Upstream { .. } => "llm_upstream_error",
+            LlmError::Malformed { .. } => "llm_bad_response",
+        }
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub messages: Vec<ChatMessage>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_p: Option<f32>,
+    /// Seed for sampling (temperature > 0); same seed, same prompt → same text.
+    pub seed: Option<u64>,
+    /// Generation stops before any of these strings.
+    pub stop: Vec<String>,
+    /// Message counts after which the prompt is a prefix worth caching (e.g. `[1]`: the
+    /// instructions; the number of messages before the user's: instructions, passages and
+    /// history). The embedded model keeps the attention state at those points for the next
+    /// request that starts the same way.
+    pub cache_points: Vec<usize>,
+}
+
+impl GenerateRequest {
+    pub fn new(messages: Vec<ChatMessage>) -> Self {
+        GenerateRequest {
+            messages,
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: None,
+            seed: None,
+            stop: Vec::new(),
+            cache_points: Vec::new(),
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End of message or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// Token counts and timings of one generation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose attention state came from the prefix cache.
+    pub cached_tokens: usize,
+    /// Waiting for a worker, in ms.
+    pub queue_ms: f64,
+    /// Processing the (uncached part of the) prompt, in ms.
+    pub prefill_ms: f64,
+    /// From the request to the first token, in ms.
+    pub first_token_ms: f64,
+    /// Generated tokens per second after the first.
+    pub tokens_per_second: f64,
+}
+
+/// One item of a generation stream.
+#[derive(Debug, Clone)]
+pub enum LlmEvent {
+    Delta(String),
+    Done { finish: FinishReason, usage: Usage },
+}
+
+/// A generation in progress; drop it to cancel.
+pub type LlmStream = Pin<Box<dyn Stream<Item = Result<LlmEvent, LlmError>> + Send>>;
+
+/// A chat language model: local or remote.
+pub trait Llm: Send + Sync {
+    /// Starts generating. Errors found before the first token (unreachable endpoint, prompt too
+    /// long) come back here or as the stream's first item.
+    fn generate(&self, request: GenerateRequest) -> BoxFuture<'_, Result<LlmStream, LlmError>>;
+    /// Computes and caches the attention state for `messages` as a prompt prefix, so a later
+    /// [`Llm::generate`] starting with them only processes the rest (a hint; remote backends
+    /// ignore it).
+    fn prefill(&self, messages: Vec<ChatMessage>) -> BoxFuture<'_, Result<(), LlmError>> {
+        let _ = messages;
+        Box::pin(async { Ok(()) })
+    }
+    /// The model's name (for `/v1/models` and logs).
+    fn model_name(&self) -> &str;
+    /// Tokens in `text` (an estimate for remote models).
+    fn count_tokens(&self, text: &str) -> usize {
+        crate::rag::embed::estimate_tokens(text)
+    }
+    /// Longest prompt + answer, in tokens.
+    fn context_length(&self) -> usize;
+}
+
+/// Collects a whole generation: the text and the final usage.
+pub async fn complete(
+    llm: &dyn Llm,
+    request: GenerateRequest,
+) -> Result<(String, FinishReason, Usage), LlmError> {
+    use futures::StreamExt;
+    let mut stream = llm.generate(request).await?;
+    let mut text = String::new();
+    while let Some(ev) = stream.next().await {
+        match ev? {
+            LlmEvent::Delta(d) => text.push_str(&d),
+            LlmEvent::Done { finish, usage } => return Ok((text, finish, usage)),
+        }
+    }
+    Err(LlmError::Compute(
+        "the generation ended without finishing".into(),
+    ))
+}

@@ -1,0 +1,367 @@
+//! Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp's server,
+//! another voxd) through async-openai, streaming.
+//!
+//! Timeouts: connecting, the first token, and the whole answer each have a limit. Failures before
+//! the first token (connection refused, 5xx, 429, timeouts) are retried with exponential backoff;
+//! once text has been streamed nothing is retried, so an answer is never repeated or spliced.
+
+use std::time::{Duration, Instant};
+
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::types::chat::{ChatCompletionResponseStream, CreateChatCompletionRequest};
+use async_openai::Client;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use serde_json::json;
+
+use super::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, LlmStream, Usage};
+
+/// Where and how to reach the endpoint.
+#[derive(Debug, Clone)]
+pub struct RemoteLlmConfig {
+    /// Base URL including the version prefix, e.g. `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub model: String,
+    pub connect_timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub total_timeout: Duration,
+    /// Attempts after the first, before any token arrived.
+    pub retries: u32,
+    /// The context length to assume (for history trimming).
+    pub context: usize,
+}
+
+impl RemoteLlmConfig {
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+        RemoteLlmConfig {
+            base_url: base_url.into(),
+            api_key: None,
+            model: model.into(),
+            connect_timeout: Duration::from_secs(5),
+            first_token_timeout: Duration::from_secs(20),
+            total_timeout: Duration::from_secs(120),
+            retries: 2,
+            context: 8192,
+        }
+    }
+}
+
+/// An [`Llm`] backed by an HTTP endpoint.
+pub struct RemoteLlm {
+    client: Client<OpenAIConfig>,
+    config: RemoteLlmConfig,
+}
+
+impl RemoteLlm {
+    pub fn new(config: RemoteLlmConfig) -> Result<Self, LlmError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .build()
+            .map_err(|e| LlmError::Unreachable {
+                url: config.base_url.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut oa = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
+        if let Some(key) = &config.api_key {
+            oa = oa.with_api_key(key);
+        }
+        Ok(RemoteLlm {
+            client: Client::with_config(oa).with_http_client(http),
+            config,
+        })
+    }
+
+    fn url(&self) -> String {
+        self.config.base_url.clone()
+    }
+
+    fn map_error(&self, e: OpenAIError) -> LlmError {
+        let url = self.url();
+        match e {
+            OpenAIError::Reqwest(e) if e.is_timeout() => LlmError::Timeout {
+                url,
+                seconds: self.config.connect_timeout.as_secs_f64(),
+                what: "connecting",
+            },
+            OpenAIError::Reqwest(e) if e.is_connect() || e.is_request() => LlmError::Unreachable {
+                url,
+                reason: e.to_string(),
+            },
+            OpenAIError::Reqwest(e) => LlmError::Malformed {
+                url,
+                reason: e.to_string(),
+            },
+            OpenAIError::ApiError(r) => LlmError::Upstream {
+                url,
+                status: r.status_code.as_u16(),
+                message: r.api_error.message.chars().take(300).collect(),
+            },
+            OpenAIError::JSONDeserialize(e, _) => LlmError::Malformed {
+                url,
+                reason: e.to_string(),
+            },
+            other => LlmError::Malformed {
+                url,
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    fn request(&self, req: &GenerateRequest) -> Result<CreateChatCompletionRequest, LlmError> {
+        let messages: Vec<_> = req
+            .messages
+            .iter()
+            .map(|m| json!({ "role": m.role.as_str(), "content": m.content }))
+            .collect();
+        let mut body = json!({
+            "model": self.config.model,
+            "messages": messages,
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+            "stream": true,
+            "stream_options": { "include_usage": true },
+        });
+        if let Some(p) = req.top_p {
+            body["top_p"] = json!(p);
+        }
+        if let Some(s) = req.seed {
+            body["seed"] = json!(s);
+        }
+        if !req.stop.is_empty() {
+            body["stop"] = json!(req.stop.iter().take(4).collect::<Vec<_>>());
+        }
+        serde_json::from_value(body).map_err(|e| LlmError::Invalid(e.to_string()))
+    }
+
+    /// Opens the stream and waits for its first piece of text (or its end), retrying failures.
+    async fn open(
+        &self,
+        req: &GenerateRequest,
+    ) -> Result<(ChatCompletionResponseStream, Vec<LlmEvent>, Usage), LlmError> {
+        let body = self.request(req)?;
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let result = tokio::time::timeout(self.config.first_token_timeout, async {
+                let mut stream = self
+                    .client
+                    .chat()
+                    .create_stream(body.clone())
+                    .await
+                    .map_err(|e| self.map_error(e))?;
+                let mut early = Vec::new();
+                let mut usage = Usage::default();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| self.map_error(e))?;
+                    let (events, done) = events_of(chunk, &mut usage);
+                    let has_text = events.iter().any(|e| matches!(e, LlmEvent::Delta(_)));
+                    early.extend(events);
+                    if has_text || done {
+                        break;
+                    }
+                }
+                usage.first_token_ms = started.elapsed().as_secs_f64() * 1e3;
+                Ok::<_, LlmError>((stream, early, usage))
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(LlmError::Timeout {
+                    url: self.url(),
+                    seconds: self.config.first_token_timeout.as_secs_f64(),
+                    what: "waiting for the first token",
+                })
+            });
+            match result {
+                Ok(ok) => return Ok(ok),
+                Err(e) if attempt < self.config.retries && retryable(&e) => {
+                    let wait = Duration::from_millis(200 << attempt);
+                    tracing::warn!(error = %e, attempt, ?wait, "LLM request failed before the first token; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn retryable(e: &LlmError) -> bool {
+    match e {
+        LlmError::Unreachable { .. } | LlmError::Timeout { .. } => true,
+        LlmError::Upstream { status, .. } => *status >= 500 || *status == 429,
+        _ => false,
+    }
+}
+
+/// The events in one streamed chunk, and whether it finished the answer.
+fn events_of(
+    chunk: async_openai::types::chat::CreateChatCompletionStreamResponse,
+    usage: &mut Usage,
+) -> (Vec<LlmEvent>, bool) {
+    let mut out = Vec::new();
+    let mut done = false;
+    if let Some(u) = &chunk.usage {
+        usage.prompt_tokens = u.prompt_tokens as usize;
+        usage.completion_tokens = u.completion_tokens as usize;
+    }
+    for choice in chunk.choices {
+        if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+            out.push(LlmEvent::Delta(text));
+        }
+        if let Some(reason) = choice.finish_reason {
+            let finish = match reason {
+                async_openai::types::chat::FinishReason::Length => FinishReason::Length,
+                _ => FinishReason::Stop,
+            };
+            out.push(LlmEvent::Done {
+                finish,
+                usage: Usage::default(),
+            });
+            done = true;
+        }
+    }
+    (out, done)
+}
+
+impl Llm for RemoteLlm {
+    fn generate(&self, request: GenerateRequest) -> BoxFuture<'_, Result<LlmStream, LlmError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let deadline = tokio::time::Instant::now() + self.config.total_timeout;
+            let (stream, early, usage) = self.open(&request).await?;
+            let url = self.url();
+            let total = self.config.total_timeout.as_secs_f64();
+            let map = {
+                let this_url = url.clone();
+                let cfg_connect = self.config.connect_timeout;
+                move |e: OpenAIError| -> LlmError {
+                    match e {
+                        OpenAIError::ApiError(r) => LlmError::Upstream {
+                            url: this_url.clone(),
+                            status: r.status_code.as_u16(),
+                            message: r.api_error.message,
+                        },
+                        OpenAIError::Reqwest(e) if e.is_timeout() => LlmError::Timeout {
+                            url: this_url.clone(),
+                            seconds: cfg_connect.as_secs_f64(),
+                            what: "reading",
+                        },
+                        other => LlmError::Malformed {
+                            url: this_url.clone(),
+                            reason: other.to_string(),
+                        },
+                    }
+                }
+            };
+            // State: the HTTP stream, events already read, usage, the finish seen, done.
+            struct State {
+                stream: ChatCompletionResponseStream,
+                queue: std::collections::VecDeque<LlmEvent>,
+                usage: Usage,
+                finish: Option<FinishReason>,
+                completion: usize,
+                ended: bool,
+                started: Instant,
+                first: Option<Instant>,
+            }
+            let first_at = early
+                .iter()
+                .any(|e| matches!(e, LlmEvent::Delta(_)))
+                .then(Instant::now);
+            let state = State {
+                stream,
+                queue: early.into(),
+                usage,
+                finish: None,
+                completion: 0,
+                ended: false,
+                started,
+                first: first_at,
+            };
+            let s = futures::stream::unfold(state, move |mut st| {
+                let map = map.clone();
+                let url = url.clone();
+                async move {
+                    loop {
+                        if let Some(ev) = st.queue.pop_front() {
+                            match ev {
+                                LlmEvent::Delta(t) => {
+                                    st.completion += 1;
+                                    st.first.get_or_insert_with(Instant::now);
+                                    return Some((Ok(LlmEvent::Delta(t)), st));
+                                }
+                                LlmEvent::Done { finish, .. } => {
+                                    // Usage may follow in a last chunk; keep reading.
+                                    st.finish = Some(finish);
+                                    continue;
+                                }
+                            }
+                        }
+                        if st.ended {
+                            return None;
+                        }
+                        let next = tokio::time::timeout_at(deadline, st.stream.next()).await;
+                        match next {
+                            Err(_) => {
+                                st.ended = true;
+                                return Some((
+                                    Err(LlmError::Timeout {
+                                        url: url.clone(),
+                                        seconds: total,
+                                        what: "streaming the answer",
+                                    }),
+                                    st,
+                                ));
+                            }
+                            Ok(Some(Ok(chunk))) => {
+                                let (events, _) = events_of(chunk, &mut st.usage);
+                                st.queue.extend(events);
+                            }
+                            Ok(Some(Err(e))) => {
+                                st.ended = true;
+                                return Some((Err(map(e)), st));
+                            }
+                            Ok(None) => {
+                                st.ended = true;
+                                let Some(finish) = st.finish else {
+                                    return Some((
+                                        Err(LlmError::Malformed {
+                                            url: url.clone(),
+                                            reason: "the stream ended without a finish reason"
+                                                .into(),
+                                        }),
+                                        st,
+                                    ));
+                                };
+                                let mut usage = st.usage.clone();
+                                if usage.completion_tokens == 0 {
+                                    usage.completion_tokens = st.completion;
+                                }
+                                if let Some(first) = st.first {
+                                    let secs = first.elapsed().as_secs_f64();
+                                    if secs > 0.0 && usage.completion_tokens > 1 {
+                                        usage.tokens_per_second =
+                                            (usage.completion_tokens - 1) as f64 / secs;
+                                    }
+                                }
+                                let _ = st.started;
+                                return Some((Ok(LlmEvent::Done { finish, usage }), st));
+                            }
+                        }
+                    }
+                }
+            });
+            Ok(Box::pin(s) as LlmStream)
+        })
+    }
+
+    fn model_name(&self) -> &str {
+        &self.config.model
+    }
+
+    fn context_length(&self) -> usize {
+        self.config.context
+    }
+}

@@ -1,0 +1,176 @@
+//! The embedded LLM (SmolLM2-135M-Instruct, GGUF, candle) for real: streaming, prefix caching that
+//! does not change the answer, stop strings, cancellation, and the tokenizer built from the GGUF.
+
+mod common;
+
+use futures::StreamExt;
+use voxd::llm::{complete, FinishReason, GenerateRequest, Llm, LlmEvent};
+use voxd::prompt::{ChatMessage, Role};
+
+fn chat(system: &str, user: &str) -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::new(Role::System, system),
+        ChatMessage::new(Role::User, user),
+    ]
+}
+
+#[tokio::test]
+async fn a_greedy_answer_streams_and_reports_usage() {
+    let llm = common::llm();
+    let mut req = GenerateRequest::new(chat(
+        "You are a helpful assistant. Answer in one short sentence.",
+        "What is the capital of France?",
+    ));
+    req.max_tokens = 40;
+    let mut stream = llm.generate(req).await.unwrap();
+    let mut deltas = Vec::new();
+    let mut done = None;
+    while let Some(ev) = stream.next().await {
+        match ev.unwrap() {
+            LlmEvent::Delta(d) => {
+                assert!(done.is_none(), "no delta after done");
+                deltas.push(d)
+            }
+            LlmEvent::Done { finish, usage } => done = Some((finish, usage)),
+        }
+    }
+    let (finish, usage) = done.expect("a Done event");
+    let text: String = deltas.concat();
+    eprintln!("answer: {text:?} {usage:?}");
+    assert!(deltas.len() > 2, "streamed in pieces");
+    assert!(text.to_lowercase().contains("paris"), "{text}");
+    assert!(usage.prompt_tokens > 20);
+    assert!(usage.completion_tokens >= deltas.len());
+    assert!(usage.first_token_ms > 0.0 && usage.tokens_per_second > 0.0);
+    assert!(finish == FinishReason::Stop || finish == FinishReason::Length);
+}
+
+#[tokio::test]
+async fn a_cached_prefix_gives_the_same_answer_faster() {
+    let llm = common::llm();
+    let system = "You are the assistant of Brightwater Bikes, a bicycle shop in Larkhaven. \
+        Answer questions about the shop briefly and politely. If you do not know, say so.";
+    let ask = |q: &str, points: Vec<usize>| {
+        let mut r = GenerateRequest::new(chat(system, q));
+        r.max_tokens = 24;
+        r.cache_points = points;
+        r
+    };
+    // Without any cache.
+    let (plain, _, u0) = complete(llm.as_ref(), ask("Do you repair bikes?", vec![]))
+        .await
+        .unwrap();
+    // The first cached request stores the system prefix; the second starts from it.
+    let (first, _, u1) = complete(llm.as_ref(), ask("Do you repair bikes?", vec![1]))
+        .await
+        .unwrap();
+    let (second, _, u2) = complete(llm.as_ref(), ask("Do you repair bikes?", vec![1]))
+        .await
+        .unwrap();
+    eprintln!("no cache {u0:?}\nstoring {u1:?}\nhit {u2:?}");
+    assert_eq!(u0.cached_tokens, 0);
+    assert_eq!(u1.cached_tokens, 0);
+    assert!(
+        u2.cached_tokens > 20,
+        "the system prompt came from the cache: {u2:?}"
+    );
+    assert!(u2.cached_tokens < u2.prompt_tokens);
+    assert_eq!(
+        plain, first,
+        "storing the prefix does not change the answer"
+    );
+    assert_eq!(
+        plain, second,
+        "starting from the cached prefix does not change the answer"
+    );
+    // A different question with the same system prompt also starts from the cache.
+    let (_, _, u3) = complete(llm.as_ref(), ask("Where is the shop?", vec![1]))
+        .await
+        .unwrap();
+    assert_eq!(u3.cached_tokens, u2.cached_tokens);
+
+    // Warming a prefix ahead of time (what the realtime session does while the person talks).
+    let mut messages = chat(system, "Do you sell e-bikes?");
+    messages.insert(
+        1,
+        ChatMessage::new(Role::System, "Passage: we sell the Tidewater e-bike."),
+    );
+    llm.prefill(messages[..2].to_vec()).await.unwrap();
+    let mut r = GenerateRequest::new(messages);
+    r.max_tokens = 8;
+    let (_, _, u4) = complete(llm.as_ref(), r).await.unwrap();
+    assert!(u4.cached_tokens > u2.cached_tokens, "{u4:?}");
+}
+
+#[tokio::test]
+async fn stop_strings_cancellation_and_sampling() {
+    let llm = common::llm();
+    let mut req = GenerateRequest::new(chat(
+        "You are a helpful assistant.",
+        "Tell me about bicycles.",
+    ));
+    req.max_tokens = 40;
+    let (full, _, _) = complete(llm.as_ref(), req.clone()).await.unwrap();
+    let words: Vec<&str> = full.split_whitespace().collect();
+    assert!(words.len() >= 8, "{full}");
+    // Greedy decoding repeats itself, so a word from the middle of the answer is a stop string
+    // whose effect is known exactly.
+    let stop = format!(" {}", words[5]);
+    let at = full.find(&stop).unwrap();
+    req.stop = vec![stop.clone()];
+    let (cut, finish, _) = complete(llm.as_ref(), req.clone()).await.unwrap();
+    assert_eq!(finish, FinishReason::Stop);
+    assert_eq!(cut, full[..at], "stopped just before {stop:?}");
+
+    // Dropping the stream cancels: the worker moves on to the next request at once.
+    req.stop.clear();
+    req.max_tokens = 200;
+    let mut stream = llm.generate(req.clone()).await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(matches!(first, LlmEvent::Delta(_)));
+    drop(stream);
+    let started = std::time::Instant::now();
+    let mut short = req.clone();
+    short.max_tokens = 3;
+    let (_, finish, usage) = complete(llm.as_ref(), short).await.unwrap();
+    assert_eq!(finish, FinishReason::Length);
+    assert_eq!(usage.completion_tokens, 3);
+    assert!(
+        usage.queue_ms < 1000.0,
+        "the cancelled generation did not keep the worker: {usage:?} after {:?}",
+        started.elapsed()
+    );
+
+    // Sampling: a seed makes it repeatable.
+    let mut hot = req.clone();
+    hot.max_tokens = 12;
+    hot.temperature = 1.0;
+    hot.seed = Some(7);
+    let a = complete(llm.as_ref(), hot.clone()).await.unwrap().0;
+    let b = complete(llm.as_ref(), hot.clone()).await.unwrap().0;
+    assert_eq!(a, b);
+}
+
+#[tokio::test]
+async fn the_gguf_tokenizer_round_trips_and_knows_the_chat_markers() {
+    let llm = common::llm();
+    assert_eq!(
+        llm.count_tokens("<|im_start|>"),
+        1,
+        "a control token is one token"
+    );
+    assert_eq!(
+        llm.count_tokens("2026"),
+        4,
+        "SmolLM splits digits one by one"
+    );
+    assert!(llm.count_tokens("Hello world") == 2);
+    assert_eq!(llm.context_length(), 4096);
+    let mut req = GenerateRequest::new(chat("x", "y"));
+    req.max_tokens = 5000;
+    let err = match llm.generate(req).await {
+        Ok(mut s) => s.next().await.unwrap().unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), "context_length_exceeded", "{err}");
+}
