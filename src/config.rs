@@ -133,6 +133,71 @@ pub struct KbArgs {
     pub kb_max_document_mb: Option<u64>,
 }
 
+/// Language-model settings.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LlmArgs {
+    /// Language model: a manifest name (smollm2-135m-instruct), a path to a GGUF file (llama
+    /// architecture), or `none`; with --llm-url, the remote model's name.
+    #[arg(long, env = "VOXD_LLM_MODEL")]
+    pub llm_model: Option<String>,
+    /// Use an OpenAI-compatible chat endpoint (base URL with /v1) instead of the embedded model.
+    #[arg(long, env = "VOXD_LLM_URL")]
+    pub llm_url: Option<String>,
+    /// API key for --llm-url.
+    #[arg(long, env = "VOXD_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    /// Most tokens in one spoken answer [default: 160].
+    #[arg(long, env = "VOXD_LLM_MAX_TOKENS")]
+    pub llm_max_tokens: Option<usize>,
+    /// Sampling temperature; 0 = greedy [default: 0].
+    #[arg(long, env = "VOXD_LLM_TEMPERATURE")]
+    pub llm_temperature: Option<f32>,
+    /// For --llm-url: time allowed until the first token, in ms (connecting, retries included
+    /// per attempt) [default: 20000].
+    #[arg(long, env = "VOXD_LLM_FIRST_TOKEN_TIMEOUT_MS")]
+    pub llm_first_token_timeout_ms: Option<u64>,
+    /// For --llm-url: retries before the first token [default: 2].
+    #[arg(long, env = "VOXD_LLM_RETRIES")]
+    pub llm_retries: Option<u32>,
+    /// Default system instructions for spoken answers (a session's `instructions` replace them).
+    #[arg(long, env = "VOXD_INSTRUCTIONS")]
+    pub instructions: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLlm {
+    model: Option<String>,
+    url: Option<String>,
+    api_key: Option<String>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    first_token_timeout_ms: Option<u64>,
+    retries: Option<u32>,
+    instructions: Option<String>,
+}
+
+/// Language-model configuration.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    /// `None`: the manifest's default. `Some("none")`: no language model.
+    pub model: Option<String>,
+    pub url: Option<String>,
+    pub api_key: Option<String>,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub first_token_timeout_ms: u64,
+    pub retries: u32,
+    pub instructions: Option<String>,
+}
+
+impl LlmConfig {
+    /// Whether a language model is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.model.as_deref() != Some("none")
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileKb {
@@ -173,6 +238,8 @@ struct FileConfig {
     asr: FileAsr,
     #[serde(default)]
     kb: FileKb,
+    #[serde(default)]
+    llm: FileLlm,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -230,6 +297,7 @@ pub struct Config {
     pub asr: AsrConfig,
     pub server: ServerConfig,
     pub kb: KbConfig,
+    pub llm: LlmConfig,
 }
 
 /// The default data folder: `$XDG_DATA_HOME/voxd` (`~/.local/share/voxd`).
@@ -256,6 +324,17 @@ impl Config {
         asr: &AsrArgs,
         server: &ServerArgs,
         kb: &KbArgs,
+    ) -> Result<Self, ConfigError> {
+        Self::resolve_all(common, asr, server, kb, &LlmArgs::default())
+    }
+
+    /// [`Config::resolve`] with every group of flags.
+    pub fn resolve_all(
+        common: &CommonArgs,
+        asr: &AsrArgs,
+        server: &ServerArgs,
+        kb: &KbArgs,
+        llm: &LlmArgs,
     ) -> Result<Self, ConfigError> {
         let file = match &common.config {
             Some(path) => read_file(path)?,
@@ -412,8 +491,55 @@ impl Config {
             max_document_bytes: (max_doc_mb as usize) << 20,
         };
 
+        let fl = file.llm;
+        let llm_max_tokens = llm.llm_max_tokens.or(fl.max_tokens).unwrap_or(160);
+        if !(1..=4096).contains(&llm_max_tokens) {
+            return Err(ConfigError::Invalid {
+                setting: "llm_max_tokens",
+                message: format!("{llm_max_tokens} is outside 1..=4096"),
+            });
+        }
+        let llm_temperature = llm.llm_temperature.or(fl.temperature).unwrap_or(0.0);
+        if !(0.0..=2.0).contains(&llm_temperature) {
+            return Err(ConfigError::Invalid {
+                setting: "llm_temperature",
+                message: format!("{llm_temperature} is outside 0..=2"),
+            });
+        }
+        let llm_url = llm.llm_url.clone().or(fl.url).filter(|u| !u.is_empty());
+        let llm_model = llm.llm_model.clone().or(fl.model);
+        if llm_url.is_some() && llm_model.is_none() {
+            return Err(ConfigError::Invalid {
+                setting: "llm_model",
+                message: "--llm-url needs --llm-model, the remote model's name".into(),
+            });
+        }
+        let llm_config = LlmConfig {
+            model: llm_model,
+            url: llm_url,
+            api_key: llm
+                .llm_api_key
+                .clone()
+                .or(fl.api_key)
+                .filter(|k| !k.is_empty()),
+            max_tokens: llm_max_tokens,
+            temperature: llm_temperature,
+            first_token_timeout_ms: llm
+                .llm_first_token_timeout_ms
+                .or(fl.first_token_timeout_ms)
+                .unwrap_or(20_000)
+                .max(1),
+            retries: llm.llm_retries.or(fl.retries).unwrap_or(2).min(10),
+            instructions: llm
+                .instructions
+                .clone()
+                .or(fl.instructions)
+                .filter(|s| !s.trim().is_empty()),
+        };
+
         Ok(Config {
             home,
+            llm: llm_config,
             kb: kb_config,
             log_format: common.log_format.or(file.log_format).unwrap_or_default(),
             asr: AsrConfig {

@@ -10,7 +10,7 @@ use tracing::{error, info};
 
 use voxd::asr::{Asr, Request, WhisperConfig, WhisperPool};
 use voxd::audio::{self, ChannelSelect};
-use voxd::config::{AsrArgs, CommonArgs, Config, KbArgs, ServerArgs};
+use voxd::config::{AsrArgs, CommonArgs, Config, KbArgs, LlmArgs, ServerArgs};
 use voxd::models::{Manifest, ModelStore, PullOptions, PullOutcome, Role};
 use voxd::server::{self, AppState, ServerSettings};
 
@@ -27,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (pulls missing default models first).
@@ -37,6 +39,8 @@ enum Command {
         asr: AsrArgs,
         #[command(flatten)]
         kb: KbArgs,
+        #[command(flatten)]
+        llm: LlmArgs,
         /// Do not download missing default models; fail instead.
         #[arg(long)]
         no_pull: bool,
@@ -206,9 +210,10 @@ fn run(cli: Cli) -> Result<()> {
             server,
             asr,
             kb,
+            llm,
             no_pull,
         } => {
-            let cfg = Config::resolve_with(&cli.common, &asr, &server, &kb)?;
+            let cfg = Config::resolve_all(&cli.common, &asr, &server, &kb, &llm)?;
             voxd::telemetry::init(cfg.log_format);
             serve(cfg, no_pull)
         }
@@ -302,7 +307,32 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
                 max_session: std::time::Duration::from_secs(cfg.server.max_session_minutes * 60),
                 ..Default::default()
             },
+            answer: voxd::realtime::AnswerSettings {
+                instructions: cfg
+                    .llm
+                    .instructions
+                    .clone()
+                    .unwrap_or_else(|| voxd::realtime::responses::DEFAULT_INSTRUCTIONS.into()),
+                max_tokens: cfg.llm.max_tokens,
+                temperature: cfg.llm.temperature,
+                ..Default::default()
+            },
         }));
+        if cfg.llm.enabled() {
+            state.expect_llm();
+            let llm_state = state.clone();
+            let llm_cfg = cfg.llm.clone();
+            let llm_models = store.clone();
+            tokio::spawn(async move {
+                match voxd::llm::open::open(&llm_cfg, &llm_models).await {
+                    Ok(llm) => llm_state.set_llm(llm),
+                    Err(e) => {
+                        error!(error = %e, "loading the language model failed");
+                        llm_state.set_llm_error(e.to_string());
+                    }
+                }
+            });
+        }
         let listener = tokio::net::TcpListener::bind(cfg.server.addr)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.server.addr))?;

@@ -122,23 +122,30 @@ async fn stop_strings_cancellation_and_sampling() {
     assert_eq!(finish, FinishReason::Stop);
     assert_eq!(cut, full[..at], "stopped just before {stop:?}");
 
-    // Dropping the stream cancels: the worker moves on to the next request at once.
+    // Dropping the stream cancels: the generation stops at once (its own model instance, so the
+    // token count is this test's alone).
+    let own = voxd::llm::LocalLlm::load(voxd::llm::LocalLlmConfig {
+        path: common::llm_model(),
+        name: "cancel-test".into(),
+        cache_entries: 0,
+    })
+    .unwrap();
     req.stop.clear();
     req.max_tokens = 200;
-    let mut stream = llm.generate(req.clone()).await.unwrap();
+    let mut stream = own.generate(req.clone()).await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
     assert!(matches!(first, LlmEvent::Delta(_)));
     drop(stream);
-    let started = std::time::Instant::now();
     let mut short = req.clone();
     short.max_tokens = 3;
-    let (_, finish, usage) = complete(llm.as_ref(), short).await.unwrap();
+    let (_, finish, usage) = complete(&own, short).await.unwrap();
     assert_eq!(finish, FinishReason::Length);
     assert_eq!(usage.completion_tokens, 3);
+    // The worker is sequential: by the time the short request ran, the cancelled one had ended.
+    let total = own.generated_tokens();
     assert!(
-        usage.queue_ms < 1000.0,
-        "the cancelled generation did not keep the worker: {usage:?} after {:?}",
-        started.elapsed()
+        total < 40,
+        "the cancelled generation kept going: {total} tokens generated in all"
     );
 
     // Sampling: a seed makes it repeatable.

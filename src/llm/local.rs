@@ -58,11 +58,13 @@ struct Engine {
     cache: Vec<CacheEntry>,
     cache_entries: usize,
     clock: u64,
+    generated: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The embedded LLM.
 pub struct LocalLlm {
     pool: Arc<WorkerPool<Engine>>,
+    generated: Arc<std::sync::atomic::AtomicU64>,
     tokenizer: Tokenizer,
     name: String,
     context: usize,
@@ -130,6 +132,7 @@ impl Engine {
             cache: Vec::new(),
             cache_entries: cfg.cache_entries,
             clock: 0,
+            generated: Default::default(),
         })
     }
 
@@ -302,9 +305,17 @@ impl Engine {
         let mut finish = FinishReason::Length;
         let stop_ids = self.tokenizer.stop_ids.clone();
         for i in 0..req.max_tokens {
-            let next = sampler
-                .sample(&logits.squeeze(0).map_err(compute)?)
+            let mut row = logits.squeeze(0).map_err(compute)?;
+            if req.repeat_penalty > 1.0 && !generated.is_empty() {
+                let recent = &generated[generated.len().saturating_sub(64)..];
+                row = candle_transformers::utils::apply_repeat_penalty(
+                    &row,
+                    req.repeat_penalty,
+                    recent,
+                )
                 .map_err(compute)?;
+            }
+            let next = sampler.sample(&row).map_err(compute)?;
             if i == 0 {
                 first_token_ms = submitted.elapsed().as_secs_f64() * 1e3;
                 first_at = Some(Instant::now());
@@ -314,6 +325,8 @@ impl Engine {
                 break;
             }
             generated.push(next);
+            self.generated
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let text = self
                 .tokenizer
                 .tokenizer
@@ -385,13 +398,20 @@ impl LocalLlm {
         let engine = Engine::load(&cfg)?;
         let tokenizer = engine.tokenizer.tokenizer.clone();
         let context = engine.context;
+        let generated = engine.generated.clone();
         tracing::info!(model = %cfg.name, path = %cfg.path.display(), context, "language model loaded");
         Ok(LocalLlm {
             pool: Arc::new(WorkerPool::start("llm", vec![engine], QUEUE)),
+            generated,
             tokenizer,
             name: cfg.name,
             context,
         })
+    }
+
+    /// Tokens generated since the model was loaded.
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The model file's path, for messages.

@@ -8,6 +8,7 @@
 
 pub mod gguf_tokenizer;
 pub mod local;
+pub mod open;
 pub mod remote;
 pub mod stop;
 pub mod template;
@@ -89,6 +90,9 @@ pub struct GenerateRequest {
     pub seed: Option<u64>,
     /// Generation stops before any of these strings.
     pub stop: Vec<String>,
+    /// Penalty (> 1) on tokens generated in the last 64, against the loops small models fall
+    /// into; 1 = off.
+    pub repeat_penalty: f32,
     /// Message counts after which the prompt is a prefix worth caching (e.g. `[1]`: the
     /// instructions; the number of messages before the user's: instructions, passages and
     /// history). The embedded model keeps the attention state at those points for the next
@@ -105,6 +109,7 @@ impl GenerateRequest {
             top_p: None,
             seed: None,
             stop: Vec::new(),
+            repeat_penalty: 1.0,
             cache_points: Vec::new(),
         }
     }

@@ -126,6 +126,10 @@ impl RemoteLlm {
         if let Some(p) = req.top_p {
             body["top_p"] = json!(p);
         }
+        if req.repeat_penalty > 1.0 {
+            // Not in OpenAI's API; vLLM and llama.cpp's server read it, others ignore it.
+            body["repetition_penalty"] = json!(req.repeat_penalty);
+        }
         if let Some(s) = req.seed {
             body["seed"] = json!(s);
         }

@@ -42,6 +42,14 @@ pub enum ClientEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         previous_item_id: Option<String>,
     },
+    /// Cut an assistant message short (what the person actually heard).
+    #[serde(rename = "conversation.item.truncate")]
+    ItemTruncate {
+        item_id: String,
+        #[serde(default)]
+        content_index: u32,
+        audio_end_ms: u64,
+    },
 }
 
 /// A parsed client event with its optional `event_id`.
@@ -59,6 +67,7 @@ const KNOWN: &[&str] = &[
     "response.create",
     "response.cancel",
     "conversation.item.create",
+    "conversation.item.truncate",
 ];
 
 /// Parses one text frame.

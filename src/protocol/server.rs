@@ -35,7 +35,10 @@ impl From<&ProtocolError> for ErrorBody {
 pub struct Content {
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// A conversation item (voxd creates user audio messages).
@@ -67,6 +70,27 @@ impl Item {
             content: vec![Content {
                 kind: "input_audio".into(),
                 transcript,
+                text: None,
+            }],
+        }
+    }
+
+    /// A text message (`input_text` for the user and system, `output_text` for the assistant).
+    pub fn text(id: &str, role: &str, text: &str, status: &str) -> Self {
+        Item {
+            id: id.to_string(),
+            object: item_object(),
+            kind: "message".into(),
+            status: status.into(),
+            role: role.into(),
+            content: vec![Content {
+                kind: if role == "assistant" {
+                    "output_text".into()
+                } else {
+                    "input_text".into()
+                },
+                transcript: None,
+                text: Some(text.to_string()),
             }],
         }
     }
@@ -145,6 +169,68 @@ pub enum ServerEvent {
         content_index: u32,
         error: ErrorBody,
     },
+    #[serde(rename = "conversation.item.truncated")]
+    ItemTruncated {
+        item_id: String,
+        content_index: u32,
+        audio_end_ms: u64,
+    },
+    #[serde(rename = "response.created")]
+    ResponseCreated { response: Value },
+    #[serde(rename = "response.output_item.added")]
+    OutputItemAdded {
+        response_id: String,
+        output_index: u32,
+        item: Item,
+    },
+    #[serde(rename = "response.content_part.added")]
+    ContentPartAdded {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        part: Value,
+    },
+    #[serde(rename = "response.output_text.delta")]
+    OutputTextDelta {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        delta: String,
+    },
+    #[serde(rename = "response.output_text.done")]
+    OutputTextDone {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        text: String,
+    },
+    #[serde(rename = "response.content_part.done")]
+    ContentPartDone {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        part: Value,
+    },
+    #[serde(rename = "response.output_item.done")]
+    OutputItemDone {
+        response_id: String,
+        output_index: u32,
+        item: Item,
+    },
+    #[serde(rename = "response.done")]
+    ResponseDone { response: Value },
+    /// voxd extension (opt in with `session.voxd.citations_event`): the passages a response is
+    /// grounded in, before its first delta.
+    #[serde(rename = "voxd.response.citations")]
+    Citations {
+        response_id: String,
+        grounded: bool,
+        citations: Value,
+    },
     #[serde(rename = "error")]
     Error { error: ErrorBody },
 }
@@ -153,6 +239,19 @@ impl ServerEvent {
     /// An `error` event for a client mistake.
     pub fn error(e: &ProtocolError) -> Self {
         ServerEvent::Error { error: e.into() }
+    }
+
+    /// An `error` event for a server-side failure (an LLM endpoint down, say).
+    pub fn server_error(code: &str, message: impl Into<String>) -> Self {
+        ServerEvent::Error {
+            error: ErrorBody {
+                kind: "server_error".into(),
+                code: Some(code.into()),
+                message: message.into(),
+                param: None,
+                event_id: None,
+            },
+        }
     }
 
     /// The event as a JSON text frame with a fresh `event_id`.
@@ -185,6 +284,16 @@ impl ServerEvent {
             ServerEvent::TranscriptionFailed { .. } => {
                 "conversation.item.input_audio_transcription.failed"
             }
+            ServerEvent::ItemTruncated { .. } => "conversation.item.truncated",
+            ServerEvent::ResponseCreated { .. } => "response.created",
+            ServerEvent::OutputItemAdded { .. } => "response.output_item.added",
+            ServerEvent::ContentPartAdded { .. } => "response.content_part.added",
+            ServerEvent::OutputTextDelta { .. } => "response.output_text.delta",
+            ServerEvent::OutputTextDone { .. } => "response.output_text.done",
+            ServerEvent::ContentPartDone { .. } => "response.content_part.done",
+            ServerEvent::OutputItemDone { .. } => "response.output_item.done",
+            ServerEvent::ResponseDone { .. } => "response.done",
+            ServerEvent::Citations { .. } => "voxd.response.citations",
             ServerEvent::Error { .. } => "error",
         }
     }

@@ -91,6 +91,15 @@ pub struct SessionConfig {
     /// voxd: start the final transcription when silence begins (after this many ms of it);
     /// `None` = wait for the end of the silence window.
     pub speculative_after_ms: Option<u64>,
+    /// What responses are in; voxd answers in text (audio is accepted and answered in text with
+    /// a warning until voxd speaks).
+    pub output_modalities: Vec<String>,
+    /// Most tokens in one response; `None` = the server's default.
+    pub max_output_tokens: Option<u32>,
+    /// voxd: send `voxd.response.citations` before a response's first delta.
+    pub citations_event: bool,
+    /// voxd: ground responses in the knowledge base (default on).
+    pub knowledge_base: bool,
 }
 
 impl SessionConfig {
@@ -109,6 +118,10 @@ impl SessionConfig {
             partial_interval_ms: 500,
             min_speech_ms: 200,
             speculative_after_ms: Some(100),
+            output_modalities: vec!["text".into()],
+            max_output_tokens: None,
+            citations_event: false,
+            knowledge_base: true,
         }
     }
 
@@ -149,6 +162,36 @@ impl SessionConfig {
         }
         if let Some(v) = obj.get("model").and_then(Value::as_str) {
             next.model = v.to_string();
+        }
+        if let Some(v) = obj
+            .get("output_modalities")
+            .or_else(|| obj.get("modalities"))
+        {
+            let list = v
+                .as_array()
+                .ok_or_else(|| invalid("session.output_modalities", "must be an array"))?;
+            let mut mods = Vec::new();
+            for m in list {
+                match m.as_str() {
+                    Some(x @ ("text" | "audio")) => mods.push(x.to_string()),
+                    _ => {
+                        return Err(invalid(
+                            "session.output_modalities",
+                            "may contain only \"text\" and \"audio\"",
+                        ))
+                    }
+                }
+            }
+            next.output_modalities = mods;
+        }
+        if let Some(v) = obj
+            .get("max_output_tokens")
+            .or_else(|| obj.get("max_response_output_tokens"))
+        {
+            next.max_output_tokens = match v {
+                Value::String(s) if s == "inf" => None,
+                v => Some(ranged(v, "session.max_output_tokens", 1, 4096)? as u32),
+            };
         }
 
         // Beta shape first, so that GA fields win when a client sends both.
@@ -195,6 +238,16 @@ impl SessionConfig {
             if let Some(x) = v.get("min_speech_ms") {
                 next.min_speech_ms = ranged(x, "session.voxd.min_speech_ms", 20, 5_000)?;
             }
+            for (key, slot) in [
+                ("citations_event", &mut next.citations_event),
+                ("knowledge_base", &mut next.knowledge_base),
+            ] {
+                if let Some(x) = v.get(key) {
+                    *slot = x.as_bool().ok_or_else(|| {
+                        invalid(&format!("session.voxd.{key}"), "must be a boolean")
+                    })?;
+                }
+            }
             if let Some(x) = v.get("speculative_after_ms") {
                 next.speculative_after_ms = match x {
                     Value::Null => None,
@@ -231,7 +284,8 @@ impl SessionConfig {
             "type": match self.kind { SessionKind::Realtime => "realtime", SessionKind::Transcription => "transcription" },
             "model": self.model,
             "instructions": self.instructions,
-            "output_modalities": ["text"],
+            "output_modalities": self.output_modalities,
+            "max_output_tokens": match self.max_output_tokens { Some(n) => json!(n), None => json!("inf") },
             "audio": {
                 "input": {
                     "format": format,
@@ -248,6 +302,8 @@ impl SessionConfig {
                 "partial_interval_ms": self.partial_interval_ms,
                 "min_speech_ms": self.min_speech_ms,
                 "speculative_after_ms": self.speculative_after_ms,
+                "citations_event": self.citations_event,
+                "knowledge_base": self.knowledge_base,
             }
         })
     }

@@ -402,6 +402,11 @@ impl KnowledgeBase {
         Ok(ix)
     }
 
+    /// Number of searchable chunks (0: nothing to ground answers in).
+    pub async fn chunk_count(&self) -> Result<usize, KbError> {
+        Ok(self.index().await?.len())
+    }
+
     /// Finds the passages that best answer `request.query`.
     pub async fn search(&self, request: SearchRequest) -> Result<SearchResults, KbError> {
         let top_k = search::check_top_k(request.top_k, self.settings.default_top_k)?;

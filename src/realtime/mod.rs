@@ -3,8 +3,14 @@
 //! ```text
 //! socket ─▶ reader ──AudioInput──▶ audio stage thread ──AudioSignal──▶ hub ──ServerEvent──▶ writer ─▶ socket
 //!   (parse, decode base64/G.711)     (resample, VAD, turn buffer)      (ASR jobs, partials,
-//!                                                                       speculation, ordering)
+//!          │                                                            speculation, ordering,
+//!          └────────────Command (response.*, conversation.*)──────────▶ conversation, responses)
 //! ```
+//!
+//! The hub keeps the conversation and starts [`responses`]: each runs as its own task (retrieve,
+//! prompt, stream the LLM) and can be cancelled at any point; a person who starts talking during
+//! a response interrupts it (barge-in). While the person pauses, the speculative transcript is
+//! used to retrieve and to prefill the LLM's prompt ahead of the end of the turn.
 //!
 //! All queues are bounded. The reader waits when the audio stage is behind (backpressure to the
 //! client's socket). Partial snapshots are dropped when the hub is behind. Outgoing events go
@@ -14,13 +20,16 @@
 
 pub mod audio_stage;
 pub mod partials;
+pub mod responses;
 mod session;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use responses::{AnswerSettings, Answering};
 pub use session::run;
+use session::Out;
 
 use crate::asr::Asr;
 
@@ -55,6 +64,8 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct Shared {
     pub asr: Arc<dyn Asr>,
+    /// The LLM and knowledge base, when loaded (responses need them).
+    pub answering: Option<Answering>,
     pub limits: Limits,
     live: Arc<AtomicUsize>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -70,6 +81,7 @@ impl Shared {
     ) -> Self {
         Shared {
             asr,
+            answering: None,
             limits,
             live,
             shutdown,

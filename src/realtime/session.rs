@@ -14,9 +14,13 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::audio_stage::{self, AudioInput, AudioSignal, StageConfig};
 use super::partials::Partials;
+use super::responses::{
+    self, Answering, ConvItem, Finished, Prepared, ResponseJob, ResponseParams,
+};
 use super::{LiveGuard, Shared};
 use crate::asr::{Asr, AsrError, Priority, Request, Transcript};
 use crate::audio::g711::Law;
+use crate::prompt::Role;
 use crate::protocol::server::TurnTiming;
 use crate::protocol::{
     new_id, parse_client_event, ClientEvent, InputFormat, Item, ProtocolError, ServerEvent,
@@ -36,7 +40,7 @@ enum Outgoing {
 
 /// The sending side of the outgoing queue; a full queue ends the session.
 #[derive(Clone)]
-struct Out {
+pub(crate) struct Out {
     tx: mpsc::Sender<Outgoing>,
     overflowed: Arc<AtomicBool>,
     overflow: Arc<Notify>,
@@ -44,7 +48,7 @@ struct Out {
 
 impl Out {
     /// Queues an event; false when the queue is full (the session is ending) or closed.
-    fn send(&self, e: ServerEvent) -> bool {
+    pub(crate) fn send(&self, e: ServerEvent) -> bool {
         match self.tx.try_send(Outgoing::Event(e)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -64,11 +68,19 @@ impl Out {
     }
 }
 
-/// ASR options the hub reads from the current session configuration.
+/// Options the hub reads from the current session configuration.
 #[derive(Debug, Clone, Default)]
 struct AsrOptions {
     language: Option<String>,
     prompt: Option<String>,
+    realtime: bool,
+    instructions: String,
+    create_response: bool,
+    interrupt_response: bool,
+    max_output_tokens: Option<u32>,
+    citations_event: bool,
+    knowledge_base: bool,
+    modalities: Vec<String>,
 }
 
 fn stage_config(c: &SessionConfig) -> StageConfig {
@@ -85,7 +97,36 @@ fn asr_options(c: &SessionConfig) -> AsrOptions {
     AsrOptions {
         language: c.language.clone(),
         prompt: c.prompt.clone(),
+        realtime: c.kind == SessionKind::Realtime,
+        instructions: c.instructions.clone(),
+        // Without server VAD there is no turn to respond to automatically.
+        create_response: c.turn_detection.is_some_and(|t| t.create_response),
+        interrupt_response: c.turn_detection.is_some_and(|t| t.interrupt_response),
+        max_output_tokens: c.max_output_tokens,
+        citations_event: c.citations_event,
+        knowledge_base: c.knowledge_base,
+        modalities: c.output_modalities.clone(),
     }
+}
+
+/// Conversation and response requests from the client, for the hub.
+enum Command {
+    CreateResponse {
+        event_id: Option<String>,
+        response: Option<serde_json::Value>,
+    },
+    Cancel {
+        event_id: Option<String>,
+    },
+    CreateItem {
+        event_id: Option<String>,
+        item: serde_json::Value,
+    },
+    Truncate {
+        event_id: Option<String>,
+        item_id: String,
+        audio_end_ms: u64,
+    },
 }
 
 /// Runs a session on an upgraded socket until it closes.
@@ -121,7 +162,16 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
     out.send(ServerEvent::SessionCreated {
         session: config.to_view(),
     });
-    let hub = tokio::spawn(Hub::new(shared.asr.clone(), out.clone(), opts_rx).run(sig_rx));
+    let (cmd_tx, cmd_rx) = mpsc::channel(32);
+    let hub = tokio::spawn(
+        Hub::new(
+            shared.asr.clone(),
+            shared.answering.clone(),
+            out.clone(),
+            opts_rx,
+        )
+        .run(sig_rx, cmd_rx),
+    );
 
     let limits = shared.limits.clone();
     let mut shutdown = shared.shutdown.clone();
@@ -153,7 +203,7 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
                 };
                 match msg {
                     Message::Text(text) => {
-                        if !handle_text(text.as_str(), &mut config, &audio_tx, &opts_tx, &out, &limits).await {
+                        if !handle_text(text.as_str(), &mut config, &audio_tx, &cmd_tx, &opts_tx, &out, &limits).await {
                             close = (NORMAL, "");
                             break;
                         }
@@ -188,6 +238,7 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
 
     // Stop the audio stage; at shutdown let in-flight turns finish first.
     drop(audio_tx);
+    drop(cmd_tx);
     if graceful {
         match tokio::time::timeout(limits.shutdown_grace, hub).await {
             Ok(_) => {}
@@ -227,6 +278,7 @@ async fn handle_text(
     text: &str,
     config: &mut SessionConfig,
     audio_tx: &mpsc::Sender<AudioInput>,
+    cmd_tx: &mpsc::Sender<Command>,
     opts_tx: &watch::Sender<AsrOptions>,
     out: &Out,
     limits: &super::Limits,
@@ -249,6 +301,12 @@ async fn handle_text(
             out.send(ServerEvent::SessionUpdated {
                 session: config.to_view(),
             });
+            if config.output_modalities.iter().any(|m| m == "audio") {
+                out.send(ServerEvent::server_error(
+                    "audio_output_unsupported",
+                    "voxd does not synthesise speech yet: responses are sent as text (response.output_text.*)",
+                ));
+            }
             AudioInput::Configure(stage_config(config))
         }
         ClientEvent::AppendAudio { audio } => {
@@ -294,14 +352,47 @@ async fn handle_text(
         ClientEvent::Clear => AudioInput::Clear { event_id },
         ClientEvent::ResponseCreate { .. }
         | ClientEvent::ResponseCancel { .. }
-        | ClientEvent::ItemCreate { .. } => {
-            let what = if config.kind == SessionKind::Transcription {
-                "a transcription session does not create responses"
-            } else {
-                "responses are not available yet: this server transcribes only"
-            };
-            out.error(&ProtocolError::new("responses_unavailable", what).event(event_id));
+        | ClientEvent::ItemCreate { .. }
+        | ClientEvent::ItemTruncate { .. }
+            if config.kind == SessionKind::Transcription =>
+        {
+            out.error(
+                &ProtocolError::new(
+                    "responses_unavailable",
+                    "a transcription session does not create responses",
+                )
+                .event(event_id),
+            );
             return true;
+        }
+        ClientEvent::ResponseCreate { response } => {
+            return cmd_tx
+                .send(Command::CreateResponse { event_id, response })
+                .await
+                .is_ok()
+        }
+        ClientEvent::ResponseCancel { .. } => {
+            return cmd_tx.send(Command::Cancel { event_id }).await.is_ok()
+        }
+        ClientEvent::ItemCreate { item, .. } => {
+            return cmd_tx
+                .send(Command::CreateItem { event_id, item })
+                .await
+                .is_ok()
+        }
+        ClientEvent::ItemTruncate {
+            item_id,
+            audio_end_ms,
+            ..
+        } => {
+            return cmd_tx
+                .send(Command::Truncate {
+                    event_id,
+                    item_id,
+                    audio_end_ms,
+                })
+                .await
+                .is_ok()
         }
     };
     audio_tx.send(input).await.is_ok()
@@ -429,9 +520,17 @@ struct Ending {
     previous_item_id: Option<String>,
     partials: Partials,
     speech_end_ms: Option<u64>,
+    /// When the hub heard that the person stopped (VAD turns only).
+    stopped_at: Option<std::time::Instant>,
     waiting_for: Option<u64>,
     result: Option<Result<Transcript, AsrError>>,
     speculative: bool,
+}
+
+/// The response being generated.
+struct ActiveResponse {
+    id: String,
+    cancel: Option<tokio::sync::oneshot::Sender<&'static str>>,
 }
 
 struct Hub {
@@ -445,13 +544,36 @@ struct Hub {
     current: Option<Turn>,
     ending: VecDeque<Ending>,
     last_item: Option<String>,
+    answering: Option<Answering>,
+    conversation: Vec<ConvItem>,
+    active: Option<ActiveResponse>,
+    finished_tx: mpsc::Sender<Finished>,
+    finished_rx: mpsc::Receiver<Finished>,
+    prepared_tx: mpsc::Sender<Prepared>,
+    prepared_rx: mpsc::Receiver<Prepared>,
+    prepared: Option<Prepared>,
 }
 
 impl Hub {
-    fn new(asr: Arc<dyn Asr>, out: Out, opts: watch::Receiver<AsrOptions>) -> Self {
+    fn new(
+        asr: Arc<dyn Asr>,
+        answering: Option<Answering>,
+        out: Out,
+        opts: watch::Receiver<AsrOptions>,
+    ) -> Self {
         let (results_tx, results_rx) = mpsc::channel(32);
+        let (finished_tx, finished_rx) = mpsc::channel(4);
+        let (prepared_tx, prepared_rx) = mpsc::channel(4);
         Hub {
             asr,
+            answering,
+            conversation: Vec::new(),
+            active: None,
+            finished_tx,
+            finished_rx,
+            prepared_tx,
+            prepared_rx,
+            prepared: None,
             out,
             opts,
             results_tx,
@@ -464,18 +586,245 @@ impl Hub {
         }
     }
 
-    async fn run(mut self, mut signals: mpsc::Receiver<AudioSignal>) {
+    async fn run(
+        mut self,
+        mut signals: mpsc::Receiver<AudioSignal>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
         let mut signals_open = true;
+        let mut commands_open = true;
         loop {
             tokio::select! {
                 s = signals.recv(), if signals_open => match s {
                     Some(s) => if !self.signal(s) { return },
                     None => signals_open = false,
                 },
+                c = commands.recv(), if commands_open => match c {
+                    Some(c) => if !self.command(c) { return },
+                    None => commands_open = false,
+                },
                 Some(r) = self.results_rx.recv() => if !self.result(r) { return },
+                Some(f) = self.finished_rx.recv() => self.finished(f),
+                Some(p) = self.prepared_rx.recv() => self.prepared = Some(p),
             }
-            if !signals_open && self.ending.is_empty() {
+            if !signals_open && self.ending.is_empty() && self.active.is_none() {
                 return;
+            }
+        }
+    }
+
+    fn cancel_active(&mut self, reason: &'static str) -> bool {
+        match self.active.as_mut().and_then(|a| a.cancel.take()) {
+            Some(tx) => {
+                debug!(reason, "cancelling the response");
+                let _ = tx.send(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn finished(&mut self, f: Finished) {
+        if self.active.as_ref().is_some_and(|a| a.id == f.response_id) {
+            self.active = None;
+        }
+        if !f.text.trim().is_empty() {
+            self.conversation.push(ConvItem {
+                id: f.item_id,
+                role: Role::Assistant,
+                text: f.text,
+            });
+        }
+        debug!(response = %f.response_id, status = f.status, "response ended");
+    }
+
+    /// Starts a response to the latest user message.
+    fn start_response(
+        &mut self,
+        event_id: Option<String>,
+        overrides: Option<&serde_json::Value>,
+        stopped_at: Option<std::time::Instant>,
+    ) -> bool {
+        let Some(answering) = self.answering.clone() else {
+            return self.out.send(ServerEvent::server_error(
+                "llm_unavailable",
+                "the language model is not loaded (still loading, or it failed to load)",
+            ));
+        };
+        if self.active.is_some() {
+            return self.out.error(
+                &ProtocolError::new(
+                    "conversation_already_has_active_response",
+                    "a response is in progress; cancel it first (response.cancel)",
+                )
+                .event(event_id),
+            );
+        }
+        let Some(pos) = self.conversation.iter().rposition(|i| i.role == Role::User) else {
+            return self.out.error(
+                &ProtocolError::new(
+                    "response_needs_input",
+                    "there is no user message to respond to: speak, or add one with conversation.item.create",
+                )
+                .event(event_id),
+            );
+        };
+        let opts = self.opts.borrow().clone();
+        let get = |k: &str| overrides.and_then(|o| o.get(k));
+        let instructions = get("instructions")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| Some(opts.instructions.clone()).filter(|s| !s.trim().is_empty()))
+            .unwrap_or_else(|| answering.settings.instructions.clone());
+        let max_tokens = get("max_output_tokens")
+            .and_then(|v| v.as_u64())
+            .map(|n| n.clamp(1, 4096) as usize)
+            .or(opts.max_output_tokens.map(|n| n as usize))
+            .unwrap_or(answering.settings.max_tokens);
+        let user = self.conversation[pos].text.clone();
+        let history = responses::history(&self.conversation[..pos]);
+        let prepared = self.prepared.take().filter(|p| p.question == user);
+        let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
+        let response_id = new_id("resp");
+        self.active = Some(ActiveResponse {
+            id: response_id.clone(),
+            cancel: Some(cancel_tx),
+        });
+        let job = ResponseJob {
+            response_id,
+            item_id: new_id("item"),
+            params: ResponseParams {
+                instructions,
+                max_tokens,
+                use_kb: opts.knowledge_base,
+                citations_event: opts.citations_event,
+                modalities: opts.modalities.clone(),
+            },
+            history,
+            user,
+            prepared,
+            speech_stopped_at: stopped_at,
+        };
+        tokio::spawn(
+            responses::run(
+                job,
+                answering,
+                self.out.clone(),
+                cancel_rx,
+                self.finished_tx.clone(),
+            )
+            .in_current_span(),
+        );
+        true
+    }
+
+    /// Retrieves and prefills for what the person seems to have asked, while they pause.
+    fn prepare(&self, question: String) {
+        let opts = self.opts.borrow().clone();
+        let Some(answering) = self
+            .answering
+            .clone()
+            .filter(|_| opts.realtime && opts.create_response)
+        else {
+            return;
+        };
+        if question.trim().is_empty() {
+            return;
+        }
+        let history = responses::history(&self.conversation);
+        let tx = self.prepared_tx.clone();
+        let instructions = if opts.instructions.trim().is_empty() {
+            answering.settings.instructions.clone()
+        } else {
+            opts.instructions.clone()
+        };
+        tokio::spawn(
+            async move {
+                let results = if opts.knowledge_base {
+                    responses::retrieve(answering.kb.as_ref(), &question).await
+                } else {
+                    None
+                };
+                let mut msgs =
+                    responses::messages(&answering, &instructions, &results, &history, &question);
+                let _ = tx.send(Prepared { question, results }).await;
+                msgs.pop(); // everything but the question
+                if let Err(e) = answering.llm.prefill(msgs).await {
+                    debug!(error = %e, "early prefill failed");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn command(&mut self, c: Command) -> bool {
+        match c {
+            Command::CreateResponse { event_id, response } => {
+                self.start_response(event_id, response.as_ref(), None)
+            }
+            Command::Cancel { event_id } => {
+                if self.cancel_active("client_cancelled") {
+                    true
+                } else {
+                    self.out.error(
+                        &ProtocolError::new(
+                            "response_cancel_not_active",
+                            "there is no response in progress to cancel",
+                        )
+                        .event(event_id),
+                    )
+                }
+            }
+            Command::CreateItem { event_id, item } => match parse_item(&item) {
+                Ok((role, text, id)) => {
+                    let id = id.unwrap_or_else(|| new_id("item"));
+                    let previous_item_id = self.last_item.replace(id.clone());
+                    self.conversation.push(ConvItem {
+                        id: id.clone(),
+                        role,
+                        text: text.clone(),
+                    });
+                    let item = Item::text(&id, role.as_str(), &text, "completed");
+                    self.out.send(ServerEvent::ItemAdded {
+                        previous_item_id: previous_item_id.clone(),
+                        item: item.clone(),
+                    }) && self.out.send(ServerEvent::ItemDone {
+                        previous_item_id,
+                        item,
+                    })
+                }
+                Err(message) => self.out.error(
+                    &ProtocolError::new("invalid_item", message)
+                        .param("item")
+                        .event(event_id),
+                ),
+            },
+            Command::Truncate {
+                event_id,
+                item_id,
+                audio_end_ms,
+            } => {
+                let Some(item) = self
+                    .conversation
+                    .iter_mut()
+                    .find(|i| i.id == item_id && i.role == Role::Assistant)
+                else {
+                    return self.out.error(
+                        &ProtocolError::new(
+                            "item_truncate_invalid_item_id",
+                            format!("no assistant message `{item_id}` to truncate"),
+                        )
+                        .param("item_id")
+                        .event(event_id),
+                    );
+                };
+                item.text = truncate_spoken(&item.text, audio_end_ms);
+                self.out.send(ServerEvent::ItemTruncated {
+                    item_id,
+                    content_index: 0,
+                    audio_end_ms,
+                })
             }
         }
     }
@@ -503,6 +852,10 @@ impl Hub {
     fn signal(&mut self, s: AudioSignal) -> bool {
         match s {
             AudioSignal::SpeechStarted { audio_start_ms } => {
+                if self.opts.borrow().interrupt_response {
+                    self.cancel_active("turn_detected");
+                }
+                self.prepared = None;
                 self.seq += 1;
                 let item_id = new_id("item");
                 self.current = Some(Turn {
@@ -619,6 +972,7 @@ impl Hub {
             previous_item_id,
             partials: turn.partials,
             speech_end_ms,
+            stopped_at: speech_end_ms.map(|_| std::time::Instant::now()),
             waiting_for: turn.speculation,
             result: turn.speculative_result,
             speculative,
@@ -664,12 +1018,18 @@ impl Hub {
                 }
             }
             JobKind::Speculative(id) => {
-                if let Some(t) = self
+                if self
                     .current
                     .as_mut()
                     .filter(|t| t.seq == r.turn && t.speculation == Some(id))
+                    .is_some()
                 {
-                    t.speculative_result = Some(r.result);
+                    if let Ok(tr) = &r.result {
+                        self.prepare(tr.text.trim().to_string());
+                    }
+                    if let Some(t) = self.current.as_mut() {
+                        t.speculative_result = Some(r.result);
+                    }
                 } else if let Some(e) = self
                     .ending
                     .iter_mut()
@@ -714,15 +1074,33 @@ impl Hub {
                         speculative: e.speculative,
                     };
                     debug!(item = %e.item_id, asr_ms = timing.asr_ms, speculative = e.speculative, "turn transcribed");
-                    ok && self.out.send(ServerEvent::TranscriptionCompleted {
-                        item_id: e.item_id.clone(),
-                        content_index: 0,
-                        transcript: t.text.clone(),
-                        voxd_timing: Some(timing),
-                    }) && self.out.send(ServerEvent::ItemDone {
-                        previous_item_id: e.previous_item_id.clone(),
-                        item: Item::user_audio(&e.item_id, Some(t.text)),
-                    })
+                    let ok =
+                        ok && self.out.send(ServerEvent::TranscriptionCompleted {
+                            item_id: e.item_id.clone(),
+                            content_index: 0,
+                            transcript: t.text.clone(),
+                            voxd_timing: Some(timing),
+                        }) && self.out.send(ServerEvent::ItemDone {
+                            previous_item_id: e.previous_item_id.clone(),
+                            item: Item::user_audio(&e.item_id, Some(t.text.clone())),
+                        });
+                    let text = t.text.trim().to_string();
+                    if !text.is_empty() {
+                        self.conversation.push(ConvItem {
+                            id: e.item_id.clone(),
+                            role: Role::User,
+                            text,
+                        });
+                        let opts = self.opts.borrow().clone();
+                        if ok && opts.realtime && opts.create_response && e.speech_end_ms.is_some()
+                        {
+                            // A new turn supersedes an answer still running.
+                            self.cancel_active("turn_detected");
+                            self.active = None;
+                            return self.start_response(None, None, e.stopped_at) && self.flush();
+                        }
+                    }
+                    ok
                 }
                 Err(err) => self.out.send(ServerEvent::TranscriptionFailed {
                     item_id: e.item_id.clone(),
@@ -741,5 +1119,93 @@ impl Hub {
             }
         }
         true
+    }
+}
+
+/// Reads a `conversation.item.create` message item: (role, text, id).
+fn parse_item(item: &serde_json::Value) -> Result<(Role, String, Option<String>), String> {
+    if item.get("type").and_then(|t| t.as_str()) != Some("message") {
+        return Err("only items of type `message` can be created".into());
+    }
+    let role = match item.get("role").and_then(|r| r.as_str()) {
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("system") => Role::System,
+        _ => return Err("`role` must be user, assistant or system".into()),
+    };
+    let parts = item
+        .get("content")
+        .and_then(|c| c.as_array())
+        .ok_or("`content` must be an array of parts")?;
+    let mut text = String::new();
+    for p in parts {
+        match p.get("type").and_then(|t| t.as_str()) {
+            Some("input_text" | "text" | "output_text") => text.push_str(
+                p.get("text")
+                    .and_then(|t| t.as_str())
+                    .ok_or("a text part needs `text`")?,
+            ),
+            Some("input_audio") => {
+                if let Some(t) = p.get("transcript").and_then(|t| t.as_str()) {
+                    text.push_str(t)
+                }
+            }
+            _ => return Err("content parts must be input_text, text or output_text".into()),
+        }
+    }
+    if text.trim().is_empty() {
+        return Err("the message has no text".into());
+    }
+    if text.len() > 100_000 {
+        return Err("the message is longer than 100000 bytes".into());
+    }
+    let id = item.get("id").and_then(|i| i.as_str()).map(str::to_string);
+    Ok((role, text, id))
+}
+
+/// The part of an answer spoken in `audio_end_ms` of speech (at ~15 characters a second, cut at
+/// a word boundary): what the person heard before they interrupted.
+fn truncate_spoken(text: &str, audio_end_ms: u64) -> String {
+    let chars = (audio_end_ms as usize).saturating_mul(15) / 1000;
+    if text.chars().count() <= chars {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(chars).collect();
+    match cut.rfind(char::is_whitespace) {
+        Some(i) => cut[..i].trim_end().to_string(),
+        None => cut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn message_items_are_read_and_bad_ones_named() {
+        let (role, text, id) = parse_item(&json!({"type": "message", "role": "user", "id": "i1",
+            "content": [{"type": "input_text", "text": "Hi "}, {"type": "input_text", "text": "there"}]}))
+        .unwrap();
+        assert_eq!(
+            (role, text.as_str(), id.as_deref()),
+            (Role::User, "Hi there", Some("i1"))
+        );
+        for bad in [
+            json!({"type": "function_call"}),
+            json!({"type": "message", "role": "user"}),
+            json!({"type": "message", "role": "user", "content": [{"type": "input_image"}]}),
+            json!({"type": "message", "role": "user", "content": [{"type": "input_text"}]}),
+        ] {
+            assert!(parse_item(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_what_was_heard_at_a_word_boundary() {
+        let text = "The shop opens at eight on weekdays and at ten on Sundays.";
+        assert_eq!(truncate_spoken(text, 60_000), text);
+        assert_eq!(truncate_spoken(text, 1_000), "The shop opens");
+        assert_eq!(truncate_spoken(text, 0), "");
     }
 }

@@ -6,8 +6,10 @@
 //! (see [`kb`]). Every error is JSON (see [`error`]). With an API key set,
 //! every route but `/`, `/healthz` and `/readyz` requires it.
 
+pub mod chat;
 pub mod error;
 pub mod kb;
+pub mod loading;
 pub mod realtime;
 pub mod transcriptions;
 
@@ -28,9 +30,12 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::asr::Asr;
+use crate::llm::Llm;
 use crate::rag::KnowledgeBase;
 use crate::realtime::Limits;
+use crate::realtime::{AnswerSettings, Answering};
 use error::ApiError;
+use loading::Loading;
 
 /// Server-wide settings that are not per-request.
 #[derive(Debug, Clone)]
@@ -45,6 +50,8 @@ pub struct ServerSettings {
     /// Concurrent realtime sessions; more get 503.
     pub max_sessions: usize,
     pub limits: Limits,
+    /// How realtime sessions answer.
+    pub answer: AnswerSettings,
 }
 
 impl Default for ServerSettings {
@@ -55,6 +62,7 @@ impl Default for ServerSettings {
             allowed_origins: Vec::new(),
             max_sessions: 64,
             limits: Limits::default(),
+            answer: AnswerSettings::default(),
         }
     }
 }
@@ -63,11 +71,9 @@ impl Default for ServerSettings {
 pub struct AppState {
     asr: OnceLock<Arc<dyn Asr>>,
     load_error: Mutex<Option<String>>,
-    kb: OnceLock<Arc<KnowledgeBase>>,
-    /// Why the knowledge base is unavailable (`None` while it loads).
-    kb_error: Mutex<Option<String>>,
-    /// A knowledge base is being opened: not ready until it is (or fails).
-    kb_pending: std::sync::atomic::AtomicBool,
+    kb: Loading<Arc<KnowledgeBase>>,
+    llm: Loading<Arc<dyn Llm>>,
+    pub answer: AnswerSettings,
     /// Largest request body accepted.
     pub max_upload_bytes: usize,
     /// Longest decoded upload accepted, in seconds.
@@ -92,9 +98,9 @@ impl AppState {
         AppState {
             asr: OnceLock::new(),
             load_error: Mutex::new(None),
-            kb: OnceLock::new(),
-            kb_error: Mutex::new(None),
-            kb_pending: std::sync::atomic::AtomicBool::new(false),
+            kb: Loading::new("the knowledge base", "kb_unavailable"),
+            llm: Loading::new("the language model", "llm_unavailable"),
+            answer: s.answer,
             max_upload_bytes: s.max_upload_bytes,
             max_audio_seconds: 4.0 * 3600.0,
             api_key: s.api_key.filter(|k| !k.is_empty()),
@@ -139,47 +145,58 @@ impl AppState {
         *self.load_error.lock().expect("lock") = Some(message);
     }
 
+    /// Says a language model is loading: `/readyz` waits for it.
+    pub fn expect_llm(&self) {
+        self.llm.expect();
+    }
+
+    /// Installs the loaded language model.
+    pub fn set_llm(&self, llm: Arc<dyn Llm>) {
+        self.llm.set(llm);
+    }
+
+    /// Records that the language model could not be loaded.
+    pub fn set_llm_error(&self, message: String) {
+        self.llm.fail(message);
+    }
+
+    /// The language model, or a 503 saying why not.
+    pub fn llm(&self) -> Result<Arc<dyn Llm>, ApiError> {
+        self.llm.require()
+    }
+
+    /// What realtime sessions answer with, once the language model is loaded.
+    pub fn answering(&self) -> Option<Answering> {
+        self.llm.get().map(|llm| Answering {
+            llm,
+            kb: self.kb.get(),
+            settings: self.answer.clone(),
+        })
+    }
+
     /// Says a knowledge base is being opened: `/readyz` waits for it.
     pub fn expect_kb(&self) {
-        self.kb_pending.store(true, Ordering::SeqCst);
+        self.kb.expect();
     }
 
     /// Installs the opened knowledge base.
     pub fn set_kb(&self, kb: Arc<KnowledgeBase>) {
-        let _ = self.kb.set(kb);
-        self.kb_pending.store(false, Ordering::SeqCst);
+        self.kb.set(kb);
     }
 
     /// Records that the knowledge base could not be opened (its routes answer 503 with this).
     pub fn set_kb_error(&self, message: String) {
-        *self.kb_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
-        self.kb_pending.store(false, Ordering::SeqCst);
+        self.kb.fail(message);
     }
 
     /// The knowledge base, if it is open.
     pub fn knowledge_base(&self) -> Option<Arc<KnowledgeBase>> {
-        self.kb.get().cloned()
+        self.kb.get()
     }
 
     /// The knowledge base, or a 503 saying why not.
     pub fn kb(&self) -> Result<Arc<KnowledgeBase>, ApiError> {
-        if let Some(kb) = self.kb.get() {
-            return Ok(kb.clone());
-        }
-        let message = match self
-            .kb_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            Some(e) => format!("the knowledge base is unavailable: {e}"),
-            None => "the knowledge base is still loading; retry shortly".into(),
-        };
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "kb_unavailable",
-            message,
-        ))
+        self.kb.require()
     }
 
     /// The speech recogniser, or a 503 while it is loading.
@@ -222,6 +239,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(kb::get_document).delete(kb::delete_document),
         )
         .route("/v1/kb/search", post(kb::search))
+        .route(
+            "/v1/chat/completions",
+            post(chat::completions).layer(DefaultBodyLimit::max(limit)),
+        )
+        .route("/v1/models", get(chat::models))
         .route(
             "/v1/embeddings",
             post(kb::embeddings).layer(DefaultBodyLimit::max(limit)),
@@ -284,30 +306,25 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let kb_error = state
-        .kb_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let kb = match (state.kb.get(), kb_error) {
-        (Some(kb), _) => json!({ "status": "ready", "embedding_model": kb.model() }),
-        (None, Some(e)) => json!({ "status": "unavailable", "reason": e }),
-        (None, None) if !state.kb_pending.load(Ordering::SeqCst) => {
-            json!({ "status": "not_configured" })
-        }
-        (None, None) => {
+    let parts = (
+        state
+            .kb
+            .status(|kb| json!({ "embedding_model": kb.model() })),
+        state.llm.status(|l| json!({ "model": l.model_name() })),
+    );
+    let (kb, llm) = match parts {
+        (Ok(kb), Ok(llm)) => (kb, llm),
+        (Err(reason), _) | (_, Err(reason)) => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({ "status": "not_ready", "reason": "the knowledge base is still loading" }),
-                ),
+                Json(json!({ "status": "not_ready", "reason": reason })),
             )
         }
     };
     match state.asr() {
         Ok(asr) => (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "asr": asr.describe(), "kb": kb })),
+            Json(json!({ "status": "ready", "asr": asr.describe(), "kb": kb, "llm": llm })),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -68,12 +68,13 @@ pub async fn upgrade(
         Some("transcription") => SessionKind::Transcription,
         _ => SessionKind::Realtime,
     };
-    let shared = Shared::new(
+    let mut shared = Shared::new(
         asr,
         state.limits.clone(),
         state.live_counter(),
         state.shutdown_signal(),
     );
+    shared.answering = state.answering();
     Ok(ws
         .protocols(["realtime"])
         .max_message_size(MAX_MESSAGE_BYTES)

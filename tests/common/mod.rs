@@ -179,3 +179,60 @@ pub fn llm() -> Arc<voxd::llm::LocalLlm> {
     })
     .clone()
 }
+
+/// Starts the real server with the speech model, an optional knowledge base and an optional
+/// LLM; returns `(ws://…/v1/realtime, http://…)`.
+pub async fn start_full(
+    settings: voxd::server::ServerSettings,
+    kb: Option<voxd::rag::KnowledgeBase>,
+    llm: Option<Arc<dyn voxd::llm::Llm>>,
+) -> (String, String) {
+    if std::env::var_os("VOXD_TEST_LOG").is_some() {
+        voxd::telemetry::init(voxd::config::LogFormat::Text);
+    }
+    let state = Arc::new(voxd::server::AppState::with_settings(settings));
+    let p = tokio::task::spawn_blocking(pool).await.unwrap();
+    state.set_asr(p);
+    if let Some(kb) = kb {
+        state.set_kb(Arc::new(kb));
+    }
+    if let Some(llm) = llm {
+        state.set_llm(llm);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        voxd::server::serve(listener, state, std::future::pending())
+            .await
+            .unwrap();
+    });
+    (format!("ws://{addr}/v1/realtime"), format!("http://{addr}"))
+}
+
+/// The fixture knowledge base (tests/data/kb) in a fresh file under `dir`.
+pub async fn fixture_kb(dir: &std::path::Path) -> voxd::rag::KnowledgeBase {
+    let kb = knowledge_base(dir);
+    let mut paths: Vec<_> = std::fs::read_dir(data("kb"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for p in &paths {
+        kb.add_file(p).await.unwrap();
+    }
+    kb
+}
+
+/// Speaks `text` with espeak-ng into a WAV file in `dir` and returns its samples at `rate`.
+pub fn speak(dir: &std::path::Path, text: &str, rate: u32) -> Vec<f32> {
+    let wav = dir.join("speech.wav");
+    let status = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .expect("espeak-ng is installed (scripts/deps installs it)");
+    assert!(status.success());
+    let d = voxd::audio::decode_file(&wav, voxd::audio::ChannelSelect::Mix).unwrap();
+    voxd::audio::resample::resample_all(&d.samples, d.sample_rate, rate).unwrap()
+}

@@ -1,0 +1,148 @@
+//! The embedded LLM (SmolLM2-135M-Instruct Q4_1, candle, this machine's cores):
+//!
+//! - `llm/first_token/300`: time to the first token for a ~300-token prompt, nothing cached.
+//! - `llm/first_token/300_prefix_cached`: the same prompt when everything but the question is in
+//!   the prefix cache (what early prefill achieves at the end of a spoken turn).
+//! - `llm/first_token/300_instructions_cached`: only the instructions cached (what every turn
+//!   gets without early prefill).
+//! - `llm/decode/32`: 32 tokens after the first (tokens/s = 31 / time).
+//!
+//! Needs the default models (`voxd models pull`). Run: `cargo bench --bench llm`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use voxd::llm::{complete, GenerateRequest, Llm, LocalLlm, LocalLlmConfig};
+use voxd::models::{Manifest, ModelStore, Role};
+use voxd::prompt::{ChatMessage, Role as R};
+
+fn llm() -> Arc<LocalLlm> {
+    let home = std::env::var_os("VOXD_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(voxd::config::default_home);
+    let path = ModelStore::new(&home, Manifest::builtin())
+        .resolve(Role::Llm, None)
+        .expect("run `voxd models pull` before this benchmark");
+    Arc::new(
+        LocalLlm::load(LocalLlmConfig {
+            path,
+            name: "smollm2-135m-instruct".into(),
+            cache_entries: 8,
+        })
+        .unwrap(),
+    )
+}
+
+const INSTRUCTIONS: &str = "You are the voice assistant of Brightwater Bikes, a worker-owned bicycle shop, \
+repair workshop and rental service in Larkhaven. Answer in one to three short sentences of plain text.";
+
+/// Instructions, ~220 tokens of passages, a question: ~300 tokens.
+fn messages(question: &str) -> Vec<ChatMessage> {
+    let passages = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/kb/service-prices-2026.md"),
+    )
+    .unwrap()
+        + &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/kb/repair-turnaround.md"),
+        )
+        .unwrap();
+    vec![
+        ChatMessage::new(R::System, INSTRUCTIONS),
+        ChatMessage::new(R::System, format!("Reference passages:\n{passages}")),
+        ChatMessage::new(R::User, question),
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let llm = llm();
+    let one = |msgs: Vec<ChatMessage>, max: usize, points: Vec<usize>| {
+        let mut r = GenerateRequest::new(msgs);
+        r.max_tokens = max;
+        r.cache_points = points;
+        r
+    };
+    // Report the prompt size and what each arrangement costs, from the model's own usage figures.
+    let (_, _, u) = runtime
+        .block_on(complete(
+            llm.as_ref(),
+            one(messages("How much is a full service?"), 33, vec![]),
+        ))
+        .unwrap();
+    eprintln!(
+        "prompt {} tokens: first token {:.0} ms (prefill {:.0} ms), decode {:.1} tokens/s",
+        u.prompt_tokens, u.first_token_ms, u.prefill_ms, u.tokens_per_second
+    );
+
+    let mut group = c.benchmark_group("llm");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    let mut n = 0u64;
+    group.bench_function("first_token/300", |b| {
+        b.to_async(&runtime).iter(|| {
+            // A different question each time, and no cache points: nothing reused.
+            n += 1;
+            let req = one(
+                messages(&format!("Question {n}: how much is a full service?")),
+                1,
+                vec![],
+            );
+            let llm = llm.clone();
+            async move { complete(llm.as_ref(), req).await.unwrap() }
+        })
+    });
+    // Warm the cache for the two prefixes.
+    runtime
+        .block_on(llm.prefill(messages("x")[..2].to_vec()))
+        .unwrap();
+    group.bench_function("first_token/300_prefix_cached", |b| {
+        b.to_async(&runtime).iter(|| {
+            n += 1;
+            let req = one(
+                messages(&format!("Question {n}: how much is a full service?")),
+                1,
+                vec![],
+            );
+            let llm = llm.clone();
+            async move {
+                let (_, _, u) = complete(llm.as_ref(), req).await.unwrap();
+                assert!(u.cached_tokens > 200);
+                u
+            }
+        })
+    });
+    let instructions_only = |q: &str| {
+        let mut m = messages(q);
+        m[1].content = format!("{} {q}", m[1].content); // passages differ per question
+        m
+    };
+    runtime
+        .block_on(llm.prefill(messages("x")[..1].to_vec()))
+        .unwrap();
+    group.bench_function("first_token/300_instructions_cached", |b| {
+        b.to_async(&runtime).iter(|| {
+            n += 1;
+            let req = one(instructions_only(&format!("Question {n}?")), 1, vec![]);
+            let llm = llm.clone();
+            async move { complete(llm.as_ref(), req).await.unwrap() }
+        })
+    });
+    group.bench_function("decode/32", |b| {
+        b.to_async(&runtime).iter(|| {
+            let req = one(messages("Tell me about the workshop."), 33, vec![2]);
+            let llm = llm.clone();
+            async move { complete(llm.as_ref(), req).await.unwrap() }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,331 @@
+//! The configured LLM served as OpenAI's `POST /v1/chat/completions` (streaming SSE or one JSON
+//! answer) and `GET /v1/models`, so one voxd can lend its model to other clients or another voxd.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::llm::{FinishReason, GenerateRequest, LlmError, LlmEvent, Usage};
+use crate::prompt::{ChatMessage, Role};
+
+impl From<LlmError> for ApiError {
+    fn from(e: LlmError) -> Self {
+        let status = match &e {
+            LlmError::Invalid(_) | LlmError::ContextOverflow { .. } => StatusCode::BAD_REQUEST,
+            LlmError::Pool(crate::workers::PoolError::Busy { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            LlmError::Unreachable { .. }
+            | LlmError::Upstream { .. }
+            | LlmError::Malformed { .. } => StatusCode::BAD_GATEWAY,
+            LlmError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    role: String,
+    content: Option<Content>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    model: Option<String>,
+    messages: Vec<Message>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    n: Option<u32>,
+}
+
+fn bad(code: &'static str, message: impl Into<String>, param: &'static str) -> ApiError {
+    ApiError::bad_request(code, message).with_param(param)
+}
+
+fn request(body: Body, default_max: usize) -> Result<GenerateRequest, ApiError> {
+    if body.n.is_some_and(|n| n != 1) {
+        return Err(bad("invalid_n", "only n = 1 is supported", "n"));
+    }
+    if body.messages.is_empty() {
+        return Err(bad(
+            "invalid_messages",
+            "`messages` must not be empty",
+            "messages",
+        ));
+    }
+    let mut messages = Vec::with_capacity(body.messages.len());
+    for m in body.messages {
+        let role = match m.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(bad(
+                    "invalid_role",
+                    format!("role `{other}` is not supported (system, developer, user, assistant)"),
+                    "messages",
+                ))
+            }
+        };
+        let text = match m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t,
+            Some(Content::Parts(parts)) => {
+                let mut t = String::new();
+                for p in parts {
+                    if p.kind != "text" {
+                        return Err(bad(
+                            "unsupported_content",
+                            format!("content parts of type `{}` are not supported", p.kind),
+                            "messages",
+                        ));
+                    }
+                    t.push_str(p.text.as_deref().unwrap_or(""));
+                }
+                t
+            }
+        };
+        messages.push(ChatMessage::new(role, text));
+    }
+    let max_tokens = body
+        .max_completion_tokens
+        .or(body.max_tokens)
+        .map(|n| n as usize)
+        .unwrap_or(default_max);
+    if !(1..=4096).contains(&max_tokens) {
+        return Err(bad(
+            "invalid_max_tokens",
+            "max_tokens must be 1..=4096",
+            "max_tokens",
+        ));
+    }
+    let temperature = body.temperature.unwrap_or(0.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(bad(
+            "invalid_temperature",
+            "temperature must be 0..=2",
+            "temperature",
+        ));
+    }
+    if body
+        .top_p
+        .is_some_and(|p| !(0.0..=1.0).contains(&p) || p == 0.0)
+    {
+        return Err(bad("invalid_top_p", "top_p must be in (0, 1]", "top_p"));
+    }
+    let stop = match body.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) if v.len() <= 4 => v,
+        Some(Stop::Many(_)) => return Err(bad("invalid_stop", "at most 4 stop strings", "stop")),
+    };
+    let mut req = GenerateRequest::new(messages);
+    // Cache the leading system message(s): the part repeated across requests.
+    let leading = req
+        .messages
+        .iter()
+        .take_while(|m| m.role == Role::System)
+        .count();
+    req.cache_points = vec![leading];
+    req.max_tokens = max_tokens;
+    req.temperature = temperature;
+    req.top_p = body.top_p;
+    req.seed = body.seed;
+    req.stop = stop;
+    Ok(req)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": u.cached_tokens },
+    })
+}
+
+fn finish_str(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let llm = state.llm()?;
+    let body: Body = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is not valid: {e}"),
+        )
+    })?;
+    if let Some(m) = body.model.as_deref().filter(|m| *m != llm.model_name()) {
+        tracing::debug!(
+            requested = m,
+            serving = llm.model_name(),
+            "chat request for another model name; serving ours"
+        );
+    }
+    let stream = body.stream;
+    let include_usage = body
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let req = request(body, state.answer.max_tokens)?;
+    let id = crate::protocol::new_id("chatcmpl");
+    let model = llm.model_name().to_string();
+    let created = now();
+    // Errors before the first token are HTTP errors in both modes.
+    let mut events = llm.generate(req).await?;
+    let first = match events.next().await {
+        Some(Ok(ev)) => ev,
+        Some(Err(e)) => return Err(e.into()),
+        None => {
+            return Err(LlmError::Compute("the generation ended without finishing".into()).into())
+        }
+    };
+
+    if !stream {
+        let mut text = String::new();
+        let mut ev: Option<Result<LlmEvent, LlmError>> = Some(Ok(first));
+        loop {
+            match ev {
+                Some(Ok(LlmEvent::Delta(d))) => text.push_str(&d),
+                Some(Ok(LlmEvent::Done { finish, usage })) => {
+                    return Ok(Json(json!({
+                        "id": id,
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": model,
+                        "choices": [{
+                            "index": 0,
+                            "message": { "role": "assistant", "content": text, "refusal": null },
+                            "finish_reason": finish_str(finish),
+                            "logprobs": null,
+                        }],
+                        "usage": usage_json(&usage),
+                    }))
+                    .into_response())
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    return Err(
+                        LlmError::Compute("the generation ended without finishing".into()).into(),
+                    )
+                }
+            }
+            ev = events.next().await;
+        }
+    }
+
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }],
+        })
+    };
+    let opening = chunk(json!({ "role": "assistant", "content": "" }), None);
+    let rest = futures::stream::once(async move { Ok(first) }).chain(events);
+    let sse = futures::stream::once(async move { opening })
+        .chain(rest.flat_map(move |ev| {
+            let items: Vec<Value> = match ev {
+                Ok(LlmEvent::Delta(d)) => vec![chunk(json!({ "content": d }), None)],
+                Ok(LlmEvent::Done { finish, usage }) => {
+                    let mut v = vec![chunk(json!({}), Some(finish_str(finish)))];
+                    if include_usage {
+                        let mut u = chunk(json!({}), None);
+                        u["choices"] = json!([]);
+                        u["usage"] = usage_json(&usage);
+                        v.push(u);
+                    }
+                    v
+                }
+                Err(e) => vec![json!({ "error": { "message": e.to_string(), "type": "server_error", "code": e.code() } })],
+            };
+            futures::stream::iter(items)
+        }))
+        .map(|v| Ok::<_, Infallible>(Event::default().data(v.to_string())))
+        .chain(futures::stream::once(async { Ok(Event::default().data("[DONE]")) }));
+    Ok(Sse::new(sse)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// `GET /v1/models`: the models this server runs.
+pub async fn models(State(state): State<Arc<AppState>>) -> Response {
+    let created = now();
+    let mut data = Vec::new();
+    if let Ok(llm) = state.llm() {
+        data.push(json!({ "id": llm.model_name(), "object": "model", "created": created, "owned_by": "voxd" }));
+    }
+    if let Some(kb) = state.knowledge_base() {
+        data.push(json!({ "id": kb.model().name, "object": "model", "created": created, "owned_by": "voxd" }));
+    }
+    if state.asr().is_ok() {
+        data.push(
+            json!({ "id": "whisper-1", "object": "model", "created": created, "owned_by": "voxd" }),
+        );
+    }
+    Json(json!({ "object": "list", "data": data })).into_response()
+}
