@@ -103,6 +103,10 @@ struct ClientArgs {
     /// No server VAD: commit once at the end of the file.
     #[arg(long)]
     manual: bool,
+    /// Ask for spoken answers too (a `realtime` session): print each answer as it streams and the
+    /// time from the true end of speech to its first token.
+    #[arg(long)]
+    answer: bool,
     /// Silence appended after the file, in ms.
     #[arg(long, default_value_t = 1500)]
     tail_ms: u64,
@@ -558,7 +562,7 @@ async fn client(args: ClientArgs) -> Result<()> {
         serde_json::json!(100)
     };
     tx.update_session(serde_json::json!({
-        "type": "transcription",
+        "type": if args.answer { "realtime" } else { "transcription" },
         "audio": {"input": {"format": {"type": "audio/pcm", "rate": args.rate}, "turn_detection": turn_detection}},
         "voxd": {"speculative_after_ms": speculative}
     }))
@@ -581,10 +585,13 @@ async fn client(args: ClientArgs) -> Result<()> {
     };
     let mut done = 0;
     let mut latencies = Vec::new();
+    let mut first_token_latencies = Vec::new();
+    let mut answered = 0;
+    let mut answer_started = false;
     let mut streaming_done = false;
     let mut sender = Some(sender);
     let idle_limit = std::time::Duration::from_secs(10);
-    while done < expected_turns {
+    while done < expected_turns || (args.answer && answered < done) {
         let msg = tokio::select! {
             m = rx.next() => m,
             r = async { sender.as_mut().expect("checked").await }, if sender.is_some() => {
@@ -654,6 +661,59 @@ async fn client(args: ClientArgs) -> Result<()> {
                 }
                 done += 1;
             }
+            ServerEvent::OutputTextDelta { delta, .. } => {
+                if !answer_started {
+                    answer_started = true;
+                    let now_ms = start.elapsed().as_millis() as i64;
+                    let latency = speech_ends
+                        .get(answered)
+                        .filter(|_| args.realtime && !args.manual)
+                        .map(|&end| now_ms - end as i64);
+                    if let Some(l) = latency {
+                        first_token_latencies.push(l);
+                    }
+                    if !args.json {
+                        match latency {
+                            Some(l) => {
+                                print!("[answer, first token {l} ms after the end of speech] ")
+                            }
+                            None => print!("[answer] "),
+                        }
+                    }
+                }
+                if !args.json {
+                    use std::io::Write;
+                    print!("{delta}");
+                    std::io::stdout().flush()?;
+                }
+            }
+            ServerEvent::ResponseDone { response } => {
+                answered += 1;
+                answer_started = false;
+                if !args.json {
+                    println!();
+                    let status = response["status"].as_str().unwrap_or("");
+                    let sources = response["metadata"]["citations"]
+                        .as_str()
+                        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+                        .and_then(|c| {
+                            c.as_array().map(|a| {
+                                a.iter()
+                                    .filter_map(|x| x["title"].as_str().map(str::to_string))
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "        ({status}; sources: {})",
+                        if sources.is_empty() {
+                            "none".into()
+                        } else {
+                            sources.join(", ")
+                        }
+                    );
+                }
+            }
             ServerEvent::Error { error } => eprintln!(
                 "error: {} ({})",
                 error.message,
@@ -668,6 +728,14 @@ async fn client(args: ClientArgs) -> Result<()> {
             "median end of speech -> final: {} ms over {} turn(s)",
             latencies[latencies.len() / 2],
             latencies.len()
+        );
+    }
+    if !first_token_latencies.is_empty() && !args.json {
+        first_token_latencies.sort_unstable();
+        println!(
+            "median end of speech -> first answer token: {} ms over {} turn(s)",
+            first_token_latencies[first_token_latencies.len() / 2],
+            first_token_latencies.len()
         );
     }
     Ok(())
