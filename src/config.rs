@@ -125,7 +125,7 @@ pub struct KbArgs {
     /// Relevance floor: passages less similar (cosine) to the question are not used [default: 0.3].
     #[arg(long, env = "VOXD_KB_MIN_SCORE")]
     pub kb_min_score: Option<f32>,
-    /// Passages retrieved per question [default: 4].
+    /// Passages retrieved per question [default: 3].
     #[arg(long, env = "VOXD_KB_TOP_K")]
     pub kb_top_k: Option<usize>,
     /// Largest document accepted, in MiB [default: 5].
@@ -445,7 +445,7 @@ impl Config {
                 message: format!("{min_score} is outside -1..=1 (cosine similarity)"),
             });
         }
-        let top_k = kb.kb_top_k.or(fk.top_k).unwrap_or(4);
+        let top_k = kb.kb_top_k.or(fk.top_k).unwrap_or(3);
         if !(1..=crate::rag::search::MAX_TOP_K).contains(&top_k) {
             return Err(ConfigError::Invalid {
                 setting: "kb_top_k",

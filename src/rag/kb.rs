@@ -32,7 +32,7 @@ impl Default for KbSettings {
     fn default() -> Self {
         KbSettings {
             min_score: 0.30,
-            default_top_k: 4,
+            default_top_k: 3,
             max_document_bytes: 5 << 20,
         }
     }
