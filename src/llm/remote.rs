@@ -232,7 +232,6 @@ fn events_of(
 impl Llm for RemoteLlm {
     fn generate(&self, request: GenerateRequest) -> BoxFuture<'_, Result<LlmStream, LlmError>> {
         Box::pin(async move {
-            let started = Instant::now();
             let deadline = tokio::time::Instant::now() + self.config.total_timeout;
             let (stream, early, usage) = self.open(&request).await?;
             let url = self.url();
@@ -259,7 +258,7 @@ impl Llm for RemoteLlm {
                     }
                 }
             };
-            // State: the HTTP stream, events already read, usage, the finish seen, done.
+            // The HTTP stream, events already read, usage, the finish seen, whether it ended.
             struct State {
                 stream: ChatCompletionResponseStream,
                 queue: std::collections::VecDeque<LlmEvent>,
@@ -267,7 +266,6 @@ impl Llm for RemoteLlm {
                 finish: Option<FinishReason>,
                 completion: usize,
                 ended: bool,
-                started: Instant,
                 first: Option<Instant>,
             }
             let first_at = early
@@ -281,7 +279,6 @@ impl Llm for RemoteLlm {
                 finish: None,
                 completion: 0,
                 ended: false,
-                started,
                 first: first_at,
             };
             let s = futures::stream::unfold(state, move |mut st| {
@@ -350,7 +347,6 @@ impl Llm for RemoteLlm {
                                             (usage.completion_tokens - 1) as f64 / secs;
                                     }
                                 }
-                                let _ = st.started;
                                 return Some((Ok(LlmEvent::Done { finish, usage }), st));
                             }
                         }
