@@ -552,6 +552,9 @@ struct Hub {
     prepared_tx: mpsc::Sender<Prepared>,
     prepared_rx: mpsc::Receiver<Prepared>,
     prepared: Option<Prepared>,
+    /// Where each running response's answer goes in the conversation: right after what it
+    /// answers, even if the person has spoken again since.
+    answer_slots: std::collections::HashMap<String, usize>,
 }
 
 impl Hub {
@@ -574,6 +577,7 @@ impl Hub {
             prepared_tx,
             prepared_rx,
             prepared: None,
+            answer_slots: std::collections::HashMap::new(),
             out,
             opts,
             results_tx,
@@ -628,12 +632,24 @@ impl Hub {
         if self.active.as_ref().is_some_and(|a| a.id == f.response_id) {
             self.active = None;
         }
+        let slot = self
+            .answer_slots
+            .remove(&f.response_id)
+            .unwrap_or(self.conversation.len())
+            .min(self.conversation.len());
         if !f.text.trim().is_empty() {
-            self.conversation.push(ConvItem {
-                id: f.item_id,
-                role: Role::Assistant,
-                text: f.text,
-            });
+            // Later answers' places move down by the one inserted before them.
+            for s in self.answer_slots.values_mut().filter(|s| **s >= slot) {
+                *s += 1;
+            }
+            self.conversation.insert(
+                slot,
+                ConvItem {
+                    id: f.item_id,
+                    role: Role::Assistant,
+                    text: f.text,
+                },
+            );
         }
         debug!(response = %f.response_id, status = f.status, "response ended");
     }
@@ -687,6 +703,7 @@ impl Hub {
         let prepared = self.prepared.take().filter(|p| p.question == user);
         let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
         let response_id = new_id("resp");
+        self.answer_slots.insert(response_id.clone(), pos + 1);
         self.active = Some(ActiveResponse {
             id: response_id.clone(),
             cancel: Some(cancel_tx),
