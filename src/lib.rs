@@ -22,6 +22,7 @@
 //! - [`realtime`]: one realtime session wiring audio, VAD, ASR and events over a WebSocket.
 //! - [`server`]: the HTTP routes (health, readiness, OpenAI-compatible transcription).
 //! - [`client`]: the Rust client for the realtime API (used by `voxd client`).
+//! - [`openai_http`]: the client for OpenAI-compatible endpoints used by the remote backends.
 //! - [`config`]: flags, environment and TOML file merged into one validated configuration.
 //! - [`telemetry`]: logging setup.
 //! - [`wer`]: word error rate, for tests and benchmarks.
@@ -35,6 +36,7 @@ pub mod client;
 pub mod config;
 pub mod llm;
 pub mod models;
+pub mod openai_http;
 pub mod prompt;
 pub mod protocol;
 pub mod rag;

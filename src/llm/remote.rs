@@ -56,21 +56,17 @@ pub struct RemoteLlm {
 
 impl RemoteLlm {
     pub fn new(config: RemoteLlmConfig) -> Result<Self, LlmError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .build()
-            .map_err(|e| LlmError::Unreachable {
-                url: config.base_url.clone(),
-                reason: e.to_string(),
-            })?;
-        let mut oa = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
-        if let Some(key) = &config.api_key {
-            oa = oa.with_api_key(key);
-        }
-        Ok(RemoteLlm {
-            client: Client::with_config(oa).with_http_client(http),
-            config,
-        })
+        let client = crate::openai_http::client(
+            &config.base_url,
+            config.api_key.as_deref(),
+            config.connect_timeout,
+            None,
+        )
+        .map_err(|e| LlmError::Unreachable {
+            url: config.base_url.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(RemoteLlm { client, config })
     }
 
     fn url(&self) -> String {

@@ -41,19 +41,16 @@ impl RemoteEmbedder {
     /// Builds the client and, unless `dimensions` is set, asks the endpoint once for a vector to
     /// learn its length (which also proves the endpoint answers).
     pub async fn connect(config: RemoteEmbedderConfig) -> Result<Self, EmbedError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| EmbedError::Remote {
-                url: config.base_url.clone(),
-                reason: e.to_string(),
-            })?;
-        let mut oa = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
-        if let Some(key) = &config.api_key {
-            oa = oa.with_api_key(key);
-        }
-        let client = Client::with_config(oa).with_http_client(http);
+        let client = crate::openai_http::client(
+            &config.base_url,
+            config.api_key.as_deref(),
+            config.timeout.min(Duration::from_secs(10)),
+            Some(config.timeout),
+        )
+        .map_err(|e| EmbedError::Remote {
+            url: config.base_url.clone(),
+            reason: e.to_string(),
+        })?;
         let mut me = RemoteEmbedder {
             client,
             dim: config.dimensions.unwrap_or(0),

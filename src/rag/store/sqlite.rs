@@ -305,56 +305,44 @@ impl Store for SqliteStore {
             }
             let existing = Self::doc_by(tx, "key", &doc.key).map_err(sql)?;
             let t = now();
-            let (outcome, id) = match &existing {
+            let outcome = match &existing {
                 Some(old) if old.content_hash == doc.content_hash => {
                     return Ok((WriteOutcome::Unchanged, old.clone()));
                 }
                 Some(old) => {
                     Self::delete_chunks(tx, &old.id).map_err(sql)?;
-                    tx.execute(
-                        "UPDATE documents SET source = ?2, title = ?3, uri = ?4, content = ?5,
-                         content_hash = ?6, version_at = ?7, updated_at = ?8, expires_at = ?9,
-                         metadata = ?10 WHERE id = ?1",
-                        params![
-                            old.id,
-                            doc.source,
-                            doc.title,
-                            doc.uri,
-                            doc.content,
-                            doc.content_hash,
-                            doc.version_at,
-                            t,
-                            doc.expires_at,
-                            doc.metadata.to_string()
-                        ],
-                    )
-                    .map_err(sql)?;
-                    (WriteOutcome::Updated, old.id.clone())
+                    WriteOutcome::Updated
                 }
-                None => {
-                    let id = crate::protocol::new_id("doc");
-                    tx.execute(
-                        "INSERT INTO documents (id, key, source, title, uri, content, content_hash,
-                         version_at, created_at, updated_at, expires_at, metadata)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
-                        params![
-                            id,
-                            doc.key,
-                            doc.source,
-                            doc.title,
-                            doc.uri,
-                            doc.content,
-                            doc.content_hash,
-                            doc.version_at,
-                            t,
-                            doc.expires_at,
-                            doc.metadata.to_string()
-                        ],
-                    )
-                    .map_err(sql)?;
-                    (WriteOutcome::Created, id)
-                }
+                None => WriteOutcome::Created,
             };
+            // One statement for both: a new row, or (the key exists) the same row, keeping its id and
+            // created_at, with the new content. The fresh id is used only when the row is new.
+            tx.execute(
+                "INSERT INTO documents (id, key, source, title, uri, content, content_hash,
+                 version_at, created_at, updated_at, expires_at, metadata)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)
+                 ON CONFLICT(key) DO UPDATE SET source = excluded.source, title = excluded.title,
+                 uri = excluded.uri, content = excluded.content, content_hash = excluded.content_hash,
+                 version_at = excluded.version_at, updated_at = excluded.updated_at,
+                 expires_at = excluded.expires_at, metadata = excluded.metadata",
+                params![
+                    crate::protocol::new_id("doc"),
+                    doc.key,
+                    doc.source,
+                    doc.title,
+                    doc.uri,
+                    doc.content,
+                    doc.content_hash,
+                    doc.version_at,
+                    t,
+                    doc.expires_at,
+                    doc.metadata.to_string()
+                ],
+            )
+            .map_err(sql)?;
+            let id: String = tx
+                .query_row("SELECT id FROM documents WHERE key = ?1", [&doc.key], |r| r.get(0))
+                .map_err(sql)?;
             {
                 let mut chunk_stmt = tx
                     .prepare_cached(
