@@ -27,22 +27,39 @@
 //! - [`telemetry`]: logging setup.
 //! - [`wer`]: word error rate, for tests and benchmarks.
 //! - [`workers`]: the bounded worker-thread pool for model compute.
+//!
+//! With `default-features = false, features = ["client"]`, only [`client`], [`protocol`]'s
+//! events and [`wer`] are built: an application can talk to voxd without compiling the models.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "server")]
 pub mod asr;
+#[cfg(feature = "server")]
 pub mod audio;
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod llm;
+#[cfg(feature = "server")]
 pub mod models;
+#[cfg(feature = "server")]
 pub mod openai_http;
+#[cfg(feature = "server")]
 pub mod prompt;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod rag;
+#[cfg(feature = "server")]
 pub mod realtime;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "server")]
 pub mod vad;
 pub mod wer;
+#[cfg(feature = "server")]
 pub mod workers;

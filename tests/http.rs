@@ -237,7 +237,21 @@ async fn readiness_follows_the_model() {
         .unwrap()
         .starts_with("text/html"));
     let page = r.text().await.unwrap();
-    assert!(page.contains("/v1/audio/transcriptions") && page.contains("audioWorklet"));
+    assert!(page.contains("/app.js") && page.contains("/style.css"));
+    // Its script, worklet and SDK too, with JavaScript content types.
+    for (path, needle) in [
+        ("/app.js", "audioWorklet"),
+        ("/mic-worklet.js", "registerProcessor"),
+        ("/sdk/voxd.js", "export async function connect"),
+    ] {
+        let r = reqwest::get(format!("{loading}{path}")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript"));
+        assert!(r.text().await.unwrap().contains(needle), "{path}");
+    }
 
     let ready = common::start_server(1 << 20, true).await;
     let r = reqwest::get(format!("{ready}/readyz")).await.unwrap();

@@ -3,47 +3,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use voxd::client::{self, Incoming};
 
 #[tokio::test]
 async fn sigterm_closes_sessions_with_1001_and_exits_cleanly() {
-    common::asr_model();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_voxd"))
-        .args([
-            "serve",
-            "--no-pull",
-            "--addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--asr-pool",
-            "1",
-        ])
-        .env("VOXD_HOME", common::home())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The address is in the `listening` log line.
-    let stderr = child.stderr.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["fields"]["message"] == "listening" {
-                    let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap().to_string());
-                }
-            }
-        }
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("voxd serve did not start");
+    let serve = common::ServeProcess::start(&["--asr-pool".as_ref(), "1".as_ref()]);
+    let addr = serve.addr.clone();
 
     // Wait until the model is loaded.
     let base = format!("http://{addr}");
@@ -69,7 +37,7 @@ async fn sigterm_closes_sessions_with_1001_and_exits_cleanly() {
     );
 
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &serve.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -85,10 +53,13 @@ async fn sigterm_closes_sessions_with_1001_and_exits_cleanly() {
     .await
     .expect("no close after SIGTERM");
     assert_eq!(closed, Some(1001));
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || {
+        let mut serve = serve;
+        serve.child.wait()
+    })
+    .await
+    .unwrap()
+    .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
 

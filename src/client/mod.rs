@@ -1,12 +1,18 @@
 //! A Rust client for voxd's realtime API (and any OpenAI-Realtime-compatible server): connect,
 //! configure, stream audio, read typed events. It uses the same [`crate::protocol`] types as the
 //! server, so the two cannot drift. `voxd client` is built on it.
+//!
+//! Depend on it without the server: `voxd = { default-features = false, features = ["client"] }`.
+//! See `examples/stream_file.rs`: connect, configure, stream a WAV file, print the transcript and
+//! the answer.
+
+pub mod wav;
 
 use std::time::Duration;
 
 use base64::Engine;
 use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::{SinkExt, Stream, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -93,6 +99,64 @@ pub async fn connect(url: &str, api_key: Option<&str>) -> Result<(Sender, Receiv
     Ok((Sender { ws: tx }, Receiver { ws: rx }))
 }
 
+/// How [`connect_with_retry`] retries.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// Attempts in all (at least 1).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubles after each failure.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed: the server could not be reached, was still loading
+    /// its models or was full (503), or rate-limited (429). A refused key (401), origin (403) or
+    /// anything else the client must change is not retried.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Socket(_) => true,
+            ClientError::Refused { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            ClientError::Decode(_) => false,
+        }
+    }
+}
+
+/// [`connect`], retried with exponential backoff while the error is transient (a server that is
+/// restarting or still loading its models). Use it to reconnect after a dropped session; the new
+/// session starts fresh, so send `session.update` again.
+pub async fn connect_with_retry(
+    url: &str,
+    api_key: Option<&str>,
+    retry: &Retry,
+) -> Result<(Sender, Receiver), ClientError> {
+    let mut wait = retry.initial_backoff;
+    let mut attempt = 1;
+    loop {
+        match connect(url, api_key).await {
+            Ok(pair) => return Ok(pair),
+            Err(e) if e.is_transient() && attempt < retry.attempts.max(1) => {
+                tracing::debug!(attempt, error = %e, "connect failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(retry.max_backoff);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn pcm16_bytes(samples: &[f32]) -> Vec<u8> {
     samples
         .iter()
@@ -139,8 +203,48 @@ impl Sender {
         self.send_binary(pcm16_bytes(samples)).await
     }
 
+    /// Appends as a binary frame or as an `append` event.
+    pub async fn append_as(&mut self, samples: &[f32], binary: bool) -> Result<(), ClientError> {
+        if binary {
+            self.append_binary(samples).await
+        } else {
+            self.append(samples).await
+        }
+    }
+
     pub async fn commit(&mut self) -> Result<(), ClientError> {
         self.send(&ClientEvent::Commit).await
+    }
+
+    /// `response.create`: ask for an answer to the conversation so far (needed when turn
+    /// detection is off or `create_response` is false).
+    pub async fn create_response(&mut self) -> Result<(), ClientError> {
+        self.send(&ClientEvent::ResponseCreate { response: None })
+            .await
+    }
+
+    /// `response.cancel`: stop the answer in progress.
+    pub async fn cancel_response(&mut self) -> Result<(), ClientError> {
+        self.send(&ClientEvent::ResponseCancel { response_id: None })
+            .await
+    }
+
+    /// Streams chunks of samples at the session's rate as they arrive (a microphone, a decoder,
+    /// a file read in pieces); each chunk is one binary frame, or one `append` event without
+    /// `binary`. Returns the number of samples sent once the stream ends.
+    pub async fn stream_from<S>(&mut self, mut chunks: S, binary: bool) -> Result<u64, ClientError>
+    where
+        S: Stream<Item = Vec<f32>> + Unpin,
+    {
+        let mut sent = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            if chunk.is_empty() {
+                continue;
+            }
+            self.append_as(&chunk, binary).await?;
+            sent += chunk.len() as u64;
+        }
+        Ok(sent)
     }
 
     /// Streams `samples` (at the session's rate) in `frame_ms` frames; with `paced`, at real-time
@@ -160,11 +264,7 @@ impl Sender {
                 tokio::time::sleep_until(start + Duration::from_millis(i as u64 * frame_ms as u64))
                     .await;
             }
-            if binary {
-                self.append_binary(chunk).await?;
-            } else {
-                self.append(chunk).await?;
-            }
+            self.append_as(chunk, binary).await?;
         }
         Ok(())
     }

@@ -10,12 +10,14 @@
 
 pub mod client;
 pub mod server;
+#[cfg(feature = "server")]
 pub mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use client::{parse_client_event, ClientEvent, ClientMessage};
 pub use server::{ErrorBody, Item, ServerEvent};
+#[cfg(feature = "server")]
 pub use session::{InputFormat, SessionConfig, SessionKind, TurnDetection};
 
 /// A client mistake, answered with an `error` event; the session keeps running.

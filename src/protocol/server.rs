@@ -109,6 +109,9 @@ pub struct TurnTiming {
     pub asr_ms: u64,
     /// Whether the result came from speculative finalisation (started at the pause).
     pub speculative: bool,
+    /// From `speech_stopped` (the end of speech plus the silence window) to this transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speech_stopped_to_completed_ms: Option<u64>,
 }
 
 /// Everything voxd sends.

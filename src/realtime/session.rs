@@ -1089,6 +1089,9 @@ impl Hub {
                         asr_queue_ms: t.queue_wait.as_millis() as u64,
                         asr_ms: t.compute.as_millis() as u64,
                         speculative: e.speculative,
+                        speech_stopped_to_completed_ms: e
+                            .stopped_at
+                            .map(|at| at.elapsed().as_millis() as u64),
                     };
                     debug!(item = %e.item_id, asr_ms = timing.asr_ms, speculative = e.speculative, "turn transcribed");
                     let ok =

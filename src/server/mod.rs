@@ -1,6 +1,6 @@
 //! The HTTP server (axum): routes, shared state, start-up and graceful shutdown.
 //!
-//! Routes: `GET /` (the web demo, compiled in), `GET /healthz` (the process answers),
+//! Routes: `GET /` (the web demo and `/sdk/voxd.js`, compiled in), `GET /healthz` (the process answers),
 //! `GET /readyz` (200 once the models are loaded), `POST /v1/audio/transcriptions`,
 //! `GET /v1/realtime` (WebSocket), the knowledge base under `/v1/kb/` and `POST /v1/embeddings`
 //! (see [`kb`]). Every error is JSON (see [`error`]). With an API key set,
@@ -219,8 +219,11 @@ impl AppState {
 /// The application's routes.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_upload_bytes;
-    Router::new()
-        .route("/", get(web_demo))
+    let mut router = Router::new();
+    for (path, _, _) in WEB_ASSETS {
+        router = router.route(path, get(move || async move { asset_response(path) }));
+    }
+    router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(
@@ -266,7 +269,8 @@ async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next:
     let Some(key) = state.api_key.as_deref() else {
         return next.run(req).await;
     };
-    if matches!(req.uri().path(), "/" | "/healthz" | "/readyz") {
+    let path = req.uri().path();
+    if matches!(path, "/" | "/healthz" | "/readyz") || asset(path).is_some() {
         return next.run(req).await;
     }
     let headers = req.headers();
@@ -294,11 +298,57 @@ async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next:
     }
 }
 
-/// The browser demo, compiled into the binary so it works from any folder and offline.
-const WEB_DEMO: &str = include_str!("../../web-demo/index.html");
+/// The browser demo and the JavaScript SDK, compiled into the binary so they work from any
+/// folder and offline: (path, content type, body).
+const WEB_ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../../web-demo/index.html"),
+    ),
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web-demo/app.js"),
+    ),
+    (
+        "/mic-worklet.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web-demo/mic-worklet.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../web-demo/style.css"),
+    ),
+    (
+        "/sdk/voxd.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web-demo/sdk/voxd.js"),
+    ),
+    (
+        "/sdk/voxd.d.ts",
+        "application/typescript; charset=utf-8",
+        include_str!("../../web-demo/sdk/voxd.d.ts"),
+    ),
+];
 
-async fn web_demo() -> axum::response::Html<&'static str> {
-    axum::response::Html(WEB_DEMO)
+fn asset(path: &str) -> Option<&'static (&'static str, &'static str, &'static str)> {
+    WEB_ASSETS.iter().find(|(p, _, _)| *p == path)
+}
+
+fn asset_response(path: &str) -> Response {
+    match asset(path) {
+        Some((_, content_type, body)) => (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => not_found_path(path).into_response(),
+    }
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -334,10 +384,14 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
+    not_found_path(uri.path())
+}
+
+fn not_found_path(path: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no route for {}", uri.path()),
+        format!("no route for {path}"),
     )
 }
 

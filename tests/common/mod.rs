@@ -236,3 +236,68 @@ pub fn speak(dir: &std::path::Path, text: &str, rate: u32) -> Vec<f32> {
     let d = voxd::audio::decode_file(&wav, voxd::audio::ChannelSelect::Mix).unwrap();
     voxd::audio::resample::resample_all(&d.samples, d.sample_rate, rate).unwrap()
 }
+
+/// A running `voxd serve` process (the real binary), killed on drop.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its log lines (JSON) so far.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServeProcess {
+    /// Starts `voxd serve --no-pull --addr 127.0.0.1:0 --log-format json ARGS` with this test
+    /// run's models and returns once it listens (the address comes from its `listening` line).
+    pub fn start(args: &[&std::ffi::OsStr]) -> ServeProcess {
+        use std::io::{BufRead, BufReader};
+        asr_model();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_voxd"))
+            .args([
+                "serve",
+                "--no-pull",
+                "--addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(args)
+            .env("VOXD_HOME", home())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["fields"]["message"] == "listening" {
+                        let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap().to_string());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("voxd serve did not start");
+        ServeProcess { child, addr, log }
+    }
+
+    /// The last 40 log lines, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log.lock().unwrap();
+        log[log.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,307 @@
+//! Clients other than voxd's own Rust code, each against a real `voxd serve` process (default
+//! models, the fixture knowledge base, an API key): the JavaScript SDK (Node's test runner), the
+//! web demo in headless Chromium (playwright-core), the official OpenAI Python and Node SDKs, and
+//! the Rust client example built with only the `client` feature.
+//!
+//! They need Node.js with `tests/js/node_modules`, Chromium, and Python 3 with venv: `bash
+//! scripts/deps --test` installs them (scripts/test runs it). A missing tool fails the test with
+//! that hint rather than skipping it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const API_KEY: &str = "sk-voxd-clients-test";
+
+/// One test at a time: each runs a server and a model-heavy client.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn voxd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_voxd"));
+    c.env("VOXD_HOME", common::home());
+    c
+}
+
+/// The fixture knowledge base, ingested once per test binary with `voxd kb add`.
+fn kb_file() -> &'static Path {
+    static KB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &KB.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.sqlite");
+        let out = voxd()
+            .args(["kb", "--kb"])
+            .arg(&path)
+            .arg("add")
+            .arg(common::data("kb"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "voxd kb add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (dir, path)
+    })
+    .1
+}
+
+/// `voxd serve` with the fixture knowledge base and an API key, ready to answer.
+struct Server {
+    process: common::ServeProcess,
+    base: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let process = common::ServeProcess::start(&[
+            "--api-key".as_ref(),
+            API_KEY.as_ref(),
+            "--kb".as_ref(),
+            kb_file().as_os_str(),
+        ]);
+        let server = Server {
+            base: format!("http://{}", process.addr),
+            process,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline {
+            if http_status(&self.base, "/readyz") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("voxd serve never became ready:\n{}", self.log_tail());
+    }
+
+    fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
+
+    /// Runs a client command with the server's addresses in its environment; panics with its
+    /// output (and the server's log) unless it succeeds.
+    fn run(&self, what: &str, mut cmd: Command) -> String {
+        let out = cmd
+            .env("VOXD_URL", &self.base)
+            .env(
+                "VOXD_WS_URL",
+                format!("{}/v1/realtime", self.base.replace("http://", "ws://")),
+            )
+            .env("VOXD_API_KEY", API_KEY)
+            .env("VOXD_AUDIO_DIR", common::data(""))
+            .env("VOXD_ARTIFACTS", artifacts())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}\n{HINT}"));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server log (tail)\n{}",
+            out.status,
+            self.log_tail()
+        );
+        eprintln!("{stdout}{stderr}");
+        stdout
+    }
+}
+
+/// The status of `GET path` (a plain HTTP/1.1 request over loopback).
+fn http_status(base: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://")?;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+const HINT: &str =
+    "run `bash scripts/deps --test` to install Node.js packages, Chromium and Python venv";
+
+/// Where tests leave files for people to look at (the demo's screenshot).
+fn artifacts() -> PathBuf {
+    let dir = root().join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn node(test_file: &str) -> Command {
+    let js = root().join("tests/js");
+    assert!(
+        js.join("node_modules/playwright-core").exists() && js.join("node_modules/openai").exists(),
+        "tests/js/node_modules is missing: {HINT}"
+    );
+    let mut c = Command::new("node");
+    // Node 20 has its WebSocket behind a flag (22+ has it by default).
+    c.current_dir(&js)
+        .args(["--experimental-websocket", "--test", "--test-reporter=spec"])
+        .arg(test_file);
+    c
+}
+
+/// How many tests Node's runner reports as passed (its exit status already says none failed).
+fn node_passed(out: &str) -> usize {
+    out.lines()
+        .find_map(|l| l.trim_start_matches(['ℹ', '#', ' ']).strip_prefix("pass "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn javascript_sdk_against_voxd_serve() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start();
+    let out = server.run("node --test sdk.test.mjs", node("sdk.test.mjs"));
+    assert!(node_passed(&out) >= 8, "{out}");
+}
+
+#[test]
+fn web_demo_in_headless_chromium() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium is missing: {HINT}"
+    );
+    // The fake microphone plays JFK once, then silence, so the turn ends and is answered.
+    let wav = artifacts().join("jfk-for-browser.wav");
+    let jfk = voxd::client::wav::read(common::data("jfk.wav")).unwrap();
+    let pad = |seconds: f32| vec![0.0; (seconds * jfk.sample_rate as f32) as usize];
+    let samples = [pad(0.5), jfk.samples.clone(), pad(4.0)].concat();
+    write_wav(&wav, &samples, jfk.sample_rate);
+    let server = Server::start();
+    let out = server.run("node --test demo.test.mjs", {
+        let mut c = node("demo.test.mjs");
+        c.env("VOXD_FAKE_AUDIO", &wav);
+        c
+    });
+    assert!(node_passed(&out) >= 5, "{out}");
+    assert!(artifacts().join("web-demo.png").exists());
+}
+
+#[test]
+fn official_openai_node_sdk() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start();
+    let out = server.run(
+        "node --test openai-node.test.mjs",
+        node("openai-node.test.mjs"),
+    );
+    assert!(node_passed(&out) >= 1, "{out}");
+}
+
+/// Writes mono PCM16 WAV.
+fn write_wav(path: &Path, samples: &[f32], rate: u32) {
+    let data: Vec<u8> = samples
+        .iter()
+        .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes())
+        .collect();
+    let mut b = Vec::with_capacity(44 + data.len());
+    b.extend(b"RIFF");
+    b.extend((36 + data.len() as u32).to_le_bytes());
+    b.extend(b"WAVEfmt ");
+    for field in [16u32, 1 | (1 << 16), rate, rate * 2, 2 | (16 << 16)] {
+        b.extend(field.to_le_bytes());
+    }
+    b.extend(b"data");
+    b.extend((data.len() as u32).to_le_bytes());
+    b.extend(data);
+    std::fs::write(path, b).unwrap();
+}
+
+/// A virtualenv with the official `openai[realtime]` package, made once and kept under target/.
+fn openai_python() -> PathBuf {
+    let venv = root().join("target/openai-venv");
+    let python = venv.join("bin/python");
+    let ok = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import openai, websockets"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok(&python) {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap_or_else(|e| panic!("python3: {e}\n{HINT}"));
+        assert!(status.success(), "python3 -m venv failed: {HINT}");
+        let status = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "openai[realtime]"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "pip install openai[realtime] failed");
+    }
+    python
+}
+
+#[test]
+fn official_openai_python_sdk() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let python = openai_python();
+    let server = Server::start();
+    let mut cmd = Command::new(python);
+    cmd.arg(root().join("tests/python/openai_realtime.py"));
+    let out = server.run("the OpenAI Python SDK script", cmd);
+    assert!(out.contains("ok: "), "{out}");
+}
+
+/// `examples/stream_file.rs`, which cargo builds beside the tests, streams JFK and prints the
+/// transcript and the answer.
+#[test]
+fn rust_client_example_streams_a_file() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let example = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/stream_file");
+    assert!(example.exists(), "{} was not built", example.display());
+    let server = Server::start();
+    let mut cmd = Command::new(example);
+    cmd.arg(common::data("LDC93S1_pcms16le_2_44100.wav"))
+        .arg(format!(
+            "{}/v1/realtime",
+            server.base.replace("http://", "ws://")
+        ))
+        .arg("--fast");
+    let out = server.run("examples/stream_file", cmd);
+    let transcript = out
+        .lines()
+        .find_map(|l| l.strip_prefix("transcript: "))
+        .unwrap_or_else(|| panic!("no transcript in:\n{out}"));
+    let wer = voxd::wer::wer(
+        &common::reference("LDC93S1_pcms16le_2_44100.wav", ""),
+        transcript,
+    );
+    assert!(wer <= 0.25, "WER {wer:.2}: {transcript}");
+    assert!(
+        out.lines().any(|l| l == "status: completed"),
+        "no completed answer in:\n{out}"
+    );
+    let answer_lines = out
+        .lines()
+        .skip_while(|l| !l.starts_with("transcript: "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("source: ") && !l.starts_with("status: "))
+        .collect::<String>();
+    assert!(!answer_lines.trim().is_empty(), "empty answer in:\n{out}");
+}

@@ -1,0 +1,74 @@
+// The official OpenAI Node SDK (npm `openai`) against a real `voxd serve`: only the base URL
+// changes. Its realtime WebSocket client (openai/realtime/websocket) builds
+// `wss://HOST/v1/realtime?model=…` from `baseURL` and sends the key as a subprotocol. It always
+// picks wss:// (right behind a TLS proxy); for plain ws:// on loopback, its `onURL` hook
+// switches the scheme.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import OpenAI from "openai";
+import { OpenAIRealtimeWebSocket } from "openai/realtime/websocket";
+import { base64, floatToPcm16 } from "../../web-demo/sdk/voxd.js";
+import { audio, chunks, env, reference, silence, wer } from "./helpers.mjs";
+
+test("a spoken turn through OpenAIRealtimeWebSocket", { timeout: 180000 }, async () => {
+  const client = new OpenAI({ baseURL: `${env("VOXD_URL")}/v1`, apiKey: env("VOXD_API_KEY") });
+  const rt = new OpenAIRealtimeWebSocket(
+    { model: "gpt-realtime", onURL: (url) => (url.protocol = "ws:") },
+    client,
+  );
+  const events = [];
+  const errors = [];
+  rt.on("event", (e) => events.push(e));
+  rt.on("error", (e) => errors.push(e));
+  // JFK pauses mid-sentence, so the clip may be two turns: the first answer is then cancelled
+  // when the second turn starts (barge-in), and the last one completes.
+  const finished = new Promise((resolve, reject) => {
+    rt.on("response.done", (e) => {
+      if (e.response.status === "completed") resolve(e);
+    });
+    const timer = setTimeout(() => reject(new Error(`no response.done; saw ${events.map((e) => e.type).join(", ")}`)), 170000);
+    timer.unref();
+  });
+  await new Promise((resolve, reject) => {
+    rt.socket.addEventListener("open", resolve);
+    rt.socket.addEventListener("error", () => reject(new Error("could not connect")));
+  });
+  rt.send({
+    type: "session.update",
+    session: {
+      type: "realtime",
+      output_modalities: ["text"],
+      audio: {
+        input: {
+          format: { type: "audio/pcm", rate: 16000 },
+          turn_detection: { type: "server_vad", silence_duration_ms: 500 },
+        },
+      },
+    },
+  });
+  const { samples, rate } = audio("jfk.wav");
+  assert.equal(rate, 16000);
+  for (const part of [samples, silence(1.2, rate)]) {
+    for (const c of chunks(part, rate, 100)) {
+      const pcm = floatToPcm16(c);
+      rt.send({ type: "input_audio_buffer.append", audio: base64(new Uint8Array(pcm.buffer)) });
+    }
+  }
+  const done = await finished;
+  rt.close();
+  assert.deepEqual(errors, []);
+  const types = events.map((e) => e.type);
+  assert.ok(types.includes("session.created"), types.join(", "));
+  assert.ok(types.includes("session.updated"), types.join(", "));
+  const transcript = events
+    .filter((e) => e.type === "conversation.item.input_audio_transcription.completed")
+    .map((e) => e.transcript)
+    .join(" ");
+  const score = wer(reference("jfk.wav"), transcript);
+  assert.ok(score <= 0.15, `WER ${score}: ${transcript}`);
+  const deltas = events.filter((e) => e.type === "response.output_text.delta" && e.response_id === done.response.id);
+  assert.ok(deltas.length > 0 && deltas.map((d) => d.delta).join("").trim().length > 0);
+  assert.equal(done.response.status, "completed");
+  assert.equal(done.response.output[0].content[0].type, "output_text");
+});

@@ -1,0 +1,98 @@
+"""The official OpenAI Python SDK (`pip install "openai[realtime]"`) against a real `voxd serve`.
+
+Run by tests/clients.rs, which starts the server and sets VOXD_URL, VOXD_API_KEY and
+VOXD_AUDIO_DIR. Only the base URL differs from talking to OpenAI: the SDK opens
+ws://HOST/v1/realtime, and every event it receives must parse into its own types.
+"""
+
+import base64
+import os
+import re
+import sys
+import wave
+
+from openai import OpenAI
+
+
+def words(text):
+    text = re.sub(r"[^\w']+", " ", text.lower())
+    return [w.strip("'") for w in text.split() if w.strip("'")]
+
+
+def wer(reference, hypothesis):
+    r, h = words(reference), words(hypothesis)
+    prev = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        cur = [i]
+        for j in range(1, len(h) + 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r[i - 1] != h[j - 1])))
+        prev = cur
+    return prev[-1] / max(1, len(r))
+
+
+def reference(audio_dir, name):
+    with open(os.path.join(audio_dir, "transcripts.tsv"), encoding="utf-8") as f:
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if cols[0] == name:
+                return cols[2]
+    raise SystemExit(f"no reference for {name}")
+
+
+def main():
+    audio_dir = os.environ["VOXD_AUDIO_DIR"]
+    client = OpenAI(base_url=os.environ["VOXD_URL"] + "/v1", api_key=os.environ["VOXD_API_KEY"])
+    with wave.open(os.path.join(audio_dir, "jfk.wav"), "rb") as w:
+        assert w.getsampwidth() == 2 and w.getnchannels() == 1
+        rate = w.getframerate()
+        pcm = w.readframes(w.getnframes())
+    pcm += b"\0\0" * int(rate * 1.2)  # a pause, so the turn ends
+
+    seen = []
+    transcripts = []
+    answer = ""
+    with client.realtime.connect(model="gpt-realtime") as conn:
+        conn.session.update(
+            session={
+                "type": "realtime",
+                "output_modalities": ["text"],
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": rate},
+                        "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+                    }
+                },
+            }
+        )
+        step = rate // 10 * 2  # 100 ms of PCM16
+        for at in range(0, len(pcm), step):
+            conn.input_audio_buffer.append(audio=base64.b64encode(pcm[at : at + step]).decode())
+        for event in conn:
+            seen.append(event.type)
+            if event.type == "error":
+                raise SystemExit(f"error event: {event.error}")
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                transcripts.append(event.transcript)
+            elif event.type == "response.created":
+                answer = ""
+            elif event.type == "response.output_text.delta":
+                answer += event.delta
+            elif event.type == "response.done":
+                # JFK pauses mid-sentence: if that ends a turn, its answer is cancelled when
+                # the next turn starts (barge-in), and the last turn's answer completes.
+                assert event.response.status in ("completed", "cancelled"), event.response.status
+                if event.response.status == "completed":
+                    break
+
+    for needed in ("session.created", "session.updated", "input_audio_buffer.speech_started"):
+        assert needed in seen, f"no {needed} in {seen}"
+    assert transcripts, f"no transcript in {seen}"
+    transcript = " ".join(transcripts)
+    score = wer(reference(audio_dir, "jfk.wav"), transcript)
+    assert score <= 0.15, f"WER {score:.2f}: {transcript}"
+    assert answer.strip(), "empty answer"
+    print(f"ok: WER {score:.2f}, {len(seen)} events, transcript {transcript!r}, answer {answer[:80]!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
