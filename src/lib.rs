@@ -25,6 +25,7 @@
 //! - [`openai_http`]: the client for OpenAI-compatible endpoints used by the remote backends.
 //! - [`config`]: flags, environment and TOML file merged into one validated configuration.
 //! - [`telemetry`]: logging setup.
+//! - [`metrics`]: stage latencies, counters and gauges for `GET /metrics` (Prometheus).
 //! - [`wer`]: word error rate, for tests and benchmarks.
 //! - [`workers`]: the bounded worker-thread pool for model compute.
 //!
@@ -43,6 +44,8 @@ pub mod client;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod llm;
+#[cfg(feature = "server")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod models;
 #[cfg(feature = "server")]

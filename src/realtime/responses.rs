@@ -363,6 +363,22 @@ pub(crate) async fn run(
         item: item.clone(),
     });
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    let m = crate::metrics::global();
+    m.responses.inc(status);
+    if results.is_some() {
+        m.retrieval.observe_ms(retrieval_ms);
+    }
+    if let Some(f) = first_delta {
+        m.llm_queue_wait.observe_ms(usage.queue_ms);
+        m.llm_first_token.observe_ms(ms(started, f));
+        m.llm_tokens_per_second.observe(usage.tokens_per_second);
+        if let Some(s) = speech_stopped_at {
+            m.stopped_to_first_token.observe_ms(ms(s, f));
+        }
+    }
+    if let (Some(s), "completed") = (speech_stopped_at, status) {
+        m.stopped_to_done.observe_duration(s.elapsed());
+    }
     let timing = json!({
         "retrieval_ms": retrieval_ms,
         "grounded": results.as_ref().map(|r| r.grounded),

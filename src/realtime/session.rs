@@ -49,6 +49,11 @@ pub(crate) struct Out {
 impl Out {
     /// Queues an event; false when the queue is full (the session is ending) or closed.
     pub(crate) fn send(&self, e: ServerEvent) -> bool {
+        if let ServerEvent::Error { error } = &e {
+            crate::metrics::global()
+                .errors
+                .inc(error.code.as_deref().unwrap_or(&error.kind));
+        }
         match self.tx.try_send(Outgoing::Event(e)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -400,6 +405,9 @@ async fn handle_text(
 
 /// Decodes raw audio bytes in the session's input format to samples.
 fn decode_audio(bytes: &[u8], format: InputFormat) -> Result<Vec<f32>, ProtocolError> {
+    crate::metrics::global()
+        .audio_bytes_in
+        .add(bytes.len() as u64);
     match format {
         InputFormat::Pcm16 { .. } => {
             if bytes.len() % 2 != 0 {
@@ -708,6 +716,13 @@ impl Hub {
             id: response_id.clone(),
             cancel: Some(cancel_tx),
         });
+        // Follow one turn's answer through the logs: session id (outer span), response id and
+        // the user item it answers.
+        let span = tracing::info_span!(
+            "response",
+            id = %response_id,
+            answers = %self.conversation[pos].id
+        );
         let job = ResponseJob {
             response_id,
             item_id: new_id("item"),
@@ -731,7 +746,7 @@ impl Hub {
                 cancel_rx,
                 self.finished_tx.clone(),
             )
-            .in_current_span(),
+            .instrument(span),
         );
         true
     }
@@ -860,10 +875,14 @@ impl Hub {
         };
         let asr = self.asr.clone();
         let tx = self.results_tx.clone();
-        tokio::spawn(async move {
-            let result = asr.transcribe(request).await;
-            let _ = tx.send(JobResult { turn, kind, result }).await;
-        });
+        let span = tracing::debug_span!("asr", turn, kind = ?kind);
+        tokio::spawn(
+            async move {
+                let result = asr.transcribe(request).await;
+                let _ = tx.send(JobResult { turn, kind, result }).await;
+            }
+            .instrument(span),
+        );
     }
 
     fn signal(&mut self, s: AudioSignal) -> bool {
@@ -1094,6 +1113,13 @@ impl Hub {
                             .map(|at| at.elapsed().as_millis() as u64),
                     };
                     debug!(item = %e.item_id, asr_ms = timing.asr_ms, speculative = e.speculative, "turn transcribed");
+                    let m = crate::metrics::global();
+                    m.turns.inc();
+                    m.asr.observe_duration(t.compute);
+                    m.asr_queue_wait.observe_duration(t.queue_wait);
+                    if let Some(ms) = timing.speech_stopped_to_completed_ms {
+                        m.stopped_to_transcript.observe_ms(ms as f64);
+                    }
                     let ok =
                         ok && self.out.send(ServerEvent::TranscriptionCompleted {
                             item_id: e.item_id.clone(),

@@ -54,6 +54,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        crate::metrics::global().errors.inc(self.code);
         if self.status.is_server_error() {
             error!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
         } else {

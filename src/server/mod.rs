@@ -247,6 +247,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(chat::completions).layer(DefaultBodyLimit::max(limit)),
         )
         .route("/v1/models", get(chat::models))
+        .route("/metrics", get(metrics))
         .route(
             "/v1/embeddings",
             post(kb::embeddings).layer(DefaultBodyLimit::max(limit)),
@@ -349,6 +350,21 @@ fn asset_response(path: &str) -> Response {
             .into_response(),
         None => not_found_path(path).into_response(),
     }
+}
+
+/// `GET /metrics`: Prometheus text format (see [`crate::metrics`]).
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let body = crate::metrics::global().render(crate::metrics::Gauges {
+        live_sessions: state.live_sessions(),
+        max_sessions: state.max_sessions,
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -68,6 +68,7 @@ pub async fn upgrade(
         Some("transcription") => SessionKind::Transcription,
         _ => SessionKind::Realtime,
     };
+    crate::metrics::global().sessions.inc();
     let mut shared = Shared::new(
         asr,
         state.limits.clone(),

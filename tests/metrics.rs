@@ -1,0 +1,183 @@
+//! `GET /metrics` after one spoken turn: the counters and histograms a turn must move have moved,
+//! and the exposition is well-formed Prometheus text. One test in this binary, since the metrics
+//! are process-wide.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+use voxd::client::{self, Incoming};
+use voxd::protocol::ServerEvent;
+use voxd::server::ServerSettings;
+
+/// Parses the text format into `name{labels}` -> value, checking every line's shape.
+fn scrape_text(text: &str) -> BTreeMap<String, f64> {
+    let mut samples = BTreeMap::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().unwrap().to_string();
+            let kind = parts.next().unwrap();
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(typed.insert(name), "TYPE twice: {line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let name = key.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && (name.starts_with("voxd_") || name.starts_with("process_")),
+            "{line}"
+        );
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            typed.contains(name) || typed.contains(base),
+            "no TYPE before {line}"
+        );
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        samples.insert(key.to_string(), value);
+    }
+    samples
+}
+
+async fn scrape(http: &str) -> BTreeMap<String, f64> {
+    let r = reqwest::get(format!("{http}/metrics")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    scrape_text(&r.text().await.unwrap())
+}
+
+fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, key: &str) -> f64 {
+    after
+        .get(key)
+        .copied()
+        .unwrap_or_else(|| panic!("no {key}"))
+        - before.get(key).copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_move_after_one_spoken_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let kb = common::fixture_kb(dir.path()).await;
+    let (url, http) =
+        common::start_full(ServerSettings::default(), Some(kb), Some(common::llm())).await;
+    let before = scrape(&http).await;
+    assert_eq!(before["voxd_live_sessions"], 0.0);
+
+    let rate = 16_000;
+    let mut audio = common::speak(dir.path(), "What time do you open on Sunday?", rate);
+    audio.extend(vec![0.0; rate as usize * 2]);
+    let (mut tx, mut rx) = client::connect(&url, None).await.unwrap();
+    tx.update_session(json!({"type": "realtime",
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": rate}}}}))
+        .await
+        .unwrap();
+    // A client mistake, counted by code.
+    tx.send_text(json!({"type": "no.such.event"}).to_string())
+        .await
+        .unwrap();
+    let bytes = audio.len() as f64 * 2.0;
+    let sender = tokio::spawn(async move {
+        tx.stream(&audio, rate, 20, true, true).await.unwrap();
+        tx
+    });
+    let during = scrape(&http).await;
+    assert_eq!(during["voxd_live_sessions"], 1.0);
+    let done = tokio::time::timeout(Duration::from_secs(300), async {
+        while let Some(msg) = rx.next().await {
+            if let Incoming::Event(ServerEvent::ResponseDone { response }) = msg.unwrap() {
+                return response;
+            }
+        }
+        panic!("the session ended without an answer");
+    })
+    .await
+    .expect("hang guard");
+    assert_eq!(done["status"], "completed", "{done}");
+    let mut tx = sender.await.unwrap();
+    tx.close().await.unwrap();
+    drop(rx);
+    let after = scrape(&http).await;
+
+    assert_eq!(delta(&before, &after, "voxd_sessions_total"), 1.0);
+    assert_eq!(delta(&before, &after, "voxd_turns_total"), 1.0);
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "voxd_responses_total{status=\"completed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "voxd_errors_total{code=\"unknown_event_type\"}"
+        ),
+        1.0
+    );
+    assert_eq!(delta(&before, &after, "voxd_audio_bytes_in_total"), bytes);
+    for hist in [
+        "voxd_speech_stopped_to_transcript_seconds",
+        "voxd_speech_stopped_to_first_token_seconds",
+        "voxd_speech_stopped_to_response_done_seconds",
+        "voxd_asr_seconds",
+        "voxd_asr_queue_wait_seconds",
+        "voxd_retrieval_seconds",
+        "voxd_llm_queue_wait_seconds",
+        "voxd_llm_time_to_first_token_seconds",
+        "voxd_llm_tokens_per_second",
+    ] {
+        assert_eq!(
+            delta(&before, &after, &format!("{hist}_count")),
+            1.0,
+            "{hist}"
+        );
+        assert_eq!(
+            after[&format!("{hist}_bucket{{le=\"+Inf\"}}")],
+            after[&format!("{hist}_count")],
+            "{hist}"
+        );
+        assert!(
+            delta(&before, &after, &format!("{hist}_sum")) >= 0.0,
+            "{hist}"
+        );
+    }
+    // These cannot be zero (the others can: a speculative transcript or retrieval may be ready
+    // the moment speech stops, and a free worker has no queue).
+    for hist in [
+        "voxd_speech_stopped_to_first_token_seconds",
+        "voxd_asr_seconds",
+        "voxd_llm_time_to_first_token_seconds",
+        "voxd_llm_tokens_per_second",
+    ] {
+        assert!(
+            delta(&before, &after, &format!("{hist}_sum")) > 0.0,
+            "{hist}"
+        );
+    }
+    // The stages are ordered: transcript before first token before done.
+    let sum = |h: &str| {
+        delta(
+            &before,
+            &after,
+            &format!("voxd_speech_stopped_to_{h}_seconds_sum"),
+        )
+    };
+    assert!(sum("transcript") <= sum("first_token") && sum("first_token") < sum("response_done"));
+    assert!(after["process_resident_memory_bytes"] > 50e6);
+    assert!(after["process_cpu_seconds_total"] > before["process_cpu_seconds_total"]);
+}
