@@ -26,6 +26,7 @@
 //! - [`config`]: flags, environment and TOML file merged into one validated configuration.
 //! - [`telemetry`]: logging setup.
 //! - [`metrics`]: stage latencies, counters and gauges for `GET /metrics` (Prometheus).
+//! - [`bench`]: `voxd bench`, the load and latency tool (true end of speech to each stage).
 //! - [`wer`]: word error rate, for tests and benchmarks.
 //! - [`workers`]: the bounded worker-thread pool for model compute.
 //!
@@ -38,6 +39,8 @@
 pub mod asr;
 #[cfg(feature = "server")]
 pub mod audio;
+#[cfg(feature = "server")]
+pub mod bench;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]

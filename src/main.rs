@@ -52,6 +52,8 @@ enum Command {
     },
     /// Stream an audio file to a realtime endpoint and print the events.
     Client(ClientArgs),
+    /// Measure latency under load: N users streaming recordings at real-time pace.
+    Bench(BenchArgs),
     /// Manage the knowledge base that grounds answers.
     Kb {
         #[command(flatten)]
@@ -72,6 +74,54 @@ enum Command {
         #[command(flatten)]
         asr: AsrArgs,
     },
+}
+
+/// `voxd bench` options.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Recordings to stream (WAV, FLAC, MP3, Ogg/Vorbis); each file's speech segments are found
+    /// once and stored beside it as FILE.speech.json.
+    #[arg(long = "audio", num_args = 1.., default_values = ["tests/data/LDC93S1_pcms16le_1_16000.wav", "tests/data/jfk.wav"])]
+    audio: Vec<PathBuf>,
+    /// A running server's realtime endpoint; without it, voxd starts `voxd serve` itself on a
+    /// loopback port (with the arguments after `--`) and stops it at the end.
+    #[arg(long)]
+    url: Option<String>,
+    /// Concurrent sessions, one level after the other.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    sessions: Vec<usize>,
+    /// Turns (recordings) per session at each level.
+    #[arg(long, default_value_t = 3)]
+    turns: usize,
+    /// Instead of a number of turns: keep each session talking this long (e.g. 60s).
+    #[arg(long)]
+    duration: Option<humantime::Duration>,
+    /// Transcription only (no answers); the server it starts loads no LLM.
+    #[arg(long)]
+    no_llm: bool,
+    /// The pause that ends a turn (server_vad silence_duration_ms).
+    #[arg(long, default_value_t = 500)]
+    silence_ms: u64,
+    /// Give up on a turn this long after its audio ended (seconds).
+    #[arg(long, default_value_t = 120)]
+    turn_timeout_s: u64,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench.json")]
+    out: PathBuf,
+    /// Where to draw the SVG plot of latency vs sessions.
+    #[arg(long, default_value = "bench.svg")]
+    svg: PathBuf,
+    /// An earlier report: print the ratio of this run to it.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    #[arg(long, env = "VOXD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Arguments for the `voxd serve` the bench starts (after `--`), e.g. `-- --llm-url URL`.
+    #[arg(last = true)]
+    serve_args: Vec<String>,
 }
 
 /// `voxd client` options.
@@ -235,6 +285,11 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             voxd::telemetry::init(cfg.log_format);
             tokio::runtime::Runtime::new()?.block_on(kb_command(cfg, action))
+        }
+        Command::Bench(args) => {
+            let cfg = Config::resolve(&cli.common, &AsrArgs::default(), &ServerArgs::default())?;
+            voxd::telemetry::init(cfg.log_format);
+            tokio::runtime::Runtime::new()?.block_on(bench(args))
         }
         Command::Client(args) => {
             let cfg = Config::resolve(&cli.common, &AsrArgs::default(), &ServerArgs::default())?;
@@ -525,6 +580,142 @@ fn transcribe(
             })
         ),
     }
+    Ok(())
+}
+
+/// A `voxd serve` this process started (for `voxd bench`), stopped on drop.
+struct ChildServer(std::process::Child);
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `voxd serve` on a loopback port and waits until it is ready; returns its address.
+async fn start_child_server(extra: &[String], no_llm: bool) -> Result<(ChildServer, String)> {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--log-format", "json"]);
+    if no_llm {
+        cmd.args(["--llm-model", "none"]);
+    }
+    let mut child = cmd
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting voxd serve")?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let child = ChildServer(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["fields"]["message"] == "listening" {
+                let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or_default().to_string());
+            } else if v["level"] == "ERROR" {
+                eprintln!("voxd serve: {}", v["fields"]["message"]);
+            }
+        }
+    });
+    let addr =
+        tokio::task::spawn_blocking(move || rx.recv_timeout(std::time::Duration::from_secs(600)))
+            .await?
+            .context("voxd serve did not start (see its errors above)")?;
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let ready = http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return Ok((child, addr));
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("voxd serve at {addr} never became ready");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// `voxd bench`: see [`voxd::bench`].
+async fn bench(args: BenchArgs) -> Result<()> {
+    use voxd::bench::{self, report::Report, speech, BenchConfig};
+    let vad = voxd::vad::VadParams {
+        silence_duration_ms: args.silence_ms,
+        ..Default::default()
+    };
+    let mut recordings = Vec::new();
+    for path in &args.audio {
+        recordings.push(speech::load(path, bench::STREAM_RATE, vad)?);
+    }
+    let old = args.compare.as_deref().map(Report::read).transpose()?;
+    let (_server, url) = match &args.url {
+        Some(u) => (None, u.clone()),
+        None => {
+            eprintln!("starting voxd serve…");
+            let (child, addr) = start_child_server(&args.serve_args, args.no_llm).await?;
+            (Some(child), format!("ws://{addr}/v1/realtime"))
+        }
+    };
+    let cfg = BenchConfig {
+        url,
+        api_key: args.api_key.clone(),
+        sessions: args.sessions.clone(),
+        turns: args.turns.max(1),
+        duration: args.duration.map(Into::into),
+        answers: !args.no_llm,
+        silence_ms: args.silence_ms,
+        turn_timeout: std::time::Duration::from_secs(args.turn_timeout_s),
+        progress: !args.quiet,
+    };
+    let per_turn: usize = recordings
+        .iter()
+        .map(|r| r.speech.segments.len())
+        .sum::<usize>()
+        / recordings.len();
+    let total: usize = cfg.sessions.iter().map(|n| n * cfg.turns * per_turn).sum();
+    let bar = if cfg.progress && cfg.duration.is_none() {
+        indicatif::ProgressBar::new(total as u64)
+    } else if cfg.progress {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} utterances {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = bar.clone();
+    let on_turn = std::sync::Arc::new(move |t: &voxd::bench::report::TurnRecord| {
+        progress.set_message(format!(
+            "{} sessions, last: {} {}",
+            t.sessions,
+            t.status,
+            t.first_token
+                .or(t.transcript)
+                .map(|ms| format!("{ms:.0} ms"))
+                .unwrap_or_default()
+        ));
+        progress.inc(1);
+    });
+    let report = bench::run(&cfg, recordings, on_turn).await?;
+    bar.finish_and_clear();
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    report.plot(&args.svg)?;
+    print!("{}", report.table());
+    if let Some(old) = old {
+        print!("{}", report.compare(&old));
+    }
+    println!("wrote {} and {}", args.out.display(), args.svg.display());
     Ok(())
 }
 

@@ -1,0 +1,368 @@
+//! `voxd bench`: the load and latency tool.
+//!
+//! N simulated users each open a realtime session and stream real recordings at real-time pace
+//! (20 ms frames, as a microphone delivers them), turn after turn, over loopback WebSockets. Each
+//! utterance's true end of speech is known ([`speech`]), so every latency starts when the person
+//! really stopped: to `speech_stopped`, to the final transcript, to the first answer token, to
+//! `response.done`. Levels of concurrency run one after the other; the server's CPU and memory
+//! come from its `/metrics`. Results: a table, JSON ([`report::Report`]) and an SVG plot.
+
+pub mod report;
+pub mod speech;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::time::sleep_until;
+
+use crate::client::{self, ClientError, Incoming};
+use crate::protocol::ServerEvent;
+use report::{Level, Report, ServerUsage, TurnRecord};
+use speech::Recording;
+
+/// Bench failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot read {path}: {message}")]
+    Audio { path: String, message: String },
+    #[error("no speech found in {0}")]
+    NoSpeech(String),
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("realtime session: {0}")]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// `ws://HOST/v1/realtime`.
+    pub url: String,
+    pub api_key: Option<String>,
+    /// Concurrency levels, run in order.
+    pub sessions: Vec<usize>,
+    /// Turns (recordings streamed) per session per level.
+    pub turns: usize,
+    /// With a duration, each session keeps starting turns until it has passed (at least one).
+    pub duration: Option<Duration>,
+    /// Ask for answers (a `realtime` session) or only transcripts (`transcription`).
+    pub answers: bool,
+    pub silence_ms: u64,
+    /// Longest wait for a turn's events after its audio ended.
+    pub turn_timeout: Duration,
+    pub progress: bool,
+}
+
+/// The sample rate the bench streams at (OpenAI's default input rate, so the server resamples).
+pub const STREAM_RATE: u32 = 24_000;
+const FRAME_MS: u64 = 20;
+
+/// `http://HOST` for `ws://HOST/v1/realtime`.
+fn http_base(url: &str) -> String {
+    let rest = url
+        .strip_prefix("ws://")
+        .map(|r| format!("http://{r}"))
+        .or_else(|| url.strip_prefix("wss://").map(|r| format!("https://{r}")))
+        .unwrap_or_else(|| url.to_string());
+    match rest.find("/v1/") {
+        Some(i) => rest[..i].to_string(),
+        None => rest,
+    }
+}
+
+/// Reads `process_cpu_seconds_total` and `process_resident_memory_bytes` from `/metrics`.
+async fn server_usage(http: &reqwest::Client, base: &str, key: Option<&str>) -> Option<(f64, f64)> {
+    let mut req = http.get(format!("{base}/metrics"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let text = req.send().await.ok()?.text().await.ok()?;
+    let value = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    Some((
+        value("process_cpu_seconds_total")?,
+        value("process_resident_memory_bytes")?,
+    ))
+}
+
+/// Runs every level and returns the report. `on_turn` is called after each turn (progress).
+pub async fn run(
+    cfg: &BenchConfig,
+    recordings: Vec<Recording>,
+    on_turn: Arc<dyn Fn(&TurnRecord) + Send + Sync>,
+) -> Result<Report, BenchError> {
+    if recordings.is_empty() || cfg.sessions.is_empty() || cfg.sessions.contains(&0) {
+        return Err(BenchError::Config(
+            "give at least one recording and session counts of 1 or more".into(),
+        ));
+    }
+    let recordings = Arc::new(recordings);
+    let http = reqwest::Client::new();
+    let base = http_base(&cfg.url);
+    let mut report = Report {
+        voxd_version: env!("CARGO_PKG_VERSION").into(),
+        url: cfg.url.clone(),
+        answers: cfg.answers,
+        silence_ms: cfg.silence_ms,
+        recordings: recordings.iter().map(|r| r.name.clone()).collect(),
+        ..Default::default()
+    };
+    for &n in &cfg.sessions {
+        tracing::info!(sessions = n, "bench level");
+        let before = server_usage(&http, &base, cfg.api_key.as_deref()).await;
+        // Sample the server's memory while the level runs.
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let sampler = {
+            let (http, base, key) = (http.clone(), base.clone(), cfg.api_key.clone());
+            tokio::spawn(async move {
+                let mut max_rss: f64 = 0.0;
+                loop {
+                    if let Some((_, rss)) = server_usage(&http, &base, key.as_deref()).await {
+                        max_rss = max_rss.max(rss);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop_rx.changed() => return max_rss,
+                    }
+                }
+            })
+        };
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..n {
+            let (cfg, recs, on_turn) = (cfg.clone(), recordings.clone(), on_turn.clone());
+            // Stagger the starts over one second so sessions do not speak in lockstep.
+            let offset = Duration::from_millis(1000 * s as u64 / n as u64);
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(offset).await;
+                user(&cfg, n, s, &recs, on_turn.as_ref()).await
+            }));
+        }
+        let mut turns = Vec::new();
+        for t in tasks {
+            match t.await {
+                Ok(Ok(mut records)) => turns.append(&mut records),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(BenchError::Config(format!("a session task failed: {e}"))),
+            }
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let _ = stop_tx.send(true);
+        let max_rss = sampler.await.unwrap_or(0.0);
+        let after = server_usage(&http, &base, cfg.api_key.as_deref()).await;
+        let mut level = Level::from_turns(n, &turns, wall);
+        if let (Some((cpu0, _)), Some((cpu1, rss1))) = (before, after) {
+            level.server = Some(ServerUsage {
+                cpu_cores: (cpu1 - cpu0) / wall,
+                rss_max_mb: max_rss.max(rss1) / 1e6,
+            });
+        }
+        report.levels.push(level);
+        report.turns.append(&mut turns);
+    }
+    Ok(report)
+}
+
+/// One simulated user: a session, turns until done.
+async fn user(
+    cfg: &BenchConfig,
+    level: usize,
+    index: usize,
+    recordings: &[Recording],
+    on_turn: &(dyn Fn(&TurnRecord) + Send + Sync),
+) -> Result<Vec<TurnRecord>, BenchError> {
+    let (mut tx, mut rx) =
+        client::connect_with_retry(&cfg.url, cfg.api_key.as_deref(), &client::Retry::default())
+            .await?;
+    tx.update_session(json!({
+        "type": if cfg.answers { "realtime" } else { "transcription" },
+        "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": STREAM_RATE},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": cfg.silence_ms},
+        }},
+    }))
+    .await?;
+    let started = Instant::now();
+    let mut records = Vec::new();
+    let mut turn = 0;
+    loop {
+        let more = match cfg.duration {
+            Some(d) => turn == 0 || started.elapsed() < d,
+            None => turn < cfg.turns,
+        };
+        if !more {
+            break;
+        }
+        // Each user starts at a different recording.
+        let rec = &recordings[(index + turn) % recordings.len()];
+        let mut out = stream_turn(cfg, &mut tx, &mut rx, rec).await?;
+        for r in &mut out {
+            r.sessions = level;
+            r.session = index;
+            on_turn(r);
+        }
+        records.append(&mut out);
+        turn += 1;
+    }
+    let _ = tx.close().await;
+    Ok(records)
+}
+
+/// What arrived for one utterance (Instants).
+#[derive(Default)]
+struct Arrivals {
+    stopped: Option<Instant>,
+    completed: Option<Instant>,
+    text: String,
+    asr_rtf: Option<f64>,
+    speculative: Option<bool>,
+    response: Option<String>,
+    first_token: Option<Instant>,
+    done: Option<(Instant, String)>,
+}
+
+/// Streams one recording at real-time pace, then silence until its turns are answered (or the
+/// timeout), and returns one record per utterance.
+async fn stream_turn(
+    cfg: &BenchConfig,
+    tx: &mut client::Sender,
+    rx: &mut client::Receiver,
+    rec: &Recording,
+) -> Result<Vec<TurnRecord>, BenchError> {
+    let segments = &rec.speech.segments;
+    let frame = (rec.rate as u64 * FRAME_MS / 1000) as usize;
+    let silence = vec![0.0f32; frame];
+    let mut arrivals: Vec<Arrivals> = (0..segments.len()).map(|_| Arrivals::default()).collect();
+    let (mut n_stopped, mut n_completed) = (0usize, 0usize);
+    let t0 = Instant::now();
+    let audio_frames = rec.samples.len().div_ceil(frame);
+    let deadline = t0 + Duration::from_millis(rec.speech.duration_ms) + cfg.turn_timeout;
+    let mut next_frame = 0usize;
+    let finished = |a: &[Arrivals], n_completed: usize| {
+        n_completed == a.len() && (!cfg.answers || a.last().is_some_and(|l| l.done.is_some()))
+    };
+    while !finished(&arrivals, n_completed) && Instant::now() < deadline {
+        // A frame is sent when a microphone would have delivered it: at the end of its 20 ms.
+        let due = t0 + Duration::from_millis((next_frame as u64 + 1) * FRAME_MS);
+        tokio::select! {
+            biased;
+            msg = rx.next() => {
+                let now = Instant::now();
+                let event = match msg {
+                    Some(Ok(Incoming::Event(e))) => e,
+                    Some(Ok(Incoming::Other(_))) => continue,
+                    Some(Ok(Incoming::Closed { code, reason })) => {
+                        return Err(BenchError::Config(format!("the server closed the session: {code} {reason}")));
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(BenchError::Config("the session ended".into())),
+                };
+                match event {
+                    ServerEvent::SpeechStopped { .. } => {
+                        if let Some(a) = arrivals.get_mut(n_stopped) { a.stopped = Some(now); }
+                        n_stopped += 1;
+                    }
+                    ServerEvent::TranscriptionCompleted { transcript, voxd_timing, .. } => {
+                        if let Some(a) = arrivals.get_mut(n_completed) {
+                            a.completed = Some(now);
+                            a.text = transcript;
+                            if let Some(t) = voxd_timing {
+                                a.asr_rtf = Some(t.asr_ms as f64 / t.audio_ms.max(1) as f64);
+                                a.speculative = Some(t.speculative);
+                            }
+                        }
+                        n_completed += 1;
+                    }
+                    ServerEvent::ResponseCreated { response } => {
+                        // A response answers the turn transcribed last.
+                        if let Some(a) = n_completed.checked_sub(1).and_then(|i| arrivals.get_mut(i)) {
+                            a.response = response["id"].as_str().map(str::to_string);
+                        }
+                    }
+                    ServerEvent::OutputTextDelta { response_id, .. } => {
+                        if let Some(a) = arrivals.iter_mut().find(|a| a.response.as_deref() == Some(&response_id)) {
+                            a.first_token.get_or_insert(now);
+                        }
+                    }
+                    ServerEvent::ResponseDone { response } => {
+                        let id = response["id"].as_str().unwrap_or_default();
+                        if let Some(a) = arrivals.iter_mut().find(|a| a.response.as_deref() == Some(id)) {
+                            a.done = Some((now, response["status"].as_str().unwrap_or("").to_string()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = sleep_until(due.into()) => {
+                let chunk = if next_frame < audio_frames {
+                    let end = ((next_frame + 1) * frame).min(rec.samples.len());
+                    &rec.samples[next_frame * frame..end]
+                } else {
+                    &silence[..]
+                };
+                tx.append_binary(chunk).await?;
+                next_frame += 1;
+            }
+        }
+    }
+    let ms_since = |end_ms: u64, at: Option<Instant>| {
+        at.map(|t| (t - (t0 + Duration::from_millis(end_ms))).as_secs_f64() * 1e3)
+    };
+    Ok(arrivals
+        .into_iter()
+        .zip(segments)
+        .enumerate()
+        .map(|(i, (a, &(_, end)))| {
+            let status = match (&a.done, a.completed, cfg.answers) {
+                (_, None, _) => "timeout".to_string(),
+                (_, Some(_), false) => "completed".to_string(),
+                (Some((_, s)), _, true) => s.clone(),
+                (None, Some(_), true) => "timeout".to_string(),
+            };
+            let completed_answer = status == "completed" && cfg.answers;
+            TurnRecord {
+                recording: rec.name.clone(),
+                segment: i,
+                speech_stopped: ms_since(end, a.stopped),
+                transcript: ms_since(end, a.completed),
+                first_token: if completed_answer {
+                    ms_since(end, a.first_token)
+                } else {
+                    None
+                },
+                done: if completed_answer {
+                    ms_since(end, a.done.as_ref().map(|d| d.0))
+                } else {
+                    None
+                },
+                asr_rtf: a.asr_rtf,
+                speculative: a.speculative,
+                status,
+                transcript_text: a.text,
+                ..Default::default()
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_base_from_realtime_url() {
+        assert_eq!(
+            super::http_base("ws://127.0.0.1:8080/v1/realtime"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(super::http_base("wss://h/x/v1/realtime?m=1"), "https://h/x");
+    }
+}

@@ -1,0 +1,130 @@
+//! `voxd bench` itself: a short run (1 session, 1 turn) against a real server with the default
+//! models and the fixture knowledge base; its JSON, table and plot are well-formed and its
+//! latencies positive and in pipeline order. Also: the speech segments stored beside the test
+//! recordings are what the VAD finds now.
+
+mod common;
+
+use serde_json::Value;
+use voxd::server::ServerSettings;
+
+#[tokio::test]
+async fn a_one_turn_bench_run_is_well_formed_and_ordered() {
+    let dir = tempfile::tempdir().unwrap();
+    let kb = common::fixture_kb(dir.path()).await;
+    let (url, _) =
+        common::start_full(ServerSettings::default(), Some(kb), Some(common::llm())).await;
+    // A copy, so the bench stores the speech segments beside it (in the temp folder).
+    let wav = dir.path().join("ldc.wav");
+    std::fs::copy(common::data("LDC93S1_pcms16le_1_16000.wav"), &wav).unwrap();
+    let (json, svg) = (dir.path().join("b.json"), dir.path().join("b.svg"));
+    let run = |extra: Vec<String>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxd"));
+        cmd.args([
+            "bench",
+            "--url",
+            &url,
+            "--sessions",
+            "1",
+            "--turns",
+            "1",
+            "--quiet",
+        ])
+        .arg("--audio")
+        .arg(&wav)
+        .arg("--out")
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .args(extra)
+        .env("RUST_LOG", "warn");
+        async move {
+            let out = cmd.output().await.unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout
+        }
+    };
+    let first = run(vec![]).await;
+    let old = dir.path().join("old.json");
+    std::fs::copy(&json, &old).unwrap();
+    let second = run(vec!["--compare".into(), old.display().to_string()]).await;
+
+    assert!(
+        first.contains("end of speech") && first.contains("first_token"),
+        "{first}"
+    );
+    assert!(second.contains("compared with the earlier run"), "{second}");
+    assert!(dir.path().join("ldc.wav.speech.json").exists());
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["answers"], true);
+    let level = &report["levels"][0];
+    assert_eq!(level["sessions"], 1);
+    assert_eq!(level["turns"], 1);
+    assert_eq!(level["completed"], 1, "{level}");
+    let turn = &report["turns"][0];
+    let ms = |k: &str| {
+        turn[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {k} in {turn}"))
+    };
+    let (stopped, transcript, first_token, done) = (
+        ms("speech_stopped"),
+        ms("transcript"),
+        ms("first_token"),
+        ms("done"),
+    );
+    assert!(stopped > 0.0, "{turn}");
+    assert!(
+        stopped <= transcript && transcript <= first_token && first_token <= done,
+        "{turn}"
+    );
+    assert!(ms("asr_rtf") > 0.0);
+    let words = voxd::wer::wer(
+        &common::reference("LDC93S1_pcms16le_1_16000.wav", ""),
+        turn["transcript_text"].as_str().unwrap(),
+    );
+    assert!(words <= 0.3, "{turn}");
+    for stage in ["speech_stopped", "transcript", "first_token", "done"] {
+        let s = &level["stages"][stage];
+        assert_eq!(s["n"], 1, "{stage}");
+        assert_eq!(s["p50"], turn[stage], "{stage}");
+    }
+    let server = &level["server"];
+    assert!(server["rss_max_mb"].as_f64().unwrap() > 50.0, "{server}");
+    assert!(server["cpu_cores"].as_f64().unwrap() > 0.0, "{server}");
+
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("first_token p50"),
+        "{svg}"
+    );
+}
+
+#[test]
+fn stored_speech_segments_match_the_vad() {
+    for file in ["LDC93S1_pcms16le_1_16000.wav", "jfk.wav"] {
+        let path = common::data(file);
+        let stored: voxd::bench::speech::SpeechFile = serde_json::from_str(
+            &std::fs::read_to_string(voxd::bench::speech::speech_path(&path)).unwrap(),
+        )
+        .unwrap();
+        let params = voxd::vad::VadParams {
+            silence_duration_ms: stored.silence_duration_ms,
+            threshold: stored.threshold,
+            ..Default::default()
+        };
+        let decoded = voxd::audio::decode_file(&path, voxd::audio::ChannelSelect::Mix).unwrap();
+        let at_16k = voxd::audio::to_model_rate(decoded).unwrap().samples;
+        assert_eq!(
+            voxd::bench::speech::find_speech(&at_16k, params),
+            stored,
+            "{file}"
+        );
+    }
+}
