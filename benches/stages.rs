@@ -1,8 +1,10 @@
 //! Microbenchmarks of the pipeline stages built so far.
 //!
 //! - `resample/20ms/<rate>`: one 20 ms frame through the streaming resampler to 16 kHz.
-//! - `whisper/<clip>/<window>`: one transcription with tiny.en (1 worker, 2 threads) with the full
-//!   30 s encoder window and with `auto` trimming. Needs the default models (`voxd models pull`).
+//! - `vad/<frame>`: webrtc-vad on one 10, 20 or 30 ms frame at 16 kHz (speech).
+//! - `whisper/<length>/<window>`: one transcription of the first 2, 5 or 10 s of jfk.wav with
+//!   tiny.en (1 worker, 2 threads), with the full 30 s encoder window and with `auto` trimming.
+//!   Needs the default models (`voxd models pull`).
 //!
 //! Run: `cargo bench --bench stages` (add `-- resample` to run only the resampler).
 
@@ -34,6 +36,31 @@ fn resample(c: &mut Criterion) {
     group.finish();
 }
 
+fn vad(c: &mut Criterion) {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/jfk.wav");
+    let speech: Vec<i16> = audio::decode_file(&data, ChannelSelect::Mix)
+        .unwrap()
+        .samples
+        .iter()
+        .skip(16_000)
+        .map(|s| (s * 32767.0) as i16)
+        .collect();
+    let mut group = c.benchmark_group("vad");
+    for ms in [10usize, 20, 30] {
+        let frame = &speech[..16 * ms];
+        let mut vad = webrtc_vad::Vad::new_with_rate_and_mode(
+            webrtc_vad::SampleRate::Rate16kHz,
+            webrtc_vad::VadMode::Aggressive,
+        );
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{ms}ms")),
+            frame,
+            |b, f| b.iter(|| vad.is_voice_segment(black_box(f)).unwrap()),
+        );
+    }
+    group.finish();
+}
+
 fn whisper(c: &mut Criterion) {
     let home = std::env::var_os("VOXD_HOME")
         .map(PathBuf::from)
@@ -49,10 +76,12 @@ fn whisper(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(20));
-    for (clip, file) in [("2.9s", "LDC93S1_pcms16le_1_16000.wav"), ("11s", "jfk.wav")] {
-        let samples = audio::decode_file(&data.join(file), ChannelSelect::Mix)
-            .unwrap()
-            .samples;
+    let jfk = audio::decode_file(&data.join("jfk.wav"), ChannelSelect::Mix)
+        .unwrap()
+        .samples;
+    for seconds in [2usize, 5, 10] {
+        let clip = format!("{seconds}s");
+        let samples = jfk[..seconds * 16_000].to_vec();
         for (name, ctx) in [("full", AudioCtx::Full), ("auto", AudioCtx::Auto)] {
             let pool = WhisperPool::load(WhisperConfig {
                 pool_size: 1,
@@ -61,7 +90,7 @@ fn whisper(c: &mut Criterion) {
                 ..WhisperConfig::new(model.clone())
             })
             .unwrap();
-            group.bench_function(BenchmarkId::new(clip, name), |b| {
+            group.bench_function(BenchmarkId::new(&clip, name), |b| {
                 b.iter(|| {
                     runtime
                         .block_on(pool.transcribe(Request::new(samples.clone())))
@@ -73,5 +102,5 @@ fn whisper(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, resample, whisper);
+criterion_group!(benches, resample, vad, whisper);
 criterion_main!(benches);

@@ -258,8 +258,12 @@ impl Report {
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
+            .light_line_style(WHITE)
+            .x_labels(max_sessions as usize + 2)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .x_desc("concurrent sessions")
-            .y_desc("ms")
+            .y_desc("ms from the true end of speech")
             .draw()
             .map_err(|e| err(&e))?;
         let colors = [BLUE, GREEN, RED, MAGENTA];
@@ -278,11 +282,20 @@ impl Report {
                     continue;
                 }
                 let style = color.stroke_width(if dashed { 1 } else { 3 });
-                chart
-                    .draw_series(LineSeries::new(points.clone(), style))
-                    .map_err(|e| err(&e))?
-                    .label(format!("{name} {pct}"))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                let legend = move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style);
+                if dashed {
+                    chart
+                        .draw_series(DashedLineSeries::new(points.clone(), 6, 4, style))
+                        .map_err(|e| err(&e))?
+                        .label(format!("{name} {pct}"))
+                        .legend(legend);
+                } else {
+                    chart
+                        .draw_series(LineSeries::new(points.clone(), style))
+                        .map_err(|e| err(&e))?
+                        .label(format!("{name} {pct}"))
+                        .legend(legend);
+                }
                 chart
                     .draw_series(
                         points
