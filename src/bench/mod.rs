@@ -195,6 +195,8 @@ async fn user(
     let started = Instant::now();
     let mut records = Vec::new();
     let mut turn = 0;
+    // The session's audio clock: samples sent so far (the server's `audio_end_ms` counts them).
+    let mut sent_samples = 0u64;
     loop {
         let more = match cfg.duration {
             Some(d) => turn == 0 || started.elapsed() < d,
@@ -205,7 +207,9 @@ async fn user(
         }
         // Each user starts at a different recording.
         let rec = &recordings[(index + turn) % recordings.len()];
-        let mut out = stream_turn(cfg, &mut tx, &mut rx, rec).await?;
+        let offset_ms = sent_samples * 1000 / STREAM_RATE as u64;
+        let (mut out, sent) = stream_turn(cfg, &mut tx, &mut rx, rec, offset_ms).await?;
+        sent_samples += sent;
         for r in &mut out {
             r.sessions = level;
             r.session = index;
@@ -231,27 +235,40 @@ struct Arrivals {
     done: Option<(Instant, String)>,
 }
 
+/// How far (ms) a server turn's end may be from an utterance's known end to be that utterance.
+const MATCH_TOLERANCE_MS: i64 = 400;
+
 /// Streams one recording at real-time pace, then silence until its turns are answered (or the
-/// timeout), and returns one record per utterance.
+/// timeout); returns one record per utterance and the number of samples sent. `offset_ms` is the
+/// session's audio time when the recording starts: each `speech_stopped` is matched to the
+/// utterance whose end (plus the silence window) is nearest its `audio_end_ms`, so a turn the
+/// server split or merged differently from the offline pass is not misattributed.
 async fn stream_turn(
     cfg: &BenchConfig,
     tx: &mut client::Sender,
     rx: &mut client::Receiver,
     rec: &Recording,
-) -> Result<Vec<TurnRecord>, BenchError> {
+    offset_ms: u64,
+) -> Result<(Vec<TurnRecord>, u64), BenchError> {
     let segments = &rec.speech.segments;
     let frame = (rec.rate as u64 * FRAME_MS / 1000) as usize;
     let silence = vec![0.0f32; frame];
     let mut arrivals: Vec<Arrivals> = (0..segments.len()).map(|_| Arrivals::default()).collect();
     let (mut n_stopped, mut n_completed) = (0usize, 0usize);
+    let mut item_segment: std::collections::HashMap<String, usize> = Default::default();
+    let mut last_completed: Option<usize> = None;
+    let mut sent_samples = 0u64;
     let t0 = Instant::now();
     let audio_frames = rec.samples.len().div_ceil(frame);
     let deadline = t0 + Duration::from_millis(rec.speech.duration_ms) + cfg.turn_timeout;
     let mut next_frame = 0usize;
-    let finished = |a: &[Arrivals], n_completed: usize| {
-        n_completed == a.len() && (!cfg.answers || a.last().is_some_and(|l| l.done.is_some()))
+    // Done when every server turn is transcribed and the last utterance is (and is answered).
+    let finished = |a: &[Arrivals], n_stopped: usize, n_completed: usize| {
+        n_stopped == n_completed
+            && a.last()
+                .is_some_and(|l| l.completed.is_some() && (!cfg.answers || l.done.is_some()))
     };
-    while !finished(&arrivals, n_completed) && Instant::now() < deadline {
+    while !finished(&arrivals, n_stopped, n_completed) && Instant::now() < deadline {
         // A frame is sent when a microphone would have delivered it: at the end of its 20 ms.
         let due = t0 + Duration::from_millis((next_frame as u64 + 1) * FRAME_MS);
         tokio::select! {
@@ -268,12 +285,24 @@ async fn stream_turn(
                     None => return Err(BenchError::Config("the session ended".into())),
                 };
                 match event {
-                    ServerEvent::SpeechStopped { .. } => {
-                        if let Some(a) = arrivals.get_mut(n_stopped) { a.stopped = Some(now); }
+                    ServerEvent::SpeechStopped { audio_end_ms, item_id } => {
                         n_stopped += 1;
+                        let end = audio_end_ms as i64 - offset_ms as i64 - cfg.silence_ms as i64;
+                        let nearest = segments
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &(_, e))| (i, (e as i64 - end).abs()))
+                            .min_by_key(|&(_, d)| d)
+                            .filter(|&(_, d)| d <= MATCH_TOLERANCE_MS);
+                        if let Some((i, _)) = nearest {
+                            arrivals[i].stopped = Some(now);
+                            item_segment.insert(item_id, i);
+                        }
                     }
-                    ServerEvent::TranscriptionCompleted { transcript, voxd_timing, .. } => {
-                        if let Some(a) = arrivals.get_mut(n_completed) {
+                    ServerEvent::TranscriptionCompleted { item_id, transcript, voxd_timing, .. } => {
+                        n_completed += 1;
+                        last_completed = item_segment.get(&item_id).copied();
+                        if let Some(a) = last_completed.and_then(|i| arrivals.get_mut(i)) {
                             a.completed = Some(now);
                             a.text = transcript;
                             if let Some(t) = voxd_timing {
@@ -281,11 +310,10 @@ async fn stream_turn(
                                 a.speculative = Some(t.speculative);
                             }
                         }
-                        n_completed += 1;
                     }
                     ServerEvent::ResponseCreated { response } => {
                         // A response answers the turn transcribed last.
-                        if let Some(a) = n_completed.checked_sub(1).and_then(|i| arrivals.get_mut(i)) {
+                        if let Some(a) = last_completed.and_then(|i| arrivals.get_mut(i)) {
                             a.response = response["id"].as_str().map(str::to_string);
                         }
                     }
@@ -311,19 +339,23 @@ async fn stream_turn(
                     &silence[..]
                 };
                 tx.append_binary(chunk).await?;
+                sent_samples += chunk.len() as u64;
                 next_frame += 1;
             }
         }
     }
+    let done_in_time = finished(&arrivals, n_stopped, n_completed);
     let ms_since = |end_ms: u64, at: Option<Instant>| {
         at.map(|t| (t - (t0 + Duration::from_millis(end_ms))).as_secs_f64() * 1e3)
     };
-    Ok(arrivals
+    let records = arrivals
         .into_iter()
         .zip(segments)
         .enumerate()
         .map(|(i, (a, &(_, end)))| {
             let status = match (&a.done, a.completed, cfg.answers) {
+                // The server heard this utterance as part of another turn.
+                (_, None, _) if a.stopped.is_none() && done_in_time => "merged".to_string(),
                 (_, None, _) => "timeout".to_string(),
                 (_, Some(_), false) => "completed".to_string(),
                 (Some((_, s)), _, true) => s.clone(),
@@ -352,7 +384,8 @@ async fn stream_turn(
                 ..Default::default()
             }
         })
-        .collect())
+        .collect();
+    Ok((records, sent_samples))
 }
 
 #[cfg(test)]

@@ -31,7 +31,8 @@ pub struct TurnRecord {
     /// ASR compute / audio length, from the server's timing extension.
     pub asr_rtf: Option<f64>,
     pub speculative: Option<bool>,
-    /// `completed`, `cancelled`, `failed`, or `timeout` when the turn never finished.
+    /// `completed`, `cancelled`, `failed`; `timeout` when the turn never finished; `merged` when
+    /// the server heard this utterance as part of another turn.
     pub status: String,
     pub transcript_text: String,
 }
@@ -176,7 +177,7 @@ impl Report {
             if l.failed + l.cancelled > 0 {
                 let _ = writeln!(
                     out,
-                    "{:>15} {} of {} turns cancelled (barge-in), {} failed or timed out",
+                    "{:>15} {} of {} turns cancelled (barge-in), {} failed, timed out or merged",
                     "", l.cancelled, l.turns, l.failed
                 );
             }
