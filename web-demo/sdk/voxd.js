@@ -39,6 +39,30 @@ export class StreamingResampler {
     // `half` zeros of history, so the first output sample lines up with the first input sample.
     this.buffer = new Float32Array(this.half);
     this.pos = this.half;
+    this.kernels = new Map();
+  }
+
+  /**
+   * The filter taps for an output sample `frac` (0..1) past an input sample, rounded to a
+   * millionth of a sample. Common rate pairs repeat a few phases (48k->16k: one; 44.1k->16k:
+   * 160), so the taps are computed once per phase instead of a sine and a cosine per tap.
+   */
+  #kernel(frac) {
+    const key = Math.round(frac * 1e6);
+    let w = this.kernels.get(key);
+    if (!w) {
+      const f = key / 1e6;
+      const { half, cutoff } = this;
+      w = new Float32Array(2 * half);
+      for (let j = 0; j < w.length; j++) {
+        const d = f - (j - half + 1);
+        const x = Math.PI * d * cutoff;
+        const sinc = x === 0 ? 1 : Math.sin(x) / x;
+        w[j] = cutoff * sinc * (0.5 + 0.5 * Math.cos((Math.PI * d) / half));
+      }
+      if (this.kernels.size < 4096) this.kernels.set(key, w);
+    }
+    return w;
   }
 
   /** Resamples the next chunk; returns the output samples that chunk completes. */
@@ -47,19 +71,15 @@ export class StreamingResampler {
     const joined = new Float32Array(this.buffer.length + input.length);
     joined.set(this.buffer);
     joined.set(input, this.buffer.length);
-    const { half, cutoff, step } = this;
+    const { half, step } = this;
     const out = [];
     let pos = this.pos;
     while (Math.floor(pos) + half < joined.length) {
       const center = Math.floor(pos);
+      const w = this.#kernel(pos - center);
+      const first = center - half + 1;
       let acc = 0;
-      for (let k = center - half + 1; k <= center + half; k++) {
-        const d = pos - k;
-        const x = Math.PI * d * cutoff;
-        const sinc = x === 0 ? 1 : Math.sin(x) / x;
-        const window = 0.5 + 0.5 * Math.cos((Math.PI * d) / half);
-        acc += joined[k] * cutoff * sinc * window;
-      }
+      for (let j = 0; j < w.length; j++) acc += joined[first + j] * w[j];
       out.push(acc);
       pos += step;
     }
@@ -249,7 +269,7 @@ export class VoxdSession {
     if (this.state !== "open") throw new VoxdError("closed", "the session is not open");
     const bytes = new Uint8Array(pcm.buffer, pcm.byteOffset, pcm.byteLength);
     if (this.binary) {
-      this.socket.send(bytes.slice());
+      this.socket.send(bytes);
     } else {
       this.send({ type: "input_audio_buffer.append", audio: base64(bytes) });
     }
