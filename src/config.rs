@@ -98,6 +98,10 @@ pub struct ServerArgs {
     /// Longest realtime session in minutes [default: 60].
     #[arg(long, env = "VOXD_MAX_SESSION_MINUTES")]
     pub max_session_minutes: Option<u64>,
+    /// Export traces to this OpenTelemetry collector (OTLP/HTTP base URL, e.g.
+    /// http://localhost:4318); OTEL_EXPORTER_OTLP_ENDPOINT works too [default: off].
+    #[arg(long, env = "VOXD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Knowledge-base and embedding settings.
@@ -251,6 +255,7 @@ struct FileServer {
     allowed_origins: Option<Vec<String>>,
     max_sessions: Option<usize>,
     max_session_minutes: Option<u64>,
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +292,8 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     pub max_sessions: usize,
     pub max_session_minutes: u64,
+    /// OTLP/HTTP collector base URL; `None`: no export unless the OTEL_* variables ask for it.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The validated configuration.
@@ -380,6 +387,19 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     setting,
                     message: format!("{v} is outside 1..=100000"),
+                });
+            }
+        }
+        let otlp_endpoint = server
+            .otlp_endpoint
+            .clone()
+            .or(file.server.otlp_endpoint)
+            .filter(|u| !u.trim().is_empty());
+        if let Some(url) = &otlp_endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    setting: "otlp_endpoint",
+                    message: format!("`{url}` is not an http:// or https:// URL"),
                 });
             }
         }
@@ -566,6 +586,7 @@ impl Config {
                     .unwrap_or_default(),
                 max_sessions,
                 max_session_minutes,
+                otlp_endpoint,
             },
         })
     }

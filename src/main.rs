@@ -268,7 +268,11 @@ fn run(cli: Cli) -> Result<()> {
             no_pull,
         } => {
             let cfg = Config::resolve_all(&cli.common, &asr, &server, &kb, &llm)?;
-            voxd::telemetry::init(cfg.log_format);
+            // Kept until the server has stopped, so the last spans are flushed.
+            let _telemetry = voxd::telemetry::init_with_export(
+                cfg.log_format,
+                cfg.server.otlp_endpoint.as_deref(),
+            )?;
             serve(cfg, no_pull)
         }
         Command::Models { action } => {

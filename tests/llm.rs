@@ -103,6 +103,97 @@ async fn a_cached_prefix_gives_the_same_answer_faster() {
 }
 
 #[tokio::test]
+async fn an_abandoned_prefill_stops_and_caches_nothing() {
+    let llm = common::llm();
+    // A long prefix (several prefill chunks) no other test uses.
+    let rules: String = (1..=60)
+        .map(|i| format!("Rule {i}: locker {i} opens with code {}. ", 1000 + 37 * i))
+        .collect();
+    let mut messages = chat(&rules, "Which code opens locker 12?");
+    messages.insert(
+        1,
+        ChatMessage::new(Role::System, "Passage: lockers are in hall B."),
+    );
+    let prefix = messages[..2].to_vec();
+    let ask = || {
+        let mut r = GenerateRequest::new(messages.clone());
+        r.max_tokens = 1;
+        r
+    };
+    // The realtime session drops an early prefill when the person goes on talking.
+    let task = {
+        let (llm, prefix) = (llm.clone(), prefix.clone());
+        tokio::spawn(async move { llm.prefill(prefix).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    task.abort();
+    let (_, _, dropped) = complete(llm.as_ref(), ask()).await.unwrap();
+    assert!(dropped.prompt_tokens > 400, "{dropped:?}");
+    assert_eq!(
+        dropped.cached_tokens, 0,
+        "the abandoned prefill cached nothing"
+    );
+    // The same prefill, awaited, is cached.
+    llm.prefill(prefix).await.unwrap();
+    let (_, _, kept) = complete(llm.as_ref(), ask()).await.unwrap();
+    assert!(kept.cached_tokens > 400, "{kept:?}");
+}
+
+#[tokio::test]
+async fn a_new_question_is_answered_while_a_long_answer_goes_on() {
+    let llm = common::llm();
+    let long = || {
+        let mut r = GenerateRequest::new(chat(
+            "You are a storyteller. Tell long, detailed stories.",
+            "Tell me a long story about a lighthouse keeper and a storm.",
+        ));
+        r.max_tokens = 120;
+        r
+    };
+    let (alone, _, _) = complete(llm.as_ref(), long()).await.unwrap();
+
+    // The same long answer, and a short question asked once it has started.
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut first = llm.generate(long()).await.unwrap();
+    let mut text = String::new();
+    match first.next().await.unwrap().unwrap() {
+        LlmEvent::Delta(d) => text.push_str(&d),
+        other => panic!("{other:?}"),
+    }
+    let short = {
+        let (llm, order) = (llm.clone(), order.clone());
+        tokio::spawn(async move {
+            let mut r = GenerateRequest::new(chat(
+                "Answer in one short sentence.",
+                "What color is the sky?",
+            ));
+            r.max_tokens = 8;
+            let (text, _, _) = complete(llm.as_ref(), r).await.unwrap();
+            order.lock().unwrap().push("short done");
+            text
+        })
+    };
+    let mut usage = None;
+    while let Some(ev) = first.next().await {
+        match ev.unwrap() {
+            LlmEvent::Delta(d) => text.push_str(&d),
+            LlmEvent::Done { usage: u, .. } => usage = Some(u),
+        }
+    }
+    order.lock().unwrap().push("long done");
+    let short = short.await.unwrap();
+    let usage = usage.unwrap();
+    assert!(usage.completion_tokens >= 60, "a long answer: {usage:?}");
+    assert!(!short.trim().is_empty());
+    assert_eq!(
+        *order.lock().unwrap(),
+        ["short done", "long done"],
+        "the short answer did not wait for the long one"
+    );
+    assert_eq!(text, alone, "taking turns does not change the answer");
+}
+
+#[tokio::test]
 async fn stop_strings_cancellation_and_sampling() {
     let llm = common::llm();
     let mut req = GenerateRequest::new(chat(

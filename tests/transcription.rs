@@ -209,3 +209,48 @@ async fn finals_are_served_before_waiting_partials() {
         "{order:?}"
     );
 }
+
+#[tokio::test]
+async fn a_running_partial_gives_way_to_a_final() {
+    use voxd::asr::{AsrError, Priority};
+    // One worker, busy with a partial re-transcription when the turn's final arrives: the
+    // partial is aborted (superseded) so the final does not wait for it.
+    let cfg = WhisperConfig {
+        pool_size: 1,
+        threads: 1,
+        ..WhisperConfig::new(common::asr_model())
+    };
+    let pool = std::sync::Arc::new(
+        tokio::task::spawn_blocking(move || WhisperPool::load(cfg))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let samples = audio::decode_file(&common::data("jfk.wav"), ChannelSelect::Mix)
+        .unwrap()
+        .samples;
+    let partial = {
+        let (pool, samples) = (pool.clone(), samples.clone());
+        tokio::spawn(async move {
+            let request = Request {
+                priority: Priority::Partial,
+                ..Request::new(samples)
+            };
+            pool.transcribe(request).await
+        })
+    };
+    // Wait until the worker has taken the partial (11 s of audio: over a second of compute).
+    while pool.queue_depth() != (0, 0) {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let fin = pool.transcribe(Request::new(samples)).await.unwrap();
+    let partial = partial.await.unwrap();
+    assert!(
+        matches!(partial, Err(AsrError::Superseded)),
+        "the partial should have been aborted: {partial:?}"
+    );
+    let reference = common::reference("jfk.wav", "");
+    let e = wer(&reference, &fin.text);
+    assert!(e <= 0.10, "WER {e:.2}: {}", fin.text);
+}

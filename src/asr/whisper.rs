@@ -7,10 +7,16 @@
 //! keeps at most one queued), are skipped once they have waited [`PARTIAL_MAX_WAIT`] (a newer one
 //! of the same speech is coming) and, beyond `max_queue`, the oldest is dropped. Finals are never
 //! skipped; beyond `max_queue` waiting finals, new ones get [`AsrError::Busy`]. A final that
-//! starts while no other job runs or waits uses every core instead of `threads`.
+//! starts while no other final runs or waits uses every core instead of `threads`.
+//!
+//! Partials give way to finals: while a final waits for a worker, or runs on every core, a
+//! running partial is aborted (whisper.cpp's abort callback, checked between graph nodes and
+//! decoder steps) and answered with [`AsrError::Superseded`]. The final transcript is what the
+//! person waits for; a newer partial follows anyway.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -132,12 +138,26 @@ struct Queues {
     partials: VecDeque<Job>,
     /// Workers running a job.
     busy: usize,
+    /// Finals running (all of them, and those with every core).
+    finals_running: usize,
+    wide_finals: usize,
     shutdown: bool,
 }
 
 struct Shared {
     queues: Mutex<Queues>,
     ready: Condvar,
+    /// Running partials should stop: set (under the queue lock) while a final waits or a final
+    /// runs on every core; read by whisper.cpp's abort callback.
+    preempt_partials: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// Recomputes [`Shared::preempt_partials`]; call with the queue lock held, after a change.
+    fn update_preempt(&self, q: &Queues) {
+        let preempt = !q.finals.is_empty() || q.wide_finals > 0;
+        self.preempt_partials.store(preempt, Ordering::Release);
+    }
 }
 
 /// A pool of whisper.cpp workers sharing one loaded model.
@@ -174,6 +194,7 @@ impl WhisperPool {
         let shared = Arc::new(Shared {
             queues: Mutex::new(Queues::default()),
             ready: Condvar::new(),
+            preempt_partials: Arc::new(AtomicBool::new(false)),
         });
         let pool_size = config.pool_size.max(1);
         let mut workers = Vec::with_capacity(pool_size);
@@ -238,6 +259,7 @@ impl WhisperPool {
                     return rx;
                 }
                 q.finals.push_back(job);
+                self.shared.update_preempt(&q);
             }
             Priority::Partial => {
                 if q.partials.len() >= self.config.max_queue {
@@ -296,29 +318,63 @@ fn worker(
         .map(|n| n.get())
         .unwrap_or(1);
     loop {
-        let (job, alone) = {
+        let (job, threads) = {
             let mut q = shared.queues.lock().expect("queue lock");
             loop {
                 if q.shutdown {
                     return;
                 }
-                if let Some(j) = q.finals.pop_front().or_else(|| q.partials.pop_front()) {
-                    let alone = q.busy == 0 && q.finals.is_empty() && q.partials.is_empty();
+                if let Some(j) = q.finals.pop_front() {
+                    // A final with no other final running or waiting takes every core: it is
+                    // what the person waits for (running partials give way).
+                    let wide = q.finals.is_empty() && q.finals_running == 0 && cores > cfg.threads;
+                    let threads = if wide {
+                        q.wide_finals += 1;
+                        cores
+                    } else {
+                        cfg.threads
+                    };
                     q.busy += 1;
-                    break (j, alone);
+                    q.finals_running += 1;
+                    shared.update_preempt(&q);
+                    break (j, threads);
+                }
+                if let Some(j) = q.partials.pop_front() {
+                    q.busy += 1;
+                    break (j, cfg.threads);
                 }
                 q = shared.ready.wait(q).expect("queue lock");
             }
         };
-        // A final with the pool otherwise idle takes every core: it is what the person waits for.
-        let threads = if alone && job.request.priority == Priority::Final {
-            cores.max(cfg.threads)
-        } else {
-            cfg.threads
-        };
-        run_job(&mut state, &cfg, job, threads, model_ctx, multilingual);
-        shared.queues.lock().expect("queue lock").busy -= 1;
+        let is_final = job.request.priority == Priority::Final;
+        let wide = is_final && threads > cfg.threads;
+        let abort = (!is_final).then(|| shared.preempt_partials.clone());
+        run_job(
+            &mut state,
+            &cfg,
+            job,
+            threads,
+            abort,
+            model_ctx,
+            multilingual,
+        );
+        let mut q = shared.queues.lock().expect("queue lock");
+        q.busy -= 1;
+        if is_final {
+            q.finals_running -= 1;
+        }
+        if wide {
+            q.wide_finals -= 1;
+        }
+        shared.update_preempt(&q);
     }
+}
+
+/// whisper.cpp's abort callback: `data` points at the pool's `preempt_partials` flag.
+#[allow(unsafe_code)]
+unsafe extern "C" fn should_abort(data: *mut std::ffi::c_void) -> bool {
+    // SAFETY: set by `run` to an `AtomicBool` that outlives the transcription.
+    unsafe { (*(data as *const AtomicBool)).load(Ordering::Acquire) }
 }
 
 fn run_job(
@@ -326,6 +382,7 @@ fn run_job(
     cfg: &WhisperConfig,
     job: Job,
     threads: usize,
+    abort: Option<Arc<AtomicBool>>,
     model_ctx: i32,
     multilingual: bool,
 ) {
@@ -338,12 +395,26 @@ fn run_job(
         let _ = job.reply.send(Err(AsrError::Superseded));
         return;
     }
-    let result = run(state, &job.request, cfg, threads, model_ctx, multilingual).map(|mut t| {
+    if abort.as_ref().is_some_and(|a| a.load(Ordering::Acquire)) {
+        let _ = job.reply.send(Err(AsrError::Superseded));
+        return;
+    }
+    let result = run(
+        state,
+        &job.request,
+        cfg,
+        threads,
+        abort,
+        model_ctx,
+        multilingual,
+    )
+    .map(|mut t| {
         t.queue_wait = queue_wait;
         t
     });
-    if let Err(e) = &result {
-        warn!(error = %e, "transcription failed");
+    match &result {
+        Err(AsrError::Superseded) | Ok(_) => {}
+        Err(e) => warn!(error = %e, "transcription failed"),
     }
     let _ = job.reply.send(result);
 }
@@ -353,6 +424,7 @@ fn run(
     req: &Request,
     cfg: &WhisperConfig,
     threads: usize,
+    abort: Option<Arc<AtomicBool>>,
     model_ctx: i32,
     multilingual: bool,
 ) -> Result<Transcript, AsrError> {
@@ -405,9 +477,24 @@ fn run(
         params.set_initial_prompt(p);
     }
 
-    state
-        .full(params, samples)
-        .map_err(|e| AsrError::Engine(e.to_string()))?;
+    if let Some(flag) = &abort {
+        // whisper-rs's `set_abort_callback_safe` hands whisper.cpp a pointer to a boxed
+        // `dyn FnMut` but reads it back as the closure type itself; pass the flag directly.
+        // SAFETY: the callback only reads an `AtomicBool` through the pointer, and `abort` keeps
+        // that flag alive until `full` has returned.
+        #[allow(unsafe_code)]
+        unsafe {
+            params.set_abort_callback(Some(should_abort));
+            params.set_abort_callback_user_data(Arc::as_ptr(flag) as *mut std::ffi::c_void);
+        }
+    }
+    if let Err(e) = state.full(params, samples) {
+        if abort.is_some_and(|a| a.load(Ordering::Acquire)) {
+            debug!("partial transcription gave way to a final one");
+            return Err(AsrError::Superseded);
+        }
+        return Err(AsrError::Engine(e.to_string()));
+    }
 
     let mut segments = Vec::new();
     let mut text = String::new();

@@ -6,10 +6,14 @@
 //! state (tensors are shared, not copied) and only runs the rest of its prompt. Callers mark
 //! useful prefixes with [`GenerateRequest::cache_points`] or warm one ahead of time with
 //! [`Llm::prefill`] (the realtime session does this while the person is still talking).
+//!
+//! Requests take turns: a generation decodes for [`SLICE`] at most while others wait, then goes
+//! to the back of the queue with its state, so answers in progress do not hold back a new
+//! question's first token (they slow down instead; greedy answers are unchanged).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -28,10 +32,15 @@ use crate::workers::WorkerPool;
 
 /// candle's quantized llama precomputes rotary embeddings for this many positions.
 const MAX_POSITIONS: usize = 4096;
-/// Prompt tokens per forward pass while prefilling.
-const PREFILL_CHUNK: usize = 512;
+/// Prompt tokens per forward pass while prefilling; cancellation is checked between chunks (a
+/// chunk takes ~1 s on 2 cores for SmolLM2-135M).
+const PREFILL_CHUNK: usize = 128;
 /// Requests that may wait for the model.
 const QUEUE: usize = 64;
+/// How long one generation decodes while others wait before it lets them in. Requests take turns
+/// on the one worker, so a new question gets its first token after its prefill and at most one
+/// slice of each answer in progress, instead of after those answers have finished.
+const SLICE: Duration = Duration::from_millis(40);
 
 /// How to load the model.
 #[derive(Debug, Clone)]
@@ -260,12 +269,14 @@ impl Engine {
         Ok(logits.map(|l| (model, l, cached)))
     }
 
+    /// Prefills `req`'s prompt and decodes its first slice of tokens.
     fn generate(
         &mut self,
         req: GenerateRequest,
         tx: &mpsc::Sender<Result<LlmEvent, LlmError>>,
         submitted: Instant,
-    ) -> Result<(), LlmError> {
+        others_waiting: &dyn Fn() -> bool,
+    ) -> Result<Slice, LlmError> {
         let started = Instant::now();
         let prompt = self
             .template
@@ -284,63 +295,83 @@ impl Engine {
         }
         let boundaries = self.boundaries(&req.messages, &req.cache_points, &tokens);
         let cancelled = || tx.is_closed();
-        let Some((mut model, logits, cached)) = self.prefill(&tokens, &boundaries, &cancelled)?
-        else {
-            return Ok(());
+        let Some((model, logits, cached)) = self.prefill(&tokens, &boundaries, &cancelled)? else {
+            return Ok(Slice::Finished);
         };
-        let prefill_ms = started.elapsed().as_secs_f64() * 1e3;
         let temperature = (req.temperature > 0.0).then_some(req.temperature as f64);
-        let mut sampler = LogitsProcessor::new(
-            req.seed.unwrap_or(299_792_458),
-            temperature,
-            req.top_p.map(f64::from),
-        );
-        let mut logits = logits;
-        let mut generated: Vec<u32> = Vec::new();
-        let mut emitted = String::new();
-        let mut scanner = StopScanner::new(&req.stop);
-        let mut first_token_ms = 0.0;
-        let mut first_at = None;
+        let generation = Generation {
+            model,
+            logits,
+            sampler: LogitsProcessor::new(
+                req.seed.unwrap_or(299_792_458),
+                temperature,
+                req.top_p.map(f64::from),
+            ),
+            prompt_len: tokens.len(),
+            cached,
+            max_tokens: req.max_tokens,
+            repeat_penalty: req.repeat_penalty,
+            generated: Vec::new(),
+            emitted: String::new(),
+            scanner: StopScanner::new(&req.stop),
+            submitted,
+            started,
+            prefill_ms: started.elapsed().as_secs_f64() * 1e3,
+            first_token_ms: 0.0,
+            first_at: None,
+        };
+        self.decode(generation, tx, others_waiting)
+    }
+
+    /// Decodes tokens of `g` until it ends, or until it has had [`SLICE`] of the worker while
+    /// other requests wait (then it is handed back, to be queued behind them).
+    fn decode(
+        &mut self,
+        mut g: Generation,
+        tx: &mpsc::Sender<Result<LlmEvent, LlmError>>,
+        others_waiting: &dyn Fn() -> bool,
+    ) -> Result<Slice, LlmError> {
+        let slice = Instant::now();
         let mut finish = FinishReason::Length;
         let stop_ids = self.tokenizer.stop_ids.clone();
-        for i in 0..req.max_tokens {
-            let mut row = logits.squeeze(0).map_err(compute)?;
-            if req.repeat_penalty > 1.0 && !generated.is_empty() {
-                let recent = &generated[generated.len().saturating_sub(64)..];
+        while g.generated.len() < g.max_tokens {
+            let mut row = g.logits.squeeze(0).map_err(compute)?;
+            if g.repeat_penalty > 1.0 && !g.generated.is_empty() {
+                let recent = &g.generated[g.generated.len().saturating_sub(64)..];
                 row = candle_transformers::utils::apply_repeat_penalty(
                     &row,
-                    req.repeat_penalty,
+                    g.repeat_penalty,
                     recent,
                 )
                 .map_err(compute)?;
             }
-            let next = sampler.sample(&row).map_err(compute)?;
-            if i == 0 {
-                first_token_ms = submitted.elapsed().as_secs_f64() * 1e3;
-                first_at = Some(Instant::now());
+            let next = g.sampler.sample(&row).map_err(compute)?;
+            if g.first_at.is_none() {
+                g.first_token_ms = g.submitted.elapsed().as_secs_f64() * 1e3;
+                g.first_at = Some(Instant::now());
             }
             if stop_ids.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
             }
-            generated.push(next);
+            g.generated.push(next);
             self.generated
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let text = self
                 .tokenizer
                 .tokenizer
-                .decode(&generated, true)
+                .decode(&g.generated, true)
                 .map_err(|e| LlmError::Compute(format!("tokenizer: {e}")))?;
             // Wait for the rest of a character split across tokens.
             if !text.ends_with('\u{fffd}')
-                && text.len() > emitted.len()
-                && text.starts_with(&emitted)
+                && text.len() > g.emitted.len()
+                && text.starts_with(&g.emitted)
             {
-                let piece = text[emitted.len()..].to_string();
-                emitted = text;
-                let (out, stopped) = scanner.push(&piece);
+                let piece = text[g.emitted.len()..].to_string();
+                g.emitted = text;
+                let (out, stopped) = g.scanner.push(&piece);
                 if !out.is_empty() && tx.blocking_send(Ok(LlmEvent::Delta(out))).is_err() {
-                    return Ok(()); // cancelled
+                    return Ok(Slice::Finished); // cancelled
                 }
                 if stopped {
                     finish = FinishReason::Stop;
@@ -348,32 +379,37 @@ impl Engine {
                 }
             }
             if tx.is_closed() {
-                return Ok(());
+                return Ok(Slice::Finished);
             }
-            if tokens.len() + generated.len() >= self.context {
+            if g.prompt_len + g.generated.len() >= self.context {
                 break;
             }
             let input = Tensor::new(&[next], &Device::Cpu)
                 .and_then(|t| t.unsqueeze(0))
                 .map_err(compute)?;
-            logits = model
-                .forward(&input, tokens.len() + generated.len() - 1)
+            g.logits = g
+                .model
+                .forward(&input, g.prompt_len + g.generated.len() - 1)
                 .map_err(compute)?;
+            if g.generated.len() < g.max_tokens && slice.elapsed() >= SLICE && others_waiting() {
+                return Ok(Slice::Paused(Box::new(g)));
+            }
         }
-        let rest = scanner.finish();
+        let rest = g.scanner.finish();
         if finish == FinishReason::Length && !rest.is_empty() {
             let _ = tx.blocking_send(Ok(LlmEvent::Delta(rest)));
         }
-        let decode_s = first_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let decode_s = g.first_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let n = g.generated.len();
         let usage = Usage {
-            prompt_tokens: tokens.len(),
-            completion_tokens: generated.len(),
-            cached_tokens: cached,
-            queue_ms: (started - submitted).as_secs_f64() * 1e3,
-            prefill_ms,
-            first_token_ms,
-            tokens_per_second: if decode_s > 0.0 && generated.len() > 1 {
-                (generated.len() - 1) as f64 / decode_s
+            prompt_tokens: g.prompt_len,
+            completion_tokens: n,
+            cached_tokens: g.cached,
+            queue_ms: (g.started - g.submitted).as_secs_f64() * 1e3,
+            prefill_ms: g.prefill_ms,
+            first_token_ms: g.first_token_ms,
+            tokens_per_second: if decode_s > 0.0 && n > 1 {
+                (n - 1) as f64 / decode_s
             } else {
                 0.0
             },
@@ -387,8 +423,36 @@ impl Engine {
             "generation done"
         );
         let _ = tx.blocking_send(Ok(LlmEvent::Done { finish, usage }));
-        Ok(())
+        Ok(Slice::Finished)
     }
+}
+
+/// A generation between two turns on the worker: its own attention state and where it stands.
+struct Generation {
+    model: ModelWeights,
+    /// The logits for the next token.
+    logits: Tensor,
+    sampler: LogitsProcessor,
+    prompt_len: usize,
+    cached: usize,
+    max_tokens: usize,
+    repeat_penalty: f32,
+    generated: Vec<u32>,
+    emitted: String,
+    scanner: StopScanner,
+    submitted: Instant,
+    started: Instant,
+    prefill_ms: f64,
+    first_token_ms: f64,
+    first_at: Option<Instant>,
+}
+
+/// What a turn on the worker left.
+enum Slice {
+    /// Handed back to let waiting requests in; queue it again to continue.
+    Paused(Box<Generation>),
+    /// Done (or cancelled); its events are sent.
+    Finished,
 }
 
 /// Quantizations candle runs without SIMD on x86 (plain scalar loops): a model in one of them is
@@ -486,15 +550,27 @@ impl Llm for LocalLlm {
             let submitted = Instant::now();
             let job_tx = tx.clone();
             let pool = self.pool.clone();
-            // The job streams into `tx`; its own failure is sent as the stream's last item.
+            // The job streams into `tx`; its own failure is sent as the stream's last item. A
+            // paused generation goes to the back of the queue until it finishes.
             tokio::spawn(async move {
-                let result = pool
-                    .run(move |engine: &mut Engine| engine.generate(request, &job_tx, submitted))
+                let waiting = pool.clone();
+                let others_waiting = move || waiting.queued() > 0;
+                let (t, w) = (job_tx.clone(), others_waiting.clone());
+                let mut result = pool
+                    .run(move |engine: &mut Engine| engine.generate(request, &t, submitted, &w))
                     .await;
-                let err = match result {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) => e,
-                    Err(e) => LlmError::Pool(e),
+                let err = loop {
+                    match result {
+                        Ok(Ok(Slice::Finished)) => return,
+                        Ok(Ok(Slice::Paused(g))) => {
+                            let (t, w) = (job_tx.clone(), others_waiting.clone());
+                            result = pool
+                                .run(move |engine: &mut Engine| engine.decode(*g, &t, &w))
+                                .await;
+                        }
+                        Ok(Err(e)) => break e,
+                        Err(e) => break LlmError::Pool(e),
+                    }
                 };
                 let _ = tx.send(Err(err)).await;
             });
@@ -508,8 +584,16 @@ impl Llm for LocalLlm {
             if messages.is_empty() {
                 return Ok(());
             }
+            // Dropping this future (the caller gave up: the person kept talking) stops the work,
+            // whether it is still queued or half way through the prompt.
+            let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let _guard = SetOnDrop(dropped.clone());
             self.pool
                 .run(move |engine: &mut Engine| {
+                    let given_up = || dropped.load(std::sync::atomic::Ordering::Acquire);
+                    if given_up() {
+                        return Ok(());
+                    }
                     let text = engine
                         .template
                         .render(&messages, false)
@@ -521,7 +605,7 @@ impl Llm for LocalLlm {
                     // Cache the whole prefix: run all but nothing after it.
                     let (mut model, cached) = engine.start_from(&tokens);
                     if cached < tokens.len()
-                        && Engine::run(&mut model, &tokens, cached, tokens.len(), &|| false)?
+                        && Engine::run(&mut model, &tokens, cached, tokens.len(), &given_up)?
                             .is_some()
                     {
                         engine.remember(&tokens, &model);
@@ -545,6 +629,15 @@ impl Llm for LocalLlm {
 
     fn context_length(&self) -> usize {
         self.context
+    }
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::Out;
 use crate::llm::{GenerateRequest, Llm, LlmError, LlmEvent, Usage};
@@ -269,7 +270,8 @@ pub(crate) async fn run(
             (true, _) => tokio::select! {
                 biased;
                 reason = &mut cancel => return Err(Ok(reason.unwrap_or("client_cancelled"))),
-                r = retrieve(answering.kb.as_ref(), &user) => r,
+                r = retrieve(answering.kb.as_ref(), &user)
+                    .instrument(tracing::info_span!("retrieval")) => r,
             },
         };
         retrieval_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -290,10 +292,13 @@ pub(crate) async fn run(
             // Spoken answers are a few sentences; after a blank line a small model drifts.
             req.stop = vec!["\n\n".into()];
         }
+        // Open from the request to the last token (queue wait, prefill and decoding).
+        let llm_span = tracing::info_span!("llm", first_token_ms = tracing::field::Empty);
+        let generating = Instant::now();
         let mut stream = tokio::select! {
             biased;
             reason = &mut cancel => return Err(Ok(reason.unwrap_or("client_cancelled"))),
-            s = answering.llm.generate(req) => s.map_err(Err)?,
+            s = answering.llm.generate(req).instrument(llm_span.clone()) => s.map_err(Err)?,
         };
         loop {
             tokio::select! {
@@ -301,7 +306,10 @@ pub(crate) async fn run(
                 reason = &mut cancel => return Err(Ok(reason.unwrap_or("client_cancelled"))),
                 ev = stream.next() => match ev {
                     Some(Ok(LlmEvent::Delta(d))) => {
-                        first_delta.get_or_insert_with(Instant::now);
+                        if first_delta.is_none() {
+                            first_delta = Some(Instant::now());
+                            llm_span.record("first_token_ms", generating.elapsed().as_secs_f64() * 1e3);
+                        }
                         text.push_str(&d);
                         out.send(ServerEvent::OutputTextDelta {
                             response_id: response_id.clone(),
@@ -363,6 +371,16 @@ pub(crate) async fn run(
         item: item.clone(),
     });
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    // The outcome on the `response` span (logs and OTLP traces).
+    let span = tracing::Span::current();
+    span.record("status", status);
+    if let Some(f) = first_delta {
+        span.record("first_token_ms", ms(started, f));
+    }
+    // Signed: OTLP has no unsigned integers (a u64 would be exported as a string).
+    span.record("prompt_tokens", usage.prompt_tokens as i64);
+    span.record("cached_tokens", usage.cached_tokens as i64);
+    span.record("output_tokens", usage.completion_tokens as i64);
     let m = crate::metrics::global();
     m.responses.inc(status);
     if results.is_some() {

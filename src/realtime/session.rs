@@ -146,7 +146,7 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
     let (ws_tx, mut ws_rx) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(shared.limits.out_queue);
     let (close_tx, close_rx) = tokio::sync::oneshot::channel();
-    let writer = tokio::spawn(writer(ws_tx, out_rx, close_rx));
+    let writer = tokio::spawn(writer(ws_tx, out_rx, close_rx).in_current_span());
     let out = Out {
         tx: out_tx,
         overflowed: Arc::new(AtomicBool::new(false)),
@@ -175,7 +175,8 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
             out.clone(),
             opts_rx,
         )
-        .run(sig_rx, cmd_rx),
+        .run(sig_rx, cmd_rx)
+        .in_current_span(),
     );
 
     let limits = shared.limits.clone();
@@ -560,9 +561,18 @@ struct Hub {
     prepared_tx: mpsc::Sender<Prepared>,
     prepared_rx: mpsc::Receiver<Prepared>,
     prepared: Option<Prepared>,
+    /// The early retrieval and prefill under way; aborted when the person goes on talking (its
+    /// prompt would be stale) or a newer one starts, so it does not hold the LLM worker.
+    preparing: Option<tokio::task::JoinHandle<()>>,
     /// Where each running response's answer goes in the conversation: right after what it
     /// answers, even if the person has spoken again since.
     answer_slots: std::collections::HashMap<String, usize>,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop_preparing();
+    }
 }
 
 impl Hub {
@@ -585,6 +595,7 @@ impl Hub {
             prepared_tx,
             prepared_rx,
             prepared: None,
+            preparing: None,
             answer_slots: std::collections::HashMap::new(),
             out,
             opts,
@@ -721,7 +732,12 @@ impl Hub {
         let span = tracing::info_span!(
             "response",
             id = %response_id,
-            answers = %self.conversation[pos].id
+            answers = %self.conversation[pos].id,
+            status = tracing::field::Empty,
+            first_token_ms = tracing::field::Empty,
+            prompt_tokens = tracing::field::Empty,
+            cached_tokens = tracing::field::Empty,
+            output_tokens = tracing::field::Empty,
         );
         let job = ResponseJob {
             response_id,
@@ -752,7 +768,7 @@ impl Hub {
     }
 
     /// Retrieves and prefills for what the person seems to have asked, while they pause.
-    fn prepare(&self, question: String) {
+    fn prepare(&mut self, question: String) {
         let opts = self.opts.borrow().clone();
         let Some(answering) = self
             .answering
@@ -771,7 +787,8 @@ impl Hub {
         } else {
             opts.instructions.clone()
         };
-        tokio::spawn(
+        self.stop_preparing();
+        self.preparing = Some(tokio::spawn(
             async move {
                 let results = if opts.knowledge_base {
                     responses::retrieve(answering.kb.as_ref(), &question).await
@@ -786,8 +803,15 @@ impl Hub {
                     debug!(error = %e, "early prefill failed");
                 }
             }
-            .in_current_span(),
-        );
+            .instrument(tracing::info_span!("prepare")),
+        ));
+    }
+
+    /// Aborts the early prefill under way, if any.
+    fn stop_preparing(&mut self) {
+        if let Some(task) = self.preparing.take() {
+            task.abort();
+        }
     }
 
     fn command(&mut self, c: Command) -> bool {
@@ -875,7 +899,8 @@ impl Hub {
         };
         let asr = self.asr.clone();
         let tx = self.results_tx.clone();
-        let span = tracing::debug_span!("asr", turn, kind = ?kind);
+        // Signed: OTLP has no unsigned integers (a u64 would be exported as a string).
+        let span = tracing::info_span!("asr", turn = turn as i64, kind = ?kind);
         tokio::spawn(
             async move {
                 let result = asr.transcribe(request).await;
@@ -931,6 +956,7 @@ impl Hub {
                 true
             }
             AudioSignal::Resumed => {
+                self.stop_preparing();
                 if let Some(t) = self.current.as_mut() {
                     t.speculation = None;
                     t.speculative_result = None;

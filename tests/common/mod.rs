@@ -250,6 +250,11 @@ impl ServeProcess {
     /// Starts `voxd serve --no-pull --addr 127.0.0.1:0 --log-format json ARGS` with this test
     /// run's models and returns once it listens (the address comes from its `listening` line).
     pub fn start(args: &[&std::ffi::OsStr]) -> ServeProcess {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`ServeProcess::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> ServeProcess {
         use std::io::{BufRead, BufReader};
         asr_model();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_voxd"))
@@ -264,6 +269,7 @@ impl ServeProcess {
             .args(args)
             .env("VOXD_HOME", home())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
