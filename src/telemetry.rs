@@ -1,5 +1,5 @@
 //! Logging and tracing setup: `tracing` to stderr, human-readable or JSON, filtered by `RUST_LOG`
-//! (default `info`, with whisper.cpp's chatter at `warn`); with the `otlp` cargo feature, the same
+//! (default `info`, with whisper.cpp's own messages off); with the `otlp` cargo feature, the same
 //! spans (session, asr, response, retrieval, llm) can also go to an OpenTelemetry collector over
 //! OTLP/HTTP (protobuf).
 //!
@@ -75,8 +75,11 @@ fn endpoint_in_environment() -> bool {
     .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
 }
 
+/// `RUST_LOG`, else `info` with whisper.cpp's own messages off: its failures reach voxd as errors
+/// (logged as such), and it reports a partial transcription that gave way to a final one as
+/// "failed to encode". `RUST_LOG=info,whisper_rs=info` shows them.
 fn filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,whisper_rs=warn"))
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,whisper_rs=off"))
 }
 
 fn format_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>

@@ -138,8 +138,7 @@ struct Queues {
     partials: VecDeque<Job>,
     /// Workers running a job.
     busy: usize,
-    /// Finals running (all of them, and those with every core).
-    finals_running: usize,
+    /// Finals running with every core.
     wide_finals: usize,
     shutdown: bool,
 }
@@ -325,9 +324,14 @@ fn worker(
                     return;
                 }
                 if let Some(j) = q.finals.pop_front() {
-                    // A final with no other final running or waiting takes every core: it is
-                    // what the person waits for (running partials give way).
-                    let wide = q.finals.is_empty() && q.finals_running == 0 && cores > cfg.threads;
+                    // A final with the pool otherwise idle takes every core: it is what the
+                    // person waits for. (Not while a partial runs, even though that partial
+                    // would give way: with the LLM busy too, more threads than cores make
+                    // whisper.cpp's spinning threads wait on each other; measured 2x slower.)
+                    let wide = q.busy == 0
+                        && q.finals.is_empty()
+                        && q.partials.is_empty()
+                        && cores > cfg.threads;
                     let threads = if wide {
                         q.wide_finals += 1;
                         cores
@@ -335,7 +339,6 @@ fn worker(
                         cfg.threads
                     };
                     q.busy += 1;
-                    q.finals_running += 1;
                     shared.update_preempt(&q);
                     break (j, threads);
                 }
@@ -360,9 +363,6 @@ fn worker(
         );
         let mut q = shared.queues.lock().expect("queue lock");
         q.busy -= 1;
-        if is_final {
-            q.finals_running -= 1;
-        }
         if wide {
             q.wide_finals -= 1;
         }

@@ -7,9 +7,9 @@
 //! useful prefixes with [`GenerateRequest::cache_points`] or warm one ahead of time with
 //! [`Llm::prefill`] (the realtime session does this while the person is still talking).
 //!
-//! Requests take turns: a generation decodes for [`SLICE`] at most while others wait, then goes
-//! to the back of the queue with its state, so answers in progress do not hold back a new
-//! question's first token (they slow down instead; greedy answers are unchanged).
+//! Answers take turns: a generation decodes for [`SLICE`] at most while other generations wait,
+//! then goes to the back of the queue with its state, so answers in progress do not hold back a
+//! new question's first token (they slow down instead; greedy answers are unchanged).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,12 +34,12 @@ use crate::workers::WorkerPool;
 const MAX_POSITIONS: usize = 4096;
 /// Prompt tokens per forward pass while prefilling; cancellation is checked between chunks (a
 /// chunk takes ~1 s on 2 cores for SmolLM2-135M).
-const PREFILL_CHUNK: usize = 128;
+const PREFILL_CHUNK: usize = 512;
 /// Requests that may wait for the model.
 const QUEUE: usize = 64;
-/// How long one generation decodes while others wait before it lets them in. Requests take turns
-/// on the one worker, so a new question gets its first token after its prefill and at most one
-/// slice of each answer in progress, instead of after those answers have finished.
+/// How long one generation decodes while other generations wait before it lets them in. Answers
+/// take turns on the one worker, so a new question gets its first token after its prefill and at
+/// most one slice of each answer in progress, instead of after those answers have finished.
 const SLICE: Duration = Duration::from_millis(40);
 
 /// How to load the model.
@@ -74,6 +74,9 @@ struct Engine {
 pub struct LocalLlm {
     pool: Arc<WorkerPool<Engine>>,
     generated: Arc<std::sync::atomic::AtomicU64>,
+    /// Generations (new or paused) waiting for the worker: a running one lets them in after a
+    /// slice. Early prefills do not count: an answer is not paused for a guess.
+    answers_waiting: Arc<std::sync::atomic::AtomicUsize>,
     tokenizer: Tokenizer,
     name: String,
     context: usize,
@@ -517,6 +520,7 @@ impl LocalLlm {
         tracing::info!(model = %cfg.name, path = %cfg.path.display(), context, "language model loaded");
         Ok(LocalLlm {
             pool: Arc::new(WorkerPool::start("llm", vec![engine], QUEUE)),
+            answers_waiting: Default::default(),
             generated,
             tokenizer,
             name: cfg.name,
@@ -550,22 +554,33 @@ impl Llm for LocalLlm {
             let submitted = Instant::now();
             let job_tx = tx.clone();
             let pool = self.pool.clone();
+            let waiting = self.answers_waiting.clone();
             // The job streams into `tx`; its own failure is sent as the stream's last item. A
             // paused generation goes to the back of the queue until it finishes.
             tokio::spawn(async move {
-                let waiting = pool.clone();
-                let others_waiting = move || waiting.queued() > 0;
+                let others_waiting = {
+                    let waiting = waiting.clone();
+                    move || waiting.load(std::sync::atomic::Ordering::Acquire) > 0
+                };
                 let (t, w) = (job_tx.clone(), others_waiting.clone());
+                let queued = Waiting::new(&waiting);
                 let mut result = pool
-                    .run(move |engine: &mut Engine| engine.generate(request, &t, submitted, &w))
+                    .run(move |engine: &mut Engine| {
+                        drop(queued);
+                        engine.generate(request, &t, submitted, &w)
+                    })
                     .await;
                 let err = loop {
                     match result {
                         Ok(Ok(Slice::Finished)) => return,
                         Ok(Ok(Slice::Paused(g))) => {
                             let (t, w) = (job_tx.clone(), others_waiting.clone());
+                            let queued = Waiting::new(&waiting);
                             result = pool
-                                .run(move |engine: &mut Engine| engine.decode(*g, &t, &w))
+                                .run(move |engine: &mut Engine| {
+                                    drop(queued);
+                                    engine.decode(*g, &t, &w)
+                                })
                                 .await;
                         }
                         Ok(Err(e)) => break e,
@@ -584,8 +599,8 @@ impl Llm for LocalLlm {
             if messages.is_empty() {
                 return Ok(());
             }
-            // Dropping this future (the caller gave up: the person kept talking) stops the work,
-            // whether it is still queued or half way through the prompt.
+            // Dropping this future (the caller gave up: its session ended) stops the work, whether
+            // it is still queued or half way through the prompt.
             let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let _guard = SetOnDrop(dropped.clone());
             self.pool
@@ -629,6 +644,23 @@ impl Llm for LocalLlm {
 
     fn context_length(&self) -> usize {
         self.context
+    }
+}
+
+/// Counts a generation waiting for the worker, from creation until dropped (when its job starts,
+/// or with the job if it never runs).
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Waiting {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Waiting(count.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
