@@ -7,7 +7,7 @@
 //! keeps at most one queued), are skipped once they have waited [`PARTIAL_MAX_WAIT`] (a newer one
 //! of the same speech is coming) and, beyond `max_queue`, the oldest is dropped. Finals are never
 //! skipped; beyond `max_queue` waiting finals, new ones get [`AsrError::Busy`]. A final that
-//! starts while no other final runs or waits uses every core instead of `threads`.
+//! starts while no other job runs or waits uses every core instead of `threads`.
 //!
 //! Partials give way to finals: while a final waits for a worker, or runs on every core, a
 //! running partial is aborted (whisper.cpp's abort callback, checked between graph nodes and

@@ -33,7 +33,7 @@ use crate::workers::WorkerPool;
 /// candle's quantized llama precomputes rotary embeddings for this many positions.
 const MAX_POSITIONS: usize = 4096;
 /// Prompt tokens per forward pass while prefilling; cancellation is checked between chunks (a
-/// chunk takes ~1 s on 2 cores for SmolLM2-135M).
+/// full chunk takes ~5 s on 2 cores for SmolLM2-135M).
 const PREFILL_CHUNK: usize = 512;
 /// Requests that may wait for the model.
 const QUEUE: usize = 64;

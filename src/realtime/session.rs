@@ -562,8 +562,8 @@ struct Hub {
     prepared_rx: mpsc::Receiver<Prepared>,
     prepared: Option<Prepared>,
     /// The early retrieval and prefill under way; aborted when the session ends. (Not when the
-    /// person goes on talking: the passages usually stay the same, and the prefix it caches
-    /// still serves the final question. Measured: aborting it there cost ~0.7 s of first token.)
+    /// person goes on talking: the passages usually stay the same, so the prefix it caches still
+    /// serves the final question.)
     preparing: Option<tokio::task::JoinHandle<()>>,
     /// Where each running response's answer goes in the conversation: right after what it
     /// answers, even if the person has spoken again since.
