@@ -171,6 +171,10 @@ pub fn global() -> &'static Metrics {
 pub struct Gauges {
     pub live_sessions: usize,
     pub max_sessions: usize,
+    /// Transcriptions waiting for a worker (finals, partials), if the ASR backend queues locally.
+    pub asr_queue: Option<(usize, usize)>,
+    /// Jobs waiting for the embedded LLM.
+    pub llm_queue: Option<usize>,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: f64) {
@@ -236,6 +240,22 @@ impl Metrics {
             "The session limit (--max-sessions).",
             gauges.max_sessions as f64,
         );
+        if let Some((finals, partials)) = gauges.asr_queue {
+            let name = "voxd_asr_queue_depth";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Transcriptions waiting for a whisper worker.\n# TYPE {name} gauge\n\
+                 {name}{{priority=\"final\"}} {finals}\n{name}{{priority=\"partial\"}} {partials}"
+            );
+        }
+        if let Some(n) = gauges.llm_queue {
+            gauge(
+                &mut out,
+                "voxd_llm_queue_depth",
+                "Jobs waiting for the embedded LLM (answers, paused answers, early prefills).",
+                n as f64,
+            );
+        }
         counter(
             &mut out,
             "voxd_turns_total",

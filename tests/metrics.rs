@@ -180,4 +180,34 @@ async fn metrics_move_after_one_spoken_turn() {
     assert!(sum("transcript") <= sum("first_token") && sum("first_token") < sum("response_done"));
     assert!(after["process_resident_memory_bytes"] > 50e6);
     assert!(after["process_cpu_seconds_total"] > before["process_cpu_seconds_total"]);
+
+    // Queue depths: nothing waits at rest; four long transcriptions on the server's two whisper
+    // workers (each takes over a second) leave some waiting.
+    for key in [
+        "voxd_asr_queue_depth{priority=\"final\"}",
+        "voxd_asr_queue_depth{priority=\"partial\"}",
+        "voxd_llm_queue_depth",
+    ] {
+        assert_eq!(after[key], 0.0, "{key}");
+    }
+    let pool = common::pool();
+    let jfk = voxd::audio::decode_file(&common::data("jfk.wav"), voxd::audio::ChannelSelect::Mix)
+        .unwrap()
+        .samples;
+    let jobs: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, jfk) = (pool.clone(), jfk.clone());
+            tokio::spawn(async move {
+                voxd::asr::Asr::transcribe(pool.as_ref(), voxd::asr::Request::new(jfk)).await
+            })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let busy = scrape(&http).await;
+    // At most two run, so at least two wait (until the first finishes, over a second later).
+    let waiting = busy["voxd_asr_queue_depth{priority=\"final\"}"];
+    assert!((2.0..=4.0).contains(&waiting), "{waiting}");
+    for job in jobs {
+        job.await.unwrap().unwrap();
+    }
 }

@@ -98,4 +98,9 @@ pub trait Asr: Send + Sync {
     fn transcribe(&self, request: Request) -> BoxFuture<'_, Result<Transcript, AsrError>>;
     /// A short description of the backend and model, for logs and `/v1/models`.
     fn describe(&self) -> String;
+    /// Requests waiting for compute (finals, partials), for `/metrics`; `None` for a backend
+    /// without a local queue.
+    fn queue_depth(&self) -> Option<(usize, usize)> {
+        None
+    }
 }

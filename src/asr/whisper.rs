@@ -287,6 +287,10 @@ impl Asr for WhisperPool {
     fn describe(&self) -> String {
         self.description.clone()
     }
+
+    fn queue_depth(&self) -> Option<(usize, usize)> {
+        Some(WhisperPool::queue_depth(self))
+    }
 }
 
 impl Drop for WhisperPool {

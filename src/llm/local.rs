@@ -645,6 +645,10 @@ impl Llm for LocalLlm {
     fn context_length(&self) -> usize {
         self.context
     }
+
+    fn queue_depth(&self) -> Option<usize> {
+        Some(self.pool.queued())
+    }
 }
 
 /// Counts a generation waiting for the worker, from creation until dropped (when its job starts,

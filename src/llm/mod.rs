@@ -172,6 +172,11 @@ pub trait Llm: Send + Sync {
     }
     /// Longest prompt + answer, in tokens.
     fn context_length(&self) -> usize;
+    /// Jobs waiting for the model (answers, paused answers and early prefills), for `/metrics`;
+    /// `None` for a backend without a local queue.
+    fn queue_depth(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Collects a whole generation: the text and the final usage.

@@ -357,6 +357,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let body = crate::metrics::global().render(crate::metrics::Gauges {
         live_sessions: state.live_sessions(),
         max_sessions: state.max_sessions,
+        asr_queue: state.asr.get().and_then(|a| a.queue_depth()),
+        llm_queue: state.llm.get().and_then(|l| l.queue_depth()),
     });
     (
         [(
