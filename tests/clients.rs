@@ -23,30 +23,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn voxd() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_voxd"));
-    c.env("VOXD_HOME", common::home());
-    c
-}
-
 /// The fixture knowledge base, ingested once per test binary with `voxd kb add`.
 fn kb_file() -> &'static Path {
     static KB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &KB.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kb.sqlite");
-        let out = voxd()
-            .args(["kb", "--kb"])
-            .arg(&path)
-            .arg("add")
-            .arg(common::data("kb"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "voxd kb add failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let path = common::kb_added_by_cli(dir.path());
         (dir, path)
     })
     .1

@@ -98,24 +98,6 @@ fn number_attr(attrs: &[KeyValue], key: &str) -> Option<f64> {
     }
 }
 
-fn kb_file(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("kb.sqlite");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxd"))
-        .env("VOXD_HOME", common::home())
-        .args(["kb", "--kb"])
-        .arg(&path)
-        .arg("add")
-        .arg(common::data("kb"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "voxd kb add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
-
 async fn wait_ready(http: &str, server: &common::ServeProcess) {
     let deadline = Instant::now() + Duration::from_secs(300);
     while Instant::now() < deadline {
@@ -132,7 +114,7 @@ async fn wait_ready(http: &str, server: &common::ServeProcess) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_turn_exports_a_nested_trace() {
     let dir = tempfile::tempdir().unwrap();
-    let kb = kb_file(dir.path());
+    let kb = common::kb_added_by_cli(dir.path());
     let (endpoint, received) = collector().await;
     let server = common::ServeProcess::start_with_env(
         &[

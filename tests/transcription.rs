@@ -156,21 +156,26 @@ async fn silence_and_very_short_audio_do_not_invent_speech() {
     assert!(matches!(err, voxd::asr::AsrError::NoAudio), "{err}");
 }
 
-#[tokio::test]
-async fn finals_are_served_before_waiting_partials() {
-    use voxd::asr::Priority;
-    // One worker: while it runs the first job, a final submitted after two partials goes first.
+/// A pool of its own with one single-threaded worker, so a test controls what runs when.
+async fn one_worker_pool() -> std::sync::Arc<WhisperPool> {
     let cfg = WhisperConfig {
         pool_size: 1,
         threads: 1,
         ..WhisperConfig::new(common::asr_model())
     };
-    let pool = std::sync::Arc::new(
+    std::sync::Arc::new(
         tokio::task::spawn_blocking(move || WhisperPool::load(cfg))
             .await
             .unwrap()
             .unwrap(),
-    );
+    )
+}
+
+#[tokio::test]
+async fn finals_are_served_before_waiting_partials() {
+    use voxd::asr::Priority;
+    // One worker: while it runs the first job, a final submitted after two partials goes first.
+    let pool = one_worker_pool().await;
     let samples = audio::decode_file(&common::data("jfk.wav"), ChannelSelect::Mix)
         .unwrap()
         .samples;
@@ -215,17 +220,7 @@ async fn a_running_partial_gives_way_to_a_final() {
     use voxd::asr::{AsrError, Priority};
     // One worker, busy with a partial re-transcription when the turn's final arrives: the
     // partial is aborted (superseded) so the final does not wait for it.
-    let cfg = WhisperConfig {
-        pool_size: 1,
-        threads: 1,
-        ..WhisperConfig::new(common::asr_model())
-    };
-    let pool = std::sync::Arc::new(
-        tokio::task::spawn_blocking(move || WhisperPool::load(cfg))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let pool = one_worker_pool().await;
     let samples = audio::decode_file(&common::data("jfk.wav"), ChannelSelect::Mix)
         .unwrap()
         .samples;

@@ -237,6 +237,26 @@ pub fn speak(dir: &std::path::Path, text: &str, rate: u32) -> Vec<f32> {
     voxd::audio::resample::resample_all(&d.samples, d.sample_rate, rate).unwrap()
 }
 
+/// The fixture knowledge base (tests/data/kb) ingested by the real `voxd kb add` into
+/// `dir/kb.sqlite`; returns that path.
+pub fn kb_added_by_cli(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("kb.sqlite");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxd"))
+        .env("VOXD_HOME", home())
+        .args(["kb", "--kb"])
+        .arg(&path)
+        .arg("add")
+        .arg(data("kb"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "voxd kb add failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
 /// A running `voxd serve` process (the real binary), killed on drop.
 pub struct ServeProcess {
     pub child: std::process::Child,
