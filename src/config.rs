@@ -89,9 +89,24 @@ pub struct ServerArgs {
     /// Require this API key on every API route (Bearer header, or the browser subprotocol).
     #[arg(long, env = "VOXD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Browser origins allowed to open realtime sessions, comma-separated [default: any].
+    /// Browser origins (scheme://host[:port]) allowed to call the API, comma-separated; `*` for
+    /// any [default: the server's own origin and loopback origins].
     #[arg(long, env = "VOXD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Host names (Host header, without the port) the server answers to, comma-separated; `*`
+    /// for any [default: the bind address, localhost and loopback addresses].
+    #[arg(long, env = "VOXD_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Allow listening on a non-loopback address without an API key (anyone who can reach the
+    /// port can use every API).
+    #[arg(long, env = "VOXD_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Longest audio accepted by the transcription endpoint, in minutes [default: 30].
+    #[arg(long, env = "VOXD_MAX_AUDIO_MINUTES")]
+    pub max_audio_minutes: Option<u64>,
+    /// Uploads decoded or transcribed at once; more get 503 [default: 4].
+    #[arg(long, env = "VOXD_MAX_TRANSCRIPTIONS")]
+    pub max_transcriptions: Option<usize>,
     /// Concurrent realtime sessions; more get 503 [default: 64].
     #[arg(long, env = "VOXD_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
@@ -253,6 +268,10 @@ struct FileServer {
     max_upload_mb: Option<u64>,
     api_key: Option<String>,
     allowed_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
+    insecure_no_auth: Option<bool>,
+    max_audio_minutes: Option<u64>,
+    max_transcriptions: Option<usize>,
     max_sessions: Option<usize>,
     max_session_minutes: Option<u64>,
     otlp_endpoint: Option<String>,
@@ -289,11 +308,41 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     pub max_upload_bytes: usize,
     pub api_key: Option<String>,
+    /// Browser origins allowed besides the server's own and loopback ones (`*`: any).
     pub allowed_origins: Vec<String>,
+    /// Host names accepted besides the bind address and loopback names (`*`: any).
+    pub allowed_hosts: Vec<String>,
+    /// Listen on a non-loopback address without an API key.
+    pub insecure_no_auth: bool,
+    /// Longest audio the transcription endpoint accepts, in seconds.
+    pub max_audio_seconds: f64,
+    /// Uploads decoded or transcribed at once.
+    pub max_transcriptions: usize,
     pub max_sessions: usize,
     pub max_session_minutes: u64,
     /// OTLP/HTTP collector base URL; `None`: no export unless the OTEL_* variables ask for it.
     pub otlp_endpoint: Option<String>,
+}
+
+impl ServerConfig {
+    /// Refuses to serve every API to the network unprotected: a non-loopback address needs an
+    /// API key, or `--insecure-no-auth` (which logs a warning).
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.addr.ip().is_loopback() || self.api_key.is_some() {
+            return Ok(());
+        }
+        if self.insecure_no_auth {
+            tracing::warn!(addr = %self.addr, "serving every API without an API key on a non-loopback address (--insecure-no-auth)");
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            setting: "addr",
+            message: format!(
+                "{} is reachable from other machines and no API key is set: pass --api-key (or VOXD_API_KEY), listen on 127.0.0.1, or accept the risk with --insecure-no-auth",
+                self.addr
+            ),
+        })
+    }
 }
 
 /// The validated configuration.
@@ -379,9 +428,24 @@ impl Config {
             .max_session_minutes
             .or(file.server.max_session_minutes)
             .unwrap_or(60);
+        let max_audio_minutes = server
+            .max_audio_minutes
+            .or(file.server.max_audio_minutes)
+            .unwrap_or(30);
+        let max_transcriptions = server
+            .max_transcriptions
+            .or(file.server.max_transcriptions)
+            .unwrap_or(4);
+        if !(1..=1440).contains(&max_audio_minutes) {
+            return Err(ConfigError::Invalid {
+                setting: "max_audio_minutes",
+                message: format!("{max_audio_minutes} is outside 1..=1440"),
+            });
+        }
         for (setting, v) in [
             ("max_sessions", max_sessions as u64),
             ("max_session_minutes", max_session_minutes),
+            ("max_transcriptions", max_transcriptions as u64),
         ] {
             if !(1..=100_000).contains(&v) {
                 return Err(ConfigError::Invalid {
@@ -430,6 +494,18 @@ impl Config {
                 setting: "audio_ctx",
                 message,
             })?;
+        let prompt = asr.asr_prompt.clone().or(file.asr.prompt);
+        if let Some(p) = &prompt {
+            crate::protocol::session::check_model_text(
+                p,
+                crate::protocol::session::MAX_PROMPT_BYTES,
+                "asr_prompt",
+            )
+            .map_err(|e| ConfigError::Invalid {
+                setting: "asr_prompt",
+                message: e.message,
+            })?;
+        }
         let language = asr
             .language
             .clone()
@@ -567,7 +643,7 @@ impl Config {
                 pool,
                 threads,
                 language,
-                prompt: asr.asr_prompt.clone().or(file.asr.prompt),
+                prompt,
                 audio_ctx,
                 beam,
             },
@@ -584,6 +660,15 @@ impl Config {
                     .clone()
                     .or(file.server.allowed_origins)
                     .unwrap_or_default(),
+                allowed_hosts: server
+                    .allowed_hosts
+                    .clone()
+                    .or(file.server.allowed_hosts)
+                    .unwrap_or_default(),
+                insecure_no_auth: server.insecure_no_auth
+                    || file.server.insecure_no_auth.unwrap_or(false),
+                max_audio_seconds: max_audio_minutes as f64 * 60.0,
+                max_transcriptions,
                 max_sessions,
                 max_session_minutes,
                 otlp_endpoint,
@@ -606,6 +691,52 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_network_needs_a_key_or_an_explicit_opt_out() {
+        let resolve = |server: ServerArgs| {
+            Config::resolve(&CommonArgs::default(), &AsrArgs::default(), &server).unwrap()
+        };
+        let local = resolve(ServerArgs::default());
+        assert!(
+            local.server.check_exposure().is_ok(),
+            "127.0.0.1 by default"
+        );
+        assert_eq!(local.server.max_audio_seconds, 1800.0);
+        assert_eq!(local.server.max_transcriptions, 4);
+        let open = resolve(ServerArgs {
+            addr: Some("0.0.0.0:8080".into()),
+            ..Default::default()
+        });
+        let err = open.server.check_exposure().unwrap_err().to_string();
+        assert!(
+            err.contains("--api-key") && err.contains("--insecure-no-auth"),
+            "{err}"
+        );
+        for server in [
+            ServerArgs {
+                addr: Some("0.0.0.0:8080".into()),
+                api_key: Some("k".into()),
+                ..Default::default()
+            },
+            ServerArgs {
+                addr: Some("[::]:8080".into()),
+                insecure_no_auth: true,
+                ..Default::default()
+            },
+        ] {
+            assert!(resolve(server).server.check_exposure().is_ok());
+        }
+        let bad_prompt = Config::resolve(
+            &CommonArgs::default(),
+            &AsrArgs {
+                asr_prompt: Some("a\0b".into()),
+                ..Default::default()
+            },
+            &ServerArgs::default(),
+        );
+        assert!(bad_prompt.is_err());
+    }
 
     #[test]
     fn flags_beat_file_and_file_beats_defaults() {

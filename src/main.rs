@@ -339,6 +339,7 @@ fn whisper_config(cfg: &Config, model_path: PathBuf) -> WhisperConfig {
 }
 
 fn serve(cfg: Config, no_pull: bool) -> Result<()> {
+    cfg.server.check_exposure()?;
     let store = store(&cfg);
     // Pull the default models the server needs, unless the user brought their own.
     let wants_default = cfg
@@ -360,11 +361,15 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
     voxd::models::ggml::validate_whisper(&model_path)?;
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let state = Arc::new(AppState::with_settings(ServerSettings {
             max_upload_bytes: cfg.server.max_upload_bytes,
             api_key: cfg.server.api_key.clone(),
             allowed_origins: cfg.server.allowed_origins.clone(),
+            allowed_hosts: cfg.server.allowed_hosts.clone(),
+            bind: Some(cfg.server.addr),
+            max_audio_seconds: cfg.server.max_audio_seconds,
+            max_transcriptions: cfg.server.max_transcriptions,
             max_sessions: cfg.server.max_sessions,
             limits: voxd::realtime::Limits {
                 max_session: std::time::Duration::from_secs(cfg.server.max_session_minutes * 60),
@@ -428,7 +433,11 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
         });
         server::serve(listener, state, server::shutdown_signal()).await?;
         Ok(())
-    })
+    });
+    // Blocking work still running (a model job that ignores cancellation) does not hold the
+    // process: the stop is bounded.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }
 
 fn models(cfg: Config, action: ModelsAction) -> Result<()> {

@@ -218,6 +218,19 @@ pub fn process_usage() -> Option<(u64, f64)> {
     Some((rss_kb * 1024, ticks as f64 / 100.0))
 }
 
+/// Open file descriptors and threads of this process, from /proc (None elsewhere).
+pub fn process_handles() -> Option<(usize, usize)> {
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((fds, threads))
+}
+
 impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, gauges: Gauges) -> String {
@@ -344,6 +357,20 @@ impl Metrics {
                 "process_cpu_seconds_total",
                 "User and system CPU time spent in seconds.",
                 cpu,
+            );
+        }
+        if let Some((fds, threads)) = process_handles() {
+            gauge(
+                &mut out,
+                "process_open_fds",
+                "Number of open file descriptors.",
+                fds as f64,
+            );
+            gauge(
+                &mut out,
+                "process_threads",
+                "Number of OS threads.",
+                threads as f64,
             );
         }
         out

@@ -348,6 +348,20 @@ async fn broken_upstream(kind: &'static str) -> String {
                     "data: {this is not json\n\n",
                 )
                     .into_response(),
+                "stall" => {
+                    use futures::StreamExt;
+                    // One token, then nothing more: an upstream that hangs mid-answer.
+                    let first = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Well,\"},\"finish_reason\":null}]}\n\n";
+                    let body = futures::stream::once(async move {
+                        Ok::<_, std::io::Error>(axum::body::Bytes::from(first))
+                    })
+                    .chain(futures::stream::pending());
+                    (
+                        [("content-type", "text/event-stream")],
+                        axum::body::Body::from_stream(body),
+                    )
+                        .into_response()
+                }
                 _ => {
                     tokio::time::sleep(Duration::from_secs(30)).await;
                     "late".into_response()
@@ -363,9 +377,15 @@ async fn broken_upstream(kind: &'static str) -> String {
 }
 
 fn remote(url: String) -> Arc<dyn Llm> {
+    remote_within(url, Duration::from_secs(120))
+}
+
+/// A remote LLM whose whole answer must come within `total`.
+fn remote_within(url: String, total: Duration) -> Arc<dyn Llm> {
     Arc::new(
         RemoteLlm::new(RemoteLlmConfig {
             first_token_timeout: Duration::from_millis(1500),
+            total_timeout: total,
             retries: 1,
             ..RemoteLlmConfig::new(url, "smollm2-135m-instruct")
         })
@@ -390,17 +410,25 @@ async fn a_remote_llm_backend_works_and_its_failures_are_typed() {
     let text = check_response(&events);
     assert!(text.to_lowercase().contains("paris"), "{text}");
 
-    // Unreachable, 5xx, malformed stream, too slow: failed + a coded error, and the session goes on.
+    // Each failure: failed + a coded error without upstream detail, and the session goes on.
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_url = format!("http://{}/v1", dead.local_addr().unwrap());
     drop(dead);
-    for (url, code) in [
-        (dead_url, "llm_unreachable"),
-        (broken_upstream("500").await, "llm_upstream_error"),
-        (broken_upstream("garbage").await, "llm_bad_response"),
-        (broken_upstream("slow").await, "llm_timeout"),
+    // Unreachable, 5xx, malformed stream, too slow to start, stalled mid-answer.
+    let whole = Duration::from_secs(120);
+    for (url, code, total) in [
+        (dead_url, "llm_unreachable", whole),
+        (broken_upstream("500").await, "llm_upstream_error", whole),
+        (broken_upstream("garbage").await, "llm_bad_response", whole),
+        (broken_upstream("slow").await, "llm_timeout", whole),
+        (
+            broken_upstream("stall").await,
+            "llm_timeout",
+            Duration::from_secs(3),
+        ),
     ] {
-        let (url, _) = common::start_full(ServerSettings::default(), None, Some(remote(url))).await;
+        let llm = remote_within(url, total);
+        let (url, _) = common::start_full(ServerSettings::default(), None, Some(llm)).await;
         let rate = 16_000;
         let (mut tx, mut rx) = open(
             &url,
@@ -414,10 +442,16 @@ async fn a_remote_llm_backend_works_and_its_failures_are_typed() {
         assert_eq!(done["status"], "failed", "{done}");
         assert_eq!(done["status_details"]["error"]["code"], code, "{done}");
         let err = events.iter().find_map(|e| match e {
-            ServerEvent::Error { error } => error.code.clone(),
+            ServerEvent::Error { error } => Some(error.clone()),
             _ => None,
         });
-        assert_eq!(err.as_deref(), Some(code));
+        let err = err.expect("an error event");
+        assert_eq!(err.code.as_deref(), Some(code));
+        // What went wrong upstream stays in the server log: no URL, no upstream text.
+        assert!(
+            !err.message.contains("127.0.0.1") && !err.message.contains("exploded"),
+            "{err:?}"
+        );
         // The next turn still transcribes.
         let mut audio = common::audio_at("LDC93S1_pcms16le_1_16000.wav", rate);
         audio.extend(vec![0.0; rate as usize * 2]);

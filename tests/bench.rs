@@ -98,6 +98,15 @@ async fn a_one_turn_bench_run_is_well_formed_and_ordered() {
     let server = &level["server"];
     assert!(server["rss_max_mb"].as_f64().unwrap() > 50.0, "{server}");
     assert!(server["cpu_cores"].as_f64().unwrap() > 0.0, "{server}");
+    // The soak figures: the server before and after; the session is gone once the client left.
+    for k in ["start", "end"] {
+        let s = &server[k];
+        assert!(s["rss_mb"].as_f64().unwrap() > 50.0, "{server}");
+        assert!(s["open_fds"].as_f64().unwrap() > 3.0, "{server}");
+        assert!(s["threads"].as_f64().unwrap() > 1.0, "{server}");
+    }
+    assert_eq!(server["end"]["live_sessions"], 0.0, "{server}");
+    assert!(first.contains("server before -> after"), "{first}");
 
     let svg = std::fs::read_to_string(svg).unwrap();
     assert!(

@@ -105,3 +105,69 @@ async fn voxd_client_streams_a_file_and_prints_events() {
         "{completed}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_server_while_a_long_upload_decodes() {
+    let serve = common::ServeProcess::start(&[
+        "--asr-pool".as_ref(),
+        "1".as_ref(),
+        "--max-audio-minutes".as_ref(),
+        "1440".as_ref(),
+    ]);
+    let base = format!("http://{}", serve.addr);
+    let mut ready = false;
+    for _ in 0..600 {
+        if reqwest::get(format!("{base}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "never ready");
+    // Three hours of 192 kHz audio whose length only decoding reveals: minutes of work.
+    let bomb = common::bomb::silent_flac(192_000, 3 * 3600, false);
+    let upload = tokio::spawn(async move {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bomb).file_name("long.flac"),
+        );
+        reqwest::Client::new()
+            .post(format!("{base}/v1/audio/transcriptions"))
+            .multipart(form)
+            .send()
+            .await
+    });
+    // Let the decode get going, then stop the server.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &serve.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The stop is bounded (voxd::server::SHUTDOWN_DEADLINE, 10 s); before, it waited for the
+    // decode. The guard here is generous: it only tells "stops" from "hangs".
+    let exit = tokio::task::spawn_blocking(move || {
+        let mut serve = serve;
+        for _ in 0..600 {
+            if let Some(status) = serve.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = serve.child.kill();
+        None
+    })
+    .await
+    .unwrap();
+    assert!(
+        exit.is_some(),
+        "voxd serve was still running 30 s after SIGTERM"
+    );
+    // The upload got an answer (503, the server is stopping) or its connection closed.
+    if let Ok(r) = upload.await.unwrap() {
+        assert_eq!(r.status(), 503);
+    }
+}

@@ -183,13 +183,25 @@ async function openSession() {
   });
 }
 
+// A citation's link, only for http(s) URIs: a document's `uri` is whatever its uploader wrote,
+// and a `javascript:` or `data:` link would run in this page.
+export function safeLink(uri) {
+  try {
+    const u = new URL(uri);
+    return u.protocol === "http:" || u.protocol === "https:" ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
 function renderCitations(turn, citations) {
   turn.citations.replaceChildren(
     ...citations.map((c) => {
       const li = document.createElement("li");
       const details = document.createElement("details");
       const summary = document.createElement("summary");
-      const title = c.uri ? Object.assign(document.createElement("a"), { href: c.uri, target: "_blank", rel: "noopener" }) : document.createElement("span");
+      const href = c.uri ? safeLink(c.uri) : null;
+      const title = href ? Object.assign(document.createElement("a"), { href, target: "_blank", rel: "noopener noreferrer" }) : document.createElement("span");
       title.textContent = c.title || c.source;
       summary.append(title);
       if (c.heading) summary.append(` — ${c.heading}`);

@@ -13,7 +13,9 @@ use serde::Serialize;
 
 use crate::models::ModelError;
 
-pub use whisper::{AudioCtx, WhisperConfig, WhisperPool};
+pub use whisper::{
+    check_language, check_prompt, AudioCtx, WhisperConfig, WhisperPool, MAX_PROMPT_BYTES,
+};
 
 /// How urgent a transcription is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +92,14 @@ pub enum AsrError {
     NoAudio,
     #[error("transcription failed: {0}")]
     Engine(String),
+    #[error("invalid prompt: {0}")]
+    InvalidPrompt(String),
+    #[error("invalid language: {0}")]
+    InvalidLanguage(String),
+    #[error(
+        "the speech recogniser failed on this request (an internal error; the server logged it)"
+    )]
+    Internal,
 }
 
 /// A speech recogniser: local model or remote endpoint.
@@ -103,4 +113,10 @@ pub trait Asr: Send + Sync {
     fn queue_depth(&self) -> Option<(usize, usize)> {
         None
     }
+    /// Whether the backend can serve now; `Err` says why not (for `/readyz`).
+    fn check_ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Stops the backend: queued and running requests end with [`AsrError::ShuttingDown`].
+    fn stop(&self) {}
 }

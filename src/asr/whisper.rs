@@ -15,8 +15,9 @@
 //! person waits for; a newer partial follows anyway.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use whisper_rs::{
 
 use super::{Asr, AsrError, Priority, Request, Segment, Transcript};
 use crate::models::ggml;
+pub use crate::protocol::session::MAX_PROMPT_BYTES;
 
 /// How much of Whisper's 30 s encoder window to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +132,8 @@ struct Job {
     request: Request,
     reply: oneshot::Sender<Result<Transcript, AsrError>>,
     enqueued: Instant,
+    /// Fault injection for tests: the job panics on its worker.
+    panic: bool,
 }
 
 #[derive(Default)]
@@ -146,6 +150,10 @@ struct Queues {
 struct Shared {
     queues: Mutex<Queues>,
     ready: Condvar,
+    /// Workers able to take jobs (a worker whose state could not be rebuilt after a panic exits).
+    alive: AtomicUsize,
+    /// Set when the pool stops: running transcriptions are aborted.
+    stopping: AtomicBool,
     /// Running partials should stop: set (under the queue lock) while a final waits or a final
     /// runs on every core; read by whisper.cpp's abort callback.
     preempt_partials: Arc<AtomicBool>,
@@ -193,8 +201,11 @@ impl WhisperPool {
         let shared = Arc::new(Shared {
             queues: Mutex::new(Queues::default()),
             ready: Condvar::new(),
+            alive: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
             preempt_partials: Arc::new(AtomicBool::new(false)),
         });
+        let ctx = Arc::new(ctx);
         let pool_size = config.pool_size.max(1);
         let mut workers = Vec::with_capacity(pool_size);
         for i in 0..pool_size {
@@ -204,9 +215,15 @@ impl WhisperPool {
             })?;
             let shared = shared.clone();
             let cfg = config.clone();
+            let model = Model {
+                ctx: ctx.clone(),
+                n_audio_ctx: model_ctx,
+                multilingual,
+            };
+            shared.alive.fetch_add(1, Ordering::SeqCst);
             let handle = std::thread::Builder::new()
                 .name(format!("voxd-asr-{i}"))
-                .spawn(move || worker(shared, state, cfg, model_ctx, multilingual))
+                .spawn(move || worker(shared, state, cfg, model))
                 .map_err(|e| AsrError::Engine(format!("cannot start worker thread: {e}")))?;
             workers.push(handle);
         }
@@ -234,18 +251,39 @@ impl WhisperPool {
 
     /// Requests waiting for a worker (finals, partials).
     pub fn queue_depth(&self) -> (usize, usize) {
-        let q = self.shared.queues.lock().expect("queue lock");
+        let q = self.shared.queues.lock().unwrap_or_else(|e| e.into_inner());
         (q.finals.len(), q.partials.len())
     }
 
+    /// Fault injection for tests: queues a final transcription that panics on its worker, as a
+    /// bug in whisper.cpp's bindings would. The pool must answer it with [`AsrError::Internal`]
+    /// and go on serving.
+    #[doc(hidden)]
+    pub async fn transcribe_with_injected_panic(
+        &self,
+        request: Request,
+    ) -> Result<Transcript, AsrError> {
+        let rx = self.submit_job(request, true);
+        rx.await.unwrap_or(Err(AsrError::ShuttingDown))
+    }
+
     fn submit(&self, request: Request) -> oneshot::Receiver<Result<Transcript, AsrError>> {
+        self.submit_job(request, false)
+    }
+
+    fn submit_job(
+        &self,
+        request: Request,
+        panic: bool,
+    ) -> oneshot::Receiver<Result<Transcript, AsrError>> {
         let (tx, rx) = oneshot::channel();
         let job = Job {
             request,
             reply: tx,
             enqueued: Instant::now(),
+            panic,
         };
-        let mut q = self.shared.queues.lock().expect("queue lock");
+        let mut q = self.shared.queues.lock().unwrap_or_else(|e| e.into_inner());
         if q.shutdown {
             let _ = job.reply.send(Err(AsrError::ShuttingDown));
             return rx;
@@ -291,12 +329,19 @@ impl Asr for WhisperPool {
     fn queue_depth(&self) -> Option<(usize, usize)> {
         Some(WhisperPool::queue_depth(self))
     }
-}
 
-impl Drop for WhisperPool {
-    fn drop(&mut self) {
+    fn check_ready(&self) -> Result<(), String> {
+        if self.shared.alive.load(Ordering::SeqCst) == 0 {
+            Err("no speech-recognition worker is running".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
         {
-            let mut guard = self.shared.queues.lock().expect("queue lock");
+            let mut guard = self.shared.queues.lock().unwrap_or_else(|e| e.into_inner());
             let q = &mut *guard;
             q.shutdown = true;
             for job in q.finals.drain(..).chain(q.partials.drain(..)) {
@@ -304,27 +349,35 @@ impl Drop for WhisperPool {
             }
         }
         self.shared.ready.notify_all();
+    }
+}
+
+impl Drop for WhisperPool {
+    fn drop(&mut self) {
+        self.stop();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
     }
 }
 
-fn worker(
-    shared: Arc<Shared>,
-    mut state: WhisperState,
-    cfg: WhisperConfig,
-    model_ctx: i32,
+/// The loaded model, shared by the workers (each rebuilds its state from it after a panic).
+struct Model {
+    ctx: Arc<WhisperContext>,
+    n_audio_ctx: i32,
     multilingual: bool,
-) {
+}
+
+fn worker(shared: Arc<Shared>, mut state: WhisperState, cfg: WhisperConfig, model: Model) {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     loop {
         let (job, threads) = {
-            let mut q = shared.queues.lock().expect("queue lock");
+            let mut q = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if q.shutdown {
+                    shared.alive.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
                 if let Some(j) = q.finals.pop_front() {
@@ -350,77 +403,167 @@ fn worker(
                     q.busy += 1;
                     break (j, cfg.threads);
                 }
-                q = shared.ready.wait(q).expect("queue lock");
+                q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
         let is_final = job.request.priority == Priority::Final;
         let wide = is_final && threads > cfg.threads;
-        let abort = (!is_final).then(|| shared.preempt_partials.clone());
-        run_job(
-            &mut state,
-            &cfg,
-            job,
-            threads,
-            abort,
-            model_ctx,
-            multilingual,
-        );
-        let mut q = shared.queues.lock().expect("queue lock");
+        let outcome = run_job(&mut state, &shared, &cfg, job, threads, &model);
+        let mut q = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
         q.busy -= 1;
         if wide {
             q.wide_finals -= 1;
         }
         shared.update_preempt(&q);
+        drop(q);
+        if outcome == JobOutcome::Panicked {
+            // whisper.cpp's state may be half-updated: start again from a fresh one.
+            match model.ctx.create_state() {
+                Ok(fresh) => {
+                    state = fresh;
+                    warn!("a transcription panicked; the worker continues with a fresh state");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a whisper worker could not rebuild its state and stops");
+                    shared.alive.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
     }
 }
 
-/// whisper.cpp's abort callback: `data` points at the pool's `preempt_partials` flag.
+/// What stops a running transcription early, read by whisper.cpp's abort callback.
+struct AbortWhen<'a> {
+    /// Partials only: a final is waiting (see [`Shared::preempt_partials`]).
+    preempt: Option<&'a AtomicBool>,
+    /// The pool is stopping.
+    stopping: &'a AtomicBool,
+    /// The caller went away (its reply channel closed).
+    reply: &'a oneshot::Sender<Result<Transcript, AsrError>>,
+}
+
+impl AbortWhen<'_> {
+    fn now(&self) -> bool {
+        self.preempt.is_some_and(|p| p.load(Ordering::Acquire))
+            || self.stopping.load(Ordering::Acquire)
+            || self.reply.is_closed()
+    }
+}
+
+/// whisper.cpp's abort callback: `data` points at an [`AbortWhen`].
 #[allow(unsafe_code)]
 unsafe extern "C" fn should_abort(data: *mut std::ffi::c_void) -> bool {
-    // SAFETY: set by `run` to an `AtomicBool` that outlives the transcription.
-    unsafe { (*(data as *const AtomicBool)).load(Ordering::Acquire) }
+    // SAFETY: `run` sets `data` to an `AbortWhen` on its own stack that outlives the
+    // transcription (`full` returns before it is dropped); the callback only reads it.
+    unsafe { (*(data as *const AbortWhen)).now() }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobOutcome {
+    Done,
+    Panicked,
 }
 
 fn run_job(
     state: &mut WhisperState,
+    shared: &Shared,
     cfg: &WhisperConfig,
     job: Job,
     threads: usize,
-    abort: Option<Arc<AtomicBool>>,
-    model_ctx: i32,
-    multilingual: bool,
-) {
+    model: &Model,
+) -> JobOutcome {
     if job.reply.is_closed() {
         debug!("skipping a transcription nobody waits for");
-        return;
+        return JobOutcome::Done;
     }
     let queue_wait = job.enqueued.elapsed();
-    if job.request.priority == Priority::Partial && queue_wait > PARTIAL_MAX_WAIT {
+    let is_final = job.request.priority == Priority::Final;
+    if !is_final && queue_wait > PARTIAL_MAX_WAIT {
         let _ = job.reply.send(Err(AsrError::Superseded));
-        return;
+        return JobOutcome::Done;
     }
-    if abort.as_ref().is_some_and(|a| a.load(Ordering::Acquire)) {
+    let abort = AbortWhen {
+        preempt: (!is_final).then_some(&*shared.preempt_partials),
+        stopping: &shared.stopping,
+        reply: &job.reply,
+    };
+    if abort.now() {
         let _ = job.reply.send(Err(AsrError::Superseded));
-        return;
+        return JobOutcome::Done;
     }
-    let result = run(
-        state,
-        &job.request,
-        cfg,
-        threads,
-        abort,
-        model_ctx,
-        multilingual,
-    )
-    .map(|mut t| {
+    // A panic in one transcription (a bug in whisper-rs or here) fails that request only: the
+    // worker survives it and rebuilds its state.
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        if job.panic {
+            panic!("injected fault");
+        }
+        run(state, &job.request, cfg, threads, &abort, model)
+    }));
+    let (result, outcome) = match result {
+        Ok(r) => (r, JobOutcome::Done),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            tracing::error!(%message, "a transcription panicked");
+            (Err(AsrError::Internal), JobOutcome::Panicked)
+        }
+    };
+    let result = result.map(|mut t| {
         t.queue_wait = queue_wait;
         t
     });
     match &result {
-        Err(AsrError::Superseded) | Ok(_) => {}
+        Err(AsrError::Superseded) | Err(AsrError::Internal) | Ok(_) => {}
         Err(e) => warn!(error = %e, "transcription failed"),
     }
     let _ = job.reply.send(result);
+    outcome
+}
+
+/// Checks a prompt before it reaches whisper.cpp: no NUL bytes (C strings), at most
+/// [`MAX_PROMPT_BYTES`].
+pub fn check_prompt(prompt: &str) -> Result<(), String> {
+    if prompt.contains('\0') {
+        return Err("the prompt contains a NUL character".into());
+    }
+    if prompt.len() > MAX_PROMPT_BYTES {
+        return Err(format!(
+            "the prompt is {} bytes long; the limit is {MAX_PROMPT_BYTES}",
+            prompt.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a language code: 2 to 8 ASCII letters (`en`, `yue`), or `auto`.
+pub fn check_language(language: &str) -> Result<(), String> {
+    if (2..=8).contains(&language.len()) && language.chars().all(|c| c.is_ascii_alphabetic()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a language code",
+            language.escape_debug()
+        ))
+    }
+}
+
+/// The prompt's tokens, at most the last `n_text_ctx / 2` as whisper.cpp keeps them.
+fn prompt_tokens(ctx: &WhisperContext, prompt: &str) -> Result<Vec<i32>, AsrError> {
+    check_prompt(prompt).map_err(AsrError::InvalidPrompt)?;
+    // A token covers at least one byte, so this bound always holds them all (whisper-rs reads a
+    // negative count, which whisper.cpp returns when the buffer is too small, as a length).
+    let mut tokens = ctx
+        .tokenize(prompt, prompt.len() + 16)
+        .map_err(|e| AsrError::InvalidPrompt(format!("the prompt cannot be tokenized: {e}")))?;
+    let keep = (ctx.n_text_ctx().max(2) / 2) as usize;
+    if tokens.len() > keep {
+        tokens.drain(..tokens.len() - keep);
+    }
+    Ok(tokens)
 }
 
 fn run(
@@ -428,9 +571,8 @@ fn run(
     req: &Request,
     cfg: &WhisperConfig,
     threads: usize,
-    abort: Option<Arc<AtomicBool>>,
-    model_ctx: i32,
-    multilingual: bool,
+    abort: &AbortWhen,
+    model: &Model,
 ) -> Result<Transcript, AsrError> {
     let started = Instant::now();
     let audio = Duration::from_secs_f64(req.samples.len() as f64 / 16_000.0);
@@ -445,10 +587,16 @@ fn run(
     };
 
     let language = req.language.clone().unwrap_or_else(|| cfg.language.clone());
-    let language = if multilingual {
+    let language = if model.multilingual {
         language
     } else {
         "en".to_string()
+    };
+    check_language(&language).map_err(AsrError::InvalidLanguage)?;
+    let prompt = req.prompt.as_deref().or(cfg.prompt.as_deref());
+    let tokens = match prompt.filter(|p| !p.is_empty()) {
+        Some(p) => prompt_tokens(&model.ctx, p)?,
+        None => Vec::new(),
     };
     let strategy = if cfg.beam_size > 1 {
         SamplingStrategy::BeamSearch {
@@ -460,7 +608,11 @@ fn run(
     };
     let mut params = FullParams::new(strategy);
     params.set_n_threads(threads.max(1) as i32);
-    params.set_language(Some(&language));
+    // whisper-rs leaks the C string of every language it is given (and whisper.cpp's default is
+    // already English), so only other languages are set.
+    if language != "en" {
+        params.set_language(Some(&language));
+    }
     params.set_translate(false);
     params.set_no_context(true);
     // Always decode with timestamp tokens, even when the caller wants no segments: without them
@@ -472,29 +624,35 @@ fn run(
     params.set_print_realtime(false);
     params.set_print_timestamps(false);
     params.set_suppress_blank(true);
-    params.set_audio_ctx(audio_ctx_for(cfg.audio_ctx, samples.len(), model_ctx));
+    params.set_audio_ctx(audio_ctx_for(
+        cfg.audio_ctx,
+        samples.len(),
+        model.n_audio_ctx,
+    ));
     // Speech runs at ~3 words (~4 tokens) a second; far beyond that the decoder is repeating
     // itself. The bound is per segment, so long audio is unaffected.
     params.set_max_tokens((audio.as_secs_f64().min(30.0) * 8.0).ceil() as i32 + 16);
-    let prompt = req.prompt.as_deref().or(cfg.prompt.as_deref());
-    if let Some(p) = prompt.filter(|p| !p.is_empty()) {
-        params.set_initial_prompt(p);
+    // Prompt tokens, not `set_initial_prompt`: that one panics on a NUL byte and leaks its C
+    // string on every call.
+    if !tokens.is_empty() {
+        params.set_tokens(&tokens);
     }
 
-    if let Some(flag) = &abort {
-        // whisper-rs's `set_abort_callback_safe` hands whisper.cpp a pointer to a boxed
-        // `dyn FnMut` but reads it back as the closure type itself; pass the flag directly.
-        // SAFETY: the callback only reads an `AtomicBool` through the pointer, and `abort` keeps
-        // that flag alive until `full` has returned.
-        #[allow(unsafe_code)]
-        unsafe {
-            params.set_abort_callback(Some(should_abort));
-            params.set_abort_callback_user_data(Arc::as_ptr(flag) as *mut std::ffi::c_void);
-        }
+    // whisper-rs's `set_abort_callback_safe` hands whisper.cpp a pointer to a boxed `dyn FnMut`
+    // but reads it back as the closure type itself; pass our own context directly.
+    // SAFETY: the callback only reads the `AbortWhen` through the pointer, and `abort` outlives
+    // the call to `full` below.
+    #[allow(unsafe_code)]
+    unsafe {
+        params.set_abort_callback(Some(should_abort));
+        params.set_abort_callback_user_data(abort as *const AbortWhen as *mut std::ffi::c_void);
     }
     if let Err(e) = state.full(params, samples) {
-        if abort.is_some_and(|a| a.load(Ordering::Acquire)) {
-            debug!("partial transcription gave way to a final one");
+        if abort.stopping.load(Ordering::Acquire) {
+            return Err(AsrError::ShuttingDown);
+        }
+        if abort.now() {
+            debug!("transcription aborted (a final waits or the caller left)");
             return Err(AsrError::Superseded);
         }
         return Err(AsrError::Engine(e.to_string()));

@@ -16,7 +16,7 @@ use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 use tracing::debug;
 
-use super::AudioError;
+use super::{AudioError, StreamResampler};
 
 /// Which channel(s) of multi-channel audio to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,6 +59,27 @@ impl DecodedAudio {
     }
 }
 
+/// Bounds on one decode, for untrusted input.
+#[derive(Clone, Default)]
+pub struct DecodeLimits {
+    /// Longest audio accepted, in seconds. Checked against the container's declared length
+    /// before decoding, and again before each packet's samples are kept.
+    pub max_seconds: Option<f64>,
+    /// Checked between packets: when it returns true the decode stops with
+    /// [`AudioError::Cancelled`] (the client went away, the server stops).
+    pub cancelled: Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl DecodeLimits {
+    /// At most `seconds` of audio.
+    pub fn max_seconds(seconds: f64) -> Self {
+        DecodeLimits {
+            max_seconds: Some(seconds),
+            cancelled: None,
+        }
+    }
+}
+
 /// Decodes a file; the extension helps pick the format.
 pub fn decode_file(path: &Path, channel: ChannelSelect) -> Result<DecodedAudio, AudioError> {
     let bytes = std::fs::read(path).map_err(|source| AudioError::Io {
@@ -69,31 +90,117 @@ pub fn decode_file(path: &Path, channel: ChannelSelect) -> Result<DecodedAudio, 
     decode_bytes(bytes, ext, channel, None)
 }
 
-/// Decodes audio held in memory. `max_seconds` bounds the decoded length.
+/// Decodes audio held in memory at its own sample rate. `max_seconds` bounds the decoded length.
 pub fn decode_bytes(
     bytes: Vec<u8>,
     ext_hint: Option<&str>,
     channel: ChannelSelect,
     max_seconds: Option<f64>,
 ) -> Result<DecodedAudio, AudioError> {
+    let limits = DecodeLimits {
+        max_seconds,
+        cancelled: None,
+    };
+    decode_guarded(bytes, ext_hint, channel, None, &limits)
+}
+
+/// Decodes audio held in memory straight to `rate` Hz, resampling packet by packet, so memory
+/// grows with the audio's length at `rate`, never at the source's rate.
+pub fn decode_bytes_at(
+    bytes: Vec<u8>,
+    ext_hint: Option<&str>,
+    channel: ChannelSelect,
+    rate: u32,
+    limits: &DecodeLimits,
+) -> Result<DecodedAudio, AudioError> {
+    decode_guarded(bytes, ext_hint, channel, Some(rate), limits)
+}
+
+fn decode_guarded(
+    bytes: Vec<u8>,
+    ext_hint: Option<&str>,
+    channel: ChannelSelect,
+    out_rate: Option<u32>,
+    limits: &DecodeLimits,
+) -> Result<DecodedAudio, AudioError> {
     let ext = ext_hint.map(str::to_owned);
-    std::panic::catch_unwind(move || decode_inner(bytes, ext.as_deref(), channel, max_seconds))
-        .unwrap_or_else(|_| {
-            Err(AudioError::Decode(
-                "the decoder failed on malformed data".into(),
-            ))
-        })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        decode_inner(bytes, ext.as_deref(), channel, out_rate, limits)
+    }))
+    .unwrap_or_else(|_| {
+        Err(AudioError::Decode(
+            "the decoder failed on malformed data".into(),
+        ))
+    })
+}
+
+/// Turns one channel layout into mono samples, then into the output rate.
+struct Sink {
+    out_rate: Option<u32>,
+    resampler: Option<StreamResampler>,
+    mono: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl Sink {
+    /// Samples at the output rate that `frames` frames at `rate` become.
+    fn out_len(&self, frames: usize, rate: u32) -> f64 {
+        match self.out_rate {
+            Some(to) => frames as f64 * to as f64 / rate as f64,
+            None => frames as f64,
+        }
+    }
+
+    fn push(&mut self, rate: u32) -> Result<(), AudioError> {
+        let Some(to) = self.out_rate else {
+            self.out.append(&mut self.mono);
+            return Ok(());
+        };
+        if self
+            .resampler
+            .as_ref()
+            .is_some_and(|r| r.input_rate() != rate)
+        {
+            // The stream changed rate: finish the old stretch, start a new one.
+            if let Some(mut r) = self.resampler.take() {
+                r.flush(&mut self.out);
+            }
+        }
+        if self.resampler.is_none() {
+            self.resampler = Some(StreamResampler::new(rate, to)?);
+        }
+        if let Some(r) = self.resampler.as_mut() {
+            r.push(&self.mono, &mut self.out);
+        }
+        self.mono.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Vec<f32> {
+        if let Some(mut r) = self.resampler.take() {
+            r.flush(&mut self.out);
+        }
+        self.out
+    }
+}
+
+fn too_long(max: f64) -> AudioError {
+    AudioError::TooLong {
+        limit_s: max as u64,
+    }
 }
 
 fn decode_inner(
     bytes: Vec<u8>,
     ext_hint: Option<&str>,
     channel: ChannelSelect,
-    max_seconds: Option<f64>,
+    out_rate: Option<u32>,
+    limits: &DecodeLimits,
 ) -> Result<DecodedAudio, AudioError> {
     if bytes.is_empty() {
         return Err(AudioError::Empty);
     }
+    let cancelled = || limits.cancelled.as_ref().is_some_and(|c| c());
     let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = ext_hint {
@@ -114,18 +221,40 @@ fn decode_inner(
         .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
         .ok_or(AudioError::NoAudioTrack)?;
     let track_id = track.id;
+    let mut rate = track.codec_params.sample_rate.unwrap_or(0);
+    let mut channels = track.codec_params.channels.map(|c| c.count()).unwrap_or(0);
+    // The container's declared length, where it has one (WAV, FLAC, Ogg): a file that says it
+    // is too long is refused before anything is decoded.
+    if let (Some(max), Some(frames)) = (limits.max_seconds, track.codec_params.n_frames) {
+        if rate > 0 && frames as f64 > max * rate as f64 {
+            return Err(too_long(max));
+        }
+    }
+    if let Some(r) = out_rate {
+        if !(8_000..=192_000).contains(&r) {
+            return Err(AudioError::BadRate(r));
+        }
+    }
     let mut decoder = symphonia::default::get_codecs()
         .make(&track.codec_params, &DecoderOptions::default())
         .map_err(|e| AudioError::Unsupported(e.to_string()))?;
 
-    let mut rate = track.codec_params.sample_rate.unwrap_or(0);
-    let mut channels = track.codec_params.channels.map(|c| c.count()).unwrap_or(0);
-    let mut mono: Vec<f32> = Vec::new();
+    let mut sink = Sink {
+        out_rate,
+        resampler: None,
+        mono: Vec::new(),
+        out: Vec::new(),
+    };
     let mut buf: Option<SampleBuffer<f32>> = None;
     let mut bad_packets = 0usize;
     let mut good_packets = 0usize;
+    // Output samples so far, counted at the output rate (fractional across rate changes).
+    let mut out_samples = 0.0f64;
 
     loop {
+        if cancelled() {
+            return Err(AudioError::Cancelled);
+        }
         let packet = match format.next_packet() {
             Ok(p) => p,
             Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
@@ -157,12 +286,27 @@ fn decode_inner(
         let spec = *decoded.spec();
         rate = spec.rate;
         channels = spec.channels.count();
+        if !(8_000..=192_000).contains(&rate) {
+            return Err(AudioError::BadRate(rate));
+        }
+        if channels == 0 {
+            return Err(AudioError::Decode("a packet has no channels".into()));
+        }
         if let ChannelSelect::Index(i) = channel {
             if i >= channels {
                 return Err(AudioError::ChannelOutOfRange {
                     requested: i,
                     available: channels,
                 });
+            }
+        }
+        // The limit is checked before this packet's samples are kept.
+        let frames = decoded.frames();
+        out_samples += sink.out_len(frames, rate);
+        if let Some(max) = limits.max_seconds {
+            let out_hz = out_rate.unwrap_or(rate) as f64;
+            if out_samples > max * out_hz {
+                return Err(too_long(max));
             }
         }
         let needed = decoded.capacity() as u64;
@@ -175,34 +319,29 @@ fn decode_inner(
         match channel {
             ChannelSelect::Mix => {
                 let scale = 1.0 / channels as f32;
-                mono.extend(
+                sink.mono.extend(
                     interleaved
                         .chunks_exact(channels)
                         .map(|frame| frame.iter().sum::<f32>() * scale),
                 );
             }
-            ChannelSelect::Index(i) => {
-                mono.extend(interleaved.chunks_exact(channels).map(|f| f[i]))
-            }
+            ChannelSelect::Index(i) => sink
+                .mono
+                .extend(interleaved.chunks_exact(channels).map(|f| f[i])),
         }
-        if let Some(max) = max_seconds {
-            if rate > 0 && mono.len() as f64 > max * rate as f64 {
-                return Err(AudioError::TooLong {
-                    limit_s: max as u64,
-                });
-            }
-        }
+        sink.push(rate)?;
     }
 
-    if mono.is_empty() {
+    let samples = sink.finish();
+    if samples.is_empty() {
         return Err(AudioError::Empty);
     }
     if !(8_000..=192_000).contains(&rate) {
         return Err(AudioError::BadRate(rate));
     }
     Ok(DecodedAudio {
-        samples: mono,
-        sample_rate: rate,
+        samples,
+        sample_rate: out_rate.unwrap_or(rate),
         source_channels: channels,
     })
 }

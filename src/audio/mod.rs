@@ -7,7 +7,9 @@ pub mod decode;
 pub mod g711;
 pub mod resample;
 
-pub use decode::{decode_bytes, decode_file, ChannelSelect, DecodedAudio};
+pub use decode::{
+    decode_bytes, decode_bytes_at, decode_file, ChannelSelect, DecodeLimits, DecodedAudio,
+};
 pub use resample::StreamResampler;
 
 /// The sample rate of everything after the audio stage.
@@ -28,6 +30,8 @@ pub enum AudioError {
     Empty,
     #[error("the audio is longer than the limit of {limit_s} s")]
     TooLong { limit_s: u64 },
+    #[error("decoding was cancelled")]
+    Cancelled,
     #[error("sample rate {0} Hz is not supported (8000 to 192000 Hz)")]
     BadRate(u32),
     #[error("{path}: {source}")]
@@ -38,15 +42,15 @@ pub enum AudioError {
     },
 }
 
-/// Decodes `bytes` (any supported container) and resamples to mono 16 kHz.
+/// Decodes `bytes` (any supported container) to mono 16 kHz within `limits`: memory grows with
+/// the audio's length at 16 kHz whatever the source's rate.
 pub fn load_16k(
     bytes: Vec<u8>,
     ext_hint: Option<&str>,
     channel: ChannelSelect,
-    max_seconds: Option<f64>,
+    limits: &DecodeLimits,
 ) -> Result<DecodedAudio, AudioError> {
-    let decoded = decode_bytes(bytes, ext_hint, channel, max_seconds)?;
-    to_model_rate(decoded)
+    decode_bytes_at(bytes, ext_hint, channel, MODEL_RATE, limits)
 }
 
 /// Resamples decoded audio to [`MODEL_RATE`] (a no-op if it already is).

@@ -18,7 +18,7 @@ use tokio::time::sleep_until;
 
 use crate::client::{self, ClientError, Incoming};
 use crate::protocol::ServerEvent;
-use report::{Level, Report, ServerUsage, TurnRecord};
+use report::{Level, Report, ServerUsage, Snapshot, TurnRecord};
 use speech::Recording;
 
 /// Bench failures.
@@ -73,26 +73,55 @@ fn http_base(url: &str) -> String {
     }
 }
 
-/// Reads `process_cpu_seconds_total` and `process_resident_memory_bytes` from `/metrics`.
-async fn server_usage(http: &reqwest::Client, base: &str, key: Option<&str>) -> Option<(f64, f64)> {
+/// The server's `/metrics` text.
+async fn metrics_text(http: &reqwest::Client, base: &str, key: Option<&str>) -> Option<String> {
     let mut req = http.get(format!("{base}/metrics"));
     if let Some(k) = key {
         req = req.bearer_auth(k);
     }
-    let text = req.send().await.ok()?.text().await.ok()?;
-    let value = |name: &str| {
-        text.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-    };
+    req.send().await.ok()?.text().await.ok()
+}
+
+/// The value of an unlabelled metric, or the sum of a labelled one's series.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = l.strip_prefix(name) else {
+            continue;
+        };
+        let value = if let Some(v) = rest.strip_prefix(' ') {
+            v
+        } else if rest.starts_with('{') {
+            rest.rsplit_once(' ').map(|(_, v)| v).unwrap_or("")
+        } else {
+            continue;
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}
+
+/// Reads `process_cpu_seconds_total` and `process_resident_memory_bytes` from `/metrics`.
+async fn server_usage(http: &reqwest::Client, base: &str, key: Option<&str>) -> Option<(f64, f64)> {
+    let text = metrics_text(http, base, key).await?;
     Some((
-        value("process_cpu_seconds_total")?,
-        value("process_resident_memory_bytes")?,
+        metric(&text, "process_cpu_seconds_total")?,
+        metric(&text, "process_resident_memory_bytes")?,
     ))
+}
+
+/// The server's memory, file descriptors, threads, live sessions and error count.
+async fn snapshot(http: &reqwest::Client, base: &str, key: Option<&str>) -> Option<Snapshot> {
+    let text = metrics_text(http, base, key).await?;
+    Some(Snapshot {
+        rss_mb: metric(&text, "process_resident_memory_bytes")? / 1e6,
+        open_fds: metric(&text, "process_open_fds").unwrap_or(0.0),
+        threads: metric(&text, "process_threads").unwrap_or(0.0),
+        live_sessions: metric(&text, "voxd_live_sessions").unwrap_or(0.0),
+        errors: metric(&text, "voxd_errors_total").unwrap_or(0.0),
+    })
 }
 
 /// Runs every level and returns the report. `on_turn` is called after each turn (progress).
@@ -119,6 +148,7 @@ pub async fn run(
     };
     for &n in &cfg.sessions {
         tracing::info!(sessions = n, "bench level");
+        let start = snapshot(&http, &base, cfg.api_key.as_deref()).await;
         let before = server_usage(&http, &base, cfg.api_key.as_deref()).await;
         // Sample the server's memory while the level runs.
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -160,11 +190,23 @@ pub async fn run(
         let _ = stop_tx.send(true);
         let max_rss = sampler.await.unwrap_or(0.0);
         let after = server_usage(&http, &base, cfg.api_key.as_deref()).await;
+        // The clients have closed their sockets: give the server a moment to tear the sessions
+        // down, then see what is left (a soak's leak check).
+        let mut end = None;
+        for _ in 0..50 {
+            end = snapshot(&http, &base, cfg.api_key.as_deref()).await;
+            if end.is_none_or(|e| e.live_sessions == 0.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let mut level = Level::from_turns(n, &turns, wall);
         if let (Some((cpu0, _)), Some((cpu1, rss1))) = (before, after) {
             level.server = Some(ServerUsage {
                 cpu_cores: (cpu1 - cpu0) / wall,
                 rss_max_mb: max_rss.max(rss1) / 1e6,
+                start,
+                end,
             });
         }
         report.levels.push(level);
@@ -390,6 +432,14 @@ async fn stream_turn(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metrics_are_read_plain_or_summed_over_labels() {
+        let text = "# HELP x y\nprocess_threads 12\nvoxd_errors_total{code=\"a\"} 2\nvoxd_errors_total{code=\"b\"} 3\nprocess_threads_other 9\n";
+        assert_eq!(super::metric(text, "process_threads"), Some(12.0));
+        assert_eq!(super::metric(text, "voxd_errors_total"), Some(5.0));
+        assert_eq!(super::metric(text, "voxd_live_sessions"), None);
+    }
+
     #[test]
     fn http_base_from_realtime_url() {
         assert_eq!(

@@ -76,6 +76,23 @@ pub struct ServerUsage {
     pub cpu_cores: f64,
     /// Largest resident memory seen, MB.
     pub rss_max_mb: f64,
+    /// The server before the level's clients connected.
+    #[serde(default)]
+    pub start: Option<Snapshot>,
+    /// The server after they all left (soak: what did not come back down leaks).
+    #[serde(default)]
+    pub end: Option<Snapshot>,
+}
+
+/// The server's resources at one moment, from its `/metrics`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub rss_mb: f64,
+    pub open_fds: f64,
+    pub threads: f64,
+    pub live_sessions: f64,
+    /// `voxd_errors_total`, all codes.
+    pub errors: f64,
 }
 
 /// One concurrency level.
@@ -174,6 +191,14 @@ impl Report {
                 None => ("-".into(), "-".into()),
             };
             let _ = writeln!(out, " {rtf:>8} {cpu:>6} {rss:>7}");
+            if let Some((a, b)) = l.server.and_then(|s| s.start.zip(s.end)) {
+                let _ = writeln!(
+                    out,
+                    "{:>15} server before -> after: RSS {:.0} -> {:.0} MB, fds {:.0} -> {:.0}, threads {:.0} -> {:.0}, live sessions {:.0} -> {:.0}, errors +{:.0}",
+                    "", a.rss_mb, b.rss_mb, a.open_fds, b.open_fds, a.threads, b.threads,
+                    a.live_sessions, b.live_sessions, b.errors - a.errors
+                );
+            }
             if l.failed + l.cancelled > 0 {
                 let _ = writeln!(
                     out,

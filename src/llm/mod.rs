@@ -61,6 +61,29 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// What a client is told: the error without upstream URLs, upstream bodies or internal
+    /// detail (those go to the server log).
+    pub fn public_message(&self) -> String {
+        match self {
+            LlmError::ContextOverflow { .. } | LlmError::Invalid(_) => self.to_string(),
+            LlmError::Pool(PoolError::Busy { .. }) => {
+                "the language model is busy; try again shortly".into()
+            }
+            LlmError::Unreachable { .. } => "the language model service is unreachable".into(),
+            LlmError::Timeout { .. } => "the language model service did not answer in time".into(),
+            LlmError::Upstream { status, .. } => {
+                format!("the language model service answered with an error (HTTP {status})")
+            }
+            LlmError::Malformed { .. } => {
+                "the language model service sent a malformed answer".into()
+            }
+            LlmError::Load { .. } | LlmError::Compute(_) | LlmError::Pool(_) => {
+                "the language model failed on this request (an internal error; the server logged it)"
+                    .into()
+            }
+        }
+    }
+
     /// The machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {

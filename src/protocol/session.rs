@@ -9,6 +9,28 @@
 use serde_json::{json, Map, Value};
 
 use super::{new_id, ProtocolError};
+
+/// Longest transcription prompt, in bytes. Whisper reads at most 224 prompt tokens (the last
+/// ones), so a longer prompt would only cost tokenizing time on every partial.
+pub const MAX_PROMPT_BYTES: usize = 4096;
+/// Longest `instructions`, in bytes (re-tokenized for every answer).
+pub const MAX_INSTRUCTIONS_BYTES: usize = 32 * 1024;
+
+/// A string that will reach a model: no NUL characters (C APIs end strings there), at most
+/// `max` bytes.
+pub fn check_model_text(value: &str, max: usize, param: &str) -> Result<(), ProtocolError> {
+    if value.contains('\0') {
+        return Err(invalid(param, "must not contain NUL characters"));
+    }
+    if value.len() > max {
+        return Err(ProtocolError::new(
+            "string_too_long",
+            format!("{param} is {} bytes long; the limit is {max}", value.len()),
+        )
+        .param(param));
+    }
+    Ok(())
+}
 use crate::vad::VadParams;
 
 /// `session.type`.
@@ -155,10 +177,11 @@ impl SessionConfig {
             };
         }
         if let Some(v) = obj.get("instructions") {
-            next.instructions = v
+            let text = v
                 .as_str()
-                .ok_or_else(|| invalid("session.instructions", "must be a string"))?
-                .to_string();
+                .ok_or_else(|| invalid("session.instructions", "must be a string"))?;
+            check_model_text(text, MAX_INSTRUCTIONS_BYTES, "session.instructions")?;
+            next.instructions = text.to_string();
         }
         if let Some(v) = obj.get("model").and_then(Value::as_str) {
             next.model = v.to_string();
@@ -464,7 +487,9 @@ fn transcription(v: &Value, next: &mut SessionConfig, param: &str) -> Result<(),
         next.language = match l {
             Value::Null => None,
             Value::String(s) if s.is_empty() => None,
-            Value::String(s) if s.len() <= 8 && s.chars().all(|c| c.is_ascii_alphabetic()) => {
+            Value::String(s)
+                if (2..=8).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphabetic()) =>
+            {
                 Some(s.clone())
             }
             _ => {
@@ -479,7 +504,10 @@ fn transcription(v: &Value, next: &mut SessionConfig, param: &str) -> Result<(),
         next.prompt = match p {
             Value::Null => None,
             Value::String(s) if s.is_empty() => None,
-            Value::String(s) => Some(s.clone()),
+            Value::String(s) => {
+                check_model_text(s, MAX_PROMPT_BYTES, &format!("{param}.prompt"))?;
+                Some(s.clone())
+            }
             _ => return Err(invalid(&format!("{param}.prompt"), "must be a string")),
         };
     }

@@ -104,6 +104,10 @@ pub fn embedding_text(title: &str, heading: &str, text: &str) -> String {
     }
 }
 
+fn input_is_markdown(format: Format) -> bool {
+    format != Format::Text
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, KbError> + Send + 'static,
 ) -> Result<T, KbError> {
@@ -209,6 +213,7 @@ impl KnowledgeBase {
             hasher.update([0]);
         }
         let content_hash = hex::encode(hasher.finalize());
+        let input_format = input.format;
         self.check_model().await?;
 
         // Unchanged: nothing to embed.
@@ -223,31 +228,37 @@ impl KnowledgeBase {
             }
         }
 
-        let reserve = 2 + self.embedder.count_tokens(&title) + 24;
-        let params = ChunkParams::for_model(self.embedder.max_tokens(), reserve);
-        let markdown = input.format != Format::Text;
+        // Chunking counts tokens over the whole document: CPU work, off the async executor.
         let embedder = self.embedder.clone();
-        let count = move |s: &str| embedder.count_tokens(s);
-        let spans = chunk(&text, markdown, params, &count);
-        let mut chunks = Vec::with_capacity(spans.len());
-        let mut chars_before = 0;
-        let mut byte_before = 0;
-        for span in &spans {
-            // Char offsets, counted incrementally (spans are in order but may overlap).
-            if span.start < byte_before {
-                chars_before = text[..span.start].chars().count();
-            } else {
-                chars_before += text[byte_before..span.start].chars().count();
+        let chunk_title = title.clone();
+        let (text, chunks) = blocking(move || {
+            let reserve = 2 + embedder.count_tokens(&chunk_title) + 24;
+            let params = ChunkParams::for_model(embedder.max_tokens(), reserve);
+            let markdown = input_is_markdown(input_format);
+            let count = |s: &str| embedder.count_tokens(s);
+            let spans = chunk(&text, markdown, params, &count);
+            let mut chunks = Vec::with_capacity(spans.len());
+            let mut chars_before = 0;
+            let mut byte_before = 0;
+            for span in &spans {
+                // Char offsets, counted incrementally (spans are in order but may overlap).
+                if span.start < byte_before {
+                    chars_before = text[..span.start].chars().count();
+                } else {
+                    chars_before += text[byte_before..span.start].chars().count();
+                }
+                byte_before = span.start;
+                let body = &text[span.start..span.end];
+                chunks.push(NewChunk {
+                    heading: span.heading.clone(),
+                    text: body.to_string(),
+                    char_start: chars_before,
+                    char_end: chars_before + body.chars().count(),
+                });
             }
-            byte_before = span.start;
-            let body = &text[span.start..span.end];
-            chunks.push(NewChunk {
-                heading: span.heading.clone(),
-                text: body.to_string(),
-                char_start: chars_before,
-                char_end: chars_before + body.chars().count(),
-            });
-        }
+            Ok((text, chunks))
+        })
+        .await?;
         let embed_texts = chunks
             .iter()
             .map(|c| embedding_text(&title, &c.heading, &c.text))
@@ -291,7 +302,7 @@ impl KnowledgeBase {
             });
         }
         let bytes = tokio::fs::read(path).await.map_err(io)?;
-        let ex = extract::extract(&bytes, format)?;
+        let ex = blocking(move || extract::extract(&bytes, format)).await?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let stem = path
             .file_stem()

@@ -66,6 +66,27 @@ impl From<StoreError> for KbError {
 }
 
 impl KbError {
+    /// What a client is told: the error without upstream URLs, upstream bodies, paths or
+    /// database detail (those go to the server log).
+    pub fn public_message(&self) -> String {
+        match self {
+            KbError::Invalid { .. }
+            | KbError::NotFound(_)
+            | KbError::TooLarge { .. }
+            | KbError::ReindexRequired { .. } => self.to_string(),
+            KbError::Embed(EmbedError::Pool(crate::workers::PoolError::Busy { .. })) => {
+                "the embedding model is busy; try again shortly".into()
+            }
+            KbError::Embed(EmbedError::Remote { .. }) => {
+                "the embedding service failed or is unreachable".into()
+            }
+            KbError::Embed(_) => "the embedding model failed on this request".into(),
+            KbError::Store(_) | KbError::Io { .. } | KbError::Internal(_) => {
+                "the knowledge base failed on this request (the server logged the detail)".into()
+            }
+        }
+    }
+
     pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         KbError::Invalid {
             code,

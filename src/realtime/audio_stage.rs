@@ -83,6 +83,8 @@ pub enum AudioSignal {
 const FRAME: usize = 320;
 /// Longest turn kept; older audio of a longer turn is dropped (whisper sees 30 s windows).
 const MAX_TURN_SAMPLES: usize = MODEL_RATE as usize * 120;
+/// How far a turn may run past [`MAX_TURN_SAMPLES`] before its front is trimmed.
+const TRIM_STEP: usize = MODEL_RATE as usize * 10;
 
 struct Stage {
     cfg: StageConfig,
@@ -185,7 +187,8 @@ impl Stage {
         let manual = self.detector.is_none();
         if self.in_turn || manual {
             self.turn.extend_from_slice(frame);
-            if self.turn.len() > MAX_TURN_SAMPLES {
+            // Trimmed in 10 s steps, not every frame: draining the front moves the whole buffer.
+            if self.turn.len() > MAX_TURN_SAMPLES + TRIM_STEP {
                 let excess = self.turn.len() - MAX_TURN_SAMPLES;
                 self.turn.drain(..excess);
                 self.buffer_start += excess as u64;

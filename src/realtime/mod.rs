@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use responses::{AnswerSettings, Answering};
-pub use session::run;
 use session::Out;
+pub use session::{decode_audio, run};
 
 use crate::asr::Asr;
 
@@ -60,46 +60,52 @@ impl Default for Limits {
     }
 }
 
-/// What every session of a server shares.
-#[derive(Clone)]
+/// What one session gets from the server.
 pub struct Shared {
     pub asr: Arc<dyn Asr>,
     /// The LLM and knowledge base, when loaded (responses need them).
     pub answering: Option<Answering>,
     pub limits: Limits,
-    live: Arc<AtomicUsize>,
+    /// The session's place under the server's cap, held until the session ends.
+    _slot: SessionSlot,
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Shared {
-    /// `live` counts open sessions; `shutdown` turning true asks sessions to finish and close.
+    /// `slot` counts the session as live; `shutdown` turning true asks it to finish and close.
     pub fn new(
         asr: Arc<dyn Asr>,
         limits: Limits,
-        live: Arc<AtomicUsize>,
+        slot: SessionSlot,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Shared {
             asr,
             answering: None,
             limits,
-            live,
+            _slot: slot,
             shutdown,
         }
     }
 }
 
-/// Counts a session as live while it exists.
-struct LiveGuard(Arc<AtomicUsize>);
+/// A live session's place under the server's session cap; released when dropped (whether the
+/// session ran or its upgrade never completed).
+pub struct SessionSlot(Arc<AtomicUsize>);
 
-impl LiveGuard {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        LiveGuard(counter.clone())
+impl SessionSlot {
+    /// Takes a place if fewer than `max` are taken: one atomic step, so a burst of connections
+    /// cannot get past the cap.
+    pub fn reserve(live: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| SessionSlot(live.clone()))
     }
 }
 
-impl Drop for LiveGuard {
+impl Drop for SessionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }

@@ -84,6 +84,7 @@ pub struct Finished {
 #[derive(Clone)]
 pub struct Prepared {
     pub question: String,
+    /// What retrieval found (only successful retrievals are prepared).
     pub results: Option<SearchResults>,
 }
 
@@ -109,24 +110,46 @@ fn grounding_of(results: &Option<SearchResults>) -> Grounding<'_> {
     }
 }
 
-/// Searches the knowledge base for `question` (None when it is off, empty or fails).
-pub async fn retrieve(kb: Option<&Arc<KnowledgeBase>>, question: &str) -> Option<SearchResults> {
-    let kb = kb?;
+/// The knowledge base could not be searched (its detail is in the server log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrievalFailed;
+
+/// What a response says when the knowledge base cannot be searched: it never answers ungrounded.
+pub const CANNOT_LOOK_UP: &str =
+    "Sorry, I can't look that up right now. Please try again in a moment.";
+
+/// Searches the knowledge base for `question`: `Ok(None)` when there is none or it is empty,
+/// `Err` when it could not be searched.
+pub async fn retrieve(
+    kb: Option<&Arc<KnowledgeBase>>,
+    question: &str,
+) -> Result<Option<SearchResults>, RetrievalFailed> {
+    let Some(kb) = kb else {
+        return Ok(None);
+    };
     match kb.chunk_count().await {
-        Ok(0) => return None,
+        Ok(0) => return Ok(None),
         Ok(_) => {}
         Err(e) => {
-            tracing::warn!(error = %e, "knowledge base unavailable; answering without it");
-            return None;
+            tracing::error!(error = %e, "knowledge base unavailable; the answer says so");
+            return Err(RetrievalFailed);
         }
     }
     match kb.search(SearchRequest::new(question)).await {
-        Ok(r) => Some(r),
+        Ok(r) => Ok(Some(r)),
         Err(e) => {
-            tracing::warn!(error = %e, "retrieval failed; answering without the knowledge base");
-            None
+            tracing::error!(error = %e, "retrieval failed; the answer says so");
+            Err(RetrievalFailed)
         }
     }
+}
+
+/// Why a response stopped before its model finished.
+enum Stop {
+    Cancelled(&'static str),
+    Failed(LlmError),
+    /// The knowledge base could not be searched.
+    Ungrounded,
 }
 
 /// The messages for a response (shared by the response and the early prefill).
@@ -215,7 +238,7 @@ fn error_body(e: &LlmError) -> ErrorBody {
     ErrorBody {
         kind: "server_error".into(),
         code: Some(e.code().into()),
-        message: e.to_string(),
+        message: e.public_message(),
         param: None,
         event_id: None,
     }
@@ -262,16 +285,16 @@ pub(crate) async fn run(
     let mut retrieval_ms = 0.0;
     let mut first_delta: Option<Instant> = None;
     // The work that cancel can interrupt at any point.
-    let outcome: Result<(), Result<&'static str, LlmError>> = async {
+    let outcome: Result<(), Stop> = async {
         let t = Instant::now();
         results = match (params.use_kb, prepared) {
             (false, _) => None,
             (true, Some(p)) if p.question == user => p.results,
             (true, _) => tokio::select! {
                 biased;
-                reason = &mut cancel => return Err(Ok(reason.unwrap_or("client_cancelled"))),
+                reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
                 r = retrieve(answering.kb.as_ref(), &user)
-                    .instrument(tracing::info_span!("retrieval")) => r,
+                    .instrument(tracing::info_span!("retrieval")) => r.map_err(|_| Stop::Ungrounded)?,
             },
         };
         retrieval_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -297,13 +320,13 @@ pub(crate) async fn run(
         let generating = Instant::now();
         let mut stream = tokio::select! {
             biased;
-            reason = &mut cancel => return Err(Ok(reason.unwrap_or("client_cancelled"))),
-            s = answering.llm.generate(req).instrument(llm_span.clone()) => s.map_err(Err)?,
+            reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
+            s = answering.llm.generate(req).instrument(llm_span.clone()) => s.map_err(Stop::Failed)?,
         };
         loop {
             tokio::select! {
                 biased;
-                reason = &mut cancel => return Err(Ok(reason.unwrap_or("client_cancelled"))),
+                reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
                 ev = stream.next() => match ev {
                     Some(Ok(LlmEvent::Delta(d))) => {
                         if first_delta.is_none() {
@@ -320,8 +343,8 @@ pub(crate) async fn run(
                         });
                     }
                     Some(Ok(LlmEvent::Done { usage: u, .. })) => { usage = u; return Ok(()); }
-                    Some(Err(e)) => return Err(Err(e)),
-                    None => return Err(Err(LlmError::Compute("the generation ended without finishing".into()))),
+                    Some(Err(e)) => return Err(Stop::Failed(e)),
+                    None => return Err(Stop::Failed(LlmError::Compute("the generation ended without finishing".into()))),
                 },
             }
         }
@@ -330,18 +353,33 @@ pub(crate) async fn run(
 
     let (status, details) = match &outcome {
         Ok(()) => ("completed", Value::Null),
-        Err(Ok(reason)) => (
+        Err(Stop::Cancelled(reason)) => (
             "cancelled",
             json!({ "type": "cancelled", "reason": reason }),
         ),
-        Err(Err(e)) => {
+        Err(Stop::Ungrounded) => {
+            // Fail closed: say so rather than answer from the model's own memory.
+            text = CANNOT_LOOK_UP.to_string();
+            out.send(ServerEvent::OutputTextDelta {
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index: 0,
+                content_index: 0,
+                delta: text.clone(),
+            });
+            (
+                "failed",
+                json!({ "type": "failed", "error": { "type": "server_error", "code": "retrieval_failed", "message": "the knowledge base could not be searched, so no answer was generated" } }),
+            )
+        }
+        Err(Stop::Failed(e)) => {
             tracing::warn!(error = %e, code = e.code(), "response failed");
             out.send(ServerEvent::Error {
                 error: error_body(e),
             });
             (
                 "failed",
-                json!({ "type": "failed", "error": { "type": "server_error", "code": e.code(), "message": e.to_string() } }),
+                json!({ "type": "failed", "error": { "type": "server_error", "code": e.code(), "message": e.public_message() } }),
             )
         }
     };

@@ -17,7 +17,7 @@ use super::partials::Partials;
 use super::responses::{
     self, Answering, ConvItem, Finished, Prepared, ResponseJob, ResponseParams,
 };
-use super::{LiveGuard, Shared};
+use super::Shared;
 use crate::asr::{Asr, AsrError, Priority, Request, Transcript};
 use crate::audio::g711::Law;
 use crate::prompt::Role;
@@ -26,6 +26,20 @@ use crate::protocol::{
     new_id, parse_client_event, ClientEvent, InputFormat, Item, ProtocolError, ServerEvent,
     SessionConfig, SessionKind,
 };
+
+/// Most conversation items a session keeps (older ones are forgotten).
+pub const MAX_ITEMS: usize = 512;
+/// Most text a session's conversation keeps, in bytes (older items are forgotten).
+pub const MAX_CONVERSATION_BYTES: usize = 1 << 20;
+/// Longest text of one conversation item, in bytes.
+pub const MAX_ITEM_BYTES: usize = 100_000;
+/// Most samples in one message to the audio stage: a large append is split, so the bounded
+/// queue to the stage holds at most 64 of these (4 MiB) per session.
+const AUDIO_CHUNK: usize = 16_384;
+
+/// Turns of one session that may wait for their final transcript at once; more fail with
+/// `server_busy`.
+pub const MAX_PENDING_TURNS: usize = 4;
 
 /// Close codes.
 const NORMAL: u16 = 1000;
@@ -142,7 +156,6 @@ pub async fn run(socket: WebSocket, shared: Shared, kind: SessionKind) {
 }
 
 async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
-    let _live = LiveGuard::new(&shared.live);
     let (ws_tx, mut ws_rx) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(shared.limits.out_queue);
     let (close_tx, close_rx) = tokio::sync::oneshot::channel();
@@ -215,9 +228,12 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
                         }
                     }
                     Message::Binary(bytes) => {
+                        if bytes.len() > limits.max_append_bytes {
+                            out.error(&too_large(limits.max_append_bytes, None));
+                            continue;
+                        }
                         match decode_audio(&bytes, config.input_format) {
-                            Ok(samples) if samples.is_empty() => {}
-                            Ok(samples) => if audio_tx.send(AudioInput::Audio(samples)).await.is_err() { close = (NORMAL, ""); break; },
+                            Ok(samples) => if !send_audio(&audio_tx, samples).await { close = (NORMAL, ""); break; },
                             Err(e) => { out.error(&e); }
                         }
                     }
@@ -318,17 +334,7 @@ async fn handle_text(
         ClientEvent::AppendAudio { audio } => {
             // Check the size before decoding: base64 is 4 bytes for every 3.
             if audio.len() / 4 * 3 > limits.max_append_bytes {
-                out.error(
-                    &ProtocolError::new(
-                        "audio_too_large",
-                        format!(
-                            "one append may carry at most {} bytes of audio",
-                            limits.max_append_bytes
-                        ),
-                    )
-                    .param("audio")
-                    .event(event_id),
-                );
+                out.error(&too_large(limits.max_append_bytes, event_id));
                 return true;
             }
             let bytes = match base64::engine::general_purpose::STANDARD.decode(audio.as_bytes()) {
@@ -346,8 +352,7 @@ async fn handle_text(
                 }
             };
             match decode_audio(&bytes, config.input_format) {
-                Ok(s) if s.is_empty() => return true,
-                Ok(s) => AudioInput::Audio(s),
+                Ok(s) => return send_audio(audio_tx, s).await,
                 Err(e) => {
                     out.error(&e.event(event_id));
                     return true;
@@ -404,8 +409,37 @@ async fn handle_text(
     audio_tx.send(input).await.is_ok()
 }
 
-/// Decodes raw audio bytes in the session's input format to samples.
-fn decode_audio(bytes: &[u8], format: InputFormat) -> Result<Vec<f32>, ProtocolError> {
+/// The error for an append (JSON or binary) over the byte limit.
+fn too_large(limit: usize, event_id: Option<String>) -> ProtocolError {
+    ProtocolError::new(
+        "audio_too_large",
+        format!("one append may carry at most {limit} bytes of audio"),
+    )
+    .param("audio")
+    .event(event_id)
+}
+
+/// Sends samples to the audio stage in chunks of at most [`AUDIO_CHUNK`], waiting while its
+/// queue is full; false once the stage has gone.
+async fn send_audio(audio_tx: &mpsc::Sender<AudioInput>, samples: Vec<f32>) -> bool {
+    if samples.len() <= AUDIO_CHUNK {
+        return samples.is_empty() || audio_tx.send(AudioInput::Audio(samples)).await.is_ok();
+    }
+    for chunk in samples.chunks(AUDIO_CHUNK) {
+        if audio_tx
+            .send(AudioInput::Audio(chunk.to_vec()))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Decodes raw audio bytes in the session's input format (PCM16 little-endian, G.711 μ-law or
+/// A-law) to samples in [-1, 1].
+pub fn decode_audio(bytes: &[u8], format: InputFormat) -> Result<Vec<f32>, ProtocolError> {
     crate::metrics::global()
         .audio_bytes_in
         .add(bytes.len() as u64);
@@ -670,8 +704,35 @@ impl Hub {
                     text: f.text,
                 },
             );
+            self.trim_conversation();
         }
         debug!(response = %f.response_id, status = f.status, "response ended");
+    }
+
+    /// Keeps the conversation within [`MAX_ITEMS`] and [`MAX_CONVERSATION_BYTES`] by forgetting
+    /// the oldest items (the prompt only ever uses the newest ones), so a long or hostile session
+    /// cannot grow without bound.
+    fn trim_conversation(&mut self) {
+        let mut bytes: usize = self.conversation.iter().map(|i| i.text.len()).sum();
+        let mut drop = 0;
+        while self.conversation.len() - drop > 1
+            && (self.conversation.len() - drop > MAX_ITEMS || bytes > MAX_CONVERSATION_BYTES)
+        {
+            bytes -= self.conversation[drop].text.len();
+            drop += 1;
+        }
+        if drop == 0 {
+            return;
+        }
+        self.conversation.drain(..drop);
+        for slot in self.answer_slots.values_mut() {
+            *slot = slot.saturating_sub(drop);
+        }
+        debug!(
+            forgotten = drop,
+            kept = self.conversation.len(),
+            "conversation at its limit: oldest items forgotten"
+        );
     }
 
     /// Starts a response to the latest user message.
@@ -707,6 +768,15 @@ impl Hub {
         };
         let opts = self.opts.borrow().clone();
         let get = |k: &str| overrides.and_then(|o| o.get(k));
+        if let Some(text) = get("instructions").and_then(|v| v.as_str()) {
+            if let Err(e) = crate::protocol::session::check_model_text(
+                text,
+                crate::protocol::session::MAX_INSTRUCTIONS_BYTES,
+                "response.instructions",
+            ) {
+                return self.out.error(&e.event(event_id));
+            }
+        }
         let instructions = get("instructions")
             .and_then(|v| v.as_str())
             .map(str::to_string)
@@ -791,7 +861,11 @@ impl Hub {
         self.preparing = Some(tokio::spawn(
             async move {
                 let results = if opts.knowledge_base {
-                    responses::retrieve(answering.kb.as_ref(), &question).await
+                    match responses::retrieve(answering.kb.as_ref(), &question).await {
+                        Ok(r) => r,
+                        // The response retries, and says it cannot look it up if that fails too.
+                        Err(_) => return,
+                    }
                 } else {
                     None
                 };
@@ -841,6 +915,7 @@ impl Hub {
                         role,
                         text: text.clone(),
                     });
+                    self.trim_conversation();
                     let item = Item::text(&id, role.as_str(), &text, "completed");
                     self.out.send(ServerEvent::ItemAdded {
                         previous_item_id: previous_item_id.clone(),
@@ -1040,7 +1115,18 @@ impl Hub {
         };
         if !speculative {
             ending.waiting_for = None;
-            self.spawn_job(turn.seq, JobKind::Final, audio);
+            // A session's share of the recogniser: at most MAX_PENDING_TURNS of its turns wait
+            // for a final transcript, so one client cannot fill the queue for everyone.
+            let pending = self.ending.iter().filter(|e| e.result.is_none()).count();
+            if pending >= MAX_PENDING_TURNS {
+                warn!(
+                    pending,
+                    "too many turns waiting for transcription in this session"
+                );
+                ending.result = Some(Err(AsrError::Busy { queued: pending }));
+            } else {
+                self.spawn_job(turn.seq, JobKind::Final, audio);
+            }
         }
         self.ending.push_back(ending);
         ok && self.flush()
@@ -1162,6 +1248,7 @@ impl Hub {
                             role: Role::User,
                             text,
                         });
+                        self.trim_conversation();
                         let opts = self.opts.borrow().clone();
                         if ok && opts.realtime && opts.create_response && e.speech_end_ms.is_some()
                         {
@@ -1178,7 +1265,13 @@ impl Hub {
                     content_index: 0,
                     error: crate::protocol::ErrorBody {
                         kind: "server_error".into(),
-                        code: Some("transcription_failed".into()),
+                        code: Some(
+                            match err {
+                                AsrError::Busy { .. } => "server_busy",
+                                _ => "transcription_failed",
+                            }
+                            .into(),
+                        ),
                         message: err.to_string(),
                         param: None,
                         event_id: None,
@@ -1227,8 +1320,8 @@ fn parse_item(item: &serde_json::Value) -> Result<(Role, String, Option<String>)
     if text.trim().is_empty() {
         return Err("the message has no text".into());
     }
-    if text.len() > 100_000 {
-        return Err("the message is longer than 100000 bytes".into());
+    if text.len() > MAX_ITEM_BYTES {
+        return Err(format!("the message is longer than {MAX_ITEM_BYTES} bytes"));
     }
     let id = item.get("id").and_then(|i| i.as_str()).map(str::to_string);
     Ok((role, text, id))

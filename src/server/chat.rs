@@ -32,7 +32,8 @@ impl From<LlmError> for ApiError {
             LlmError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError::new(status, e.code(), e.to_string())
+        tracing::warn!(error = %e, code = e.code(), "language model request failed");
+        ApiError::new(status, e.code(), e.public_message())
     }
 }
 

@@ -81,6 +81,13 @@ impl IntoResponse for ApiError {
 
 impl From<AudioError> for ApiError {
     fn from(e: AudioError) -> Self {
+        if let AudioError::Cancelled = e {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_shutting_down",
+                "the server is stopping",
+            );
+        }
         let code = match e {
             AudioError::TooLong { .. } => "audio_too_long",
             AudioError::Empty => "empty_audio",
@@ -100,6 +107,12 @@ impl From<AsrError> for ApiError {
                 e.to_string(),
             ),
             AsrError::NoAudio => ApiError::bad_request("empty_audio", e.to_string()),
+            AsrError::InvalidPrompt(_) => {
+                ApiError::bad_request("invalid_prompt", e.to_string()).with_param("prompt")
+            }
+            AsrError::InvalidLanguage(_) => {
+                ApiError::bad_request("invalid_language", e.to_string()).with_param("language")
+            }
             _ => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "asr_failed",

@@ -36,7 +36,10 @@ impl From<KbError> for ApiError {
             KbError::Embed(crate::rag::embed::EmbedError::Remote { .. }) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError::new(status, e.code(), e.to_string())
+        if status.is_server_error() {
+            tracing::warn!(error = %e, code = e.code(), "knowledge-base request failed");
+        }
+        ApiError::new(status, e.code(), e.public_message())
     }
 }
 
@@ -168,7 +171,10 @@ pub async fn add_document(
         }
         .into());
     }
-    let ex = extract::extract(&bytes, format)?;
+    // HTML and Markdown extraction is CPU work: off the async executor.
+    let ex = tokio::task::spawn_blocking(move || extract::extract(&bytes, format))
+        .await
+        .map_err(|e| KbError::Internal(e.to_string()))??;
     let get = |k: &str| fields.get(k).map(String::as_str).filter(|s| !s.is_empty());
     let mut metadata = serde_json::Map::new();
     for (k, v) in ex.metadata {

@@ -8,20 +8,21 @@
 
 pub mod chat;
 pub mod error;
+pub mod guard;
 pub mod kb;
 pub mod loading;
 pub mod realtime;
 pub mod transcriptions;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -45,8 +46,16 @@ pub struct ServerSettings {
     /// Required on every API route when set (`Authorization: Bearer`, or for browsers the
     /// `openai-insecure-api-key.<key>` WebSocket subprotocol).
     pub api_key: Option<String>,
-    /// Browser origins allowed to open realtime sessions; empty = any.
+    /// Browser origins allowed besides the server's own and loopback ones (see [`guard`]).
     pub allowed_origins: Vec<String>,
+    /// Host names accepted besides the bind address and loopback names (see [`guard`]).
+    pub allowed_hosts: Vec<String>,
+    /// The address the server listens on, for the Host check (`None`: any host).
+    pub bind: Option<SocketAddr>,
+    /// Longest audio the transcription endpoint decodes, in seconds.
+    pub max_audio_seconds: f64,
+    /// Uploads decoded or transcribed at once; more get 503.
+    pub max_transcriptions: usize,
     /// Concurrent realtime sessions; more get 503.
     pub max_sessions: usize,
     pub limits: Limits,
@@ -60,6 +69,10 @@ impl Default for ServerSettings {
             max_upload_bytes: 25 << 20,
             api_key: None,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            bind: None,
+            max_audio_seconds: 30.0 * 60.0,
+            max_transcriptions: 4,
             max_sessions: 64,
             limits: Limits::default(),
             answer: AnswerSettings::default(),
@@ -78,12 +91,15 @@ pub struct AppState {
     pub max_upload_bytes: usize,
     /// Longest decoded upload accepted, in seconds.
     pub max_audio_seconds: f64,
-    api_key: Option<String>,
-    allowed_origins: Vec<String>,
+    /// Permits for uploads being decoded or transcribed.
+    pub transcriptions: Arc<tokio::sync::Semaphore>,
+    access: guard::Access,
     pub max_sessions: usize,
     pub limits: Limits,
     live: Arc<AtomicUsize>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Set when the server stops: long computations on behalf of requests give up.
+    stopping: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -102,14 +118,31 @@ impl AppState {
             llm: Loading::new("the language model", "llm_unavailable"),
             answer: s.answer,
             max_upload_bytes: s.max_upload_bytes,
-            max_audio_seconds: 4.0 * 3600.0,
-            api_key: s.api_key.filter(|k| !k.is_empty()),
-            allowed_origins: s.allowed_origins,
+            max_audio_seconds: s.max_audio_seconds,
+            transcriptions: Arc::new(tokio::sync::Semaphore::new(s.max_transcriptions.max(1))),
+            access: guard::Access {
+                api_key: s.api_key.filter(|k| !k.is_empty()),
+                allowed_origins: s.allowed_origins,
+                allowed_hosts: s.allowed_hosts,
+                bind: s.bind,
+            },
             max_sessions: s.max_sessions,
             limits: s.limits,
             live: Arc::new(AtomicUsize::new(0)),
             shutdown: tokio::sync::watch::channel(false).0,
+            stopping: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether the server is stopping.
+    pub fn stopping(&self) -> Arc<AtomicBool> {
+        self.stopping.clone()
+    }
+
+    /// Reserves a realtime session slot, or `None` at the cap. Checking and counting are one
+    /// atomic step, so a burst of connections cannot get past the cap.
+    fn reserve_session(&self) -> Option<crate::realtime::SessionSlot> {
+        crate::realtime::SessionSlot::reserve(&self.live, self.max_sessions)
     }
 
     /// Realtime sessions open now.
@@ -117,22 +150,15 @@ impl AppState {
         self.live.load(Ordering::SeqCst)
     }
 
-    fn live_counter(&self) -> Arc<AtomicUsize> {
-        self.live.clone()
-    }
-
     fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
 
-    /// Asks every realtime session to finish its turn and close (code 1001).
+    /// Asks every realtime session to finish its turn and close (code 1001), and stops the
+    /// speech recogniser's running and queued work.
     pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
-    }
-
-    fn origin_allowed(&self, origin: &str) -> bool {
-        self.allowed_origins.is_empty()
-            || self.allowed_origins.iter().any(|o| o == origin || o == "*")
     }
 
     /// Installs the loaded speech recogniser (the server becomes ready).
@@ -253,50 +279,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(kb::embeddings).layer(DefaultBodyLimit::max(limit)),
         )
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_api_key,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::check))
         .with_state(state)
-}
-
-/// Compares without an early exit, so the key's length of matching prefix does not leak by timing.
-fn same_key(given: &str, key: &str) -> bool {
-    let (a, b) = (given.as_bytes(), key.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(key) = state.api_key.as_deref() else {
-        return next.run(req).await;
-    };
-    let path = req.uri().path();
-    if matches!(path, "/" | "/healthz" | "/readyz") || asset(path).is_some() {
-        return next.run(req).await;
-    }
-    let headers = req.headers();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|k| same_key(k.trim(), key));
-    let subprotocol = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|p| p.trim().strip_prefix("openai-insecure-api-key."))
-        .any(|k| same_key(k, key));
-    if bearer || subprotocol {
-        next.run(req).await
-    } else {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
-            "a valid API key is required: send `Authorization: Bearer <key>`",
-        )
-        .into_response()
-    }
 }
 
 /// The browser demo and the JavaScript SDK, compiled into the binary so they work from any
@@ -334,6 +318,10 @@ const WEB_ASSETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The demo's Content-Security-Policy: its own scripts and styles only, no inline code, no
+/// framing; connections to its own server (the realtime socket included).
+const DEMO_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; connect-src 'self'; worker-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 fn asset(path: &str) -> Option<&'static (&'static str, &'static str, &'static str)> {
     WEB_ASSETS.iter().find(|(p, _, _)| *p == path)
 }
@@ -344,6 +332,10 @@ fn asset_response(path: &str) -> Response {
             [
                 (header::CONTENT_TYPE, *content_type),
                 (header::CACHE_CONTROL, "no-cache"),
+                (header::CONTENT_SECURITY_POLICY, DEMO_CSP),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::REFERRER_POLICY, "no-referrer"),
+                (header::X_FRAME_OPTIONS, "DENY"),
             ],
             *body,
         )
@@ -373,7 +365,27 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+async fn readyz(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let (status, body) = readiness(&state);
+    // The models and failure reasons are for operators: with an API key set, callers without
+    // it see only the status.
+    let authenticated = state.access.api_key.is_none()
+        || headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|k| state.access.key_matches(k.trim()));
+    if authenticated {
+        (status, Json(body))
+    } else {
+        (status, Json(json!({ "status": body["status"] })))
+    }
+}
+
+fn readiness(state: &AppState) -> (StatusCode, serde_json::Value) {
     let parts = (
         state
             .kb
@@ -385,18 +397,22 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         (Err(reason), _) | (_, Err(reason)) => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not_ready", "reason": reason })),
+                json!({ "status": "not_ready", "reason": reason }),
             )
         }
     };
-    match state.asr() {
+    let asr = state
+        .asr()
+        .map_err(|e| e.message)
+        .and_then(|asr| asr.check_ready().map(|()| asr));
+    match asr {
         Ok(asr) => (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "asr": asr.describe(), "kb": kb, "llm": llm })),
+            json!({ "status": "ready", "asr": asr.describe(), "kb": kb, "llm": llm }),
         ),
-        Err(e) => (
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": e.message })),
+            json!({ "status": "not_ready", "reason": reason }),
         ),
     }
 }
@@ -413,7 +429,14 @@ fn not_found_path(path: &str) -> ApiError {
     )
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// The longest a stop takes after the signal: in-flight requests and sessions that have not
+/// finished by then are dropped.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves `state` on `listener` until `shutdown` resolves, then stops within
+/// [`SHUTDOWN_DEADLINE`]: new connections are refused at once, upload decodes stop, realtime
+/// sessions finish their turns for [`Limits::shutdown_grace`] and close with 1001, then the
+/// speech recogniser's remaining work is cancelled.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -423,14 +446,37 @@ pub async fn serve(
     info!(%addr, "listening");
     let sessions = state.clone();
     let grace = state.limits.shutdown_grace;
+    let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         // Stop accepting; realtime sessions finish their turns and close with 1001.
         sessions.begin_shutdown();
+        let _ = fired_tx.send(());
     };
-    axum::serve(listener, router(state.clone()))
+    let server = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(signal)
-        .await?;
+        .into_future();
+    tokio::pin!(server);
+    let stopper = state.clone();
+    let deadline = async move {
+        if fired_rx.await.is_err() {
+            return std::future::pending().await;
+        }
+        // Turns in flight get the grace period; then the recogniser stops what is left
+        // (uploads still transcribing get 503).
+        tokio::time::sleep(grace + Duration::from_secs(1)).await;
+        if let Some(asr) = stopper.asr.get() {
+            asr.stop();
+        }
+        tokio::time::sleep(SHUTDOWN_DEADLINE.saturating_sub(grace + Duration::from_secs(1))).await;
+    };
+    tokio::select! {
+        r = &mut server => r?,
+        _ = deadline => {
+            warn!(sessions = state.live_sessions(), "requests still running at the shutdown deadline; stopping anyway");
+            return Ok(());
+        }
+    }
     // Upgraded sockets are not HTTP connections: wait for the sessions themselves.
     let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(3);
     while state.live_sessions() > 0 && tokio::time::Instant::now() < deadline {
@@ -441,6 +487,9 @@ pub async fn serve(
             sessions = state.live_sessions(),
             "closing with sessions still open"
         );
+    }
+    if let Some(asr) = state.asr.get() {
+        asr.stop();
     }
     Ok(())
 }

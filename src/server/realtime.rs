@@ -1,12 +1,13 @@
 //! `GET /v1/realtime`: the OpenAI Realtime API over a WebSocket (the URL the official SDKs build
-//! from a base URL ending in `/v1`). Checks come before the upgrade: readiness (503), the session
-//! cap (503) and allowed origins (403); the API key is checked by the auth layer for every route.
+//! from a base URL ending in `/v1`). Checks come before the upgrade: readiness (503) and the
+//! session cap (503, reserved atomically); Host, Origin and the API key are checked for every
+//! route by [`super::guard`].
 
 use std::sync::Arc;
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
@@ -33,7 +34,6 @@ pub struct RealtimeQuery {
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
     Query(query): Query<RealtimeQuery>,
-    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let ws = ws.map_err(|e| {
@@ -43,18 +43,8 @@ pub async fn upgrade(
             format!("this endpoint speaks WebSocket: {e}"),
         )
     })?;
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        if !state.origin_allowed(origin) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "origin_not_allowed",
-                format!("origin {origin} is not allowed (--allowed-origins)"),
-            ));
-        }
-    }
     let asr = state.asr()?;
-    let live = state.live_sessions();
-    if live >= state.max_sessions {
+    let Some(slot) = state.reserve_session() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_sessions",
@@ -63,18 +53,13 @@ pub async fn upgrade(
                 state.max_sessions
             ),
         ));
-    }
+    };
     let kind = match query.intent.as_deref() {
         Some("transcription") => SessionKind::Transcription,
         _ => SessionKind::Realtime,
     };
     crate::metrics::global().sessions.inc();
-    let mut shared = Shared::new(
-        asr,
-        state.limits.clone(),
-        state.live_counter(),
-        state.shutdown_signal(),
-    );
+    let mut shared = Shared::new(asr, state.limits.clone(), slot, state.shutdown_signal());
     shared.answering = state.answering();
     Ok(ws
         .protocols(["realtime"])

@@ -2,12 +2,13 @@
 //! `model` (accepted, the loaded model answers), `language`, `prompt` and `response_format`
 //! (`json`, `text`, `verbose_json`, `srt`, `vtt`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -16,7 +17,16 @@ use tracing::info;
 use super::error::ApiError;
 use super::AppState;
 use crate::asr::{Priority, Request, Transcript};
-use crate::audio::{self, ChannelSelect};
+use crate::audio::{self, ChannelSelect, DecodeLimits};
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -86,21 +96,39 @@ pub async fn transcribe(
             .with_param("file")
     })?;
     if let Some(l) = &language {
-        if l.len() > 8 || !l.chars().all(|c| c.is_ascii_alphabetic()) {
-            return Err(ApiError::bad_request(
-                "invalid_language",
-                format!("`{l}` is not a language code"),
-            )
-            .with_param("language"));
-        }
+        crate::asr::check_language(l)
+            .map_err(|m| ApiError::bad_request("invalid_language", m).with_param("language"))?;
+    }
+    if let Some(p) = &prompt {
+        crate::protocol::session::check_model_text(p, crate::asr::MAX_PROMPT_BYTES, "prompt")
+            .map_err(|e| ApiError::bad_request("invalid_prompt", e.message).with_param("prompt"))?;
     }
     let asr = state.asr()?;
+    // At most `--max-transcriptions` uploads are decoded or transcribed at once: each holds its
+    // decoded audio (up to `--max-audio-minutes` at 16 kHz) until it is done.
+    let _permit = state.transcriptions.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            "the server is transcribing as many uploads as it allows (--max-transcriptions); try again shortly",
+        )
+    })?;
 
     let started = Instant::now();
     let upload_bytes = bytes.len();
-    let max_seconds = state.max_audio_seconds;
+    // The decode stops between packets when this request is dropped (the client went away) or
+    // the server stops.
+    let gone = Arc::new(AtomicBool::new(false));
+    let _gone_on_drop = SetOnDrop(gone.clone());
+    let stopping = state.stopping();
+    let limits = DecodeLimits {
+        max_seconds: Some(state.max_audio_seconds),
+        cancelled: Some(Arc::new(move || {
+            gone.load(Ordering::Relaxed) || stopping.load(Ordering::Relaxed)
+        })),
+    };
     let decoded = tokio::task::spawn_blocking(move || {
-        audio::load_16k(bytes, ext.as_deref(), channel, Some(max_seconds))
+        audio::load_16k(bytes, ext.as_deref(), channel, &limits)
     })
     .await
     .map_err(|_| ApiError::bad_request("invalid_audio", "the audio could not be decoded"))??;

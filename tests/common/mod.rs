@@ -2,6 +2,8 @@
 //! whisper pool per test binary, and a real server on a loopback port.
 #![allow(dead_code)]
 
+pub mod bomb;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 

@@ -1,0 +1,312 @@
+//! The checks every request passes before its route runs, in this order:
+//!
+//! 1. **Host**: the `Host` header must name this server (the bind address, `localhost` or a
+//!    loopback address, or one of `--allowed-hosts`), so a DNS-rebinding page cannot reach the API
+//!    through a name it controls. Skipped when the server listens on every interface
+//!    (`0.0.0.0`, `::`) without `--allowed-hosts`: it cannot know its own names there.
+//! 2. **Origin**: a browser request (it carries `Origin`) must come from the server's own origin
+//!    or, with no API key set, a loopback origin; `--allowed-origins` lists more (`*`: any). With
+//!    an API key and no `--allowed-origins`, any origin may call (the key is the protection).
+//! 3. **API key**, when one is set: every route but the public ones (`/`, the demo's assets,
+//!    `/healthz`, `/readyz`) needs `Authorization: Bearer <key>` or, for browsers, the
+//!    `openai-insecure-api-key.<key>` WebSocket subprotocol. Compared in constant time.
+//! 4. **Content type**: JSON routes take `application/json` only (a cross-site form or a
+//!    `text/plain` body is refused with 415), so a page cannot send them without a CORS preflight.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use super::AppState;
+
+/// Who may call the server, from its settings.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Required on every API route when set.
+    pub api_key: Option<String>,
+    /// Extra browser origins (`*`: any).
+    pub allowed_origins: Vec<String>,
+    /// Extra host names (`*`: any).
+    pub allowed_hosts: Vec<String>,
+    /// The address the server listens on (its own host name for the Host check).
+    pub bind: Option<SocketAddr>,
+}
+
+impl Access {
+    /// Whether `host` (a Host header: name or address, optional port) names this server.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        if self.allowed_hosts.iter().any(|h| h == "*") {
+            return true;
+        }
+        let name = host_name(host);
+        if self
+            .allowed_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+            || is_loopback(name)
+        {
+            return true;
+        }
+        match self.bind {
+            Some(addr) if addr.ip().is_unspecified() => self.allowed_hosts.is_empty(),
+            Some(addr) => name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip == addr.ip()),
+            None => true,
+        }
+    }
+
+    /// Whether a browser on `origin` may call the server reached as `host`.
+    pub fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/');
+        if self.allowed_origins.iter().any(|o| o == "*" || o == origin) {
+            return true;
+        }
+        // The server's own origin: the demo page it serves.
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        let Some(authority) = authority else {
+            // `null` (sandboxed frames, files) and other schemes are never our own page.
+            return false;
+        };
+        if host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
+            return true;
+        }
+        if !self.allowed_origins.is_empty() {
+            return false;
+        }
+        // With a key, the key protects; without one, only pages on this machine.
+        self.api_key.is_some() || is_loopback(host_name(authority))
+    }
+
+    /// Whether `given` is the API key (constant time, whatever the lengths).
+    pub fn key_matches(&self, given: &str) -> bool {
+        let Some(key) = self.api_key.as_deref() else {
+            return true;
+        };
+        let (a, b) = (
+            Sha256::digest(given.as_bytes()),
+            Sha256::digest(key.as_bytes()),
+        );
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+/// The name in a Host header or an origin's authority, without the port.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [::1]:8080
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+fn is_loopback(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Routes open without the API key.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/" | "/healthz" | "/readyz") || super::asset(path).is_some()
+}
+
+/// Routes whose body is JSON.
+fn takes_json(method: &Method, path: &str) -> bool {
+    method == Method::POST
+        && matches!(
+            path,
+            "/v1/kb/search" | "/v1/chat/completions" | "/v1/embeddings"
+        )
+}
+
+/// Routes that take JSON or a multipart upload.
+fn takes_json_or_form(method: &Method, path: &str) -> bool {
+    method == Method::POST && path == "/v1/kb/documents"
+}
+
+/// The middleware: Host, Origin, API key, content type.
+pub async fn check(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match verdict(&state.access, &req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn verdict(access: &Access, req: &Request) -> Result<(), ApiError> {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    if let Some(h) = host {
+        if !access.host_allowed(h) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                "this server does not answer to that host name (--allowed-hosts)",
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| access.origin_allowed(o, host));
+        if !allowed {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "requests from this web page's origin are not allowed (--allowed-origins)",
+            ));
+        }
+    }
+    let path = req.uri().path();
+    if access.api_key.is_some() && !is_public(path) {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|k| access.key_matches(k.trim()));
+        let subprotocol = headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|p| p.trim().strip_prefix("openai-insecure-api-key."))
+            .any(|k| access.key_matches(k));
+        if !(bearer || subprotocol) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "a valid API key is required: send `Authorization: Bearer <key>`",
+            ));
+        }
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_ascii_lowercase());
+    let json = content_type
+        .as_deref()
+        .is_some_and(|c| c.starts_with("application/json"));
+    let form = content_type
+        .as_deref()
+        .is_some_and(|c| c.starts_with("multipart/form-data"));
+    let method = req.method();
+    if (takes_json(method, path) && !json) || (takes_json_or_form(method, path) && !json && !form) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            if takes_json(method, path) {
+                "send the body as JSON with `Content-Type: application/json`"
+            } else {
+                "send JSON (`Content-Type: application/json`) or a multipart/form-data upload"
+            },
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> Access {
+        Access {
+            bind: Some("127.0.0.1:8080".parse().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn host_names_are_checked_against_the_bind_address_and_loopback() {
+        let a = open();
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "localhost",
+            "[::1]:8080",
+            "app.localhost",
+        ] {
+            assert!(a.host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "evil.example",
+            "10.0.0.5:8080",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!a.host_allowed(bad), "{bad}");
+        }
+        let listed = Access {
+            allowed_hosts: vec!["voice.example.org".into()],
+            ..open()
+        };
+        assert!(listed.host_allowed("voice.example.org:443"));
+        let lan = Access {
+            bind: Some("192.168.1.9:8080".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(lan.host_allowed("192.168.1.9:8080"));
+        assert!(!lan.host_allowed("evil.example"));
+        let any = Access {
+            bind: Some("0.0.0.0:8080".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(any.host_allowed("whatever.example"));
+    }
+
+    #[test]
+    fn origins_are_own_or_loopback_without_a_key() {
+        let a = open();
+        let host = Some("127.0.0.1:8080");
+        assert!(a.origin_allowed("http://127.0.0.1:8080", host));
+        assert!(a.origin_allowed("http://localhost:3000", host));
+        assert!(!a.origin_allowed("https://evil.example", host));
+        assert!(!a.origin_allowed("null", host));
+        // The page's own origin, reached by a name the operator allowed.
+        assert!(a.origin_allowed("https://voice.example.org", Some("voice.example.org")));
+        let keyed = Access {
+            api_key: Some("k".into()),
+            ..open()
+        };
+        assert!(keyed.origin_allowed("https://app.example", host));
+        let listed = Access {
+            allowed_origins: vec!["https://app.example".into()],
+            api_key: Some("k".into()),
+            ..open()
+        };
+        assert!(listed.origin_allowed("https://app.example", host));
+        assert!(!listed.origin_allowed("https://other.example", host));
+        assert!(!listed.origin_allowed("http://localhost:3000", host));
+    }
+
+    #[test]
+    fn keys_compare_by_content_only() {
+        let a = Access {
+            api_key: Some("secret".into()),
+            ..open()
+        };
+        assert!(a.key_matches("secret"));
+        assert!(!a.key_matches("secreT"));
+        assert!(!a.key_matches("secret-and-more"));
+        assert!(!a.key_matches(""));
+    }
+}
