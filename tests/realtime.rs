@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use voxd::client::{self, Incoming, Receiver, Sender};
+use voxd::client::{self, Receiver, Sender};
 use voxd::protocol::ServerEvent;
 use voxd::server::ServerSettings;
 use voxd::wer::wer;
@@ -18,32 +18,7 @@ const GUARD: Duration = Duration::from_secs(180);
 /// under load, so tests that count partials or make load take turns.
 static SPEECH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Reads events until `done` holds for what was read, the socket closes, or the guard expires.
-async fn read_until(
-    rx: &mut Receiver,
-    mut done: impl FnMut(&[ServerEvent]) -> bool,
-) -> (Vec<ServerEvent>, Option<u16>) {
-    let mut events = Vec::new();
-    let read = async {
-        while let Some(msg) = rx.next().await {
-            match msg.expect("socket ok") {
-                Incoming::Event(e) => {
-                    events.push(e);
-                    if done(&events) {
-                        return None;
-                    }
-                }
-                Incoming::Other(v) => panic!("unknown event {v}"),
-                Incoming::Closed { code, .. } => return Some(code),
-            }
-        }
-        Some(1006)
-    };
-    let closed = tokio::time::timeout(GUARD, read)
-        .await
-        .expect("the server stopped answering");
-    (events, closed)
-}
+use common::read_until;
 
 fn completed(events: &[ServerEvent]) -> Vec<String> {
     events

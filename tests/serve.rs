@@ -8,25 +8,26 @@ use std::time::Duration;
 
 use voxd::client::{self, Incoming};
 
-#[tokio::test]
-async fn sigterm_closes_sessions_with_1001_and_exits_cleanly() {
-    let serve = common::ServeProcess::start(&["--asr-pool".as_ref(), "1".as_ref()]);
-    let addr = serve.addr.clone();
-
-    // Wait until the model is loaded.
-    let base = format!("http://{addr}");
-    let mut ready = false;
+/// Waits until the server's models are loaded (`/readyz` 200).
+async fn wait_ready(base: &str) {
     for _ in 0..600 {
         if reqwest::get(format!("{base}/readyz"))
             .await
             .is_ok_and(|r| r.status() == 200)
         {
-            ready = true;
-            break;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ready, "never ready");
+    panic!("never ready");
+}
+
+#[tokio::test]
+async fn sigterm_closes_sessions_with_1001_and_exits_cleanly() {
+    let serve = common::ServeProcess::start(&["--asr-pool".as_ref(), "1".as_ref()]);
+    let addr = serve.addr.clone();
+
+    wait_ready(&format!("http://{addr}")).await;
 
     let (_tx, mut rx) = client::connect(&format!("ws://{addr}/v1/realtime"), None)
         .await
@@ -115,18 +116,7 @@ async fn sigterm_stops_the_server_while_a_long_upload_decodes() {
         "1440".as_ref(),
     ]);
     let base = format!("http://{}", serve.addr);
-    let mut ready = false;
-    for _ in 0..600 {
-        if reqwest::get(format!("{base}/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "never ready");
+    wait_ready(&base).await;
     // Three hours of 192 kHz audio whose length only decoding reveals: minutes of work.
     let bomb = common::bomb::silent_flac(192_000, 3 * 3600, false);
     let upload = tokio::spawn(async move {

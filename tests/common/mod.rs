@@ -329,3 +329,36 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Hang guard for reading realtime events: a broken server must fail the test, not stall CI.
+/// Not a speed target.
+pub const READ_GUARD: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Reads realtime events until `done` holds for what was read, the socket closes (its close
+/// code is returned), or [`READ_GUARD`] expires (the test fails).
+pub async fn read_until(
+    rx: &mut voxd::client::Receiver,
+    mut done: impl FnMut(&[voxd::protocol::ServerEvent]) -> bool,
+) -> (Vec<voxd::protocol::ServerEvent>, Option<u16>) {
+    use voxd::client::Incoming;
+    let mut events = Vec::new();
+    let read = async {
+        while let Some(msg) = rx.next().await {
+            match msg.expect("socket ok") {
+                Incoming::Event(e) => {
+                    events.push(e);
+                    if done(&events) {
+                        return None;
+                    }
+                }
+                Incoming::Other(v) => panic!("unknown event {v}"),
+                Incoming::Closed { code, .. } => return Some(code),
+            }
+        }
+        Some(1006)
+    };
+    let closed = tokio::time::timeout(READ_GUARD, read)
+        .await
+        .expect("the server stopped answering");
+    (events, closed)
+}
