@@ -616,7 +616,8 @@ async fn start_child_server(extra: &[String], no_llm: bool) -> Result<(ChildServ
     }
     let mut child = cmd
         .args(extra)
-        .env("RUST_LOG", "info")
+        // whisper.cpp reports every aborted transcription as an error: not the server's errors.
+        .env("RUST_LOG", "info,whisper_rs=off")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
