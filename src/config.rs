@@ -150,6 +150,10 @@ pub struct KbArgs {
     /// Largest document accepted, in MiB [default: 5].
     #[arg(long, env = "VOXD_KB_MAX_DOCUMENT_MB")]
     pub kb_max_document_mb: Option<u64>,
+    /// Largest knowledge-base database, in MiB; a document that would grow it beyond is refused
+    /// (507 `kb_full`) [default: no limit].
+    #[arg(long, env = "VOXD_KB_MAX_MB")]
+    pub kb_max_mb: Option<u64>,
 }
 
 /// Language-model settings.
@@ -229,6 +233,7 @@ struct FileKb {
     min_score: Option<f32>,
     top_k: Option<usize>,
     max_document_mb: Option<u64>,
+    max_mb: Option<u64>,
 }
 
 /// Knowledge-base configuration.
@@ -244,6 +249,8 @@ pub struct KbConfig {
     pub min_score: f32,
     pub top_k: usize,
     pub max_document_bytes: usize,
+    /// Largest database file; `None`: no limit.
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -555,6 +562,13 @@ impl Config {
                 message: format!("{max_doc_mb} is outside 1..=1024"),
             });
         }
+        let max_kb_mb = kb.kb_max_mb.or(fk.max_mb);
+        if max_kb_mb.is_some_and(|m| !(1..=1_048_576).contains(&m)) {
+            return Err(ConfigError::Invalid {
+                setting: "kb_max_mb",
+                message: format!("{} is outside 1..=1048576", max_kb_mb.unwrap_or(0)),
+            });
+        }
         let embed_url = kb
             .embed_url
             .clone()
@@ -585,6 +599,7 @@ impl Config {
             min_score,
             top_k,
             max_document_bytes: (max_doc_mb as usize) << 20,
+            max_bytes: max_kb_mb.map(|m| m << 20),
         };
 
         let fl = file.llm;

@@ -501,3 +501,79 @@ async fn an_answer_fails_closed_when_the_knowledge_base_cannot_be_searched() {
     let text = format!("{events:?}");
     assert!(!text.contains("127.0.0.1"), "{text}");
 }
+
+#[tokio::test]
+async fn a_full_knowledge_base_refuses_a_document_whole() {
+    // A database limited to 384 KiB (`--kb-max-mb` in miniature): documents go in until one
+    // would not fit.
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        voxd::rag::store::SqliteStore::open_limited(&dir.path().join("kb.sqlite"), Some(384 << 10))
+            .unwrap();
+    let kb = voxd::rag::KnowledgeBase::new(
+        Arc::new(store),
+        common::embedder(),
+        voxd::rag::KbSettings::default(),
+    );
+    let base = common::start_kb_server(ServerSettings::default(), kb).await;
+    let http = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for n in 0..60 {
+        let text: String = (0..120)
+            .map(|i| format!("Document {n} sentence {i} says the workshop {i} opens at {n}. "))
+            .collect();
+        let title = format!("Notes {n}");
+        let r = http
+            .post(format!("{base}/v1/kb/documents"))
+            .json(&json!({"title": title, "text": text}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        match status {
+            201 => accepted.push(title),
+            507 => {
+                assert_eq!(body["error"]["code"], "kb_full", "{body}");
+                assert!(
+                    !body["error"]["message"].as_str().unwrap().contains('/'),
+                    "{body}"
+                );
+                refused = Some(title);
+                break;
+            }
+            s => panic!("{s} {body}"),
+        }
+    }
+    let refused = refused.expect("the limit was never reached");
+    assert!(!accepted.is_empty());
+    // Nothing of the refused document is stored; every accepted one is whole.
+    let list: Value = http
+        .get(format!("{base}/v1/kb/documents"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let titles: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles.len(), accepted.len(), "{list}");
+    assert!(!titles.contains(&refused.as_str()), "{list}");
+    for d in list["data"].as_array().unwrap() {
+        assert!(d["chunks"].as_u64().unwrap() > 0, "{d}");
+    }
+    // The knowledge base still answers.
+    let r = http
+        .post(format!("{base}/v1/kb/search"))
+        .json(&json!({"query": "When does workshop 7 open?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

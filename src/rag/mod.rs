@@ -81,6 +81,9 @@ impl KbError {
                 "the embedding service failed or is unreachable".into()
             }
             KbError::Embed(_) => "the embedding model failed on this request".into(),
+            KbError::Store(StoreError::Full { .. }) => {
+                "the knowledge base is full: delete documents or raise --kb-max-mb".into()
+            }
             KbError::Store(_) | KbError::Io { .. } | KbError::Internal(_) => {
                 "the knowledge base failed on this request (the server logged the detail)".into()
             }
@@ -103,6 +106,7 @@ impl KbError {
             KbError::ReindexRequired { .. } => "reindex_required",
             KbError::Embed(EmbedError::Pool(_)) => "server_busy",
             KbError::Embed(_) => "embedding_failed",
+            KbError::Store(StoreError::Full { .. }) => "kb_full",
             KbError::Store(_) | KbError::Io { .. } | KbError::Internal(_) => "kb_unavailable",
         }
     }

@@ -59,8 +59,8 @@ pub async fn embedder(cfg: &KbConfig, models: &ModelStore) -> Result<Arc<dyn Emb
 /// Opens the store and the embedder.
 pub async fn open(cfg: &KbConfig, models: &ModelStore) -> Result<KnowledgeBase, KbError> {
     let embedder = embedder(cfg, models).await?;
-    let path = cfg.path.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+    let (path, max_bytes) = (cfg.path.clone(), cfg.max_bytes);
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open_limited(&path, max_bytes))
         .await
         .map_err(|e| KbError::Internal(e.to_string()))??;
     tracing::info!(path = %cfg.path.display(), model = embedder.model_name(), "knowledge base open");

@@ -30,6 +30,9 @@ impl From<KbError> for ApiError {
             KbError::NotFound(_) => StatusCode::NOT_FOUND,
             KbError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             KbError::ReindexRequired { .. } => StatusCode::CONFLICT,
+            KbError::Store(crate::rag::store::StoreError::Full { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             KbError::Embed(crate::rag::embed::EmbedError::Pool(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

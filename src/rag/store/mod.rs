@@ -21,6 +21,8 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("the knowledge base {path} is full (its size limit, or the disk)")]
+    Full { path: String },
     #[error("could not create {path}: {source}")]
     Io {
         path: String,

@@ -109,6 +109,13 @@ fn doc_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DocumentInfo> {
 impl SqliteStore {
     /// Opens (creating if needed) the knowledge base at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_limited(path, None)
+    }
+
+    /// [`SqliteStore::open`], with the database file limited to `max_bytes`: a write that would
+    /// grow it beyond fails with [`StoreError::Full`] and changes nothing (each write is one
+    /// transaction). A database already larger keeps its size but cannot grow.
+    pub fn open_limited(path: &Path, max_bytes: Option<u64>) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
                 path: dir.display().to_string(),
@@ -124,6 +131,15 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| store.sqlite(e))?;
         store.migrate(&mut conn)?;
+        if let Some(max) = max_bytes {
+            let page: u64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+                .map_err(|e| store.sqlite(e))? as u64;
+            let pages = (max / page.max(1)).max(1);
+            // The limit holds for this connection, the only one that writes.
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(|e| store.sqlite(e))?;
+        }
         *store.writer.lock().unwrap_or_else(|p| p.into_inner()) = conn;
         Ok(store)
     }
@@ -134,6 +150,11 @@ impl SqliteStore {
     }
 
     fn err(path: &Path, source: rusqlite::Error) -> StoreError {
+        if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return StoreError::Full {
+                path: path.display().to_string(),
+            };
+        }
         StoreError::Sqlite {
             path: path.display().to_string(),
             source,
