@@ -469,6 +469,38 @@ async fn an_answer_fails_closed_when_the_knowledge_base_cannot_be_searched() {
         common::start_full(ServerSettings::default(), Some(kb), Some(common::llm())).await;
     let (mut tx, mut rx) = client::connect(&url, None).await.unwrap();
     read_until(&mut rx, |e| !e.is_empty()).await;
+    let rate = 24_000;
+    tx.update_session(json!({"type": "realtime",
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": rate}}}}))
+        .await
+        .unwrap();
+    read_until(&mut rx, |e| e.iter().any(|e| e.kind() == "session.updated")).await;
+    let check = |events: &[ServerEvent]| {
+        let done = events
+            .iter()
+            .find_map(|e| match e {
+                ServerEvent::ResponseDone { response } => Some(response.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(done["status"], "failed", "{done}");
+        assert_eq!(
+            done["status_details"]["error"]["code"], "retrieval_failed",
+            "{done}"
+        );
+        let said: String = events
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::OutputTextDelta { delta, .. } => Some(delta.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(said, voxd::realtime::responses::CANNOT_LOOK_UP);
+        // Nothing upstream leaks to the client: no URL, no port.
+        let text = format!("{events:?}");
+        assert!(!text.contains("127.0.0.1"), "{text}");
+    };
+    // A typed question.
     for v in [
         json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
                "content": [{"type": "input_text", "text": "How much does a basic service cost?"}]}}),
@@ -477,29 +509,21 @@ async fn an_answer_fails_closed_when_the_knowledge_base_cannot_be_searched() {
         tx.send_text(v.to_string()).await.unwrap();
     }
     let (events, _) = read_until(&mut rx, |e| e.iter().any(|e| e.kind() == "response.done")).await;
-    let done = events
-        .iter()
-        .find_map(|e| match e {
-            ServerEvent::ResponseDone { response } => Some(response.clone()),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(done["status"], "failed", "{done}");
-    assert_eq!(
-        done["status_details"]["error"]["code"], "retrieval_failed",
-        "{done}"
+    check(&events);
+    // A spoken one: heard, transcribed, and answered the same way.
+    let mut audio = common::speak(dir.path(), "What time do you open on Sunday?", rate);
+    audio.extend(vec![0.0; rate as usize * 2]);
+    tx.stream(&audio, rate, 20, true, false).await.unwrap();
+    let (events, _) = read_until(&mut rx, |e| e.iter().any(|e| e.kind() == "response.done")).await;
+    let heard = events.iter().find_map(|e| match e {
+        ServerEvent::TranscriptionCompleted { transcript, .. } => Some(transcript.clone()),
+        _ => None,
+    });
+    assert!(
+        heard.is_some_and(|t| wer("what time do you open on sunday", &t) <= 0.3),
+        "{events:?}"
     );
-    let said: String = events
-        .iter()
-        .filter_map(|e| match e {
-            ServerEvent::OutputTextDelta { delta, .. } => Some(delta.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(said, voxd::realtime::responses::CANNOT_LOOK_UP);
-    // Nothing upstream leaks to the client: no URL, no port.
-    let text = format!("{events:?}");
-    assert!(!text.contains("127.0.0.1"), "{text}");
+    check(&events);
 }
 
 #[tokio::test]
