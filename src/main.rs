@@ -380,7 +380,7 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
                     .llm
                     .instructions
                     .clone()
-                    .unwrap_or_else(|| voxd::realtime::responses::DEFAULT_INSTRUCTIONS.into()),
+                    .unwrap_or_else(|| voxd::realtime::answer::DEFAULT_INSTRUCTIONS.into()),
                 max_tokens: cfg.llm.max_tokens,
                 temperature: cfg.llm.temperature,
                 ..Default::default()

@@ -495,7 +495,7 @@ async fn an_answer_fails_closed_when_the_knowledge_base_cannot_be_searched() {
                 _ => None,
             })
             .collect();
-        assert_eq!(said, voxd::realtime::responses::CANNOT_LOOK_UP);
+        assert_eq!(said, voxd::realtime::answer::CANNOT_LOOK_UP);
         // Nothing upstream leaks to the client: no URL, no port.
         let text = format!("{events:?}");
         assert!(!text.contains("127.0.0.1"), "{text}");

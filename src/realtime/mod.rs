@@ -7,10 +7,19 @@
 //!          └────────────Command (response.*, conversation.*)──────────▶ conversation, responses)
 //! ```
 //!
-//! The hub keeps the conversation and starts [`responses`]: each runs as its own task (retrieve,
-//! prompt, stream the LLM) and can be cancelled at any point; a person who starts talking during
-//! a response interrupts it (barge-in). While the person pauses, the speculative transcript is
-//! used to retrieve and to prefill the LLM's prompt ahead of the end of the turn.
+//! Where each part lives:
+//!
+//! - [`session`](self::session): the reader loop, from upgrade to close.
+//! - `input`: decoding appended audio; `out`: the bounded outgoing queue and the writer.
+//! - [`audio_stage`]: resampling, VAD and the turn's audio buffer, on a thread of its own.
+//! - `hub`: the session's task that routes everything below, in order.
+//! - `turns`: the turn being spoken and those waiting for their transcript (ASR jobs, partials
+//!   through [`partials`], speculative finals).
+//! - `conversation`: the items and history, bounded.
+//! - `responses`: starting, cancelling and finishing responses, and the early retrieval and
+//!   prefill while the person pauses; [`answer`]: one response's task (retrieve, prompt, stream
+//!   the LLM), cancellable at any point. A person who starts talking during a response
+//!   interrupts it (barge-in).
 //!
 //! All queues are bounded. The reader waits when the audio stage is behind (backpressure to the
 //! client's socket). Partial snapshots are dropped when the hub is behind. Outgoing events go
@@ -18,18 +27,26 @@
 //! the session ends with close code 1013 ("try again later") rather than buffering without bound.
 //! When the socket closes, every task of the session ends and the live-session gauge drops.
 
+pub mod answer;
 pub mod audio_stage;
+mod conversation;
+mod hub;
+mod input;
+mod out;
 pub mod partials;
-pub mod responses;
+mod responses;
 mod session;
+mod turns;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use responses::{AnswerSettings, Answering};
-use session::Out;
-pub use session::{decode_audio, run};
+pub use answer::{AnswerSettings, Answering};
+pub use conversation::{MAX_CONVERSATION_BYTES, MAX_ITEMS, MAX_ITEM_BYTES};
+pub use input::decode_audio;
+pub use session::run;
+pub use turns::MAX_PENDING_TURNS;
 
 use crate::asr::Asr;
 

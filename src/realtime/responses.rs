@@ -1,489 +1,278 @@
-//! Responses: one answer to the conversation so far, grounded in the knowledge base and streamed
-//! as OpenAI Realtime `response.*` events.
-//!
-//! A response runs as its own task: retrieve (or reuse what was retrieved while the person was
-//! still talking), build the prompt, stream the LLM's deltas, then close with `response.done`.
-//! A cancel (`response.cancel`, or the person starting to talk again) stops it at once: the LLM
-//! stream is dropped, which stops the generation loop, and no delta follows the cancel.
+//! The responses of one session: starting one (with what it answers and its parameters),
+//! cancelling it, putting its answer into the conversation when it ends, and the early
+//! retrieval and prefill while the person pauses. Each response itself runs as a task
+//! ([`answer::run`](super::answer::run)).
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
-use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, Instrument};
 
-use super::Out;
-use crate::llm::{GenerateRequest, Llm, LlmError, LlmEvent, Usage};
-use crate::prompt::{self, ChatMessage, Grounding, PromptInput, Role};
-use crate::protocol::{ErrorBody, Item, ServerEvent};
-use crate::rag::{KnowledgeBase, SearchRequest, SearchResults};
+use super::answer::{self, Answering, Finished, Prepared, ResponseJob, ResponseParams};
+use super::conversation::{self, ConvItem, Conversation};
+use super::hub::SessionOptions;
+use super::out::Out;
+use crate::prompt::Role;
+use crate::protocol::{new_id, ProtocolError, ServerEvent};
 
-/// Server-wide answering settings.
-#[derive(Debug, Clone)]
-pub struct AnswerSettings {
-    /// Used when the session sets no `instructions`.
-    pub instructions: String,
-    pub max_tokens: usize,
-    pub temperature: f32,
-    /// Token budget for earlier turns in the prompt.
-    pub history_tokens: usize,
-    /// Repetition penalty (1 = off). Off by default: it pushes a small model away from the
-    /// very figures it should repeat from the passages.
-    pub repeat_penalty: f32,
-    /// End a spoken answer at its first blank line.
-    pub stop_at_paragraph: bool,
+/// The response being generated.
+struct ActiveResponse {
+    id: String,
+    cancel: Option<oneshot::Sender<&'static str>>,
 }
 
-impl Default for AnswerSettings {
-    fn default() -> Self {
-        AnswerSettings {
-            instructions: DEFAULT_INSTRUCTIONS.into(),
-            max_tokens: 160,
-            temperature: 0.0,
-            history_tokens: 600,
-            repeat_penalty: 1.0,
-            stop_at_paragraph: true,
-        }
-    }
-}
-
-/// The default system instructions.
-pub const DEFAULT_INSTRUCTIONS: &str = "You are a helpful voice assistant. Your answers are \
-spoken aloud, so answer in one to three short sentences of plain text, without lists or markdown.";
-
-/// What sessions need to answer: the model, the knowledge base, the settings.
-#[derive(Clone)]
-pub struct Answering {
-    pub llm: Arc<dyn Llm>,
-    pub kb: Option<Arc<KnowledgeBase>>,
-    pub settings: AnswerSettings,
-}
-
-/// A response's parameters, fixed when it starts.
-#[derive(Debug, Clone)]
-pub struct ResponseParams {
-    pub instructions: String,
-    pub max_tokens: usize,
-    pub use_kb: bool,
-    pub citations_event: bool,
-    pub modalities: Vec<String>,
-}
-
-/// How a response ended, reported to the hub.
-pub struct Finished {
-    pub response_id: String,
-    pub item_id: String,
-    /// The assistant's text as sent (possibly cut short).
-    pub text: String,
-    pub status: &'static str,
-}
-
-/// Retrieval done ahead of time for a question.
-#[derive(Clone)]
-pub struct Prepared {
-    pub question: String,
-    /// What retrieval found (only successful retrievals are prepared).
-    pub results: Option<SearchResults>,
-}
-
-/// Everything a response task needs.
-pub struct ResponseJob {
-    pub response_id: String,
-    pub item_id: String,
-    pub params: ResponseParams,
-    /// Earlier turns.
-    pub history: Vec<ChatMessage>,
-    /// The user's words being answered.
-    pub user: String,
-    pub prepared: Option<Prepared>,
-    /// When the person stopped talking (for the timing extension).
-    pub speech_stopped_at: Option<Instant>,
-}
-
-fn grounding_of(results: &Option<SearchResults>) -> Grounding<'_> {
-    match results {
-        None => Grounding::None,
-        Some(r) if r.grounded => Grounding::Passages(&r.passages),
-        Some(_) => Grounding::NothingFound,
-    }
-}
-
-/// The knowledge base could not be searched (its detail is in the server log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetrievalFailed;
-
-/// What a response says when the knowledge base cannot be searched: it never answers ungrounded.
-pub const CANNOT_LOOK_UP: &str =
-    "Sorry, I can't look that up right now. Please try again in a moment.";
-
-/// Searches the knowledge base for `question`: `Ok(None)` when there is none or it is empty,
-/// `Err` when it could not be searched.
-pub async fn retrieve(
-    kb: Option<&Arc<KnowledgeBase>>,
-    question: &str,
-) -> Result<Option<SearchResults>, RetrievalFailed> {
-    let Some(kb) = kb else {
-        return Ok(None);
-    };
-    match kb.chunk_count().await {
-        Ok(0) => return Ok(None),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "knowledge base unavailable; the answer says so");
-            return Err(RetrievalFailed);
-        }
-    }
-    match kb.search(SearchRequest::new(question)).await {
-        Ok(r) => Ok(Some(r)),
-        Err(e) => {
-            tracing::error!(error = %e, "retrieval failed; the answer says so");
-            Err(RetrievalFailed)
-        }
-    }
-}
-
-/// Why a response stopped before its model finished.
-enum Stop {
-    Cancelled(&'static str),
-    Failed(LlmError),
-    /// The knowledge base could not be searched.
-    Ungrounded,
-}
-
-/// The messages for a response (shared by the response and the early prefill).
-pub fn messages(
-    answering: &Answering,
-    instructions: &str,
-    results: &Option<SearchResults>,
-    history: &[ChatMessage],
-    user: &str,
-) -> Vec<ChatMessage> {
-    let llm = answering.llm.clone();
-    prompt::build(
-        &PromptInput {
-            instructions,
-            grounding: grounding_of(results),
-            history,
-            user,
-            history_budget: answering.settings.history_tokens,
-        },
-        &move |s| llm.count_tokens(s),
-    )
-}
-
-fn citations_json(results: &Option<SearchResults>) -> Value {
-    match results {
-        Some(r) => Value::Array(
-            r.passages
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let mut c = serde_json::to_value(&p.citation).unwrap_or(Value::Null);
-                    c["index"] = json!(i + 1);
-                    c["similarity"] = json!(p.similarity);
-                    c["quote"] = json!(p.text);
-                    c
-                })
-                .collect(),
-        ),
-        None => json!([]),
-    }
-}
-
-fn response_object(
-    id: &str,
-    status: &str,
-    details: Value,
-    output: Vec<Item>,
-    params: &ResponseParams,
-    extra: Option<(&Usage, &Option<SearchResults>, Value)>,
-) -> Value {
-    let mut r = json!({
-        "object": "realtime.response",
-        "id": id,
-        "status": status,
-        "status_details": details,
-        "output": output,
-        "conversation_id": "conv_default",
-        "output_modalities": ["text"],
-        "max_output_tokens": params.max_tokens,
-        "metadata": null,
-        "usage": null,
-    });
-    if let Some((usage, results, timing)) = extra {
-        let citations = citations_json(results);
-        r["metadata"] = json!({
-            "citations": citations.to_string(),
-            "grounded": results.as_ref().map(|r| r.grounded.to_string()).unwrap_or_else(|| "none".into()),
-        });
-        r["usage"] = json!({
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-            "input_tokens": usage.prompt_tokens,
-            "output_tokens": usage.completion_tokens,
-            "input_token_details": {
-                "text_tokens": usage.prompt_tokens,
-                "audio_tokens": 0,
-                "cached_tokens": usage.cached_tokens,
-            },
-            "output_token_details": { "text_tokens": usage.completion_tokens, "audio_tokens": 0 },
-        });
-        r["voxd_timing"] = timing;
-    }
-    r
-}
-
-fn error_body(e: &LlmError) -> ErrorBody {
-    ErrorBody {
-        kind: "server_error".into(),
-        code: Some(e.code().into()),
-        message: e.public_message(),
-        param: None,
-        event_id: None,
-    }
-}
-
-/// Runs one response to the end (or cancel) and reports how it ended.
-pub(crate) async fn run(
-    job: ResponseJob,
-    answering: Answering,
+/// A session's responses.
+pub(super) struct Responses {
+    answering: Option<Answering>,
     out: Out,
-    mut cancel: oneshot::Receiver<&'static str>,
-    done: mpsc::Sender<Finished>,
-) {
-    let started = Instant::now();
-    let ResponseJob {
-        response_id,
-        item_id,
-        params,
-        history,
-        user,
-        prepared,
-        speech_stopped_at,
-    } = job;
-    let rid = response_id.as_str();
-    out.send(ServerEvent::ResponseCreated {
-        response: response_object(rid, "in_progress", Value::Null, vec![], &params, None),
-    });
-    out.send(ServerEvent::OutputItemAdded {
-        response_id: response_id.clone(),
-        output_index: 0,
-        item: Item::text(&item_id, "assistant", "", "in_progress"),
-    });
-    out.send(ServerEvent::ContentPartAdded {
-        response_id: response_id.clone(),
-        item_id: item_id.clone(),
-        output_index: 0,
-        content_index: 0,
-        part: json!({ "type": "output_text", "text": "" }),
-    });
+    opts: watch::Receiver<SessionOptions>,
+    active: Option<ActiveResponse>,
+    finished_tx: mpsc::Sender<Finished>,
+    /// Responses that ended, for [`Responses::finished`].
+    pub(super) finished: mpsc::Receiver<Finished>,
+    prepared_tx: mpsc::Sender<Prepared>,
+    /// Early retrievals that completed, for [`Responses::set_prepared`].
+    pub(super) prepared_rx: mpsc::Receiver<Prepared>,
+    prepared: Option<Prepared>,
+    /// The early retrieval and prefill under way; aborted when the session ends. (Not when the
+    /// person goes on talking: the passages usually stay the same, so the prefix it caches still
+    /// serves the final question.)
+    preparing: Option<tokio::task::JoinHandle<()>>,
+}
 
-    let mut text = String::new();
-    let mut usage = Usage::default();
-    let mut results = None;
-    let mut retrieval_ms = 0.0;
-    let mut first_delta: Option<Instant> = None;
-    // The work that cancel can interrupt at any point.
-    let outcome: Result<(), Stop> = async {
-        let t = Instant::now();
-        results = match (params.use_kb, prepared) {
-            (false, _) => None,
-            (true, Some(p)) if p.question == user => p.results,
-            (true, _) => tokio::select! {
-                biased;
-                reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
-                r = retrieve(answering.kb.as_ref(), &user)
-                    .instrument(tracing::info_span!("retrieval")) => r.map_err(|_| Stop::Ungrounded)?,
+impl Drop for Responses {
+    fn drop(&mut self) {
+        self.stop_preparing();
+    }
+}
+
+impl Responses {
+    pub(super) fn new(
+        answering: Option<Answering>,
+        out: Out,
+        opts: watch::Receiver<SessionOptions>,
+    ) -> Self {
+        let (finished_tx, finished) = mpsc::channel(4);
+        let (prepared_tx, prepared_rx) = mpsc::channel(4);
+        Responses {
+            answering,
+            out,
+            opts,
+            active: None,
+            finished_tx,
+            finished,
+            prepared_tx,
+            prepared_rx,
+            prepared: None,
+            preparing: None,
+        }
+    }
+
+    /// True while a response runs.
+    pub(super) fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Asks the running response to stop; false if there is none.
+    pub(super) fn cancel_active(&mut self, reason: &'static str) -> bool {
+        match self.active.as_mut().and_then(|a| a.cancel.take()) {
+            Some(tx) => {
+                debug!(reason, "cancelling the response");
+                let _ = tx.send(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels the running response and lets a new one start at once (a new turn supersedes
+    /// the answer still running).
+    pub(super) fn supersede(&mut self) {
+        self.cancel_active("turn_detected");
+        self.active = None;
+    }
+
+    /// Forgets what was retrieved ahead (the person spoke again).
+    pub(super) fn forget_prepared(&mut self) {
+        self.prepared = None;
+    }
+
+    /// Keeps an early retrieval for the response that follows.
+    pub(super) fn set_prepared(&mut self, p: Prepared) {
+        self.prepared = Some(p);
+    }
+
+    /// A response ended: its answer goes into the conversation.
+    pub(super) fn finished(&mut self, f: Finished, conversation: &mut Conversation) {
+        if self.active.as_ref().is_some_and(|a| a.id == f.response_id) {
+            self.active = None;
+        }
+        debug!(response = %f.response_id, status = f.status, "response ended");
+        conversation.insert_answer(
+            &f.response_id,
+            ConvItem {
+                id: f.item_id,
+                role: Role::Assistant,
+                text: f.text,
             },
+        );
+    }
+
+    /// Starts a response to the latest user message.
+    pub(super) fn start(
+        &mut self,
+        conversation: &mut Conversation,
+        event_id: Option<String>,
+        overrides: Option<&serde_json::Value>,
+        stopped_at: Option<Instant>,
+    ) -> bool {
+        let Some(answering) = self.answering.clone() else {
+            return self.out.send(ServerEvent::server_error(
+                "llm_unavailable",
+                "the language model is not loaded (still loading, or it failed to load)",
+            ));
         };
-        retrieval_ms = t.elapsed().as_secs_f64() * 1e3;
-        if params.citations_event {
-            out.send(ServerEvent::Citations {
-                response_id: response_id.clone(),
-                grounded: results.as_ref().is_some_and(|r| r.grounded),
-                citations: citations_json(&results),
-            });
+        if self.active.is_some() {
+            return self.out.error(
+                &ProtocolError::new(
+                    "conversation_already_has_active_response",
+                    "a response is in progress; cancel it first (response.cancel)",
+                )
+                .event(event_id),
+            );
         }
-        let msgs = messages(&answering, &params.instructions, &results, &history, &user);
-        let mut req = GenerateRequest::new(msgs);
-        req.cache_points = vec![1, req.messages.len() - 1];
-        req.max_tokens = params.max_tokens;
-        req.temperature = answering.settings.temperature;
-        req.repeat_penalty = answering.settings.repeat_penalty;
-        if answering.settings.stop_at_paragraph {
-            // Spoken answers are a few sentences; after a blank line a small model drifts.
-            req.stop = vec!["\n\n".into()];
-        }
-        // Open from the request to the last token (queue wait, prefill and decoding).
-        let llm_span = tracing::info_span!("llm", first_token_ms = tracing::field::Empty);
-        let generating = Instant::now();
-        let mut stream = tokio::select! {
-            biased;
-            reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
-            s = answering.llm.generate(req).instrument(llm_span.clone()) => s.map_err(Stop::Failed)?,
+        let Some(pos) = conversation
+            .items
+            .iter()
+            .rposition(|i| i.role == Role::User)
+        else {
+            return self.out.error(
+                &ProtocolError::new(
+                    "response_needs_input",
+                    "there is no user message to respond to: speak, or add one with conversation.item.create",
+                )
+                .event(event_id),
+            );
         };
-        loop {
-            tokio::select! {
-                biased;
-                reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
-                ev = stream.next() => match ev {
-                    Some(Ok(LlmEvent::Delta(d))) => {
-                        if first_delta.is_none() {
-                            first_delta = Some(Instant::now());
-                            llm_span.record("first_token_ms", generating.elapsed().as_secs_f64() * 1e3);
-                        }
-                        text.push_str(&d);
-                        out.send(ServerEvent::OutputTextDelta {
-                            response_id: response_id.clone(),
-                            item_id: item_id.clone(),
-                            output_index: 0,
-                            content_index: 0,
-                            delta: d,
-                        });
-                    }
-                    Some(Ok(LlmEvent::Done { usage: u, .. })) => { usage = u; return Ok(()); }
-                    Some(Err(e)) => return Err(Stop::Failed(e)),
-                    None => return Err(Stop::Failed(LlmError::Compute("the generation ended without finishing".into()))),
-                },
+        let opts = self.opts.borrow().clone();
+        let get = |k: &str| overrides.and_then(|o| o.get(k));
+        if let Some(text) = get("instructions").and_then(|v| v.as_str()) {
+            if let Err(e) = crate::protocol::session::check_model_text(
+                text,
+                crate::protocol::session::MAX_INSTRUCTIONS_BYTES,
+                "response.instructions",
+            ) {
+                return self.out.error(&e.event(event_id));
             }
         }
-    }
-    .await;
-
-    let (status, details) = match &outcome {
-        Ok(()) => ("completed", Value::Null),
-        Err(Stop::Cancelled(reason)) => (
-            "cancelled",
-            json!({ "type": "cancelled", "reason": reason }),
-        ),
-        Err(Stop::Ungrounded) => {
-            // Fail closed: say so rather than answer from the model's own memory.
-            text = CANNOT_LOOK_UP.to_string();
-            out.send(ServerEvent::OutputTextDelta {
-                response_id: response_id.clone(),
-                item_id: item_id.clone(),
-                output_index: 0,
-                content_index: 0,
-                delta: text.clone(),
-            });
-            (
-                "failed",
-                json!({ "type": "failed", "error": { "type": "server_error", "code": "retrieval_failed", "message": "the knowledge base could not be searched, so no answer was generated" } }),
-            )
-        }
-        Err(Stop::Failed(e)) => {
-            tracing::warn!(error = %e, code = e.code(), "response failed");
-            out.send(ServerEvent::Error {
-                error: error_body(e),
-            });
-            (
-                "failed",
-                json!({ "type": "failed", "error": { "type": "server_error", "code": e.code(), "message": e.public_message() } }),
-            )
-        }
-    };
-    let item_status = if status == "completed" {
-        "completed"
-    } else {
-        "incomplete"
-    };
-    out.send(ServerEvent::OutputTextDone {
-        response_id: response_id.clone(),
-        item_id: item_id.clone(),
-        output_index: 0,
-        content_index: 0,
-        text: text.clone(),
-    });
-    out.send(ServerEvent::ContentPartDone {
-        response_id: response_id.clone(),
-        item_id: item_id.clone(),
-        output_index: 0,
-        content_index: 0,
-        part: json!({ "type": "output_text", "text": text }),
-    });
-    let item = Item::text(&item_id, "assistant", &text, item_status);
-    out.send(ServerEvent::OutputItemDone {
-        response_id: response_id.clone(),
-        output_index: 0,
-        item: item.clone(),
-    });
-    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-    // The outcome on the `response` span (logs and OTLP traces).
-    let span = tracing::Span::current();
-    span.record("status", status);
-    if let Some(f) = first_delta {
-        span.record("first_token_ms", ms(started, f));
-    }
-    // Signed: OTLP has no unsigned integers (a u64 would be exported as a string).
-    span.record("prompt_tokens", usage.prompt_tokens as i64);
-    span.record("cached_tokens", usage.cached_tokens as i64);
-    span.record("output_tokens", usage.completion_tokens as i64);
-    let m = crate::metrics::global();
-    m.responses.inc(status);
-    if results.is_some() {
-        m.retrieval.observe_ms(retrieval_ms);
-    }
-    if let Some(f) = first_delta {
-        m.llm_queue_wait.observe_ms(usage.queue_ms);
-        m.llm_first_token.observe_ms(ms(started, f));
-        m.llm_tokens_per_second.observe(usage.tokens_per_second);
-        if let Some(s) = speech_stopped_at {
-            m.stopped_to_first_token.observe_ms(ms(s, f));
-        }
-    }
-    if let (Some(s), "completed") = (speech_stopped_at, status) {
-        m.stopped_to_done.observe_duration(s.elapsed());
-    }
-    let timing = json!({
-        "retrieval_ms": retrieval_ms,
-        "grounded": results.as_ref().map(|r| r.grounded),
-        "first_token_ms": first_delta.map(|f| ms(started, f)),
-        "speech_stopped_to_first_token_ms": match (speech_stopped_at, first_delta) {
-            (Some(s), Some(f)) => Some(ms(s, f)),
-            _ => None,
-        },
-        "total_ms": started.elapsed().as_secs_f64() * 1e3,
-        "llm_queue_ms": usage.queue_ms,
-        "llm_prefill_ms": usage.prefill_ms,
-        "prompt_tokens": usage.prompt_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "tokens_per_second": usage.tokens_per_second,
-    });
-    out.send(ServerEvent::ResponseDone {
-        response: response_object(
-            rid,
-            status,
-            details,
-            vec![item],
-            &params,
-            Some((&usage, &results, timing)),
-        ),
-    });
-    tracing::info!(response = %response_id, status, chars = text.len(), "response finished");
-    let _ = done
-        .send(Finished {
+        let instructions = get("instructions")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| Some(opts.instructions.clone()).filter(|s| !s.trim().is_empty()))
+            .unwrap_or_else(|| answering.settings.instructions.clone());
+        let max_tokens = get("max_output_tokens")
+            .and_then(|v| v.as_u64())
+            .map(|n| n.clamp(1, 4096) as usize)
+            .or(opts.max_output_tokens.map(|n| n as usize))
+            .unwrap_or(answering.settings.max_tokens);
+        let user = conversation.items[pos].text.clone();
+        let history = conversation::history(&conversation.items[..pos]);
+        let prepared = self.prepared.take().filter(|p| p.question == user);
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let response_id = new_id("resp");
+        conversation.reserve_answer(&response_id, pos);
+        self.active = Some(ActiveResponse {
+            id: response_id.clone(),
+            cancel: Some(cancel_tx),
+        });
+        // Follow one turn's answer through the logs: session id (outer span), response id and
+        // the user item it answers.
+        let span = tracing::info_span!(
+            "response",
+            id = %response_id,
+            answers = %conversation.items[pos].id,
+            status = tracing::field::Empty,
+            first_token_ms = tracing::field::Empty,
+            prompt_tokens = tracing::field::Empty,
+            cached_tokens = tracing::field::Empty,
+            output_tokens = tracing::field::Empty,
+        );
+        let job = ResponseJob {
             response_id,
-            item_id,
-            text,
-            status,
-        })
-        .await;
-}
+            item_id: new_id("item"),
+            params: ResponseParams {
+                instructions,
+                max_tokens,
+                use_kb: opts.knowledge_base,
+                citations_event: opts.citations_event,
+                modalities: opts.modalities.clone(),
+            },
+            history,
+            user,
+            prepared,
+            speech_stopped_at: stopped_at,
+        };
+        tokio::spawn(
+            answer::run(
+                job,
+                answering,
+                self.out.clone(),
+                cancel_rx,
+                self.finished_tx.clone(),
+            )
+            .instrument(span),
+        );
+        true
+    }
 
-/// A user or assistant message of the conversation, as the hub keeps it.
-#[derive(Debug, Clone)]
-pub struct ConvItem {
-    pub id: String,
-    pub role: Role,
-    pub text: String,
-}
+    /// Retrieves and prefills for what the person seems to have asked, while they pause.
+    pub(super) fn prepare(&mut self, conversation: &Conversation, question: String) {
+        let opts = self.opts.borrow().clone();
+        let Some(answering) = self
+            .answering
+            .clone()
+            .filter(|_| opts.realtime && opts.create_response)
+        else {
+            return;
+        };
+        if question.trim().is_empty() {
+            return;
+        }
+        let history = conversation::history(&conversation.items);
+        let tx = self.prepared_tx.clone();
+        let instructions = if opts.instructions.trim().is_empty() {
+            answering.settings.instructions.clone()
+        } else {
+            opts.instructions.clone()
+        };
+        self.preparing = Some(tokio::spawn(
+            async move {
+                let results = if opts.knowledge_base {
+                    match answer::retrieve(answering.kb.as_ref(), &question).await {
+                        Ok(r) => r,
+                        // The response retries, and says it cannot look it up if that fails too.
+                        Err(_) => return,
+                    }
+                } else {
+                    None
+                };
+                let mut msgs =
+                    answer::messages(&answering, &instructions, &results, &history, &question);
+                let _ = tx.send(Prepared { question, results }).await;
+                msgs.pop(); // everything but the question
+                if let Err(e) = answering.llm.prefill(msgs).await {
+                    debug!(error = %e, "early prefill failed");
+                }
+            }
+            .instrument(tracing::info_span!("prepare")),
+        ));
+    }
 
-/// The prompt history from conversation items.
-pub fn history(items: &[ConvItem]) -> Vec<ChatMessage> {
-    items
-        .iter()
-        .filter(|i| !i.text.trim().is_empty())
-        .map(|i| ChatMessage::new(i.role, i.text.clone()))
-        .collect()
+    /// Aborts the early prefill under way, if any.
+    fn stop_preparing(&mut self) {
+        if let Some(task) = self.preparing.take() {
+            task.abort();
+        }
+    }
 }

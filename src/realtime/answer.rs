@@ -1,0 +1,472 @@
+//! One response: an answer to the conversation so far, grounded in the knowledge base and
+//! streamed as OpenAI Realtime `response.*` events.
+//!
+//! A response runs as its own task: retrieve (or reuse what was retrieved while the person was
+//! still talking), build the prompt, stream the LLM's deltas, then close with `response.done`.
+//! A cancel (`response.cancel`, or the person starting to talk again) stops it at once: the LLM
+//! stream is dropped, which stops the generation loop, and no delta follows the cancel.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::out::Out;
+use crate::llm::{GenerateRequest, Llm, LlmError, LlmEvent, Usage};
+use crate::prompt::{self, ChatMessage, Grounding, PromptInput};
+use crate::protocol::{ErrorBody, Item, ServerEvent};
+use crate::rag::{KnowledgeBase, SearchRequest, SearchResults};
+
+/// Server-wide answering settings.
+#[derive(Debug, Clone)]
+pub struct AnswerSettings {
+    /// Used when the session sets no `instructions`.
+    pub instructions: String,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    /// Token budget for earlier turns in the prompt.
+    pub history_tokens: usize,
+    /// Repetition penalty (1 = off). Off by default: it pushes a small model away from the
+    /// very figures it should repeat from the passages.
+    pub repeat_penalty: f32,
+    /// End a spoken answer at its first blank line.
+    pub stop_at_paragraph: bool,
+}
+
+impl Default for AnswerSettings {
+    fn default() -> Self {
+        AnswerSettings {
+            instructions: DEFAULT_INSTRUCTIONS.into(),
+            max_tokens: 160,
+            temperature: 0.0,
+            history_tokens: 600,
+            repeat_penalty: 1.0,
+            stop_at_paragraph: true,
+        }
+    }
+}
+
+/// The default system instructions.
+pub const DEFAULT_INSTRUCTIONS: &str = "You are a helpful voice assistant. Your answers are \
+spoken aloud, so answer in one to three short sentences of plain text, without lists or markdown.";
+
+/// What sessions need to answer: the model, the knowledge base, the settings.
+#[derive(Clone)]
+pub struct Answering {
+    pub llm: Arc<dyn Llm>,
+    pub kb: Option<Arc<KnowledgeBase>>,
+    pub settings: AnswerSettings,
+}
+
+/// A response's parameters, fixed when it starts.
+#[derive(Debug, Clone)]
+pub struct ResponseParams {
+    pub instructions: String,
+    pub max_tokens: usize,
+    pub use_kb: bool,
+    pub citations_event: bool,
+    pub modalities: Vec<String>,
+}
+
+/// How a response ended, reported to the hub.
+pub struct Finished {
+    pub response_id: String,
+    pub item_id: String,
+    /// The assistant's text as sent (possibly cut short).
+    pub text: String,
+    pub status: &'static str,
+}
+
+/// Retrieval done ahead of time for a question.
+#[derive(Clone)]
+pub struct Prepared {
+    pub question: String,
+    /// What retrieval found (only successful retrievals are prepared).
+    pub results: Option<SearchResults>,
+}
+
+/// Everything a response task needs.
+pub struct ResponseJob {
+    pub response_id: String,
+    pub item_id: String,
+    pub params: ResponseParams,
+    /// Earlier turns.
+    pub history: Vec<ChatMessage>,
+    /// The user's words being answered.
+    pub user: String,
+    pub prepared: Option<Prepared>,
+    /// When the person stopped talking (for the timing extension).
+    pub speech_stopped_at: Option<Instant>,
+}
+
+fn grounding_of(results: &Option<SearchResults>) -> Grounding<'_> {
+    match results {
+        None => Grounding::None,
+        Some(r) if r.grounded => Grounding::Passages(&r.passages),
+        Some(_) => Grounding::NothingFound,
+    }
+}
+
+/// The knowledge base could not be searched (its detail is in the server log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrievalFailed;
+
+/// What a response says when the knowledge base cannot be searched: it never answers ungrounded.
+pub const CANNOT_LOOK_UP: &str =
+    "Sorry, I can't look that up right now. Please try again in a moment.";
+
+/// Searches the knowledge base for `question`: `Ok(None)` when there is none or it is empty,
+/// `Err` when it could not be searched.
+pub async fn retrieve(
+    kb: Option<&Arc<KnowledgeBase>>,
+    question: &str,
+) -> Result<Option<SearchResults>, RetrievalFailed> {
+    let Some(kb) = kb else {
+        return Ok(None);
+    };
+    match kb.chunk_count().await {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "knowledge base unavailable; the answer says so");
+            return Err(RetrievalFailed);
+        }
+    }
+    match kb.search(SearchRequest::new(question)).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => {
+            tracing::error!(error = %e, "retrieval failed; the answer says so");
+            Err(RetrievalFailed)
+        }
+    }
+}
+
+/// Why a response stopped before its model finished.
+enum Stop {
+    Cancelled(&'static str),
+    Failed(LlmError),
+    /// The knowledge base could not be searched.
+    Ungrounded,
+}
+
+/// The messages for a response (shared by the response and the early prefill).
+pub fn messages(
+    answering: &Answering,
+    instructions: &str,
+    results: &Option<SearchResults>,
+    history: &[ChatMessage],
+    user: &str,
+) -> Vec<ChatMessage> {
+    let llm = answering.llm.clone();
+    prompt::build(
+        &PromptInput {
+            instructions,
+            grounding: grounding_of(results),
+            history,
+            user,
+            history_budget: answering.settings.history_tokens,
+        },
+        &move |s| llm.count_tokens(s),
+    )
+}
+
+fn citations_json(results: &Option<SearchResults>) -> Value {
+    match results {
+        Some(r) => Value::Array(
+            r.passages
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut c = serde_json::to_value(&p.citation).unwrap_or(Value::Null);
+                    c["index"] = json!(i + 1);
+                    c["similarity"] = json!(p.similarity);
+                    c["quote"] = json!(p.text);
+                    c
+                })
+                .collect(),
+        ),
+        None => json!([]),
+    }
+}
+
+fn response_object(
+    id: &str,
+    status: &str,
+    details: Value,
+    output: Vec<Item>,
+    params: &ResponseParams,
+    extra: Option<(&Usage, &Option<SearchResults>, Value)>,
+) -> Value {
+    let mut r = json!({
+        "object": "realtime.response",
+        "id": id,
+        "status": status,
+        "status_details": details,
+        "output": output,
+        "conversation_id": "conv_default",
+        "output_modalities": ["text"],
+        "max_output_tokens": params.max_tokens,
+        "metadata": null,
+        "usage": null,
+    });
+    if let Some((usage, results, timing)) = extra {
+        let citations = citations_json(results);
+        r["metadata"] = json!({
+            "citations": citations.to_string(),
+            "grounded": results.as_ref().map(|r| r.grounded.to_string()).unwrap_or_else(|| "none".into()),
+        });
+        r["usage"] = json!({
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "input_tokens": usage.prompt_tokens,
+            "output_tokens": usage.completion_tokens,
+            "input_token_details": {
+                "text_tokens": usage.prompt_tokens,
+                "audio_tokens": 0,
+                "cached_tokens": usage.cached_tokens,
+            },
+            "output_token_details": { "text_tokens": usage.completion_tokens, "audio_tokens": 0 },
+        });
+        r["voxd_timing"] = timing;
+    }
+    r
+}
+
+fn error_body(e: &LlmError) -> ErrorBody {
+    ErrorBody {
+        kind: "server_error".into(),
+        code: Some(e.code().into()),
+        message: e.public_message(),
+        param: None,
+        event_id: None,
+    }
+}
+
+/// Runs one response to the end (or cancel) and reports how it ended.
+pub(crate) async fn run(
+    job: ResponseJob,
+    answering: Answering,
+    out: Out,
+    mut cancel: oneshot::Receiver<&'static str>,
+    done: mpsc::Sender<Finished>,
+) {
+    let started = Instant::now();
+    let ResponseJob {
+        response_id,
+        item_id,
+        params,
+        history,
+        user,
+        prepared,
+        speech_stopped_at,
+    } = job;
+    let rid = response_id.as_str();
+    out.send(ServerEvent::ResponseCreated {
+        response: response_object(rid, "in_progress", Value::Null, vec![], &params, None),
+    });
+    out.send(ServerEvent::OutputItemAdded {
+        response_id: response_id.clone(),
+        output_index: 0,
+        item: Item::text(&item_id, "assistant", "", "in_progress"),
+    });
+    out.send(ServerEvent::ContentPartAdded {
+        response_id: response_id.clone(),
+        item_id: item_id.clone(),
+        output_index: 0,
+        content_index: 0,
+        part: json!({ "type": "output_text", "text": "" }),
+    });
+
+    let mut text = String::new();
+    let mut usage = Usage::default();
+    let mut results = None;
+    let mut retrieval_ms = 0.0;
+    let mut first_delta: Option<Instant> = None;
+    // The work that cancel can interrupt at any point.
+    let outcome: Result<(), Stop> = async {
+        let t = Instant::now();
+        results = match (params.use_kb, prepared) {
+            (false, _) => None,
+            (true, Some(p)) if p.question == user => p.results,
+            (true, _) => tokio::select! {
+                biased;
+                reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
+                r = retrieve(answering.kb.as_ref(), &user)
+                    .instrument(tracing::info_span!("retrieval")) => r.map_err(|_| Stop::Ungrounded)?,
+            },
+        };
+        retrieval_ms = t.elapsed().as_secs_f64() * 1e3;
+        if params.citations_event {
+            out.send(ServerEvent::Citations {
+                response_id: response_id.clone(),
+                grounded: results.as_ref().is_some_and(|r| r.grounded),
+                citations: citations_json(&results),
+            });
+        }
+        let msgs = messages(&answering, &params.instructions, &results, &history, &user);
+        let mut req = GenerateRequest::new(msgs);
+        req.cache_points = vec![1, req.messages.len() - 1];
+        req.max_tokens = params.max_tokens;
+        req.temperature = answering.settings.temperature;
+        req.repeat_penalty = answering.settings.repeat_penalty;
+        if answering.settings.stop_at_paragraph {
+            // Spoken answers are a few sentences; after a blank line a small model drifts.
+            req.stop = vec!["\n\n".into()];
+        }
+        // Open from the request to the last token (queue wait, prefill and decoding).
+        let llm_span = tracing::info_span!("llm", first_token_ms = tracing::field::Empty);
+        let generating = Instant::now();
+        let mut stream = tokio::select! {
+            biased;
+            reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
+            s = answering.llm.generate(req).instrument(llm_span.clone()) => s.map_err(Stop::Failed)?,
+        };
+        loop {
+            tokio::select! {
+                biased;
+                reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
+                ev = stream.next() => match ev {
+                    Some(Ok(LlmEvent::Delta(d))) => {
+                        if first_delta.is_none() {
+                            first_delta = Some(Instant::now());
+                            llm_span.record("first_token_ms", generating.elapsed().as_secs_f64() * 1e3);
+                        }
+                        text.push_str(&d);
+                        out.send(ServerEvent::OutputTextDelta {
+                            response_id: response_id.clone(),
+                            item_id: item_id.clone(),
+                            output_index: 0,
+                            content_index: 0,
+                            delta: d,
+                        });
+                    }
+                    Some(Ok(LlmEvent::Done { usage: u, .. })) => { usage = u; return Ok(()); }
+                    Some(Err(e)) => return Err(Stop::Failed(e)),
+                    None => return Err(Stop::Failed(LlmError::Compute("the generation ended without finishing".into()))),
+                },
+            }
+        }
+    }
+    .await;
+
+    let (status, details) = match &outcome {
+        Ok(()) => ("completed", Value::Null),
+        Err(Stop::Cancelled(reason)) => (
+            "cancelled",
+            json!({ "type": "cancelled", "reason": reason }),
+        ),
+        Err(Stop::Ungrounded) => {
+            // Fail closed: say so rather than answer from the model's own memory.
+            text = CANNOT_LOOK_UP.to_string();
+            out.send(ServerEvent::OutputTextDelta {
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index: 0,
+                content_index: 0,
+                delta: text.clone(),
+            });
+            (
+                "failed",
+                json!({ "type": "failed", "error": { "type": "server_error", "code": "retrieval_failed", "message": "the knowledge base could not be searched, so no answer was generated" } }),
+            )
+        }
+        Err(Stop::Failed(e)) => {
+            tracing::warn!(error = %e, code = e.code(), "response failed");
+            out.send(ServerEvent::Error {
+                error: error_body(e),
+            });
+            (
+                "failed",
+                json!({ "type": "failed", "error": { "type": "server_error", "code": e.code(), "message": e.public_message() } }),
+            )
+        }
+    };
+    let item_status = if status == "completed" {
+        "completed"
+    } else {
+        "incomplete"
+    };
+    out.send(ServerEvent::OutputTextDone {
+        response_id: response_id.clone(),
+        item_id: item_id.clone(),
+        output_index: 0,
+        content_index: 0,
+        text: text.clone(),
+    });
+    out.send(ServerEvent::ContentPartDone {
+        response_id: response_id.clone(),
+        item_id: item_id.clone(),
+        output_index: 0,
+        content_index: 0,
+        part: json!({ "type": "output_text", "text": text }),
+    });
+    let item = Item::text(&item_id, "assistant", &text, item_status);
+    out.send(ServerEvent::OutputItemDone {
+        response_id: response_id.clone(),
+        output_index: 0,
+        item: item.clone(),
+    });
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    // The outcome on the `response` span (logs and OTLP traces).
+    let span = tracing::Span::current();
+    span.record("status", status);
+    if let Some(f) = first_delta {
+        span.record("first_token_ms", ms(started, f));
+    }
+    // Signed: OTLP has no unsigned integers (a u64 would be exported as a string).
+    span.record("prompt_tokens", usage.prompt_tokens as i64);
+    span.record("cached_tokens", usage.cached_tokens as i64);
+    span.record("output_tokens", usage.completion_tokens as i64);
+    let m = crate::metrics::global();
+    m.responses.inc(status);
+    if results.is_some() {
+        m.retrieval.observe_ms(retrieval_ms);
+    }
+    if let Some(f) = first_delta {
+        m.llm_queue_wait.observe_ms(usage.queue_ms);
+        m.llm_first_token.observe_ms(ms(started, f));
+        m.llm_tokens_per_second.observe(usage.tokens_per_second);
+        if let Some(s) = speech_stopped_at {
+            m.stopped_to_first_token.observe_ms(ms(s, f));
+        }
+    }
+    if let (Some(s), "completed") = (speech_stopped_at, status) {
+        m.stopped_to_done.observe_duration(s.elapsed());
+    }
+    let timing = json!({
+        "retrieval_ms": retrieval_ms,
+        "grounded": results.as_ref().map(|r| r.grounded),
+        "first_token_ms": first_delta.map(|f| ms(started, f)),
+        "speech_stopped_to_first_token_ms": match (speech_stopped_at, first_delta) {
+            (Some(s), Some(f)) => Some(ms(s, f)),
+            _ => None,
+        },
+        "total_ms": started.elapsed().as_secs_f64() * 1e3,
+        "llm_queue_ms": usage.queue_ms,
+        "llm_prefill_ms": usage.prefill_ms,
+        "prompt_tokens": usage.prompt_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "tokens_per_second": usage.tokens_per_second,
+    });
+    out.send(ServerEvent::ResponseDone {
+        response: response_object(
+            rid,
+            status,
+            details,
+            vec![item],
+            &params,
+            Some((&usage, &results, timing)),
+        ),
+    });
+    tracing::info!(response = %response_id, status, chars = text.len(), "response finished");
+    let _ = done
+        .send(Finished {
+            response_id,
+            item_id,
+            text,
+            status,
+        })
+        .await;
+}
