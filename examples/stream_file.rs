@@ -78,11 +78,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Incoming::Event(ServerEvent::ResponseDone { response }) => {
                 writeln!(stdout)?;
-                let citations: serde_json::Value = response["metadata"]["citations"]
-                    .as_str()
-                    .and_then(|c| serde_json::from_str(c).ok())
-                    .unwrap_or_default();
-                for c in citations.as_array().into_iter().flatten() {
+                // voxd's addition to the response: the passages it is grounded in.
+                for c in response["voxd"]["citations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
                     writeln!(stdout, "source: {}", c["title"].as_str().unwrap_or("?"))?;
                 }
                 writeln!(

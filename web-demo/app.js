@@ -165,12 +165,8 @@ async function openSession() {
     if (status === "failed") {
       a.turn.answerText.textContent = e.response.status_details?.error?.message ?? "The answer failed.";
     }
-    if (!a.turn.citations.children.length && e.response.metadata?.citations) {
-      try {
-        renderCitations(a.turn, JSON.parse(e.response.metadata.citations));
-      } catch {
-        // metadata is informative only
-      }
+    if (!a.turn.citations.children.length && Array.isArray(e.response.voxd?.citations)) {
+      renderCitations(a.turn, e.response.voxd.citations);
     }
     renderLatency(a.turn, e.response.voxd_timing);
     answers.delete(e.response.id);

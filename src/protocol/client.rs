@@ -50,6 +50,12 @@ pub enum ClientEvent {
         content_index: u32,
         audio_end_ms: u64,
     },
+    /// Ask for the server's copy of an item (`conversation.item.retrieved`).
+    #[serde(rename = "conversation.item.retrieve")]
+    ItemRetrieve { item_id: String },
+    /// Remove an item from the conversation (`conversation.item.deleted`).
+    #[serde(rename = "conversation.item.delete")]
+    ItemDelete { item_id: String },
 }
 
 /// A parsed client event with its optional `event_id`.
@@ -68,6 +74,8 @@ const KNOWN: &[&str] = &[
     "response.cancel",
     "conversation.item.create",
     "conversation.item.truncate",
+    "conversation.item.retrieve",
+    "conversation.item.delete",
 ];
 
 /// Parses one text frame.

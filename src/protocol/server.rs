@@ -114,6 +114,30 @@ pub struct TurnTiming {
     pub speech_stopped_to_completed_ms: Option<u64>,
 }
 
+/// Usage of one transcription: the seconds of audio it covered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TranscriptionUsage {
+    /// Always `duration`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub seconds: f64,
+}
+
+impl TranscriptionUsage {
+    pub fn seconds(seconds: f64) -> Self {
+        TranscriptionUsage {
+            kind: "duration".into(),
+            seconds,
+        }
+    }
+}
+
+impl Default for TranscriptionUsage {
+    fn default() -> Self {
+        TranscriptionUsage::seconds(0.0)
+    }
+}
+
 /// Everything voxd sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -163,6 +187,9 @@ pub enum ServerEvent {
         item_id: String,
         content_index: u32,
         transcript: String,
+        /// How much audio was transcribed: `{"type": "duration", "seconds": …}`.
+        #[serde(default)]
+        usage: TranscriptionUsage,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         voxd_timing: Option<TurnTiming>,
     },
@@ -172,6 +199,10 @@ pub enum ServerEvent {
         content_index: u32,
         error: ErrorBody,
     },
+    #[serde(rename = "conversation.item.retrieved")]
+    ItemRetrieved { item: Item },
+    #[serde(rename = "conversation.item.deleted")]
+    ItemDeleted { item_id: String },
     #[serde(rename = "conversation.item.truncated")]
     ItemTruncated {
         item_id: String,
@@ -287,6 +318,8 @@ impl ServerEvent {
             ServerEvent::TranscriptionFailed { .. } => {
                 "conversation.item.input_audio_transcription.failed"
             }
+            ServerEvent::ItemRetrieved { .. } => "conversation.item.retrieved",
+            ServerEvent::ItemDeleted { .. } => "conversation.item.deleted",
             ServerEvent::ItemTruncated { .. } => "conversation.item.truncated",
             ServerEvent::ResponseCreated { .. } => "response.created",
             ServerEvent::OutputItemAdded { .. } => "response.output_item.added",

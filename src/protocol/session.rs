@@ -122,6 +122,157 @@ pub struct SessionConfig {
     pub citations_event: bool,
     /// voxd: ground responses in the knowledge base (default on).
     pub knowledge_base: bool,
+    /// What the last `session.update` asked for that voxd does not do, each with the reason
+    /// (shown in `session.updated` as `voxd.ignored`, never silently accepted).
+    pub ignored: Vec<Ignored>,
+}
+
+/// A setting voxd received but does not apply.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Ignored {
+    /// Where it was, such as `session.audio.input.noise_reduction`.
+    pub param: String,
+    pub reason: String,
+}
+
+/// The top-level `session` fields voxd reads (GA and beta names).
+const KNOWN_FIELDS: &[&str] = &[
+    "type",
+    "id",
+    "object",
+    "model",
+    "instructions",
+    "output_modalities",
+    "modalities",
+    "max_output_tokens",
+    "max_response_output_tokens",
+    "input_audio_format",
+    "turn_detection",
+    "input_audio_transcription",
+    "audio",
+    "voxd",
+    "temperature",
+    "expires_at",
+    "client_secret",
+];
+
+/// Fields voxd knows but does not do: (field, when it counts as asked for, reason).
+fn unsupported(obj: &Map<String, Value>, ignored: &mut Vec<Ignored>) {
+    let mut note = |param: &str, reason: &str| {
+        ignored.push(Ignored {
+            param: param.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    let set = |v: Option<&Value>| {
+        v.is_some_and(|v| match v {
+            Value::Null => false,
+            Value::Array(a) => !a.is_empty(),
+            Value::String(s) => !s.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            _ => true,
+        })
+    };
+    if set(obj.get("include")) {
+        note(
+            "session.include",
+            "voxd does not produce transcription logprobs",
+        );
+    }
+    if set(obj.get("tools")) {
+        note("session.tools", "function calling is not supported yet");
+    }
+    if obj
+        .get("tool_choice")
+        .is_some_and(|v| set(Some(v)) && v != "auto" && v != "none")
+    {
+        note(
+            "session.tool_choice",
+            "function calling is not supported yet",
+        );
+    }
+    if obj.get("tracing").is_some_and(|v| set(Some(v))) {
+        note(
+            "session.tracing",
+            "voxd does not send traces to OpenAI; it exports them over OTLP (--otlp-endpoint)",
+        );
+    }
+    if obj
+        .get("truncation")
+        .is_some_and(|v| set(Some(v)) && v != "auto")
+    {
+        note(
+            "session.truncation",
+            "voxd keeps the newest turns that fit its history budget (truncation \"auto\")",
+        );
+    }
+    for (key, reason) in [
+        ("prompt", "prompt templates are not supported"),
+        ("reasoning", "the model does not reason"),
+        (
+            "parallel_tool_calls",
+            "function calling is not supported yet",
+        ),
+        ("voice", "voxd does not synthesise speech yet"),
+        ("output_audio_format", "voxd does not synthesise speech yet"),
+        ("input_audio_noise_reduction", "voxd does not reduce noise"),
+    ] {
+        if set(obj.get(key)) {
+            note(&format!("session.{key}"), reason);
+        }
+    }
+    let audio = obj.get("audio");
+    if set(audio.and_then(|a| a.get("output"))) {
+        note(
+            "session.audio.output",
+            "voxd does not synthesise speech yet: answers are text",
+        );
+    }
+    if set(audio
+        .and_then(|a| a.get("input"))
+        .and_then(|i| i.get("noise_reduction")))
+    {
+        note(
+            "session.audio.input.noise_reduction",
+            "voxd does not reduce noise",
+        );
+    }
+    for td in [
+        obj.get("turn_detection"),
+        audio
+            .and_then(|a| a.get("input"))
+            .and_then(|i| i.get("turn_detection")),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if td.get("type").and_then(Value::as_str) == Some("semantic_vad") {
+            note(
+                "session.audio.input.turn_detection.type",
+                "semantic_vad is served by server_vad (silence-based end of turn)",
+            );
+        }
+    }
+    for key in obj.keys() {
+        if !KNOWN_FIELDS.contains(&key.as_str())
+            && ![
+                "include",
+                "tools",
+                "tool_choice",
+                "tracing",
+                "truncation",
+                "prompt",
+                "reasoning",
+                "parallel_tool_calls",
+                "voice",
+                "output_audio_format",
+                "input_audio_noise_reduction",
+            ]
+            .contains(&key.as_str())
+        {
+            note(&format!("session.{key}"), "unknown parameter");
+        }
+    }
 }
 
 impl SessionConfig {
@@ -144,6 +295,7 @@ impl SessionConfig {
             max_output_tokens: None,
             citations_event: false,
             knowledge_base: true,
+            ignored: Vec::new(),
         }
     }
 
@@ -164,6 +316,8 @@ impl SessionConfig {
                 .param("session")
         })?;
         let mut next = self.clone();
+        next.ignored.clear();
+        unsupported(obj, &mut next.ignored);
         if let Some(t) = obj.get("type") {
             next.kind = match t.as_str() {
                 Some("realtime") => SessionKind::Realtime,
@@ -193,10 +347,13 @@ impl SessionConfig {
             let list = v
                 .as_array()
                 .ok_or_else(|| invalid("session.output_modalities", "must be an array"))?;
-            let mut mods = Vec::new();
             for m in list {
                 match m.as_str() {
-                    Some(x @ ("text" | "audio")) => mods.push(x.to_string()),
+                    Some("text") => {}
+                    Some("audio") => next.ignored.push(Ignored {
+                        param: "session.output_modalities".into(),
+                        reason: "voxd does not synthesise speech yet: answers are text".into(),
+                    }),
                     _ => {
                         return Err(invalid(
                             "session.output_modalities",
@@ -205,7 +362,8 @@ impl SessionConfig {
                     }
                 }
             }
-            next.output_modalities = mods;
+            // What is in effect: text (voice out is not built yet).
+            next.output_modalities = vec!["text".into()];
         }
         if let Some(v) = obj
             .get("max_output_tokens")
@@ -301,34 +459,51 @@ impl SessionConfig {
                 "idle_timeout_ms": t.idle_timeout_ms,
             }),
         };
-        json!({
-            "id": self.id,
-            "object": "realtime.session",
-            "type": match self.kind { SessionKind::Realtime => "realtime", SessionKind::Transcription => "transcription" },
-            "model": self.model,
-            "instructions": self.instructions,
-            "output_modalities": self.output_modalities,
-            "max_output_tokens": match self.max_output_tokens { Some(n) => json!(n), None => json!("inf") },
-            "audio": {
-                "input": {
-                    "format": format,
-                    "transcription": {
-                        "model": self.transcription_model,
-                        "language": self.language,
-                        "prompt": self.prompt,
-                    },
-                    "turn_detection": turn_detection,
-                    "noise_reduction": null,
-                }
+        let voxd = json!({
+            "partial_interval_ms": self.partial_interval_ms,
+            "min_speech_ms": self.min_speech_ms,
+            "speculative_after_ms": self.speculative_after_ms,
+            "citations_event": self.citations_event,
+            "knowledge_base": self.knowledge_base,
+            "ignored": self.ignored,
+        });
+        let input = json!({
+            "format": format,
+            "transcription": {
+                "model": self.transcription_model,
+                "language": self.language,
+                "prompt": self.prompt,
             },
-            "voxd": {
-                "partial_interval_ms": self.partial_interval_ms,
-                "min_speech_ms": self.min_speech_ms,
-                "speculative_after_ms": self.speculative_after_ms,
-                "citations_event": self.citations_event,
-                "knowledge_base": self.knowledge_base,
-            }
-        })
+            "turn_detection": turn_detection,
+            "noise_reduction": null,
+        });
+        match self.kind {
+            SessionKind::Transcription => json!({
+                "id": self.id,
+                "object": "realtime.transcription_session",
+                "type": "transcription",
+                "audio": { "input": input },
+                "include": null,
+                "voxd": voxd,
+            }),
+            SessionKind::Realtime => json!({
+                "id": self.id,
+                "object": "realtime.session",
+                "type": "realtime",
+                "model": self.model,
+                "instructions": self.instructions,
+                "output_modalities": self.output_modalities,
+                "max_output_tokens": match self.max_output_tokens { Some(n) => json!(n), None => json!("inf") },
+                "audio": { "input": input },
+                "tools": [],
+                "tool_choice": "auto",
+                "tracing": null,
+                "truncation": "auto",
+                "prompt": null,
+                "include": null,
+                "voxd": voxd,
+            }),
+        }
     }
 }
 

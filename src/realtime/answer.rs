@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::out::Out;
-use crate::llm::{GenerateRequest, Llm, LlmError, LlmEvent, Usage};
+use crate::llm::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, Usage};
 use crate::prompt::{self, ChatMessage, Grounding, PromptInput};
 use crate::protocol::{ErrorBody, Item, ServerEvent};
 use crate::rag::{KnowledgeBase, SearchRequest, SearchResults};
@@ -68,7 +68,11 @@ pub struct ResponseParams {
     pub max_tokens: usize,
     pub use_kb: bool,
     pub citations_event: bool,
-    pub modalities: Vec<String>,
+    /// The client's `metadata`, returned on the response.
+    pub metadata: Option<serde_json::Map<String, Value>>,
+    /// `Some(previous_item_id)` when the answer joins the conversation (it follows that item);
+    /// `None` for an out-of-band response (`conversation: "none"`).
+    pub conversation: Option<Option<String>>,
 }
 
 /// How a response ended, reported to the hub.
@@ -78,6 +82,8 @@ pub struct Finished {
     /// The assistant's text as sent (possibly cut short).
     pub text: String,
     pub status: &'static str,
+    /// Whether the answer joins the conversation.
+    pub in_conversation: bool,
 }
 
 /// Retrieval done ahead of time for a question.
@@ -206,17 +212,17 @@ fn response_object(
         "status": status,
         "status_details": details,
         "output": output,
-        "conversation_id": "conv_default",
+        "conversation_id": params.conversation.as_ref().map(|_| "conv_default"),
         "output_modalities": ["text"],
         "max_output_tokens": params.max_tokens,
-        "metadata": null,
+        "metadata": params.metadata,
         "usage": null,
     });
     if let Some((usage, results, timing)) = extra {
-        let citations = citations_json(results);
-        r["metadata"] = json!({
-            "citations": citations.to_string(),
-            "grounded": results.as_ref().map(|r| r.grounded.to_string()).unwrap_or_else(|| "none".into()),
+        // voxd's addition: the passages the answer is grounded in.
+        r["voxd"] = json!({
+            "citations": citations_json(results),
+            "grounded": results.as_ref().map(|r| r.grounded),
         });
         r["usage"] = json!({
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
@@ -276,11 +282,19 @@ pub(crate) async fn run(
         item_id: item_id.clone(),
         output_index: 0,
         content_index: 0,
-        part: json!({ "type": "output_text", "text": "" }),
+        part: json!({ "type": "text", "text": "" }),
     });
+    // The assistant's item joins the conversation (not for an out-of-band response).
+    if let Some(previous_item_id) = &params.conversation {
+        out.send(ServerEvent::ItemAdded {
+            previous_item_id: previous_item_id.clone(),
+            item: Item::text(&item_id, "assistant", "", "in_progress"),
+        });
+    }
 
     let mut text = String::new();
     let mut usage = Usage::default();
+    let mut finish = FinishReason::Stop;
     let mut results = None;
     let mut retrieval_ms = 0.0;
     let mut first_delta: Option<Instant> = None;
@@ -342,7 +356,7 @@ pub(crate) async fn run(
                             delta: d,
                         });
                     }
-                    Some(Ok(LlmEvent::Done { usage: u, .. })) => { usage = u; return Ok(()); }
+                    Some(Ok(LlmEvent::Done { usage: u, finish: f })) => { usage = u; finish = f; return Ok(()); }
                     Some(Err(e)) => return Err(Stop::Failed(e)),
                     None => return Err(Stop::Failed(LlmError::Compute("the generation ended without finishing".into()))),
                 },
@@ -352,6 +366,11 @@ pub(crate) async fn run(
     .await;
 
     let (status, details) = match &outcome {
+        // Cut by max_output_tokens.
+        Ok(()) if finish == FinishReason::Length => (
+            "incomplete",
+            json!({ "type": "incomplete", "reason": "max_output_tokens" }),
+        ),
         Ok(()) => ("completed", Value::Null),
         Err(Stop::Cancelled(reason)) => (
             "cancelled",
@@ -400,7 +419,7 @@ pub(crate) async fn run(
         item_id: item_id.clone(),
         output_index: 0,
         content_index: 0,
-        part: json!({ "type": "output_text", "text": text }),
+        part: json!({ "type": "text", "text": text }),
     });
     let item = Item::text(&item_id, "assistant", &text, item_status);
     out.send(ServerEvent::OutputItemDone {
@@ -408,6 +427,12 @@ pub(crate) async fn run(
         output_index: 0,
         item: item.clone(),
     });
+    if let Some(previous_item_id) = &params.conversation {
+        out.send(ServerEvent::ItemDone {
+            previous_item_id: previous_item_id.clone(),
+            item: item.clone(),
+        });
+    }
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     // The outcome on the `response` span (logs and OTLP traces).
     let span = tracing::Span::current();
@@ -467,6 +492,7 @@ pub(crate) async fn run(
             item_id,
             text,
             status,
+            in_conversation: params.conversation.is_some(),
         })
         .await;
 }

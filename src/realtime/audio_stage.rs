@@ -41,6 +41,8 @@ pub enum AudioInput {
         event_id: Option<String>,
     },
     Configure(StageConfig),
+    /// Restart the idle timer (a response just ended).
+    ResetIdle,
 }
 
 /// What the audio stage tells the session. Times are ms of audio since the session started.
@@ -342,6 +344,10 @@ pub fn spawn(
                     AudioInput::Clear { event_id } => stage.clear(event_id),
                     AudioInput::Configure(c) => {
                         stage.configure(c);
+                        true
+                    }
+                    AudioInput::ResetIdle => {
+                        stage.idle_since_ms = ms(stage.total);
                         true
                     }
                 };

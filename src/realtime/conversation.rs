@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use tracing::debug;
 
 use crate::prompt::{ChatMessage, Role};
+use crate::protocol::Item;
 
 /// Most conversation items a session keeps (older ones are forgotten).
 pub const MAX_ITEMS: usize = 512;
@@ -19,7 +20,49 @@ pub const MAX_ITEM_BYTES: usize = 100_000;
 pub struct ConvItem {
     pub id: String,
     pub role: Role,
+    /// The words: typed, transcribed (a spoken turn) or answered.
     pub text: String,
+    /// A spoken user turn (content `input_audio`, `text` is its transcript).
+    pub spoken: bool,
+    /// Its transcription is still running.
+    pub pending: bool,
+    /// `completed`, or `incomplete` for an answer cut short.
+    pub status: &'static str,
+}
+
+impl ConvItem {
+    /// A typed message.
+    pub fn text(id: String, role: Role, text: String) -> Self {
+        ConvItem {
+            id,
+            role,
+            text,
+            spoken: false,
+            pending: false,
+            status: "completed",
+        }
+    }
+
+    /// A spoken user turn whose transcript is on its way.
+    pub fn spoken(id: String) -> Self {
+        ConvItem {
+            id,
+            role: Role::User,
+            text: String::new(),
+            spoken: true,
+            pending: true,
+            status: "completed",
+        }
+    }
+
+    /// The item on the wire.
+    pub fn to_item(&self) -> Item {
+        if self.spoken {
+            Item::user_audio(&self.id, (!self.pending).then(|| self.text.clone()))
+        } else {
+            Item::text(&self.id, self.role.as_str(), &self.text, self.status)
+        }
+    }
 }
 
 /// The prompt history from conversation items.
@@ -35,18 +78,47 @@ pub fn history(items: &[ConvItem]) -> Vec<ChatMessage> {
 #[derive(Default)]
 pub(super) struct Conversation {
     pub(super) items: Vec<ConvItem>,
-    /// The id of the newest item (the `previous_item_id` of the next one).
-    pub(super) last_item: Option<String>,
     /// Where each running response's answer goes: right after what it answers, even if the
     /// person has spoken again since.
     answer_slots: HashMap<String, usize>,
 }
 
 impl Conversation {
-    /// Appends an item, forgetting the oldest ones beyond the limits.
-    pub(super) fn push(&mut self, item: ConvItem) {
+    /// Appends an item, forgetting the oldest ones beyond the limits; returns the id of the
+    /// item it follows (its `previous_item_id`).
+    pub(super) fn push(&mut self, item: ConvItem) -> Option<String> {
+        let previous = self.items.last().map(|i| i.id.clone());
         self.items.push(item);
         self.trim();
+        previous
+    }
+
+    /// The item with this id.
+    pub(super) fn get(&self, id: &str) -> Option<&ConvItem> {
+        self.items.iter().find(|i| i.id == id)
+    }
+
+    /// The item with this id, to change it.
+    pub(super) fn get_mut(&mut self, id: &str) -> Option<&mut ConvItem> {
+        self.items.iter_mut().find(|i| i.id == id)
+    }
+
+    /// The id of the item before this one.
+    pub(super) fn previous_of(&self, id: &str) -> Option<String> {
+        let pos = self.items.iter().position(|i| i.id == id)?;
+        pos.checked_sub(1).map(|p| self.items[p].id.clone())
+    }
+
+    /// Removes an item; false if there is none with this id.
+    pub(super) fn delete(&mut self, id: &str) -> bool {
+        let Some(pos) = self.items.iter().position(|i| i.id == id) else {
+            return false;
+        };
+        self.items.remove(pos);
+        for slot in self.answer_slots.values_mut().filter(|s| **s > pos) {
+            *slot -= 1;
+        }
+        true
     }
 
     /// Reserves the place right after item `pos` for `response_id`'s answer.
@@ -54,7 +126,13 @@ impl Conversation {
         self.answer_slots.insert(response_id.to_string(), pos + 1);
     }
 
-    /// Puts a finished response's answer in its place (nothing if it said nothing).
+    /// Forgets a reserved place (the response is not added to the conversation).
+    pub(super) fn release_answer(&mut self, response_id: &str) {
+        self.answer_slots.remove(response_id);
+    }
+
+    /// Puts a finished response's answer in its place (at the end if none was reserved;
+    /// nothing if it said nothing).
     pub(super) fn insert_answer(&mut self, response_id: &str, item: ConvItem) {
         let slot = self
             .answer_slots

@@ -4,20 +4,20 @@
 //! hears that another must act on (a committed turn, a transcript, speech that interrupts an
 //! answer) is passed between them here.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
 use super::answer::Answering;
-use super::audio_stage::AudioSignal;
+use super::audio_stage::{AudioInput, AudioSignal};
 use super::conversation::{parse_item, truncate_spoken, ConvItem, Conversation};
 use super::out::Out;
 use super::responses::Responses;
 use super::turns::{Heard, Turns};
 use crate::asr::Asr;
 use crate::prompt::Role;
-use crate::protocol::{new_id, Item, ProtocolError, ServerEvent, SessionConfig, SessionKind};
+use crate::protocol::server::TranscriptionUsage;
+use crate::protocol::{new_id, ProtocolError, ServerEvent, SessionConfig, SessionKind};
 
 /// What the hub reads from the current session configuration.
 #[derive(Debug, Clone, Default)]
@@ -31,7 +31,6 @@ pub(super) struct SessionOptions {
     pub max_output_tokens: Option<u32>,
     pub citations_event: bool,
     pub knowledge_base: bool,
-    pub modalities: Vec<String>,
 }
 
 impl SessionOptions {
@@ -47,7 +46,6 @@ impl SessionOptions {
             max_output_tokens: c.max_output_tokens,
             citations_event: c.citations_event,
             knowledge_base: c.knowledge_base,
-            modalities: c.output_modalities.clone(),
         }
     }
 }
@@ -70,6 +68,14 @@ pub(super) enum Command {
         item_id: String,
         audio_end_ms: u64,
     },
+    Retrieve {
+        event_id: Option<String>,
+        item_id: String,
+    },
+    Delete {
+        event_id: Option<String>,
+        item_id: String,
+    },
 }
 
 pub(super) struct Hub {
@@ -78,8 +84,9 @@ pub(super) struct Hub {
     turns: Turns,
     conversation: Conversation,
     responses: Responses,
-    /// The `previous_item_id` of user audio items still being transcribed.
-    previous_of: HashMap<String, Option<String>>,
+    /// To restart the audio stage's idle timer when a response ends (weak: the reader's drop of
+    /// its sender still ends the stage).
+    audio: mpsc::WeakSender<AudioInput>,
 }
 
 impl Hub {
@@ -88,14 +95,15 @@ impl Hub {
         answering: Option<Answering>,
         out: Out,
         opts: watch::Receiver<SessionOptions>,
+        audio: mpsc::WeakSender<AudioInput>,
     ) -> Self {
         Hub {
             turns: Turns::new(asr, out.clone(), opts.clone()),
             responses: Responses::new(answering, out.clone(), opts.clone()),
             conversation: Conversation::default(),
-            previous_of: HashMap::new(),
             out,
             opts,
+            audio,
         }
     }
 
@@ -126,6 +134,10 @@ impl Hub {
                 }
                 Some(f) = self.responses.finished.recv() => {
                     self.responses.finished(f, &mut self.conversation);
+                    if let Some(audio) = self.audio.upgrade() {
+                        // The idle timeout counts from the end of the answer.
+                        let _ = audio.try_send(AudioInput::ResetIdle);
+                    }
                     true
                 }
                 Some(p) = self.responses.prepared_rx.recv() => {
@@ -136,7 +148,9 @@ impl Hub {
             if !ok {
                 return;
             }
-            if !signals_open && !self.turns.pending() && !self.responses.is_active() {
+            // Start the next response once nothing runs and what it answers is transcribed.
+            self.responses.pump(&mut self.conversation);
+            if !signals_open && !self.turns.pending() && !self.responses.busy() {
                 return;
             }
         }
@@ -171,68 +185,112 @@ impl Hub {
                 self.responses.prepare(&self.conversation, text);
                 true
             }
-            Heard::Committed { item_id } => {
-                let previous_item_id = self.conversation.last_item.replace(item_id.clone());
-                self.previous_of
-                    .insert(item_id.clone(), previous_item_id.clone());
-                self.out.send(ServerEvent::Committed {
-                    previous_item_id: previous_item_id.clone(),
-                    item_id: item_id.clone(),
-                }) && self.out.send(ServerEvent::ItemAdded {
-                    previous_item_id,
-                    item: Item::user_audio(&item_id, None),
-                })
-            }
+            Heard::Committed { item_id } => self.commit(ConvItem::spoken(item_id)),
             Heard::Transcribed {
                 item_id,
                 text,
                 stopped_at,
             } => {
-                let previous_item_id = self.previous_of.remove(&item_id).flatten();
+                let Some(item) = self.conversation.get_mut(&item_id) else {
+                    return true; // deleted meanwhile
+                };
+                item.text = text.trim().to_string();
+                item.pending = false;
+                let (wire, heard_words) = (item.to_item(), !item.text.is_empty());
                 let ok = self.out.send(ServerEvent::ItemDone {
-                    previous_item_id,
-                    item: Item::user_audio(&item_id, Some(text.clone())),
-                });
-                let text = text.trim().to_string();
-                if text.is_empty() {
-                    return ok;
-                }
-                self.conversation.push(ConvItem {
-                    id: item_id,
-                    role: Role::User,
-                    text,
+                    previous_item_id: self.conversation.previous_of(&item_id),
+                    item: wire,
                 });
                 let opts = self.opts.borrow().clone();
-                if ok && opts.realtime && opts.create_response && stopped_at.is_some() {
+                if ok
+                    && heard_words
+                    && opts.realtime
+                    && opts.create_response
+                    && stopped_at.is_some()
+                {
                     // A new turn supersedes an answer still running.
-                    self.responses.supersede();
-                    return self
-                        .responses
-                        .start(&mut self.conversation, None, None, stopped_at);
+                    self.responses.respond_to_turn(item_id, stopped_at);
                 }
                 ok
             }
             Heard::Failed { item_id } => {
-                self.previous_of.remove(&item_id);
+                if let Some(item) = self.conversation.get_mut(&item_id) {
+                    item.pending = false;
+                }
                 true
             }
             Heard::Cleared => true,
             Heard::IdleTimeout {
                 audio_start_ms,
                 audio_end_ms,
-            } => self.out.send(ServerEvent::TimeoutTriggered {
-                audio_start_ms,
-                audio_end_ms,
-                item_id: new_id("item"),
-            }),
+            } => {
+                // Nobody is silent while a turn or an answer is under way.
+                if self.turns.pending() || self.responses.busy() {
+                    return true;
+                }
+                // As OpenAI: what was heard (silence) is committed as a turn, and a response
+                // asks whether the person is still there.
+                let item_id = new_id("item");
+                let mut item = ConvItem::spoken(item_id.clone());
+                item.pending = false;
+                let seconds = audio_end_ms.saturating_sub(audio_start_ms) as f64 / 1000.0;
+                let ok = self.out.send(ServerEvent::TimeoutTriggered {
+                    audio_start_ms,
+                    audio_end_ms,
+                    item_id: item_id.clone(),
+                }) && self.commit(item.clone())
+                    && self.out.send(ServerEvent::TranscriptionCompleted {
+                        item_id: item_id.clone(),
+                        content_index: 0,
+                        transcript: String::new(),
+                        usage: TranscriptionUsage::seconds(seconds),
+                        voxd_timing: None,
+                    })
+                    && self.out.send(ServerEvent::ItemDone {
+                        previous_item_id: self.conversation.previous_of(&item_id),
+                        item: item.to_item(),
+                    });
+                let opts = self.opts.borrow().clone();
+                if ok && opts.realtime && opts.create_response {
+                    self.responses.nudge(item_id);
+                }
+                ok
+            }
         }
+    }
+
+    /// A turn's audio joins the conversation: `input_audio_buffer.committed` and
+    /// `conversation.item.added`.
+    fn commit(&mut self, item: ConvItem) -> bool {
+        let wire = item.to_item();
+        let item_id = item.id.clone();
+        let previous_item_id = self.conversation.push(item);
+        self.out.send(ServerEvent::Committed {
+            previous_item_id: previous_item_id.clone(),
+            item_id,
+        }) && self.out.send(ServerEvent::ItemAdded {
+            previous_item_id,
+            item: wire,
+        })
+    }
+
+    fn unknown_item(&self, code: &'static str, item_id: &str, event_id: Option<String>) -> bool {
+        self.out.error(
+            &ProtocolError::new(
+                code,
+                format!("there is no item `{item_id}` in the conversation"),
+            )
+            .param("item_id")
+            .event(event_id),
+        )
     }
 
     fn command(&mut self, c: Command) -> bool {
         match c {
             Command::CreateResponse { event_id, response } => {
                 self.responses
-                    .start(&mut self.conversation, event_id, response.as_ref(), None)
+                    .request(&self.conversation, event_id, response.as_ref());
+                true
             }
             Command::Cancel { event_id } => {
                 if self.responses.cancel_active("client_cancelled") {
@@ -250,19 +308,25 @@ impl Hub {
             Command::CreateItem { event_id, item } => match parse_item(&item) {
                 Ok((role, text, id)) => {
                     let id = id.unwrap_or_else(|| new_id("item"));
-                    let previous_item_id = self.conversation.last_item.replace(id.clone());
-                    self.conversation.push(ConvItem {
-                        id: id.clone(),
-                        role,
-                        text: text.clone(),
-                    });
-                    let item = Item::text(&id, role.as_str(), &text, "completed");
+                    if self.conversation.get(&id).is_some() {
+                        return self.out.error(
+                            &ProtocolError::new(
+                                "item_id_in_use",
+                                format!("the conversation already has an item `{id}`"),
+                            )
+                            .param("item.id")
+                            .event(event_id),
+                        );
+                    }
+                    let item = ConvItem::text(id, role, text);
+                    let wire = item.to_item();
+                    let previous_item_id = self.conversation.push(item);
                     self.out.send(ServerEvent::ItemAdded {
                         previous_item_id: previous_item_id.clone(),
-                        item: item.clone(),
+                        item: wire.clone(),
                     }) && self.out.send(ServerEvent::ItemDone {
                         previous_item_id,
-                        item,
+                        item: wire,
                     })
                 }
                 Err(message) => self.out.error(
@@ -278,9 +342,8 @@ impl Hub {
             } => {
                 let Some(item) = self
                     .conversation
-                    .items
-                    .iter_mut()
-                    .find(|i| i.id == item_id && i.role == Role::Assistant)
+                    .get_mut(&item_id)
+                    .filter(|i| i.role == Role::Assistant)
                 else {
                     return self.out.error(
                         &ProtocolError::new(
@@ -297,6 +360,19 @@ impl Hub {
                     content_index: 0,
                     audio_end_ms,
                 })
+            }
+            Command::Retrieve { event_id, item_id } => match self.conversation.get(&item_id) {
+                Some(item) => self.out.send(ServerEvent::ItemRetrieved {
+                    item: item.to_item(),
+                }),
+                None => self.unknown_item("item_retrieve_invalid_item_id", &item_id, event_id),
+            },
+            Command::Delete { event_id, item_id } => {
+                if self.conversation.delete(&item_id) {
+                    self.out.send(ServerEvent::ItemDeleted { item_id })
+                } else {
+                    self.unknown_item("item_delete_invalid_item_id", &item_id, event_id)
+                }
             }
         }
     }

@@ -1,23 +1,210 @@
-//! The responses of one session: starting one (with what it answers and its parameters),
-//! cancelling it, putting its answer into the conversation when it ends, and the early
-//! retrieval and prefill while the person pauses. Each response itself runs as a task
+//! The responses of one session: reading a `response.create` (what it answers, its context and
+//! parameters), waiting until what it answers has been transcribed, running one at a time in
+//! the order asked, cancelling, putting each answer into the conversation when it ends, and
+//! the early retrieval and prefill while the person pauses. Each response itself runs as a task
 //! ([`answer::run`](super::answer::run)).
+//!
+//! A `response.create` answers the newest user item at the moment it arrives (or the `input`
+//! it names). If that item is a spoken turn still being transcribed, the response waits for
+//! the transcript: "commit, then create" answers the question just asked, never the one before.
+//! While a response runs, another one for the same item is refused
+//! (`conversation_already_has_active_response`); one for newer input waits its turn (at most
+//! [`MAX_WAITING`]).
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
+use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, Instrument};
 
 use super::answer::{self, Answering, Finished, Prepared, ResponseJob, ResponseParams};
-use super::conversation::{self, ConvItem, Conversation};
+use super::conversation::{self, parse_item, ConvItem, Conversation};
 use super::hub::SessionOptions;
 use super::out::Out;
-use crate::prompt::Role;
+use crate::prompt::{ChatMessage, Role};
+use crate::protocol::session::{check_model_text, MAX_INSTRUCTIONS_BYTES};
 use crate::protocol::{new_id, ProtocolError, ServerEvent};
+
+/// Responses that may wait behind the running one.
+pub const MAX_WAITING: usize = 4;
+/// `metadata`: at most 16 pairs, keys up to 64 characters, values up to 512 (as OpenAI).
+const MAX_METADATA_PAIRS: usize = 16;
+
+/// What the user is asked when they have said nothing for the session's `idle_timeout_ms`.
+const IDLE_NUDGE: &str = "The user has not said anything for a while. In one short sentence, \
+ask whether they are still there or whether there is anything else you can help with.";
+
+/// A `response.create`, read and checked.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ResponseRequest {
+    pub event_id: Option<String>,
+    /// `conversation: "none"`: the answer stays out of the conversation.
+    pub out_of_band: bool,
+    /// `input`: the context to answer instead of the conversation.
+    pub input: Option<Vec<InputItem>>,
+    pub metadata: Option<Map<String, Value>>,
+    pub instructions: Option<String>,
+    pub max_tokens: Option<usize>,
+    /// Ask whether the person is still there (the idle timeout), rather than answer.
+    pub nudge: bool,
+}
+
+/// One item of a response's `input`.
+#[derive(Debug, Clone)]
+pub(super) enum InputItem {
+    Message {
+        role: Role,
+        text: String,
+    },
+    /// An item of the conversation, by id.
+    Reference(String),
+}
+
+fn bad(param: &str, message: impl Into<String>, event_id: &Option<String>) -> ProtocolError {
+    ProtocolError::new("invalid_response_config", message)
+        .param(param)
+        .event(event_id.clone())
+}
+
+impl ResponseRequest {
+    /// Reads the `response` object of a `response.create` (absent: all defaults).
+    pub(super) fn parse(
+        response: Option<&Value>,
+        event_id: Option<String>,
+    ) -> Result<Self, ProtocolError> {
+        let mut r = ResponseRequest {
+            event_id: event_id.clone(),
+            ..Default::default()
+        };
+        let Some(v) = response else { return Ok(r) };
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("response", "`response` must be an object", &event_id))?;
+        match obj.get("conversation") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(c)) if c == "auto" => {}
+            Some(Value::String(c)) if c == "none" => r.out_of_band = true,
+            Some(_) => {
+                return Err(bad(
+                    "response.conversation",
+                    "must be \"auto\" or \"none\"",
+                    &event_id,
+                ))
+            }
+        }
+        if let Some(text) = obj.get("instructions").filter(|v| !v.is_null()) {
+            let text = text
+                .as_str()
+                .ok_or_else(|| bad("response.instructions", "must be a string", &event_id))?;
+            check_model_text(text, MAX_INSTRUCTIONS_BYTES, "response.instructions")
+                .map_err(|e| e.event(event_id.clone()))?;
+            if !text.trim().is_empty() {
+                r.instructions = Some(text.to_string());
+            }
+        }
+        match obj
+            .get("max_output_tokens")
+            .or(obj.get("max_response_output_tokens"))
+        {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "inf" => {}
+            Some(v) => match v.as_u64() {
+                Some(n @ 1..=4096) => r.max_tokens = Some(n as usize),
+                _ => {
+                    return Err(bad(
+                        "response.max_output_tokens",
+                        "must be an integer from 1 to 4096, or \"inf\"",
+                        &event_id,
+                    ))
+                }
+            },
+        }
+        if let Some(m) = obj.get("metadata").filter(|v| !v.is_null()) {
+            let map = m.as_object().ok_or_else(|| {
+                bad(
+                    "response.metadata",
+                    "must be an object of strings",
+                    &event_id,
+                )
+            })?;
+            if map.len() > MAX_METADATA_PAIRS {
+                return Err(bad(
+                    "response.metadata",
+                    format!("may hold at most {MAX_METADATA_PAIRS} pairs"),
+                    &event_id,
+                ));
+            }
+            for (k, v) in map {
+                let ok =
+                    k.chars().count() <= 64 && v.as_str().is_some_and(|s| s.chars().count() <= 512);
+                if !ok {
+                    return Err(bad(
+                        "response.metadata",
+                        "keys must be at most 64 characters and values strings of at most 512",
+                        &event_id,
+                    ));
+                }
+            }
+            r.metadata = Some(map.clone());
+        }
+        if let Some(list) = obj.get("input").filter(|v| !v.is_null()) {
+            let list = list
+                .as_array()
+                .ok_or_else(|| bad("response.input", "must be an array of items", &event_id))?;
+            if list.len() > conversation::MAX_ITEMS {
+                return Err(bad(
+                    "response.input",
+                    format!("may hold at most {} items", conversation::MAX_ITEMS),
+                    &event_id,
+                ));
+            }
+            let mut items = Vec::with_capacity(list.len());
+            for (i, item) in list.iter().enumerate() {
+                let param = format!("response.input[{i}]");
+                if item.get("type").and_then(Value::as_str) == Some("item_reference") {
+                    let id = item
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| bad(&param, "an item_reference needs `id`", &event_id))?;
+                    items.push(InputItem::Reference(id.to_string()));
+                } else {
+                    let (role, text, _) =
+                        parse_item(item).map_err(|m| bad(&param, m, &event_id))?;
+                    items.push(InputItem::Message { role, text });
+                }
+            }
+            r.input = Some(items);
+        }
+        if obj
+            .get("tools")
+            .and_then(Value::as_array)
+            .is_some_and(|t| !t.is_empty())
+        {
+            return Err(ProtocolError::new(
+                "tools_unsupported",
+                "function calling is not supported yet",
+            )
+            .param("response.tools")
+            .event(event_id));
+        }
+        Ok(r)
+    }
+}
+
+/// A response asked for and not started yet.
+struct Waiting {
+    request: ResponseRequest,
+    /// The conversation item it answers (none when it has its own `input`).
+    answers: Option<String>,
+    /// When the person stopped talking (automatic responses to a VAD turn).
+    stopped_at: Option<Instant>,
+}
 
 /// The response being generated.
 struct ActiveResponse {
     id: String,
+    answers: Option<String>,
     cancel: Option<oneshot::Sender<&'static str>>,
 }
 
@@ -27,6 +214,7 @@ pub(super) struct Responses {
     out: Out,
     opts: watch::Receiver<SessionOptions>,
     active: Option<ActiveResponse>,
+    waiting: VecDeque<Waiting>,
     finished_tx: mpsc::Sender<Finished>,
     /// Responses that ended, for [`Responses::finished`].
     pub(super) finished: mpsc::Receiver<Finished>,
@@ -59,6 +247,7 @@ impl Responses {
             out,
             opts,
             active: None,
+            waiting: VecDeque::new(),
             finished_tx,
             finished,
             prepared_tx,
@@ -68,9 +257,9 @@ impl Responses {
         }
     }
 
-    /// True while a response runs.
-    pub(super) fn is_active(&self) -> bool {
-        self.active.is_some()
+    /// True while a response runs or waits.
+    pub(super) fn busy(&self) -> bool {
+        self.active.is_some() || !self.waiting.is_empty()
     }
 
     /// Asks the running response to stop; false if there is none.
@@ -85,13 +274,6 @@ impl Responses {
         }
     }
 
-    /// Cancels the running response and lets a new one start at once (a new turn supersedes
-    /// the answer still running).
-    pub(super) fn supersede(&mut self) {
-        self.cancel_active("turn_detected");
-        self.active = None;
-    }
-
     /// Forgets what was retrieved ahead (the person spoke again).
     pub(super) fn forget_prepared(&mut self) {
         self.prepared = None;
@@ -102,88 +284,252 @@ impl Responses {
         self.prepared = Some(p);
     }
 
-    /// A response ended: its answer goes into the conversation.
+    /// A response ended: its answer goes into the conversation (unless it was out of band).
     pub(super) fn finished(&mut self, f: Finished, conversation: &mut Conversation) {
         if self.active.as_ref().is_some_and(|a| a.id == f.response_id) {
             self.active = None;
         }
         debug!(response = %f.response_id, status = f.status, "response ended");
-        conversation.insert_answer(
-            &f.response_id,
-            ConvItem {
-                id: f.item_id,
-                role: Role::Assistant,
-                text: f.text,
-            },
-        );
+        if f.in_conversation {
+            let mut item = ConvItem::text(f.item_id, Role::Assistant, f.text);
+            item.status = if f.status == "completed" {
+                "completed"
+            } else {
+                "incomplete"
+            };
+            conversation.insert_answer(&f.response_id, item);
+        } else {
+            conversation.release_answer(&f.response_id);
+        }
     }
 
-    /// Starts a response to the latest user message.
-    pub(super) fn start(
+    /// A client's `response.create`.
+    pub(super) fn request(
         &mut self,
-        conversation: &mut Conversation,
+        conversation: &Conversation,
         event_id: Option<String>,
-        overrides: Option<&serde_json::Value>,
-        stopped_at: Option<Instant>,
-    ) -> bool {
-        let Some(answering) = self.answering.clone() else {
-            return self.out.send(ServerEvent::server_error(
+        response: Option<&Value>,
+    ) {
+        if self.answering.is_none() {
+            self.out.send(ServerEvent::server_error(
                 "llm_unavailable",
                 "the language model is not loaded (still loading, or it failed to load)",
             ));
+            return;
+        }
+        let request = match ResponseRequest::parse(response, event_id) {
+            Ok(r) => r,
+            Err(e) => {
+                self.out.error(&e);
+                return;
+            }
         };
-        if self.active.is_some() {
-            return self.out.error(
+        let answers = match &request.input {
+            Some(_) => None,
+            None => match conversation
+                .items
+                .iter()
+                .rev()
+                .find(|i| i.role == Role::User)
+            {
+                Some(i) => Some(i.id.clone()),
+                None => {
+                    self.out.error(
+                        &ProtocolError::new(
+                            "response_needs_input",
+                            "there is no user message to respond to: speak, or add one with conversation.item.create",
+                        )
+                        .event(request.event_id),
+                    );
+                    return;
+                }
+            },
+        };
+        let same = |a: &Option<String>| answers.is_some() && *a == answers;
+        if self.active.as_ref().is_some_and(|a| same(&a.answers))
+            || self.waiting.iter().any(|w| same(&w.answers))
+            || (answers.is_none() && self.busy())
+        {
+            self.out.error(
                 &ProtocolError::new(
                     "conversation_already_has_active_response",
-                    "a response is in progress; cancel it first (response.cancel)",
+                    "a response to this input is in progress; wait for it, or cancel it first (response.cancel)",
                 )
-                .event(event_id),
+                .event(request.event_id),
             );
+            return;
         }
-        let Some(pos) = conversation
-            .items
-            .iter()
-            .rposition(|i| i.role == Role::User)
-        else {
-            return self.out.error(
+        if self.waiting.len() >= MAX_WAITING {
+            self.out.error(
                 &ProtocolError::new(
-                    "response_needs_input",
-                    "there is no user message to respond to: speak, or add one with conversation.item.create",
+                    "conversation_already_has_active_response",
+                    format!(
+                        "{MAX_WAITING} responses are already waiting; wait for them, or cancel"
+                    ),
                 )
-                .event(event_id),
+                .event(request.event_id),
             );
-        };
-        let opts = self.opts.borrow().clone();
-        let get = |k: &str| overrides.and_then(|o| o.get(k));
-        if let Some(text) = get("instructions").and_then(|v| v.as_str()) {
-            if let Err(e) = crate::protocol::session::check_model_text(
-                text,
-                crate::protocol::session::MAX_INSTRUCTIONS_BYTES,
-                "response.instructions",
-            ) {
-                return self.out.error(&e.event(event_id));
+            return;
+        }
+        self.waiting.push_back(Waiting {
+            request,
+            answers,
+            stopped_at: None,
+        });
+    }
+
+    /// The automatic response to a turn the VAD ended: it supersedes the answer still running
+    /// and goes first.
+    pub(super) fn respond_to_turn(&mut self, item_id: String, stopped_at: Option<Instant>) {
+        if self.answering.is_none() {
+            return;
+        }
+        self.cancel_active("turn_detected");
+        self.active = None;
+        self.waiting.push_front(Waiting {
+            request: ResponseRequest::default(),
+            answers: Some(item_id),
+            stopped_at,
+        });
+    }
+
+    /// The response to the idle timeout: asks whether the person is still there.
+    pub(super) fn nudge(&mut self, item_id: String) {
+        if self.answering.is_none() || self.busy() {
+            return;
+        }
+        self.waiting.push_back(Waiting {
+            request: ResponseRequest {
+                nudge: true,
+                ..Default::default()
+            },
+            answers: Some(item_id),
+            stopped_at: None,
+        });
+    }
+
+    /// Starts the next waiting response when none runs and what it answers is ready.
+    pub(super) fn pump(&mut self, conversation: &mut Conversation) {
+        while self.active.is_none() {
+            let Some(w) = self.waiting.front() else {
+                return;
+            };
+            let problem = match &w.answers {
+                None => None,
+                Some(id) => match conversation.get(id) {
+                    None => Some(format!("the item `{id}` it answers was deleted")),
+                    Some(i) if i.pending => return, // wait for the transcript
+                    Some(i) if i.text.trim().is_empty() && !w.request.nudge => {
+                        Some(format!("no words were heard in `{id}`"))
+                    }
+                    Some(_) => None,
+                },
+            };
+            let w = self.waiting.pop_front().expect("checked");
+            match problem {
+                Some(message) => {
+                    self.out.error(
+                        &ProtocolError::new("response_needs_input", message)
+                            .event(w.request.event_id),
+                    );
+                }
+                None => self.start(conversation, w),
             }
         }
-        let instructions = get("instructions")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .filter(|s| !s.trim().is_empty())
+    }
+
+    /// Starts a response now.
+    fn start(&mut self, conversation: &mut Conversation, w: Waiting) {
+        let Some(answering) = self.answering.clone() else {
+            return;
+        };
+        let opts = self.opts.borrow().clone();
+        let r = &w.request;
+        // What it answers: (earlier turns, the user's words, the item answered).
+        let (history, user, previous_item_id) = match (&r.input, &w.answers) {
+            (Some(input), _) => {
+                let mut msgs: Vec<ChatMessage> = Vec::new();
+                for item in input {
+                    match item {
+                        InputItem::Message { role, text } => {
+                            msgs.push(ChatMessage::new(*role, text.clone()))
+                        }
+                        InputItem::Reference(id) => match conversation.get(id) {
+                            Some(i) if !i.text.trim().is_empty() => {
+                                msgs.push(ChatMessage::new(i.role, i.text.clone()))
+                            }
+                            Some(_) => {}
+                            None => {
+                                self.out.error(
+                                    &ProtocolError::new(
+                                        "invalid_item_reference",
+                                        format!("there is no item `{id}` in the conversation"),
+                                    )
+                                    .param("response.input")
+                                    .event(r.event_id.clone()),
+                                );
+                                return;
+                            }
+                        },
+                    }
+                }
+                let Some(pos) = msgs.iter().rposition(|m| m.role == Role::User) else {
+                    self.out.error(
+                        &ProtocolError::new(
+                            "response_needs_input",
+                            "the response's input has no user message to respond to",
+                        )
+                        .param("response.input")
+                        .event(r.event_id.clone()),
+                    );
+                    return;
+                };
+                let user = msgs.remove(pos).content;
+                msgs.truncate(pos);
+                (msgs, user, conversation.items.last().map(|i| i.id.clone()))
+            }
+            (None, Some(id)) => {
+                let pos = conversation
+                    .items
+                    .iter()
+                    .position(|i| &i.id == id)
+                    .expect("checked by pump");
+                let history = conversation::history(&conversation.items[..pos]);
+                let user = if r.nudge {
+                    format!("[{IDLE_NUDGE}]")
+                } else {
+                    conversation.items[pos].text.clone()
+                };
+                (history, user, Some(id.clone()))
+            }
+            (None, None) => return,
+        };
+        let mut instructions = r
+            .instructions
+            .clone()
             .or_else(|| Some(opts.instructions.clone()).filter(|s| !s.trim().is_empty()))
             .unwrap_or_else(|| answering.settings.instructions.clone());
-        let max_tokens = get("max_output_tokens")
-            .and_then(|v| v.as_u64())
-            .map(|n| n.clamp(1, 4096) as usize)
+        if r.nudge {
+            instructions = format!("{instructions}\n\n{IDLE_NUDGE}");
+        }
+        let max_tokens = r
+            .max_tokens
             .or(opts.max_output_tokens.map(|n| n as usize))
             .unwrap_or(answering.settings.max_tokens);
-        let user = conversation.items[pos].text.clone();
-        let history = conversation::history(&conversation.items[..pos]);
         let prepared = self.prepared.take().filter(|p| p.question == user);
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let response_id = new_id("resp");
-        conversation.reserve_answer(&response_id, pos);
+        let in_conversation = !r.out_of_band;
+        if in_conversation {
+            if let (None, Some(id)) = (&r.input, &w.answers) {
+                if let Some(pos) = conversation.items.iter().position(|i| &i.id == id) {
+                    conversation.reserve_answer(&response_id, pos);
+                }
+            }
+        }
         self.active = Some(ActiveResponse {
             id: response_id.clone(),
+            answers: w.answers.clone(),
             cancel: Some(cancel_tx),
         });
         // Follow one turn's answer through the logs: session id (outer span), response id and
@@ -191,7 +537,7 @@ impl Responses {
         let span = tracing::info_span!(
             "response",
             id = %response_id,
-            answers = %conversation.items[pos].id,
+            answers = %w.answers.as_deref().unwrap_or("input"),
             status = tracing::field::Empty,
             first_token_ms = tracing::field::Empty,
             prompt_tokens = tracing::field::Empty,
@@ -204,14 +550,15 @@ impl Responses {
             params: ResponseParams {
                 instructions,
                 max_tokens,
-                use_kb: opts.knowledge_base,
+                use_kb: opts.knowledge_base && !r.nudge,
                 citations_event: opts.citations_event,
-                modalities: opts.modalities.clone(),
+                metadata: r.metadata.clone(),
+                conversation: in_conversation.then_some(previous_item_id),
             },
             history,
             user,
             prepared,
-            speech_stopped_at: stopped_at,
+            speech_stopped_at: w.stopped_at,
         };
         tokio::spawn(
             answer::run(
@@ -223,7 +570,6 @@ impl Responses {
             )
             .instrument(span),
         );
-        true
     }
 
     /// Retrieves and prefills for what the person seems to have asked, while they pause.
@@ -274,5 +620,52 @@ impl Responses {
         if let Some(task) = self.preparing.take() {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn response_create_is_read_and_bad_fields_named() {
+        let r = ResponseRequest::parse(
+            Some(&json!({"conversation": "none", "metadata": {"topic": "hours"},
+                "max_output_tokens": 20, "instructions": "Be brief.",
+                "input": [{"type": "item_reference", "id": "item_1"},
+                          {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}]})),
+            Some("e1".into()),
+        )
+        .unwrap();
+        assert!(r.out_of_band);
+        assert_eq!(r.max_tokens, Some(20));
+        assert_eq!(r.metadata.unwrap()["topic"], "hours");
+        assert_eq!(r.input.unwrap().len(), 2);
+        let param = |v: Value| {
+            let e = ResponseRequest::parse(Some(&v), None).unwrap_err();
+            (e.code, e.param.unwrap())
+        };
+        assert_eq!(
+            param(json!({"conversation": "other"})).1,
+            "response.conversation"
+        );
+        assert_eq!(param(json!({"metadata": {"k": 1}})).1, "response.metadata");
+        assert_eq!(
+            param(json!({"max_output_tokens": 0})).1,
+            "response.max_output_tokens"
+        );
+        assert_eq!(
+            param(json!({"input": [{"type": "item_reference"}]})).1,
+            "response.input[0]"
+        );
+        assert_eq!(
+            param(json!({"tools": [{"type": "function", "name": "f"}]})).0,
+            "tools_unsupported"
+        );
+        assert_eq!(
+            param(json!({"instructions": "a\u{0}b"})).0,
+            "invalid_session_config"
+        );
     }
 }

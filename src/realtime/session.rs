@@ -63,6 +63,7 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
             shared.answering.clone(),
             out.clone(),
             opts_rx,
+            audio_tx.downgrade(),
         )
         .run(sig_rx, cmd_rx)
         .in_current_span(),
@@ -199,11 +200,8 @@ async fn handle_text(
             out.send(ServerEvent::SessionUpdated {
                 session: config.to_view(),
             });
-            if config.output_modalities.iter().any(|m| m == "audio") {
-                out.send(ServerEvent::server_error(
-                    "audio_output_unsupported",
-                    "voxd does not synthesise speech yet: responses are sent as text (response.output_text.*)",
-                ));
+            if !config.ignored.is_empty() {
+                info!(ignored = ?config.ignored, "session.update asked for what voxd does not do");
             }
             AudioInput::Configure(stage_config(config))
         }
@@ -264,6 +262,18 @@ async fn handle_text(
         ClientEvent::ItemCreate { item, .. } => {
             return cmd_tx
                 .send(Command::CreateItem { event_id, item })
+                .await
+                .is_ok()
+        }
+        ClientEvent::ItemRetrieve { item_id } => {
+            return cmd_tx
+                .send(Command::Retrieve { event_id, item_id })
+                .await
+                .is_ok()
+        }
+        ClientEvent::ItemDelete { item_id } => {
+            return cmd_tx
+                .send(Command::Delete { event_id, item_id })
                 .await
                 .is_ok()
         }

@@ -18,7 +18,7 @@ use super::hub::SessionOptions;
 use super::out::Out;
 use super::partials::Partials;
 use crate::asr::{Asr, AsrError, Priority, Request, Transcript};
-use crate::protocol::server::TurnTiming;
+use crate::protocol::server::{TranscriptionUsage, TurnTiming};
 use crate::protocol::{new_id, ErrorBody, ProtocolError, ServerEvent};
 
 /// Turns of one session that may wait for their final transcript at once; more fail with
@@ -396,6 +396,7 @@ impl Turns {
                     item_id: e.item_id.clone(),
                     content_index: 0,
                     transcript: t.text.clone(),
+                    usage: TranscriptionUsage::seconds(t.audio.as_secs_f64()),
                     voxd_timing: Some(timing),
                 });
                 Some(Heard::Transcribed {

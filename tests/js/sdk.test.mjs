@@ -159,7 +159,7 @@ test("typed text turn with citations, base64 audio mode, and cancel", { timeout:
   );
   const finished = await done;
   assert.equal(finished.response.status, "completed");
-  assert.equal(JSON.parse(finished.response.metadata.citations).length, cited.citations.length);
+  assert.equal(finished.response.voxd.citations.length, cited.citations.length);
 
   // Cancel as soon as the next answer starts streaming.
   const firstDelta = session.waitFor("response.output_text.delta", { timeoutMs: 120000 });
