@@ -1,7 +1,8 @@
 //! Clients other than voxd's own Rust code, each against a real `voxd serve` process (default
 //! models, the fixture knowledge base, an API key): the JavaScript SDK (Node's test runner), the
-//! web demo in headless Chromium (playwright-core), the official OpenAI Python and Node SDKs, and
-//! the Rust client example built with only the `client` feature.
+//! web demo in headless Chromium (playwright-core), the official OpenAI Python and Node SDKs, the
+//! OpenAI Agents SDK, the conformance of every server event to openai-python's types, and the
+//! Rust client example built with only the `client` feature.
 //!
 //! They need Node.js with `tests/js/node_modules`, Chromium, and Python 3 with venv: `bash
 //! scripts/deps --test` installs them (scripts/test runs it). A missing tool fails the test with
@@ -207,28 +208,39 @@ fn write_wav(path: &Path, samples: &[f32], rate: u32) {
     std::fs::write(path, b).unwrap();
 }
 
-/// A virtualenv with the official `openai[realtime]` package, made once and kept under target/.
+/// The Python packages the SDK tests use, pinned: the official SDK (its types are the
+/// conformance reference) and the OpenAI Agents SDK.
+const PYTHON_PACKAGES: &[&str] = &["openai[realtime]==3.57.0", "openai-agents==0.24.0"];
+
+/// A virtualenv with [`PYTHON_PACKAGES`], made once and kept under target/.
 fn openai_python() -> PathBuf {
     let venv = root().join("target/openai-venv");
     let python = venv.join("bin/python");
     let ok = |p: &Path| {
         Command::new(p)
-            .args(["-c", "import openai, websockets"])
+            .args([
+                "-c",
+                "import importlib.metadata as m, sys; import websockets, agents; \
+                 sys.exit(m.version('openai') != '3.57.0' or m.version('openai-agents') != '0.24.0')",
+            ])
             .status()
             .is_ok_and(|s| s.success())
     };
     if !ok(&python) {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .unwrap_or_else(|e| panic!("python3: {e}\n{HINT}"));
-        assert!(status.success(), "python3 -m venv failed: {HINT}");
+        if !python.exists() {
+            let status = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .unwrap_or_else(|e| panic!("python3: {e}\n{HINT}"));
+            assert!(status.success(), "python3 -m venv failed: {HINT}");
+        }
         let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "openai[realtime]"])
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(PYTHON_PACKAGES)
             .status()
             .unwrap();
-        assert!(status.success(), "pip install openai[realtime] failed");
+        assert!(status.success(), "pip install {PYTHON_PACKAGES:?} failed");
     }
     python
 }
@@ -241,6 +253,33 @@ fn official_openai_python_sdk() {
     let mut cmd = Command::new(python);
     cmd.arg(root().join("tests/python/openai_realtime.py"));
     let out = server.run("the OpenAI Python SDK script", cmd);
+    assert!(out.contains("ok: "), "{out}");
+}
+
+/// Every server event of a scripted session (spoken and text turns, cancel, truncate,
+/// retrieve/delete, out-of-band, incomplete, manual commits, errors, idle timeout, a
+/// transcription session) validates as openai-python's `RealtimeServerEvent`.
+#[test]
+fn every_server_event_validates_against_the_openai_python_types() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let python = openai_python();
+    let server = Server::start();
+    let mut cmd = Command::new(python);
+    cmd.arg(root().join("tests/python/conformance.py"));
+    let out = server.run("the conformance script", cmd);
+    assert!(out.contains("all valid RealtimeServerEvent"), "{out}");
+}
+
+/// The OpenAI Agents SDK's `RealtimeAgent` and `RealtimeRunner`, over its WebSocket transport,
+/// complete a spoken and a text turn with no error and no failed validation.
+#[test]
+fn openai_agents_sdk_realtime_agent() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let python = openai_python();
+    let server = Server::start();
+    let mut cmd = Command::new(python);
+    cmd.arg(root().join("tests/python/agents_realtime.py"));
+    let out = server.run("the Agents SDK script", cmd);
     assert!(out.contains("ok: "), "{out}");
 }
 

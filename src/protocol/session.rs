@@ -459,7 +459,7 @@ impl SessionConfig {
                 "idle_timeout_ms": t.idle_timeout_ms,
             }),
         };
-        let voxd = json!({
+        let mut voxd = json!({
             "partial_interval_ms": self.partial_interval_ms,
             "min_speech_ms": self.min_speech_ms,
             "speculative_after_ms": self.speculative_after_ms,
@@ -467,8 +467,10 @@ impl SessionConfig {
             "knowledge_base": self.knowledge_base,
             "ignored": self.ignored,
         });
-        let input = json!({
-            "format": format,
+        // The official types know PCM only at 24 kHz: another rate (a voxd extension) is shown
+        // in `voxd.input_format` alone, so the view still validates as the API's session.
+        let standard = !matches!(self.input_format, InputFormat::Pcm16 { rate } if rate != 24_000);
+        let mut input = json!({
             "transcription": {
                 "model": self.transcription_model,
                 "language": self.language,
@@ -477,6 +479,10 @@ impl SessionConfig {
             "turn_detection": turn_detection,
             "noise_reduction": null,
         });
+        if standard {
+            input["format"] = format.clone();
+        }
+        voxd["input_format"] = format;
         match self.kind {
             SessionKind::Transcription => json!({
                 "id": self.id,
@@ -718,7 +724,8 @@ mod tests {
             (Some("en"), Some("Kennedy"))
         );
         let view = c.to_view();
-        assert_eq!(view["audio"]["input"]["format"]["rate"], 16000);
+        assert_eq!(view["voxd"]["input_format"]["rate"], 16000);
+        assert!(view["audio"]["input"].get("format").is_none(), "{view}");
         assert_eq!(
             view["audio"]["input"]["turn_detection"]["silence_duration_ms"],
             700

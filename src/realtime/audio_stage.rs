@@ -1,7 +1,8 @@
 //! The audio stage of a realtime session: resampling to 16 kHz, turn detection and the turn's
 //! audio buffer, on a thread of its own (webrtc-vad's detector is not `Send`).
 //!
-//! It takes [`AudioInput`] in arrival order (audio, commits and clears stay ordered) and sends
+//! It takes [`AudioInput`] in arrival order (audio, commits, clears and the client's other
+//! requests stay ordered) and sends
 //! [`AudioSignal`]s to the session. Audio is fed to the detector in 20 ms frames so every event
 //! lands on the right sample. Partial snapshots are sent with `try_send` and dropped when the
 //! session is behind (a newer one follows); everything else waits for room.
@@ -11,6 +12,7 @@ use std::collections::VecDeque;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::hub::Command;
 use crate::audio::{StreamResampler, MODEL_RATE};
 use crate::vad::{TurnDetector, TurnEvent, VadParams};
 
@@ -43,6 +45,9 @@ pub enum AudioInput {
     Configure(StageConfig),
     /// Restart the idle timer (a response just ended).
     ResetIdle,
+    /// A client request for the hub, passed through in order: a `response.create` sent after
+    /// a commit reaches the hub after the committed turn.
+    Client(Command),
 }
 
 /// What the audio stage tells the session. Times are ms of audio since the session started.
@@ -76,6 +81,8 @@ pub enum AudioSignal {
     Cleared {
         event_id: Option<String>,
     },
+    /// A client request, in its place among the signals.
+    Client(Command),
     IdleTimeout {
         audio_start_ms: u64,
         audio_end_ms: u64,
@@ -346,6 +353,7 @@ pub fn spawn(
                         stage.configure(c);
                         true
                     }
+                    AudioInput::Client(c) => stage.send(AudioSignal::Client(c)),
                     AudioInput::ResetIdle => {
                         stage.idle_since_ms = ms(stage.total);
                         true

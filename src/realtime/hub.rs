@@ -50,8 +50,10 @@ impl SessionOptions {
     }
 }
 
-/// Conversation and response requests from the client.
-pub(super) enum Command {
+/// Conversation and response requests from the client (they reach the hub through the audio
+/// stage, in order with the audio and commits sent before them).
+#[derive(Debug)]
+pub enum Command {
     CreateResponse {
         event_id: Option<String>,
         response: Option<serde_json::Value>,
@@ -108,25 +110,17 @@ impl Hub {
     }
 
     /// Runs until the audio stage has gone and nothing is in flight, or the client is gone.
-    pub(super) async fn run(
-        mut self,
-        mut signals: mpsc::Receiver<AudioSignal>,
-        mut commands: mpsc::Receiver<Command>,
-    ) {
+    pub(super) async fn run(mut self, mut signals: mpsc::Receiver<AudioSignal>) {
         let mut signals_open = true;
-        let mut commands_open = true;
         loop {
             let ok = tokio::select! {
                 s = signals.recv(), if signals_open => match s {
+                    Some(AudioSignal::Client(c)) => self.command(c),
                     Some(s) => {
                         let heard = self.turns.signal(s);
                         self.heard(heard)
                     }
                     None => { signals_open = false; true }
-                },
-                c = commands.recv(), if commands_open => match c {
-                    Some(c) => self.command(c),
-                    None => { commands_open = false; true }
                 },
                 Some(r) = self.turns.results.recv() => {
                     let heard = self.turns.result(r);

@@ -56,7 +56,6 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
     out.send(ServerEvent::SessionCreated {
         session: config.to_view(),
     });
-    let (cmd_tx, cmd_rx) = mpsc::channel(32);
     let hub = tokio::spawn(
         Hub::new(
             shared.asr.clone(),
@@ -65,7 +64,7 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
             opts_rx,
             audio_tx.downgrade(),
         )
-        .run(sig_rx, cmd_rx)
+        .run(sig_rx)
         .in_current_span(),
     );
 
@@ -99,7 +98,7 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
                 };
                 match msg {
                     Message::Text(text) => {
-                        if !handle_text(text.as_str(), &mut config, &audio_tx, &cmd_tx, &opts_tx, &out, &limits).await {
+                        if !handle_text(text.as_str(), &mut config, &audio_tx, &opts_tx, &out, &limits).await {
                             close = (NORMAL, "");
                             break;
                         }
@@ -137,7 +136,6 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
 
     // Stop the audio stage; at shutdown let in-flight turns finish first.
     drop(audio_tx);
-    drop(cmd_tx);
     if graceful {
         match tokio::time::timeout(limits.shutdown_grace, hub).await {
             Ok(_) => {}
@@ -177,7 +175,6 @@ async fn handle_text(
     text: &str,
     config: &mut SessionConfig,
     audio_tx: &mpsc::Sender<AudioInput>,
-    cmd_tx: &mpsc::Sender<Command>,
     opts_tx: &watch::Sender<SessionOptions>,
     out: &Out,
     limits: &super::Limits,
@@ -251,46 +248,27 @@ async fn handle_text(
             return true;
         }
         ClientEvent::ResponseCreate { response } => {
-            return cmd_tx
-                .send(Command::CreateResponse { event_id, response })
-                .await
-                .is_ok()
+            AudioInput::Client(Command::CreateResponse { event_id, response })
         }
-        ClientEvent::ResponseCancel { .. } => {
-            return cmd_tx.send(Command::Cancel { event_id }).await.is_ok()
-        }
+        ClientEvent::ResponseCancel { .. } => AudioInput::Client(Command::Cancel { event_id }),
         ClientEvent::ItemCreate { item, .. } => {
-            return cmd_tx
-                .send(Command::CreateItem { event_id, item })
-                .await
-                .is_ok()
+            AudioInput::Client(Command::CreateItem { event_id, item })
         }
         ClientEvent::ItemRetrieve { item_id } => {
-            return cmd_tx
-                .send(Command::Retrieve { event_id, item_id })
-                .await
-                .is_ok()
+            AudioInput::Client(Command::Retrieve { event_id, item_id })
         }
         ClientEvent::ItemDelete { item_id } => {
-            return cmd_tx
-                .send(Command::Delete { event_id, item_id })
-                .await
-                .is_ok()
+            AudioInput::Client(Command::Delete { event_id, item_id })
         }
         ClientEvent::ItemTruncate {
             item_id,
             audio_end_ms,
             ..
-        } => {
-            return cmd_tx
-                .send(Command::Truncate {
-                    event_id,
-                    item_id,
-                    audio_end_ms,
-                })
-                .await
-                .is_ok()
-        }
+        } => AudioInput::Client(Command::Truncate {
+            event_id,
+            item_id,
+            audio_end_ms,
+        }),
     };
     audio_tx.send(input).await.is_ok()
 }

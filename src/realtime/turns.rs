@@ -248,6 +248,7 @@ impl Turns {
                 self.out.send(ServerEvent::Cleared);
                 Some(Heard::Cleared)
             }
+            AudioSignal::Client(_) => None, // the hub's
             AudioSignal::IdleTimeout {
                 audio_start_ms,
                 audio_end_ms,

@@ -98,7 +98,7 @@ test("a spoken turn at 44.1 kHz: events in order, transcript, grounded answer", 
     session: { voxd: { citations_event: true } },
   });
   assert.equal(session.state, "open");
-  assert.equal(session.session.audio.input.format.rate, 16000);
+  assert.equal(session.session.voxd.input_format.rate, 16000);
   const seen = [];
   const collector = (async () => {
     for await (const e of session) {

@@ -1,0 +1,153 @@
+"""The OpenAI Agents SDK (`pip install openai-agents`) driving a real `voxd serve`.
+
+Run by tests/clients.rs, which starts the server and sets VOXD_WS_URL, VOXD_API_KEY and
+VOXD_AUDIO_DIR. A `RealtimeAgent` runs under a `RealtimeRunner` over the SDK's WebSocket
+transport, pointed at voxd: it completes a spoken turn (JFK's speech, streamed as the SDK
+sends audio) and a text turn. The SDK must report no error and no server event that failed its
+validation (it validates every event against the official types and reports failures as
+`error` events and in its log).
+"""
+
+import asyncio
+import logging
+import os
+import re
+import sys
+import wave
+
+from agents.realtime import RealtimeAgent, RealtimeRunner
+
+
+class Failures(logging.Handler):
+    """Collects the SDK's warnings and errors (a failed validation is logged there)."""
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(self.format(record))
+
+
+def words(text):
+    text = re.sub(r"[^\w']+", " ", text.lower())
+    return [w.strip("'") for w in text.split() if w.strip("'")]
+
+
+def wer(reference, hypothesis):
+    r, h = words(reference), words(hypothesis)
+    prev = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        cur = [i]
+        for j in range(1, len(h) + 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r[i - 1] != h[j - 1])))
+        prev = cur
+    return prev[-1] / max(1, len(r))
+
+
+def reference(audio_dir, name):
+    with open(os.path.join(audio_dir, "transcripts.tsv"), encoding="utf-8") as f:
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if cols[0] == name:
+                return cols[2]
+    raise SystemExit(f"no reference for {name}")
+
+
+def pcm24k(path):
+    """PCM16 mono at 24 kHz (the SDK's default input format), resampled linearly."""
+    with wave.open(path, "rb") as w:
+        assert w.getsampwidth() == 2 and w.getnchannels() == 1
+        rate, raw = w.getframerate(), w.readframes(w.getnframes())
+    samples = [int.from_bytes(raw[i : i + 2], "little", signed=True) for i in range(0, len(raw), 2)]
+    n = len(samples) * 24000 // rate
+    out = bytearray()
+    for k in range(n):
+        x = k * rate / 24000
+        i = int(x)
+        a, b = samples[min(i, len(samples) - 1)], samples[min(i + 1, len(samples) - 1)]
+        out += int(a + (b - a) * (x - i)).to_bytes(2, "little", signed=True)
+    return bytes(out)
+
+
+async def next_turn(session, log, timeout=240):
+    """Reads session events until the agent's turn ends; returns (transcripts, answer text)."""
+    transcripts, answer = [], ""
+
+    async def read():
+        nonlocal answer
+        async for event in session:
+            log.append(event.type)
+            if event.type == "error":
+                raise SystemExit(f"the SDK reported an error: {event.error}")
+            if event.type == "raw_model_event":
+                data = event.data
+                if data.type == "error":
+                    raise SystemExit(f"model error: {data.error}")
+                if data.type == "input_audio_transcription_completed":
+                    transcripts.append(data.transcript)
+                if data.type == "transcript_delta" or data.type == "output_text_delta":
+                    answer += data.delta
+            if event.type == "agent_end":
+                return
+
+    await asyncio.wait_for(read(), timeout)
+    return transcripts, answer
+
+
+async def main():
+    audio_dir = os.environ["VOXD_AUDIO_DIR"]
+    failures = Failures()
+    logging.getLogger("openai.agents").addHandler(failures)
+    logging.getLogger("openai.agents").setLevel(logging.WARNING)
+
+    agent = RealtimeAgent(
+        name="Assistant",
+        instructions="You are the helpful assistant of a bicycle shop. Answer in one short sentence.",
+    )
+    runner = RealtimeRunner(
+        starting_agent=agent,
+        config={
+            "model_settings": {
+                "model_name": "gpt-realtime",
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 1200},
+            }
+        },
+    )
+    session = await runner.run(
+        model_config={"url": os.environ["VOXD_WS_URL"], "api_key": os.environ["VOXD_API_KEY"]}
+    )
+    log = []
+    async with session:
+        # A spoken turn: JFK, then a pause so the server's VAD ends the turn.
+        pcm = pcm24k(os.path.join(audio_dir, "jfk.wav")) + b"\0\0" * 24000 * 2
+        step = 4800  # 100 ms
+        for at in range(0, len(pcm), step):
+            await session.send_audio(pcm[at : at + step])
+        transcripts, answer = await next_turn(session, log)
+        heard = " ".join(transcripts)
+        score = wer(reference(audio_dir, "jfk.wav"), heard)
+        print(f"spoken turn: heard {heard!r} (WER {score:.2f}), answered {answer!r}")
+        assert score <= 0.2, heard
+        assert answer.strip(), "the spoken turn got no answer"
+
+        # A text turn.
+        await session.send_message("Where is the shop?")
+        _, answer = await next_turn(session, log)
+        print(f"text turn: answered {answer!r}")
+        assert answer.strip(), "the text turn got no answer"
+
+        history = [
+            (i.role, i.type) for i in session._history if getattr(i, "type", None) == "message"
+        ]
+        print(f"history: {history}")
+        assert ("user", "message") in history and ("assistant", "message") in history, history
+
+    bad = [r for r in failures.records if "validat" in r.lower() or "error" in r.lower()]
+    if bad:
+        raise SystemExit("the SDK logged problems:\n" + "\n".join(bad))
+    print(f"ok: {len(log)} session events, {len(failures.records)} SDK warnings")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
