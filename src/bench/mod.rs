@@ -400,6 +400,8 @@ async fn stream_turn(
                 (_, None, _) if a.stopped.is_none() && done_in_time => "merged".to_string(),
                 (_, None, _) => "timeout".to_string(),
                 (_, Some(_), false) => "completed".to_string(),
+                // An answer cut by the token limit was still delivered.
+                (Some((_, s)), _, true) if s == "incomplete" => "completed".to_string(),
                 (Some((_, s)), _, true) => s.clone(),
                 (None, Some(_), true) => "timeout".to_string(),
             };

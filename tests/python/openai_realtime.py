@@ -79,9 +79,13 @@ def main():
                 answer += event.delta
             elif event.type == "response.done":
                 # JFK pauses mid-sentence: if that ends a turn, its answer is cancelled when
-                # the next turn starts (barge-in), and the last turn's answer completes.
-                assert event.response.status in ("completed", "cancelled"), event.response.status
-                if event.response.status == "completed":
+                # the next turn starts (barge-in), and the last turn's answer completes (or is
+                # cut by the token limit: `incomplete`, with the reason).
+                status = event.response.status
+                assert status in ("completed", "cancelled", "incomplete"), status
+                if status == "incomplete":
+                    assert event.response.status_details.reason == "max_output_tokens"
+                if status in ("completed", "incomplete"):
                     break
 
     for needed in ("session.created", "session.updated", "input_audio_buffer.speech_started"):
