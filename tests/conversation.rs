@@ -193,6 +193,19 @@ async fn out_of_band_responses_retrieve_and_delete() {
         error_code(events.last().unwrap()).unwrap().0,
         "item_id_in_use"
     );
+    // After an item that does not exist: refused; after "root": first.
+    send(&mut tx, json!({"type": "conversation.item.create", "previous_item_id": "nope",
+        "item": {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "Be brief."}]}})).await;
+    let events = read_until(&mut rx, |e| e.iter().any(|e| e.kind() == "error")).await;
+    assert_eq!(
+        error_code(events.last().unwrap()).unwrap().0,
+        "item_create_invalid_previous_item_id"
+    );
+    send(&mut tx, json!({"type": "conversation.item.create", "previous_item_id": "root",
+        "item": {"id": "s0", "type": "message", "role": "system", "content": [{"type": "input_text", "text": "Be brief."}]}})).await;
+    let events = read_until(&mut rx, |e| count(e, "conversation.item.done") == 1).await;
+    assert!(matches!(events.last().unwrap(),
+        ServerEvent::ItemDone { previous_item_id: None, item } if item.id == "s0"));
 
     // An out-of-band response: its own input and metadata, nothing added to the conversation.
     send(&mut tx, json!({"type": "response.create", "response": {"conversation": "none",

@@ -93,6 +93,26 @@ impl Conversation {
         previous
     }
 
+    /// Inserts an item right after `previous` (`"root"`: first), as `conversation.item.create`
+    /// with a `previous_item_id` asks; `None` when there is no such item.
+    pub(super) fn insert_after(
+        &mut self,
+        previous: &str,
+        item: ConvItem,
+    ) -> Option<Option<String>> {
+        let at = if previous == "root" {
+            0
+        } else {
+            self.items.iter().position(|i| i.id == previous)? + 1
+        };
+        self.items.insert(at, item);
+        for slot in self.answer_slots.values_mut().filter(|s| **s >= at) {
+            *slot += 1;
+        }
+        self.trim();
+        Some((at > 0).then(|| previous.to_string()))
+    }
+
     /// The item with this id.
     pub(super) fn get(&self, id: &str) -> Option<&ConvItem> {
         self.items.iter().find(|i| i.id == id)
@@ -256,6 +276,27 @@ mod tests {
         ] {
             assert!(parse_item(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn items_go_where_asked_and_answers_keep_their_place() {
+        let mut c = Conversation::default();
+        let text = |id: &str| ConvItem::text(id.into(), Role::User, id.into());
+        assert_eq!(c.push(text("a")), None);
+        assert_eq!(c.push(text("b")), Some("a".into()));
+        c.reserve_answer("r1", 0); // the answer to "a" goes between "a" and "b"
+        assert_eq!(c.insert_after("root", text("first")), Some(None));
+        assert_eq!(c.insert_after("a", text("a2")), Some(Some("a".into())));
+        assert_eq!(c.insert_after("nope", text("x")), None);
+        c.insert_answer(
+            "r1",
+            ConvItem::text("ans".into(), Role::Assistant, "ans".into()),
+        );
+        let ids: Vec<&str> = c.items.iter().map(|i| i.id.as_str()).collect();
+        // An item put right after "a" while its answer runs goes before the answer.
+        assert_eq!(ids, ["first", "a", "a2", "ans", "b"]);
+        assert!(c.delete("a2") && !c.delete("a2"));
+        assert_eq!(c.previous_of("ans").as_deref(), Some("a"));
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub enum Command {
     CreateItem {
         event_id: Option<String>,
         item: serde_json::Value,
+        previous_item_id: Option<String>,
     },
     Truncate {
         event_id: Option<String>,
@@ -299,7 +300,11 @@ impl Hub {
                     )
                 }
             }
-            Command::CreateItem { event_id, item } => match parse_item(&item) {
+            Command::CreateItem {
+                event_id,
+                item,
+                previous_item_id,
+            } => match parse_item(&item) {
                 Ok((role, text, id)) => {
                     let id = id.unwrap_or_else(|| new_id("item"));
                     if self.conversation.get(&id).is_some() {
@@ -314,7 +319,22 @@ impl Hub {
                     }
                     let item = ConvItem::text(id, role, text);
                     let wire = item.to_item();
-                    let previous_item_id = self.conversation.push(item);
+                    let previous_item_id = match previous_item_id {
+                        None => self.conversation.push(item),
+                        Some(after) => match self.conversation.insert_after(&after, item) {
+                            Some(previous) => previous,
+                            None => {
+                                return self.out.error(
+                                    &ProtocolError::new(
+                                        "item_create_invalid_previous_item_id",
+                                        format!("there is no item `{after}` to insert after"),
+                                    )
+                                    .param("previous_item_id")
+                                    .event(event_id),
+                                )
+                            }
+                        },
+                    };
                     self.out.send(ServerEvent::ItemAdded {
                         previous_item_id: previous_item_id.clone(),
                         item: wire.clone(),

@@ -348,7 +348,6 @@ impl Responses {
         let same = |a: &Option<String>| answers.is_some() && *a == answers;
         if self.active.as_ref().is_some_and(|a| same(&a.answers))
             || self.waiting.iter().any(|w| same(&w.answers))
-            || (answers.is_none() && self.busy())
         {
             self.out.error(
                 &ProtocolError::new(

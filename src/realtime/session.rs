@@ -251,9 +251,14 @@ async fn handle_text(
             AudioInput::Client(Command::CreateResponse { event_id, response })
         }
         ClientEvent::ResponseCancel { .. } => AudioInput::Client(Command::Cancel { event_id }),
-        ClientEvent::ItemCreate { item, .. } => {
-            AudioInput::Client(Command::CreateItem { event_id, item })
-        }
+        ClientEvent::ItemCreate {
+            item,
+            previous_item_id,
+        } => AudioInput::Client(Command::CreateItem {
+            event_id,
+            item,
+            previous_item_id,
+        }),
         ClientEvent::ItemRetrieve { item_id } => {
             AudioInput::Client(Command::Retrieve { event_id, item_id })
         }
