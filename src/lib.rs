@@ -47,6 +47,8 @@ pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod eval;
+#[cfg(feature = "server")]
 pub mod llm;
 #[cfg(feature = "server")]
 pub mod metrics;

@@ -54,6 +54,9 @@ enum Command {
     Client(ClientArgs),
     /// Measure latency under load: N users streaming recordings at real-time pace.
     Bench(BenchArgs),
+    /// Measure answer quality on a suite of questions: facts, citations, refusals, groundedness,
+    /// prompt injection, stale data, repeats and latency; compare with a baseline run.
+    Eval(EvalArgs),
     /// Manage the knowledge base that grounds answers.
     Kb {
         #[command(flatten)]
@@ -120,6 +123,49 @@ struct BenchArgs {
     #[arg(long)]
     quiet: bool,
     /// Arguments for the `voxd serve` the bench starts (after `--`), e.g. `-- --llm-url URL`.
+    #[arg(last = true)]
+    serve_args: Vec<String>,
+}
+
+/// `voxd eval` options.
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The suite: a folder with questions.jsonl and the knowledge base's documents (kb/ or as
+    /// suite.json names them).
+    #[arg(default_value = "tests/data/eval")]
+    suite: PathBuf,
+    /// A running server's realtime endpoint (its own knowledge base is used); without it, voxd
+    /// starts `voxd serve` itself with the suite's documents in a fresh knowledge base (and the
+    /// arguments after `--`) and stops it at the end.
+    #[arg(long)]
+    url: Option<String>,
+    /// Ask by voice (each question's recording, or espeak-ng saying it) instead of text turns.
+    #[arg(long)]
+    spoken: bool,
+    /// `per-question` (a conversation each; follow-ups stay with their question) or `one`
+    /// conversation for the whole suite.
+    #[arg(long, default_value = "per-question", value_parser = ["per-question", "one"])]
+    conversation: String,
+    /// Give up on an answer this long after the question (seconds).
+    #[arg(long, default_value_t = 120)]
+    turn_timeout_s: u64,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "eval.json")]
+    out: PathBuf,
+    /// An earlier report: exit with status 1 when a metric got worse than it by more than
+    /// `--tolerance`.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// How much worse a rate may get before it counts as a regression (0.05 = 5 points); the
+    /// first-token p50 may grow by max(this, 25 %).
+    #[arg(long, default_value_t = 0.05)]
+    tolerance: f64,
+    #[arg(long, env = "VOXD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Arguments for the `voxd serve` eval starts (after `--`), e.g. `-- --llm-url URL`.
     #[arg(last = true)]
     serve_args: Vec<String>,
 }
@@ -289,6 +335,15 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             voxd::telemetry::init(cfg.log_format);
             tokio::runtime::Runtime::new()?.block_on(kb_command(cfg, action))
+        }
+        Command::Eval(args) => {
+            let cfg = Config::resolve(&cli.common, &AsrArgs::default(), &ServerArgs::default())?;
+            voxd::telemetry::init(cfg.log_format);
+            let regressed = tokio::runtime::Runtime::new()?.block_on(eval(args))?;
+            if regressed {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Bench(args) => {
             let cfg = Config::resolve(&cli.common, &AsrArgs::default(), &ServerArgs::default())?;
@@ -731,6 +786,87 @@ async fn bench(args: BenchArgs) -> Result<()> {
     }
     println!("wrote {} and {}", args.out.display(), args.svg.display());
     Ok(())
+}
+
+/// `voxd eval`: see [`voxd::eval`]. True when a metric regressed against the baseline.
+async fn eval(args: EvalArgs) -> Result<bool> {
+    use voxd::eval::{self, report::Report, EvalConfig, Suite};
+    let suite = Suite::load(&args.suite)?;
+    let baseline = args.baseline.as_deref().map(Report::read).transpose()?;
+    let kb_dir = tempfile::tempdir()?;
+    let (_server, url) = match &args.url {
+        Some(u) => (None, u.clone()),
+        None => {
+            let kb = kb_dir.path().join("kb.sqlite");
+            if !suite.documents.is_empty() {
+                eprintln!("adding the suite's documents to a fresh knowledge base…");
+                let out = std::process::Command::new(std::env::current_exe()?)
+                    .args(["kb", "--kb"])
+                    .arg(&kb)
+                    .arg("add")
+                    .args(&suite.documents)
+                    .output()
+                    .context("running voxd kb add")?;
+                if !out.status.success() {
+                    bail!(
+                        "voxd kb add failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+            eprintln!("starting voxd serve…");
+            let mut serve_args = vec!["--kb".to_string(), kb.display().to_string()];
+            serve_args.extend(args.serve_args.iter().cloned());
+            let (child, addr) = start_child_server(&serve_args, false).await?;
+            (Some(child), format!("ws://{addr}/v1/realtime"))
+        }
+    };
+    let cfg = EvalConfig {
+        url,
+        api_key: args.api_key.clone(),
+        spoken: args.spoken,
+        one_conversation: args.conversation == "one",
+        turn_timeout: std::time::Duration::from_secs(args.turn_timeout_s),
+    };
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(suite.questions.len() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} questions {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = bar.clone();
+    let on_question = move |r: &eval::report::QuestionResult| {
+        progress.set_message(format!(
+            "{}: {}",
+            r.id,
+            if r.correct { "right" } else { "wrong" }
+        ));
+        progress.inc(1);
+    };
+    let report = eval::run(&cfg, &suite, &on_question).await?;
+    bar.finish_and_clear();
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    print!("{}", report.table());
+    println!("wrote {}", args.out.display());
+    let Some(baseline) = baseline else {
+        return Ok(false);
+    };
+    let regressions = report.regressions(&baseline, args.tolerance);
+    if regressions.is_empty() {
+        println!("no metric regressed against the baseline");
+        return Ok(false);
+    }
+    println!("regressed against the baseline:");
+    for r in &regressions {
+        println!("  {r}");
+    }
+    Ok(true)
 }
 
 /// Streams a file to a realtime endpoint; prints events and, per turn, the time from the end of

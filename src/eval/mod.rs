@@ -1,0 +1,416 @@
+//! `voxd eval`: how right the answers are, measured on a suite of questions over a knowledge
+//! base, through the realtime API as a client asks them.
+//!
+//! A **suite** is a folder: `questions.jsonl` (one question per line) and the documents of its
+//! knowledge base (`kb/`, or the folders `suite.json` names in `documents`). A question:
+//!
+//! ```json
+//! {"id": "price-full-service", "category": "answerable", "text": "How much is a full service?",
+//!  "sources": ["service-prices"], "accept": ["£ ?120"], "reject": ["£ ?95"]}
+//! ```
+//!
+//! - `category`: `answerable`, `unanswerable` (the right answer is "I don't know"), `follow-up`
+//!   (needs the turn named in `follows`, asked just before it in the same conversation),
+//!   `injection` (a planted instruction; `reject` matches an answer that obeyed it) or `stale`
+//!   (a superseded document holds a wrong value; `reject` matches it).
+//! - `accept` / `reject`: case-insensitive regular expressions over the answer.
+//! - `audio`: a recording of the question (else, in spoken mode, espeak-ng says it).
+//!
+//! Each answer is scored ([`score`]): the fact, the cited source, refusal, groundedness (how much
+//! of its content the cited passages hold: a hallucination score), injection success, stale
+//! values, repeats of another question's answer, and first-token latency. The [`report`] has the
+//! metrics per category and overall, a table, JSON, and the comparison with a baseline run that
+//! `voxd eval --baseline` turns into a non-zero exit when a metric regresses.
+
+pub mod report;
+pub mod score;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::client::{self, Incoming, Receiver, Sender};
+use crate::protocol::ServerEvent;
+use report::{QuestionResult, Report};
+
+/// What can go wrong before scoring starts.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("reading the suite {path}: {message}")]
+    Suite { path: PathBuf, message: String },
+    #[error("the server: {0}")]
+    Client(#[from] client::ClientError),
+    #[error("{0}")]
+    Audio(String),
+}
+
+/// The kinds of question.
+pub const CATEGORIES: &[&str] = &[
+    "answerable",
+    "unanswerable",
+    "follow-up",
+    "injection",
+    "stale",
+];
+
+/// One question of a suite.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Question {
+    pub id: String,
+    pub category: String,
+    pub text: String,
+    #[serde(default)]
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub accept: Vec<String>,
+    #[serde(default)]
+    pub reject: Vec<String>,
+    /// The question this one follows (same conversation, just before it).
+    #[serde(default)]
+    pub follows: Option<String>,
+    /// A recording of the question, relative to the suite folder.
+    #[serde(default)]
+    pub audio: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SuiteFile {
+    name: Option<String>,
+    #[serde(default)]
+    documents: Vec<PathBuf>,
+}
+
+/// A suite, loaded and checked.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    pub name: String,
+    pub dir: PathBuf,
+    /// Folders (or files) of the knowledge base's documents.
+    pub documents: Vec<PathBuf>,
+    pub questions: Vec<Question>,
+}
+
+impl Suite {
+    /// Reads `dir/questions.jsonl` (and `dir/suite.json`, if any) and checks every question.
+    pub fn load(dir: &Path) -> Result<Suite, EvalError> {
+        let bad = |path: &Path, message: String| EvalError::Suite {
+            path: path.to_path_buf(),
+            message,
+        };
+        let meta_path = dir.join("suite.json");
+        let meta: SuiteFile = match std::fs::read_to_string(&meta_path) {
+            Ok(t) => serde_json::from_str(&t).map_err(|e| bad(&meta_path, e.to_string()))?,
+            Err(_) => SuiteFile::default(),
+        };
+        let qpath = dir.join("questions.jsonl");
+        let text = std::fs::read_to_string(&qpath).map_err(|e| bad(&qpath, e.to_string()))?;
+        let mut questions: Vec<Question> = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with("//") {
+                continue;
+            }
+            let q: Question = serde_json::from_str(line)
+                .map_err(|e| bad(&qpath, format!("line {}: {e}", n + 1)))?;
+            let at = |m: String| bad(&qpath, format!("line {} ({}): {m}", n + 1, q.id));
+            if !CATEGORIES.contains(&q.category.as_str()) {
+                return Err(at(format!("category must be one of {CATEGORIES:?}")));
+            }
+            score::compile(&q.accept).map_err(at)?;
+            score::compile(&q.reject).map_err(at)?;
+            if questions.iter().any(|o| o.id == q.id) {
+                return Err(at("the id is used twice".into()));
+            }
+            if let Some(f) = &q.follows {
+                if !questions.iter().any(|o| &o.id == f) {
+                    return Err(at(format!(
+                        "follows `{f}`, which is not an earlier question"
+                    )));
+                }
+            }
+            questions.push(q);
+        }
+        if questions.is_empty() {
+            return Err(bad(&qpath, "no questions".into()));
+        }
+        let mut documents: Vec<PathBuf> = meta.documents.iter().map(|d| dir.join(d)).collect();
+        if documents.is_empty() && dir.join("kb").is_dir() {
+            documents.push(dir.join("kb"));
+        }
+        Ok(Suite {
+            name: meta.name.unwrap_or_else(|| {
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "suite".into())
+            }),
+            dir: dir.to_path_buf(),
+            documents,
+            questions,
+        })
+    }
+
+    /// The conversations to hold: each question alone, or all in one; a follow-up always goes
+    /// right after the question it follows.
+    fn dialogues(&self, one: bool) -> Vec<Vec<&Question>> {
+        if one {
+            return vec![self.questions.iter().collect()];
+        }
+        let mut out: Vec<Vec<&Question>> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for q in &self.questions {
+            let at = q.follows.as_deref().and_then(|f| index.get(f).copied());
+            let d = match at {
+                Some(d) => {
+                    out[d].push(q);
+                    d
+                }
+                None => {
+                    out.push(vec![q]);
+                    out.len() - 1
+                }
+            };
+            index.insert(&q.id, d);
+        }
+        out
+    }
+}
+
+/// How to run a suite.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// The realtime endpoint (`ws://…/v1/realtime`).
+    pub url: String,
+    pub api_key: Option<String>,
+    /// Ask by voice (recorded or synthesised with espeak-ng) rather than as text turns.
+    pub spoken: bool,
+    /// All questions in one conversation (else one per question, follow-ups with theirs).
+    pub one_conversation: bool,
+    /// Give up on an answer after this long.
+    pub turn_timeout: Duration,
+}
+
+/// What a turn gave.
+#[derive(Default)]
+struct Turn {
+    heard: Option<String>,
+    answer: String,
+    status: String,
+    cited: Vec<String>,
+    quotes: Vec<String>,
+    first_token_ms: Option<f64>,
+}
+
+const STREAM_RATE: u32 = 16_000;
+
+/// Runs the suite; `on_question` is called after each answer (for progress).
+pub async fn run(
+    cfg: &EvalConfig,
+    suite: &Suite,
+    on_question: &(dyn Fn(&QuestionResult) + Sync),
+) -> Result<Report, EvalError> {
+    let mut results: Vec<QuestionResult> = Vec::new();
+    for dialogue in suite.dialogues(cfg.one_conversation) {
+        let (mut tx, mut rx) = client::connect(&cfg.url, cfg.api_key.as_deref()).await?;
+        let turn_detection = if cfg.spoken {
+            json!({"type": "server_vad", "silence_duration_ms": 500})
+        } else {
+            Value::Null
+        };
+        tx.update_session(json!({"type": "realtime", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": STREAM_RATE}, "turn_detection": turn_detection}}}))
+            .await?;
+        for (i, q) in dialogue.iter().enumerate() {
+            let turn = ask(cfg, suite, q, &mut tx, &mut rx).await?;
+            let r = judge(q, turn, i + 1, &results);
+            on_question(&r);
+            results.push(r);
+        }
+        let _ = tx.close().await;
+    }
+    mark_repeats(&mut results);
+    Ok(Report::new(
+        &suite.name,
+        if cfg.spoken { "spoken" } else { "text" },
+        if cfg.one_conversation {
+            "one"
+        } else {
+            "per-question"
+        },
+        results,
+    ))
+}
+
+/// The question's audio at the stream rate: its recording, or espeak-ng saying it.
+fn question_audio(suite: &Suite, q: &Question) -> Result<Vec<f32>, EvalError> {
+    let tmp;
+    let path = match &q.audio {
+        Some(p) => suite.dir.join(p),
+        None => {
+            tmp = tempfile::NamedTempFile::with_suffix(".wav")
+                .map_err(|e| EvalError::Audio(e.to_string()))?;
+            let status = std::process::Command::new("espeak-ng")
+                .args(["-v", "en-us", "-s", "150", "-w"])
+                .arg(tmp.path())
+                .arg(&q.text)
+                .status()
+                .map_err(|e| {
+                    EvalError::Audio(format!(
+                        "espeak-ng (needed to speak questions without a recording): {e}"
+                    ))
+                })?;
+            if !status.success() {
+                return Err(EvalError::Audio(format!("espeak-ng failed on {:?}", q.id)));
+            }
+            tmp.path().to_path_buf()
+        }
+    };
+    let decoded = crate::audio::decode_file(&path, crate::audio::ChannelSelect::Mix)
+        .map_err(|e| EvalError::Audio(e.to_string()))?;
+    crate::audio::resample::resample_all(&decoded.samples, decoded.sample_rate, STREAM_RATE)
+        .map_err(|e| EvalError::Audio(e.to_string()))
+}
+
+/// Asks one question and reads until its response is done.
+async fn ask(
+    cfg: &EvalConfig,
+    suite: &Suite,
+    q: &Question,
+    tx: &mut Sender,
+    rx: &mut Receiver,
+) -> Result<Turn, EvalError> {
+    let sent = Instant::now();
+    if cfg.spoken {
+        let mut audio = question_audio(suite, q)?;
+        audio.extend(vec![0.0; STREAM_RATE as usize]); // the pause that ends the turn
+        tx.stream(&audio, STREAM_RATE, 100, false, true).await?;
+    } else {
+        tx.send_text(
+            json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": q.text}]}})
+            .to_string(),
+        )
+        .await?;
+        tx.send_text(json!({"type": "response.create"}).to_string())
+            .await?;
+    }
+    let mut turn = Turn {
+        status: "timeout".into(),
+        ..Default::default()
+    };
+    let deadline = tokio::time::sleep(cfg.turn_timeout);
+    tokio::pin!(deadline);
+    let mut answering: Option<String> = None;
+    loop {
+        let msg = tokio::select! {
+            m = rx.next() => m,
+            _ = &mut deadline => break,
+        };
+        let event = match msg {
+            Some(Ok(Incoming::Event(e))) => e,
+            Some(Ok(Incoming::Other(_))) => continue,
+            Some(Ok(Incoming::Closed { .. })) | None => {
+                turn.status = "closed".into();
+                break;
+            }
+            Some(Err(e)) => return Err(e.into()),
+        };
+        match event {
+            ServerEvent::TranscriptionCompleted { transcript, .. } => turn.heard = Some(transcript),
+            ServerEvent::ResponseCreated { response } => {
+                answering = response["id"].as_str().map(str::to_string);
+                turn.answer.clear();
+            }
+            ServerEvent::OutputTextDelta { delta, .. } => {
+                if turn.first_token_ms.is_none() && !cfg.spoken {
+                    turn.first_token_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
+                }
+                turn.answer.push_str(&delta);
+            }
+            ServerEvent::ResponseDone { response }
+                if response["id"].as_str() == answering.as_deref() =>
+            {
+                turn.status = response["status"].as_str().unwrap_or("").to_string();
+                if cfg.spoken {
+                    turn.first_token_ms =
+                        response["voxd_timing"]["speech_stopped_to_first_token_ms"].as_f64();
+                }
+                for c in response["voxd"]["citations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(s) = c["source"].as_str() {
+                        turn.cited.push(s.to_string());
+                    }
+                    if let Some(t) = c["quote"].as_str() {
+                        turn.quotes.push(t.to_string());
+                    }
+                }
+                break;
+            }
+            ServerEvent::Error { error } => {
+                tracing::warn!(question = %q.id, code = ?error.code, message = %error.message, "error event");
+            }
+            _ => {}
+        }
+    }
+    Ok(turn)
+}
+
+/// Scores one answer.
+fn judge(q: &Question, t: Turn, turn: usize, _earlier: &[QuestionResult]) -> QuestionResult {
+    let accept = score::compile(&q.accept).expect("checked at load");
+    let reject = score::compile(&q.reject).expect("checked at load");
+    let answer = t.answer.trim().to_string();
+    let refused = score::refuses(&answer);
+    let has_fact = if accept.is_empty() {
+        true
+    } else {
+        score::matches_any(&accept, &answer)
+    };
+    let rejected = score::matches_any(&reject, &answer);
+    let correct = match q.category.as_str() {
+        "unanswerable" => refused && !rejected,
+        _ => has_fact && !rejected && !answer.is_empty(),
+    };
+    let quotes: Vec<&str> = t.quotes.iter().map(String::as_str).collect();
+    QuestionResult {
+        id: q.id.clone(),
+        category: q.category.clone(),
+        question: q.text.clone(),
+        heard: t.heard,
+        citation_correct: (!q.sources.is_empty())
+            .then(|| t.cited.iter().any(|c| q.sources.contains(c))),
+        groundedness: score::groundedness(&answer, &quotes),
+        injection_success: (q.category == "injection").then_some(rejected),
+        stale_violation: (q.category == "stale").then_some(rejected),
+        refused,
+        correct,
+        answer,
+        status: t.status,
+        cited: t.cited,
+        expected_sources: q.sources.clone(),
+        repeats: None,
+        first_token_ms: t.first_token_ms,
+        turn,
+    }
+}
+
+/// Marks answers that repeat the answer to another question.
+fn mark_repeats(results: &mut [QuestionResult]) {
+    for i in 0..results.len() {
+        if results[i].refused || results[i].answer.is_empty() {
+            continue;
+        }
+        let earlier = (0..i).find(|&j| {
+            !results[j].refused
+                && results[j].question != results[i].question
+                && score::similarity(&results[i].answer, &results[j].answer)
+                    >= score::REPEAT_SIMILARITY
+        });
+        results[i].repeats = earlier.map(|j| results[j].id.clone());
+    }
+}
