@@ -185,6 +185,10 @@ pub struct LlmArgs {
     /// Default system instructions for spoken answers (a session's `instructions` replace them).
     #[arg(long, env = "VOXD_INSTRUCTIONS")]
     pub instructions: Option<String>,
+    /// Let the model answer a factual question that no passage of the knowledge base supports
+    /// (default: voxd says it does not know, without asking the model, which would guess).
+    #[arg(long, env = "VOXD_LLM_ANSWER_UNFOUND")]
+    pub llm_answer_unfound: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +202,7 @@ struct FileLlm {
     first_token_timeout_ms: Option<u64>,
     retries: Option<u32>,
     instructions: Option<String>,
+    answer_unfound: Option<bool>,
 }
 
 /// Language-model configuration.
@@ -212,6 +217,8 @@ pub struct LlmConfig {
     pub first_token_timeout_ms: u64,
     pub retries: u32,
     pub instructions: Option<String>,
+    /// Let the model answer factual questions no passage supports.
+    pub answer_unfound: bool,
 }
 
 impl LlmConfig {
@@ -646,6 +653,7 @@ impl Config {
                 .clone()
                 .or(fl.instructions)
                 .filter(|s| !s.trim().is_empty()),
+            answer_unfound: llm.llm_answer_unfound || fl.answer_unfound.unwrap_or(false),
         };
 
         Ok(Config {

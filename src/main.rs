@@ -438,6 +438,7 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
                     .unwrap_or_else(|| voxd::realtime::answer::DEFAULT_INSTRUCTIONS.into()),
                 max_tokens: cfg.llm.max_tokens,
                 temperature: cfg.llm.temperature,
+                refuse_unfound: !cfg.llm.answer_unfound,
                 ..Default::default()
             },
         }));

@@ -132,6 +132,8 @@ pub struct Metrics {
     pub sessions: Counter,
     pub turns: Counter,
     pub responses: LabelledCounter,
+    /// Factual questions answered "I don't know" because no passage supports an answer.
+    pub refusals: Counter,
     pub errors: LabelledCounter,
     pub audio_bytes_in: Counter,
     pub stopped_to_transcript: Histogram,
@@ -152,6 +154,7 @@ pub fn global() -> &'static Metrics {
         sessions: Counter::default(),
         turns: Counter::default(),
         responses: LabelledCounter::default(),
+        refusals: Counter::default(),
         errors: LabelledCounter::default(),
         audio_bytes_in: Counter::default(),
         stopped_to_transcript: Histogram::new(LATENCY_BUCKETS),
@@ -281,6 +284,12 @@ impl Metrics {
             "Responses finished, by status.",
             "status",
             &self.responses,
+        );
+        counter(
+            &mut out,
+            "voxd_refusals_total",
+            "Factual questions answered \"I don't know\" because no passage of the knowledge base supports an answer.",
+            self.refusals.get() as f64,
         );
         labelled(
             &mut out,

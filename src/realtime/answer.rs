@@ -34,6 +34,9 @@ pub struct AnswerSettings {
     pub repeat_penalty: f32,
     /// End a spoken answer at its first blank line.
     pub stop_at_paragraph: bool,
+    /// Say "I don't know" to a factual question no passage supports, without asking the model
+    /// (which would guess). Off: the model is told nothing was found and answers itself.
+    pub refuse_unfound: bool,
 }
 
 impl Default for AnswerSettings {
@@ -45,6 +48,7 @@ impl Default for AnswerSettings {
             history_tokens: 600,
             repeat_penalty: 1.0,
             stop_at_paragraph: true,
+            refuse_unfound: true,
         }
     }
 }
@@ -103,6 +107,9 @@ pub struct ResponseJob {
     pub history: Vec<ChatMessage>,
     /// The user's words being answered.
     pub user: String,
+    /// What to search the knowledge base for: the user's words, with the question before them
+    /// when they only make sense as a follow-up ("how much does it cost?").
+    pub query: String,
     pub prepared: Option<Prepared>,
     /// When the person stopped talking (for the timing extension).
     pub speech_stopped_at: Option<Instant>,
@@ -119,6 +126,32 @@ fn grounding_of(results: &Option<SearchResults>) -> Grounding<'_> {
 /// The knowledge base could not be searched (its detail is in the server log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetrievalFailed;
+
+/// What a response says to a factual question the knowledge base has nothing on.
+pub const NOT_FOUND: &str = "I'm sorry, I don't know that: it isn't in what I can look up.";
+
+/// Whether `text` asks for facts (a question word or auxiliary first, or a question mark),
+/// rather than being small talk such as a greeting or thanks.
+pub fn asks_for_facts(text: &str) -> bool {
+    const OPENERS: &[&str] = &[
+        "what", "what's", "whats", "when", "where", "where's", "who", "who's", "whom", "whose",
+        "which", "why", "how", "how's", "is", "are", "was", "were", "do", "does", "did", "can",
+        "could", "will", "would", "should", "shall", "may", "might", "have", "has", "had", "tell",
+        "list", "explain", "describe", "give",
+    ];
+    let t = text.trim().to_lowercase();
+    let first = t
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .find(|w| {
+            !w.is_empty()
+                && ![
+                    "and", "so", "but", "um", "uh", "hey", "ok", "okay", "please",
+                ]
+                .contains(w)
+        })
+        .unwrap_or("");
+    t.ends_with('?') || OPENERS.contains(&first)
+}
 
 /// What a response says when the knowledge base cannot be searched: it never answers ungrounded.
 pub const CANNOT_LOOK_UP: &str =
@@ -265,6 +298,7 @@ pub(crate) async fn run(
         params,
         history,
         user,
+        query,
         prepared,
         speech_stopped_at,
     } = job;
@@ -303,11 +337,11 @@ pub(crate) async fn run(
         let t = Instant::now();
         results = match (params.use_kb, prepared) {
             (false, _) => None,
-            (true, Some(p)) if p.question == user => p.results,
+            (true, Some(p)) if p.question == query => p.results,
             (true, _) => tokio::select! {
                 biased;
                 reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
-                r = retrieve(answering.kb.as_ref(), &user)
+                r = retrieve(answering.kb.as_ref(), &query)
                     .instrument(tracing::info_span!("retrieval")) => r.map_err(|_| Stop::Ungrounded)?,
             },
         };
@@ -318,6 +352,23 @@ pub(crate) async fn run(
                 grounded: results.as_ref().is_some_and(|r| r.grounded),
                 citations: citations_json(&results),
             });
+        }
+        if answering.settings.refuse_unfound
+            && results.as_ref().is_some_and(|r| !r.grounded)
+            && asks_for_facts(&user)
+        {
+            // Nothing in the knowledge base answers it: say so rather than let the model guess.
+            text = NOT_FOUND.to_string();
+            first_delta = Some(Instant::now());
+            out.send(ServerEvent::OutputTextDelta {
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index: 0,
+                content_index: 0,
+                delta: text.clone(),
+            });
+            crate::metrics::global().refusals.inc();
+            return Ok(());
         }
         let msgs = messages(&answering, &params.instructions, &results, &history, &user);
         let mut req = GenerateRequest::new(msgs);
@@ -495,4 +546,25 @@ pub(crate) async fn run(
             in_conversation: params.conversation.is_some(),
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn factual_questions_are_told_from_small_talk() {
+        for q in [
+            "What's the capital of France?",
+            "how much is a full service",
+            "Um, where can I park?",
+            "Tell me about the Ridgeline",
+            "The wifi password?",
+        ] {
+            assert!(asks_for_facts(q), "{q}");
+        }
+        for t in ["Hello there", "Thanks, that's great.", "ok bye", ""] {
+            assert!(!asks_for_facts(t), "{t}");
+        }
+    }
 }

@@ -503,6 +503,11 @@ impl Responses {
             }
             (None, None) => return,
         };
+        // A follow-up ("how much does it cost?") is searched with the question before it.
+        let query = match history.iter().rev().find(|m| m.role == Role::User) {
+            Some(before) if is_follow_up(&user) => format!("{} {user}", before.content),
+            _ => user.clone(),
+        };
         let mut instructions = r
             .instructions
             .clone()
@@ -515,7 +520,7 @@ impl Responses {
             .max_tokens
             .or(opts.max_output_tokens.map(|n| n as usize))
             .unwrap_or(answering.settings.max_tokens);
-        let prepared = self.prepared.take().filter(|p| p.question == user);
+        let prepared = self.prepared.take().filter(|p| p.question == query);
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let response_id = new_id("resp");
         let in_conversation = !r.out_of_band;
@@ -556,6 +561,7 @@ impl Responses {
             },
             history,
             user,
+            query,
             prepared,
             speech_stopped_at: w.stopped_at,
         };
@@ -622,10 +628,57 @@ impl Responses {
     }
 }
 
+/// Whether a short question leans on the one before it: it names its subject with a pronoun
+/// ("how much does it cost?", "how long are they valid?"), is "and" with at most three words
+/// ("and your email?"), or starts with "what about".
+pub fn is_follow_up(text: &str) -> bool {
+    const LEANING: &[&str] = &[
+        "it", "its", "it's", "they", "them", "their", "that", "those", "this", "these", "he",
+        "she", "him", "her", "his",
+    ];
+    let words: Vec<String> = text
+        .to_lowercase()
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect();
+    if words.is_empty() || words.len() > 10 {
+        return false;
+    }
+    // "And your email?" leans on the question before; "and where is the shop?" does not.
+    (words[0] == "and" && words.len() <= 4)
+        || text.to_lowercase().trim_start().starts_with("what about")
+        || text.to_lowercase().trim_start().starts_with("how about")
+        || words.iter().any(|w| LEANING.contains(&w.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn follow_ups_are_the_questions_that_lean_on_the_one_before() {
+        for yes in [
+            "How much does it cost?",
+            "And your email address?",
+            "How long are they valid for?",
+            "How long is that ride?",
+            "What about Sundays?",
+        ] {
+            assert!(is_follow_up(yes), "{yes}");
+        }
+        for no in [
+            "Where is the shop?",
+            "How long does a bike fit take?",
+            "Can I bring my dog into the shop?",
+            "Is there a winter sale on?",
+            "And where is the shop?",
+            "",
+        ] {
+            assert!(!is_follow_up(no), "{no}");
+        }
+    }
 
     #[test]
     fn response_create_is_read_and_bad_fields_named() {

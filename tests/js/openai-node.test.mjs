@@ -43,14 +43,15 @@ test("a spoken turn through OpenAIRealtimeWebSocket", { timeout: 180000 }, async
       audio: {
         input: {
           format: { type: "audio/pcm", rate: 16000 },
-          turn_detection: { type: "server_vad", silence_duration_ms: 500 },
+          // JFK pauses for ~0.5 s mid-sentence: a longer window keeps the clip one turn.
+          turn_detection: { type: "server_vad", silence_duration_ms: 1200 },
         },
       },
     },
   });
   const { samples, rate } = audio("jfk.wav");
   assert.equal(rate, 16000);
-  for (const part of [samples, silence(1.2, rate)]) {
+  for (const part of [samples, silence(2, rate)]) {
     for (const c of chunks(part, rate, 100)) {
       const pcm = floatToPcm16(c);
       rt.send({ type: "input_audio_buffer.append", audio: base64(new Uint8Array(pcm.buffer)) });

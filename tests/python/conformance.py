@@ -199,7 +199,7 @@ async def realtime(url, headers, audio_dir):
         assert not any(e["type"] == "conversation.item.added" for e in oob), [e["type"] for e in oob]
 
         # 7. An answer cut by max_output_tokens is incomplete, and says why.
-        await s.send(ask("Describe the shop."))
+        await s.send(ask("Say something nice about bicycles."))
         await s.send({"type": "response.create", "response": {"max_output_tokens": 2}})
         r = (await s.until("response.done"))[-1]["response"]
         assert r["status"] == "incomplete", r

@@ -46,7 +46,7 @@ def main():
         assert w.getsampwidth() == 2 and w.getnchannels() == 1
         rate = w.getframerate()
         pcm = w.readframes(w.getnframes())
-    pcm += b"\0\0" * int(rate * 1.2)  # a pause, so the turn ends
+    pcm += b"\0\0" * int(rate * 2)  # a pause, so the turn ends
 
     seen = []
     transcripts = []
@@ -59,7 +59,7 @@ def main():
                 "audio": {
                     "input": {
                         "format": {"type": "audio/pcm", "rate": rate},
-                        "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+                        "turn_detection": {"type": "server_vad", "silence_duration_ms": 1200},
                     }
                 },
             }
