@@ -1,5 +1,6 @@
 //! Streams a WAV file to a voxd server at real-time pace, as a microphone would, and prints the
-//! transcript of each turn and the answer with its sources.
+//! transcript of each turn and the answer with its sources. The answer is spoken (the server's
+//! default): its transcript is printed and its audio (PCM16, 24 kHz) saved with `--save OUT.wav`.
 //!
 //! ```sh
 //! bash scripts/serve            # in another terminal
@@ -9,6 +10,8 @@
 //!
 //! Built with only the `client` feature, it compiles none of the server's models. Set
 //! `VOXD_API_KEY` if the server requires a key; `--fast` streams without pacing.
+
+use base64::Engine;
 
 use std::io::Write;
 use std::time::Duration;
@@ -21,9 +24,21 @@ use voxd::protocol::ServerEvent;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let fast = args.iter().any(|a| a == "--fast");
-    let positional: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let save = args
+        .iter()
+        .position(|a| a == "--save")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let positional: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--save"))
+        .map(|(_, a)| a)
+        .collect();
     let Some(path) = positional.first() else {
-        eprintln!("usage: stream_file FILE.wav [ws://127.0.0.1:8080/v1/realtime] [--fast]");
+        eprintln!(
+            "usage: stream_file FILE.wav [ws://127.0.0.1:8080/v1/realtime] [--fast] [--save OUT.wav]"
+        );
         std::process::exit(2);
     };
     let url = positional
@@ -64,6 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let mut stdout = std::io::stdout();
+    let mut audio: Vec<u8> = Vec::new();
     while let Some(message) = tokio::time::timeout(Duration::from_secs(120), rx.next())
         .await
         .map_err(|_| "no event for 120 s")?
@@ -72,9 +88,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Incoming::Event(ServerEvent::TranscriptionCompleted { transcript, .. }) => {
                 writeln!(stdout, "transcript: {}", transcript.trim())?;
             }
-            Incoming::Event(ServerEvent::OutputTextDelta { delta, .. }) => {
+            // The answer's words: its transcript when spoken, its text in a text-only session.
+            Incoming::Event(
+                ServerEvent::OutputAudioTranscriptDelta { delta, .. }
+                | ServerEvent::OutputTextDelta { delta, .. },
+            ) => {
                 write!(stdout, "{delta}")?;
                 stdout.flush()?;
+            }
+            Incoming::Event(ServerEvent::OutputAudioDelta { delta, .. }) => {
+                audio.extend(base64::engine::general_purpose::STANDARD.decode(delta)?);
             }
             Incoming::Event(ServerEvent::ResponseDone { response }) => {
                 writeln!(stdout)?;
@@ -85,6 +108,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .flatten()
                 {
                     writeln!(stdout, "source: {}", c["title"].as_str().unwrap_or("?"))?;
+                }
+                writeln!(stdout, "audio: {:.1} s", audio.len() as f64 / 48_000.0)?;
+                if let Some(out) = &save {
+                    client::wav::write_pcm16(out, 24_000, &audio)?;
                 }
                 writeln!(
                     stdout,

@@ -191,6 +191,67 @@ pub struct LlmArgs {
     pub llm_answer_unfound: bool,
 }
 
+/// Speech-synthesis settings (the voice of spoken answers and `/v1/audio/speech`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TtsArgs {
+    /// Voice: a manifest name (piper-joe-medium) or a path to any Piper voice (`.onnx`, with its
+    /// `.onnx.json` beside it); with --tts-url, the remote model's name.
+    #[arg(long, env = "VOXD_TTS_MODEL")]
+    pub tts_model: Option<String>,
+    /// Serve no voice: answers are text only and `/v1/audio/speech` answers 503.
+    #[arg(long, env = "VOXD_NO_TTS")]
+    pub no_tts: bool,
+    /// Use an OpenAI-compatible `/v1/audio/speech` endpoint (base URL with /v1) instead of the
+    /// embedded voice.
+    #[arg(long, env = "VOXD_TTS_URL")]
+    pub tts_url: Option<String>,
+    /// API key for --tts-url.
+    #[arg(long, env = "VOXD_TTS_API_KEY", hide_env_values = true)]
+    pub tts_api_key: Option<String>,
+    /// For --tts-url: the remote voice used when a client names none [default: alloy].
+    #[arg(long, env = "VOXD_TTS_VOICE")]
+    pub tts_voice: Option<String>,
+    /// Voice workers (each holds a copy of the voice, about 100 MB) [default: 1].
+    #[arg(long, env = "VOXD_TTS_WORKERS")]
+    pub tts_workers: Option<usize>,
+    /// Threads each voice worker computes on [default: 1].
+    #[arg(long, env = "VOXD_TTS_THREADS")]
+    pub tts_threads: Option<usize>,
+    /// The ONNX Runtime library (libonnxruntime.so, 1.17 or newer) [default: the one `voxd
+    /// models pull` installed].
+    #[arg(long, env = "VOXD_ONNXRUNTIME")]
+    pub onnxruntime: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTts {
+    enabled: Option<bool>,
+    model: Option<String>,
+    url: Option<String>,
+    api_key: Option<String>,
+    voice: Option<String>,
+    workers: Option<usize>,
+    threads: Option<usize>,
+    onnxruntime: Option<PathBuf>,
+}
+
+/// Speech-synthesis configuration.
+#[derive(Debug, Clone)]
+pub struct TtsConfig {
+    pub enabled: bool,
+    /// `None`: the manifest's default voice.
+    pub model: Option<String>,
+    pub url: Option<String>,
+    pub api_key: Option<String>,
+    /// The remote voice used when a client names none.
+    pub voice: String,
+    pub workers: usize,
+    pub threads: usize,
+    /// `None`: the manifest's ONNX Runtime.
+    pub onnxruntime: Option<PathBuf>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileLlm {
@@ -273,6 +334,8 @@ struct FileConfig {
     kb: FileKb,
     #[serde(default)]
     llm: FileLlm,
+    #[serde(default)]
+    tts: FileTts,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -368,6 +431,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub kb: KbConfig,
     pub llm: LlmConfig,
+    pub tts: TtsConfig,
 }
 
 /// The default data folder: `$XDG_DATA_HOME/voxd` (`~/.local/share/voxd`).
@@ -395,7 +459,14 @@ impl Config {
         server: &ServerArgs,
         kb: &KbArgs,
     ) -> Result<Self, ConfigError> {
-        Self::resolve_all(common, asr, server, kb, &LlmArgs::default())
+        Self::resolve_all(
+            common,
+            asr,
+            server,
+            kb,
+            &LlmArgs::default(),
+            &TtsArgs::default(),
+        )
     }
 
     /// [`Config::resolve`] with every group of flags.
@@ -405,6 +476,7 @@ impl Config {
         server: &ServerArgs,
         kb: &KbArgs,
         llm: &LlmArgs,
+        tts: &TtsArgs,
     ) -> Result<Self, ConfigError> {
         let file = match &common.config {
             Some(path) => read_file(path)?,
@@ -656,9 +728,48 @@ impl Config {
             answer_unfound: llm.llm_answer_unfound || fl.answer_unfound.unwrap_or(false),
         };
 
+        let ft = file.tts;
+        let tts_workers = tts.tts_workers.or(ft.workers).unwrap_or(1);
+        let tts_threads = tts.tts_threads.or(ft.threads).unwrap_or(1);
+        for (setting, n) in [("tts_workers", tts_workers), ("tts_threads", tts_threads)] {
+            if !(1..=64).contains(&n) {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    message: format!("{n} is outside 1..=64"),
+                });
+            }
+        }
+        let tts_url = tts.tts_url.clone().or(ft.url).filter(|u| !u.is_empty());
+        let tts_model = tts.tts_model.clone().or(ft.model);
+        if tts_url.is_some() && tts_model.is_none() {
+            return Err(ConfigError::Invalid {
+                setting: "tts_model",
+                message: "--tts-url needs --tts-model, the remote model's name".into(),
+            });
+        }
+        let tts_config = TtsConfig {
+            enabled: !tts.no_tts && ft.enabled.unwrap_or(true),
+            model: tts_model,
+            url: tts_url,
+            api_key: tts
+                .tts_api_key
+                .clone()
+                .or(ft.api_key)
+                .filter(|k| !k.is_empty()),
+            voice: tts
+                .tts_voice
+                .clone()
+                .or(ft.voice)
+                .unwrap_or_else(|| "alloy".into()),
+            workers: tts_workers,
+            threads: tts_threads,
+            onnxruntime: tts.onnxruntime.clone().or(ft.onnxruntime),
+        };
+
         Ok(Config {
             home,
             llm: llm_config,
+            tts: tts_config,
             kb: kb_config,
             log_format: common.log_format.or(file.log_format).unwrap_or_default(),
             asr: AsrConfig {

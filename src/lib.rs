@@ -18,6 +18,8 @@
 //! - [`rag`]: the knowledge base: embeddings, SQLite store, chunking, hybrid retrieval.
 //! - [`llm`]: the language-model trait: SmolLM2 in-process (candle) or an OpenAI-compatible endpoint.
 //! - [`prompt`]: the grounded prompt (instructions, delimited passages, history) and ChatML.
+//! - [`tts`]: speech synthesis: the Piper voice on ONNX Runtime, or an OpenAI-compatible endpoint.
+//! - [`onnx`]: ONNX Runtime, loaded at run time; the engine of the voice and turn-taking models.
 //! - [`protocol`]: the OpenAI Realtime API events and session configuration.
 //! - [`realtime`]: one realtime session wiring audio, VAD, ASR and events over a WebSocket.
 //! - [`server`]: the HTTP routes (health, readiness, OpenAI-compatible transcription).
@@ -55,6 +57,8 @@ pub mod metrics;
 #[cfg(feature = "server")]
 pub mod models;
 #[cfg(feature = "server")]
+pub mod onnx;
+#[cfg(feature = "server")]
 pub mod openai_http;
 #[cfg(feature = "server")]
 pub mod prompt;
@@ -67,6 +71,8 @@ pub mod realtime;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "server")]
+pub mod tts;
 #[cfg(feature = "server")]
 pub mod vad;
 pub mod wer;

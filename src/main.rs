@@ -10,7 +10,7 @@ use tracing::{error, info};
 
 use voxd::asr::{Asr, Request, WhisperConfig, WhisperPool};
 use voxd::audio::{self, ChannelSelect};
-use voxd::config::{AsrArgs, CommonArgs, Config, KbArgs, LlmArgs, ServerArgs};
+use voxd::config::{AsrArgs, CommonArgs, Config, KbArgs, LlmArgs, ServerArgs, TtsArgs};
 use voxd::models::{Manifest, ModelStore, PullOptions, PullOutcome, Role};
 use voxd::server::{self, AppState, ServerSettings};
 
@@ -41,6 +41,8 @@ enum Command {
         kb: KbArgs,
         #[command(flatten)]
         llm: LlmArgs,
+        #[command(flatten)]
+        tts: TtsArgs,
         /// Do not download missing default models; fail instead.
         #[arg(long)]
         no_pull: bool,
@@ -203,6 +205,10 @@ struct ClientArgs {
     /// time from the true end of speech to its first token.
     #[arg(long)]
     answer: bool,
+    /// With --answer: ask for spoken answers and write their audio (16-bit PCM, 24 kHz) to this
+    /// WAV file (without it, answers are asked for as text).
+    #[arg(long, requires = "answer")]
+    audio_out: Option<PathBuf>,
     /// Silence appended after the file, in ms.
     #[arg(long, default_value_t = 1500)]
     tail_ms: u64,
@@ -311,9 +317,10 @@ fn run(cli: Cli) -> Result<()> {
             asr,
             kb,
             llm,
+            tts,
             no_pull,
         } => {
-            let cfg = Config::resolve_all(&cli.common, &asr, &server, &kb, &llm)?;
+            let cfg = Config::resolve_all(&cli.common, &asr, &server, &kb, &llm, &tts)?;
             // Kept until the server has stopped, so the last spans are flushed.
             let _telemetry = voxd::telemetry::init_with_export(
                 cfg.log_format,
@@ -453,6 +460,21 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
                     Err(e) => {
                         error!(error = %e, "loading the language model failed");
                         llm_state.set_llm_error(e.to_string());
+                    }
+                }
+            });
+        }
+        if cfg.tts.enabled {
+            state.expect_tts();
+            let tts_state = state.clone();
+            let tts_cfg = cfg.tts.clone();
+            let tts_models = store.clone();
+            tokio::task::spawn_blocking(move || {
+                match voxd::tts::open::open(&tts_cfg, &tts_models) {
+                    Ok(tts) => tts_state.set_tts(tts),
+                    Err(e) => {
+                        error!(error = %e, "loading the voice failed; answers will be text only");
+                        tts_state.set_tts_error(e.to_string());
                     }
                 }
             });
@@ -903,12 +925,21 @@ async fn client(args: ClientArgs) -> Result<()> {
     } else {
         serde_json::json!(100)
     };
-    tx.update_session(serde_json::json!({
+    let mut session = serde_json::json!({
         "type": if args.answer { "realtime" } else { "transcription" },
         "audio": {"input": {"format": {"type": "audio/pcm", "rate": args.rate}, "turn_detection": turn_detection}},
         "voxd": {"speculative_after_ms": speculative}
-    }))
-    .await?;
+    });
+    if args.answer {
+        let modality = if args.audio_out.is_some() {
+            "audio"
+        } else {
+            "text"
+        };
+        session["output_modalities"] = serde_json::json!([modality]);
+    }
+    tx.update_session(session).await?;
+    let mut audio_out: Vec<u8> = Vec::new();
 
     let start = tokio::time::Instant::now();
     let (rate, realtime, binary, manual) = (args.rate, args.realtime, args.binary, args.manual);
@@ -955,6 +986,10 @@ async fn client(args: ClientArgs) -> Result<()> {
                 if args.json {
                     println!("{v}");
                 }
+                continue;
+            }
+            Incoming::Audio(bytes) => {
+                audio_out.extend_from_slice(&bytes);
                 continue;
             }
             Incoming::Closed { code, reason } => {
@@ -1004,7 +1039,15 @@ async fn client(args: ClientArgs) -> Result<()> {
                 }
                 done += 1;
             }
-            ServerEvent::OutputTextDelta { delta, .. } => {
+            ServerEvent::OutputAudioDelta { delta, .. } => {
+                use base64::Engine;
+                match base64::engine::general_purpose::STANDARD.decode(delta) {
+                    Ok(bytes) => audio_out.extend_from_slice(&bytes),
+                    Err(e) => eprintln!("error: bad audio delta: {e}"),
+                }
+            }
+            ServerEvent::OutputTextDelta { delta, .. }
+            | ServerEvent::OutputAudioTranscriptDelta { delta, .. } => {
                 if !answer_started {
                     answer_started = true;
                     let now_ms = start.elapsed().as_millis() as i64;
@@ -1036,15 +1079,12 @@ async fn client(args: ClientArgs) -> Result<()> {
                 if !args.json {
                     println!();
                     let status = response["status"].as_str().unwrap_or("");
-                    let sources = response["metadata"]["citations"]
-                        .as_str()
-                        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
-                        .and_then(|c| {
-                            c.as_array().map(|a| {
-                                a.iter()
-                                    .filter_map(|x| x["title"].as_str().map(str::to_string))
-                                    .collect::<Vec<_>>()
-                            })
+                    let sources = response["voxd"]["citations"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x["title"].as_str().map(str::to_string))
+                                .collect::<Vec<_>>()
                         })
                         .unwrap_or_default();
                     println!(
@@ -1080,6 +1120,16 @@ async fn client(args: ClientArgs) -> Result<()> {
             first_token_latencies[first_token_latencies.len() / 2],
             first_token_latencies.len()
         );
+    }
+    if let Some(path) = &args.audio_out {
+        voxd::client::wav::write_pcm16(path, 24_000, &audio_out)?;
+        if !args.json {
+            println!(
+                "wrote {:.1} s of spoken answers to {}",
+                audio_out.len() as f64 / 48_000.0,
+                path.display()
+            );
+        }
     }
     Ok(())
 }

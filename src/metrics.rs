@@ -138,6 +138,8 @@ pub struct Metrics {
     pub audio_bytes_in: Counter,
     pub stopped_to_transcript: Histogram,
     pub stopped_to_first_token: Histogram,
+    /// From the end of speech to the first audio of the spoken answer.
+    pub stopped_to_first_audio: Histogram,
     pub stopped_to_done: Histogram,
     pub asr: Histogram,
     pub asr_queue_wait: Histogram,
@@ -159,6 +161,7 @@ pub fn global() -> &'static Metrics {
         audio_bytes_in: Counter::default(),
         stopped_to_transcript: Histogram::new(LATENCY_BUCKETS),
         stopped_to_first_token: Histogram::new(LATENCY_BUCKETS),
+        stopped_to_first_audio: Histogram::new(LATENCY_BUCKETS),
         stopped_to_done: Histogram::new(LATENCY_BUCKETS),
         asr: Histogram::new(LATENCY_BUCKETS),
         asr_queue_wait: Histogram::new(LATENCY_BUCKETS),
@@ -304,7 +307,7 @@ impl Metrics {
             "Audio bytes received on realtime sessions (decoded from base64).",
             self.audio_bytes_in.get() as f64,
         );
-        let hists: [(&Histogram, &str, &str); 9] = [
+        let hists: [(&Histogram, &str, &str); 10] = [
             (
                 &self.stopped_to_transcript,
                 "voxd_speech_stopped_to_transcript_seconds",
@@ -314,6 +317,11 @@ impl Metrics {
                 &self.stopped_to_first_token,
                 "voxd_speech_stopped_to_first_token_seconds",
                 "From speech_stopped to the first answer token.",
+            ),
+            (
+                &self.stopped_to_first_audio,
+                "voxd_speech_stopped_to_first_audio_seconds",
+                "From speech_stopped to the first audio of the spoken answer.",
             ),
             (
                 &self.stopped_to_done,

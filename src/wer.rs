@@ -4,7 +4,8 @@
 //! "And so, my fellow Americans" and "and so my fellow americans" are the same words.
 
 /// Lower-cases, turns punctuation into spaces (keeping apostrophes inside words, as in
-/// "don't") and splits into words.
+/// "don't"), writes dotted initials as one word ("a.m." is "am") and a number's unit apart
+/// ("10am" is "10 am"), and splits into words.
 pub fn normalize(text: &str) -> Vec<String> {
     let mut cleaned = String::with_capacity(text.len());
     let chars: Vec<char> = text.chars().collect();
@@ -13,6 +14,17 @@ pub fn normalize(text: &str) -> Vec<String> {
             && i > 0
             && chars[i - 1].is_alphanumeric()
             && chars.get(i + 1).is_some_and(|n| n.is_alphanumeric());
+        // The dot after a lone letter: "a.m.", "U.S.".
+        let initial_dot = c == '.'
+            && i > 0
+            && chars[i - 1].is_alphabetic()
+            && (i < 2 || chars[i - 2].is_whitespace() || chars[i - 2] == '.');
+        if initial_dot {
+            continue;
+        }
+        if c.is_alphabetic() && i > 0 && chars[i - 1].is_ascii_digit() {
+            cleaned.push(' ');
+        }
         if c.is_alphanumeric() {
             cleaned.extend(c.to_lowercase());
         } else if inner_apostrophe {
@@ -67,6 +79,15 @@ mod tests {
             ),
             0.0
         );
+    }
+
+    #[test]
+    fn initials_and_units_are_written_one_way() {
+        assert_eq!(
+            normalize("10am to 5 p.m. in the U.S."),
+            normalize("10 am to 5 pm in the US")
+        );
+        assert_eq!(normalize("Plan A. Then"), ["plan", "a", "then"]);
     }
 
     #[test]

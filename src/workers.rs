@@ -6,10 +6,10 @@
 //! jobs are refused with [`PoolError::Busy`] instead of piling up. A job that panics is reported
 //! as [`PoolError::Panicked`] and its worker keeps serving.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -26,10 +26,30 @@ pub enum PoolError {
     Panicked { pool: &'static str, message: String },
 }
 
+/// The jobs waiting for a worker: urgent ones first, each kind in order of arrival.
+struct Queue<S> {
+    urgent: VecDeque<Job<S>>,
+    normal: VecDeque<Job<S>>,
+    open: bool,
+}
+
+struct Shared<S> {
+    queue: Mutex<Queue<S>>,
+    ready: Condvar,
+}
+
+impl<S> Shared<S> {
+    fn close(&self) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.open = false;
+        self.ready.notify_all();
+    }
+}
+
 /// A fixed set of worker threads, each owning one `S`.
 pub struct WorkerPool<S> {
     name: &'static str,
-    tx: Mutex<Option<mpsc::Sender<Job<S>>>>,
+    shared: Arc<Shared<S>>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
     workers: usize,
@@ -38,21 +58,33 @@ pub struct WorkerPool<S> {
 impl<S: Send + 'static> WorkerPool<S> {
     /// Starts one thread per element of `states`; at most `capacity` jobs wait in the queue.
     pub fn start(name: &'static str, states: Vec<S>, capacity: usize) -> Self {
-        let (tx, rx) = mpsc::channel::<Job<S>>();
-        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                urgent: VecDeque::new(),
+                normal: VecDeque::new(),
+                open: true,
+            }),
+            ready: Condvar::new(),
+        });
         let queued = Arc::new(AtomicUsize::new(0));
         let workers = states.len();
         for (i, mut state) in states.into_iter().enumerate() {
-            let rx = rx.clone();
+            let shared = shared.clone();
             let queued = queued.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || loop {
                     let job = {
-                        let Ok(guard) = rx.lock() else { return };
-                        match guard.recv() {
-                            Ok(job) => job,
-                            Err(_) => return,
+                        let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                        loop {
+                            if let Some(job) = q.urgent.pop_front().or_else(|| q.normal.pop_front())
+                            {
+                                break job;
+                            }
+                            if !q.open {
+                                return;
+                            }
+                            q = shared.ready.wait(q).unwrap_or_else(|p| p.into_inner());
                         }
                     };
                     queued.fetch_sub(1, Ordering::SeqCst);
@@ -64,7 +96,7 @@ impl<S: Send + 'static> WorkerPool<S> {
         }
         WorkerPool {
             name,
-            tx: Mutex::new(Some(tx)),
+            shared,
             queued,
             capacity: capacity.max(1),
             workers,
@@ -81,8 +113,12 @@ impl<S: Send + 'static> WorkerPool<S> {
         self.queued.load(Ordering::SeqCst)
     }
 
-    /// Queues `f` and returns a receiver for its result.
-    fn submit<R, F>(&self, f: F) -> Result<oneshot::Receiver<Result<R, PoolError>>, PoolError>
+    /// Queues `f` (ahead of every normal job when `urgent`) and returns a receiver for its result.
+    fn submit<R, F>(
+        &self,
+        f: F,
+        urgent: bool,
+    ) -> Result<oneshot::Receiver<Result<R, PoolError>>, PoolError>
     where
         R: Send + 'static,
         F: FnOnce(&mut S) -> R + Send + 'static,
@@ -109,14 +145,17 @@ impl<S: Send + 'static> WorkerPool<S> {
             });
             let _ = done_tx.send(result);
         });
-        let sent = match self.tx.lock() {
-            Ok(guard) => guard.as_ref().map(|tx| tx.send(job).is_ok()),
-            Err(_) => None,
-        };
-        if sent != Some(true) {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if !q.open {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(PoolError::ShutDown { pool: name });
         }
+        if urgent {
+            q.urgent.push_back(job);
+        } else {
+            q.normal.push_back(job);
+        }
+        self.shared.ready.notify_one();
         Ok(done_rx)
     }
 
@@ -126,7 +165,19 @@ impl<S: Send + 'static> WorkerPool<S> {
         R: Send + 'static,
         F: FnOnce(&mut S) -> R + Send + 'static,
     {
-        let rx = self.submit(f)?;
+        let rx = self.submit(f, false)?;
+        rx.await
+            .unwrap_or(Err(PoolError::ShutDown { pool: self.name }))
+    }
+
+    /// Like [`WorkerPool::run`], but ahead of every job queued with `run`: for work that
+    /// something already in progress waits on (the next sentence of an answer being played).
+    pub async fn run_urgent<R, F>(&self, f: F) -> Result<R, PoolError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut S) -> R + Send + 'static,
+    {
+        let rx = self.submit(f, true)?;
         rx.await
             .unwrap_or(Err(PoolError::ShutDown { pool: self.name }))
     }
@@ -137,24 +188,20 @@ impl<S: Send + 'static> WorkerPool<S> {
         R: Send + 'static,
         F: FnOnce(&mut S) -> R + Send + 'static,
     {
-        let rx = self.submit(f)?;
+        let rx = self.submit(f, false)?;
         rx.blocking_recv()
             .unwrap_or(Err(PoolError::ShutDown { pool: self.name }))
     }
 
     /// Stops accepting jobs; workers exit once the queue is drained.
     pub fn shutdown(&self) {
-        if let Ok(mut guard) = self.tx.lock() {
-            guard.take();
-        }
+        self.shared.close();
     }
 }
 
 impl<S> Drop for WorkerPool<S> {
     fn drop(&mut self) {
-        if let Ok(mut guard) = self.tx.lock() {
-            guard.take();
-        }
+        self.shared.close();
     }
 }
 
@@ -186,17 +233,20 @@ mod tests {
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
         // Occupy the only worker.
         let first = pool
-            .submit(move |_| {
-                started_tx.send(()).unwrap();
-                hold_rx.recv().unwrap();
-            })
+            .submit(
+                move |_| {
+                    started_tx.send(()).unwrap();
+                    hold_rx.recv().unwrap();
+                },
+                false,
+            )
             .unwrap();
         started_rx.recv().unwrap();
         // One job may wait…
-        let second = pool.submit(|_| 2).unwrap();
+        let second = pool.submit(|_| 2, false).unwrap();
         // …the next is refused.
         assert!(matches!(
-            pool.submit(|_| 3).unwrap_err(),
+            pool.submit(|_| 3, false).unwrap_err(),
             PoolError::Busy { .. }
         ));
         hold_tx.send(()).unwrap();
@@ -207,5 +257,33 @@ mod tests {
             pool.run(|_| 4).await.unwrap_err(),
             PoolError::ShutDown { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn urgent_jobs_overtake_waiting_ones() {
+        let pool = WorkerPool::start("order", vec![Vec::<u32>::new()], 8);
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let first = pool
+            .submit(
+                move |_| {
+                    started_tx.send(()).unwrap();
+                    hold_rx.recv().unwrap();
+                },
+                false,
+            )
+            .unwrap();
+        started_rx.recv().unwrap();
+        let normal = pool
+            .submit(|seen: &mut Vec<u32>| seen.push(1), false)
+            .unwrap();
+        let urgent = pool
+            .submit(|seen: &mut Vec<u32>| seen.push(2), true)
+            .unwrap();
+        hold_tx.send(()).unwrap();
+        for rx in [first, normal, urgent] {
+            rx.await.unwrap().unwrap();
+        }
+        assert_eq!(pool.run(|seen| seen.clone()).await.unwrap(), vec![2, 1]);
     }
 }

@@ -35,6 +35,7 @@ async fn read_until(
                     }
                 }
                 Incoming::Other(v) => panic!("unknown event {v}"),
+                Incoming::Audio(_) => panic!("binary audio in a text session"),
                 Incoming::Closed { code, reason } => panic!("closed {code} {reason}"),
             }
         }

@@ -1,5 +1,5 @@
 //! `voxd bench` itself: a short run (1 session, 1 turn) against a real server with the default
-//! models and the fixture knowledge base; its JSON, table and plot are well-formed and its
+//! models (the voice too) and the fixture knowledge base; its JSON, table and plot are well-formed and its
 //! latencies positive and in pipeline order. Also: the speech segments stored beside the test
 //! recordings are what the VAD finds now.
 
@@ -12,8 +12,15 @@ use voxd::server::ServerSettings;
 async fn a_one_turn_bench_run_is_well_formed_and_ordered() {
     let dir = tempfile::tempdir().unwrap();
     let kb = common::fixture_kb(dir.path()).await;
-    let (url, _) =
-        common::start_full(ServerSettings::default(), Some(kb), Some(common::llm())).await;
+    let tts: std::sync::Arc<dyn voxd::tts::Tts> =
+        tokio::task::spawn_blocking(common::tts).await.unwrap();
+    let (url, _) = common::start_speaking(
+        ServerSettings::default(),
+        Some(kb),
+        Some(common::llm()),
+        Some(tts),
+    )
+    .await;
     // A copy, so the bench stores the speech segments beside it (in the temp folder).
     let wav = dir.path().join("ldc.wav");
     std::fs::copy(common::data("LDC93S1_pcms16le_1_16000.wav"), &wav).unwrap();
@@ -73,15 +80,20 @@ async fn a_one_turn_bench_run_is_well_formed_and_ordered() {
             .as_f64()
             .unwrap_or_else(|| panic!("no {k} in {turn}"))
     };
-    let (stopped, transcript, first_token, done) = (
+    let (stopped, transcript, first_token, first_audio, done) = (
         ms("speech_stopped"),
         ms("transcript"),
         ms("first_token"),
+        ms("first_audio"),
         ms("done"),
     );
     assert!(stopped > 0.0, "{turn}");
+    // The answer is spoken: its first audio byte comes after its first token.
     assert!(
-        stopped <= transcript && transcript <= first_token && first_token <= done,
+        stopped <= transcript
+            && transcript <= first_token
+            && first_token <= first_audio
+            && first_audio <= done,
         "{turn}"
     );
     assert!(ms("asr_rtf") > 0.0);
@@ -90,7 +102,13 @@ async fn a_one_turn_bench_run_is_well_formed_and_ordered() {
         turn["transcript_text"].as_str().unwrap(),
     );
     assert!(words <= 0.3, "{turn}");
-    for stage in ["speech_stopped", "transcript", "first_token", "done"] {
+    for stage in [
+        "speech_stopped",
+        "transcript",
+        "first_token",
+        "first_audio",
+        "done",
+    ] {
         let s = &level["stages"][stage];
         assert_eq!(s["n"], 1, "{stage}");
         assert_eq!(s["p50"], turn[stage], "{stage}");
@@ -110,7 +128,7 @@ async fn a_one_turn_bench_run_is_well_formed_and_ordered() {
 
     let svg = std::fs::read_to_string(svg).unwrap();
     assert!(
-        svg.starts_with("<svg") && svg.contains("first_token p50"),
+        svg.starts_with("<svg") && svg.contains("first_audio p50"),
         "{svg}"
     );
 }

@@ -297,13 +297,17 @@ fn rust_client_example_streams_a_file() {
         .join("examples/stream_file");
     assert!(example.exists(), "{} was not built", example.display());
     let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let wav_out = dir.path().join("answer.wav");
     let mut cmd = Command::new(example);
     cmd.arg(common::data("LDC93S1_pcms16le_2_44100.wav"))
         .arg(format!(
             "{}/v1/realtime",
             server.base.replace("http://", "ws://")
         ))
-        .arg("--fast");
+        .arg("--fast")
+        .arg("--save")
+        .arg(&wav_out);
     let out = server.run("examples/stream_file", cmd);
     let transcript = out
         .lines()
@@ -322,7 +326,15 @@ fn rust_client_example_streams_a_file() {
         .lines()
         .skip_while(|l| !l.starts_with("transcript: "))
         .skip(1)
-        .take_while(|l| !l.starts_with("source: ") && !l.starts_with("status: "))
+        .take_while(|l| !l.starts_with("source: ") && !l.starts_with("audio: "))
         .collect::<String>();
     assert!(!answer_lines.trim().is_empty(), "empty answer in:\n{out}");
+    // The answer was spoken, and the example saved its audio as a WAV the client can read.
+    let saved = voxd::client::wav::read(&wav_out).unwrap();
+    assert_eq!(saved.sample_rate, 24_000);
+    assert!(
+        saved.samples.len() > 24_000,
+        "{} samples saved",
+        saved.samples.len()
+    );
 }

@@ -120,16 +120,19 @@ fn second_pull_does_no_work_and_verify_passes() {
     );
     let out = voxd(&["models", "verify"], &home);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Every model of the manifest: ASR, LLM, embeddings, the voice and ONNX Runtime.
+    let models = voxd::models::Manifest::builtin().models.len();
+    assert_eq!(models, 5);
     assert_eq!(
         text(&out.stdout).matches("ok ").count(),
-        3,
+        models,
         "{}",
         text(&out.stdout)
     );
     let out = voxd(&["models", "list"], &home);
     assert_eq!(
         text(&out.stdout).matches("installed").count(),
-        3,
+        models,
         "{}",
         text(&out.stdout)
     );

@@ -1,7 +1,8 @@
 // The voxd web demo: microphone → AudioWorklet → voxd.js (resampling, realtime WebSocket) →
-// live transcript, streamed answer with sources, spoken answer, and the server's own latency
-// figures per turn. Also a small knowledge-base manager over the REST API.
-import { connect } from "/sdk/voxd.js";
+// live transcript, streamed answer with sources, the server's spoken answer (Web Audio, stopped
+// at once when you talk over it), and the server's own latency figures per turn. Also a small
+// knowledge-base manager over the REST API.
+import { AudioPlayer, connect } from "/sdk/voxd.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -30,6 +31,8 @@ ui.speak.checked = settings.speak;
 
 function sessionConfig() {
   const config = {
+    // The server's voice speaks the answers; without one (or with speech off) they are text.
+    output_modalities: [settings.speak ? "audio" : "text"],
     audio: {
       input: {
         turn_detection: {
@@ -68,7 +71,8 @@ $("settings-form").addEventListener("submit", async (e) => {
 ui.speak.addEventListener("change", () => {
   settings.speak = ui.speak.checked;
   localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings));
-  if (!settings.speak) speechSynthesis?.cancel();
+  if (!settings.speak) stopSpeaking();
+  if (session?.state === "open") session.updateSession(sessionConfig()).catch((err) => notice(err.message));
 });
 
 function notice(text) {
@@ -84,7 +88,23 @@ function setConnection(state, text) {
 // ---- the session ----
 let session = null;
 let mic = null;
+// Plays the server's spoken answers; made on the first click (browsers need a gesture).
+let player = null;
+function ensurePlayer() {
+  if (!player) {
+    player = new AudioPlayer(new AudioContext());
+    window.voxdPlayer = player; // for tests and the curious
+    // An answer can be stopped while it is generated or still playing.
+    setInterval(() => {
+      ui.stopAnswer.disabled = !(session?.activeResponseId || player.playing);
+    }, 200);
+  }
+  return player;
+}
+// Whether the server speaks this session's answers (else the browser's voice is the fallback).
+const serverSpeaks = () => session?.session?.output_modalities?.includes("audio") ?? false;
 const turnsByItem = new Map();
+const turnsByAnswerItem = new Map();
 const answers = new Map();
 // The turn the next response answers: the last one transcribed, or the last typed question.
 let answerableTurn = null;
@@ -118,9 +138,12 @@ async function openSession() {
   setConnection("connecting", "Connecting…");
   session = await connect(wsUrl(), { apiKey: settings.apiKey || undefined, session: sessionConfig() });
   setConnection("open", "Connected");
+  // Spoken answers play as they arrive; talking over one stops it and tells the server what
+  // was heard (conversation.item.truncate).
+  session.attachPlayer(ensurePlayer());
   session.on("input_audio_buffer.speech_started", (e) => {
-    // Barge-in: the server cancels the answer in progress; stop speaking it here.
-    stopSpeaking();
+    // Barge-in: the server cancels the answer in progress; the fallback voice stops too.
+    if ("speechSynthesis" in window) speechSynthesis.cancel();
     const turn = turnFor(e.item_id);
     turn.partial.textContent = "…";
   });
@@ -155,6 +178,27 @@ async function openSession() {
     a.turn.answerText.textContent = a.text;
     speakSentences(a, false);
   });
+  // A spoken answer: its transcript arrives with its audio.
+  session.on("response.output_audio_transcript.delta", (e) => {
+    const a = answers.get(e.response_id);
+    if (!a) return;
+    a.text += e.delta;
+    a.turn.answerText.textContent = a.text;
+  });
+  session.on("response.output_audio.delta", (e) => {
+    const a = answers.get(e.response_id);
+    if (!a) return;
+    a.audioBytes = (a.audioBytes ?? 0) + Math.floor((e.delta.length * 3) / 4);
+    a.turn.answer.dataset.audioMs = String(Math.round(a.audioBytes / 48));
+  });
+  session.on("conversation.item.truncated", (e) => {
+    const turn = turnsByAnswerItem.get(e.item_id);
+    if (turn) turn.answer.dataset.heardMs = String(e.audio_end_ms);
+  });
+  session.on("response.output_item.added", (e) => {
+    const a = answers.get(e.response_id);
+    if (a) turnsByAnswerItem.set(e.item.id, a.turn);
+  });
   session.on("response.done", (e) => {
     const a = answers.get(e.response.id);
     ui.stopAnswer.disabled = true;
@@ -162,6 +206,7 @@ async function openSession() {
     const status = e.response.status;
     a.turn.answer.dataset.status = status;
     if (status === "completed") speakSentences(a, true);
+    if (e.response.voxd_timing?.audio_ms) a.turn.answer.dataset.audioMs = String(Math.round(e.response.voxd_timing.audio_ms));
     if (status === "failed") {
       a.turn.answerText.textContent = e.response.status_details?.error?.message ?? "The answer failed.";
     }
@@ -219,11 +264,13 @@ function renderLatency(turn, timing) {
   if (t?.speech_stopped_to_completed_ms != null) parts.push(`speech stopped → transcript ${ms(t.speech_stopped_to_completed_ms)}`);
   if (timing?.speech_stopped_to_first_token_ms != null) {
     parts.push(`→ first token ${ms(timing.speech_stopped_to_first_token_ms)}`);
+    if (timing.speech_stopped_to_first_audio_ms != null) parts.push(`→ first audio ${ms(timing.speech_stopped_to_first_audio_ms)}`);
     if (timing.first_token_ms != null) {
       parts.push(`→ done ${ms(timing.speech_stopped_to_first_token_ms - timing.first_token_ms + timing.total_ms)}`);
     }
   } else if (timing) {
     if (timing.first_token_ms != null) parts.push(`first token ${ms(timing.first_token_ms)}`);
+    if (timing.first_audio_ms != null) parts.push(`first audio ${ms(timing.first_audio_ms)}`);
     parts.push(`done ${ms(timing.total_ms)}`);
   }
   const details = [];
@@ -234,9 +281,9 @@ function renderLatency(turn, timing) {
   turn.latency.title = `Measured by the server. End of speech is followed by a ${settings.silence} ms pause before the turn ends.`;
 }
 
-// ---- speech synthesis, sentence by sentence ----
+// ---- the browser's own voice: the fallback when the server has none ----
 function speakSentences(answer, final) {
-  if (!settings.speak || !("speechSynthesis" in window)) return;
+  if (!settings.speak || serverSpeaks() || !("speechSynthesis" in window)) return;
   const rest = answer.text.slice(answer.spoken);
   const match = final ? rest : rest.match(/^[\s\S]*[.!?…](?=\s)/)?.[0];
   if (!match || !match.trim()) return;
@@ -246,6 +293,8 @@ function speakSentences(answer, final) {
 
 function stopSpeaking() {
   if ("speechSynthesis" in window) speechSynthesis.cancel();
+  if (player && session?.state === "open") session.interrupt(player);
+  else player?.stop();
 }
 
 ui.stopAnswer.addEventListener("click", () => {
@@ -292,6 +341,7 @@ ui.start.addEventListener("click", async () => {
   }
   notice("");
   ui.start.disabled = true;
+  ensurePlayer();
   try {
     if (!session) await openSession();
     await startMic();
@@ -310,6 +360,7 @@ ui.ask.addEventListener("submit", async (e) => {
   e.preventDefault();
   const text = ui.question.value.trim();
   if (!text) return;
+  ensurePlayer();
   try {
     if (!session) await openSession();
     stopSpeaking();

@@ -4,6 +4,7 @@
 //! Everything downstream of this module sees mono `f32` samples at [`MODEL_RATE`].
 
 pub mod decode;
+pub mod encode;
 pub mod g711;
 pub mod resample;
 

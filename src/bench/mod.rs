@@ -274,6 +274,8 @@ struct Arrivals {
     speculative: Option<bool>,
     response: Option<String>,
     first_token: Option<Instant>,
+    first_audio: Option<Instant>,
+    created: Option<Instant>,
     done: Option<(Instant, String)>,
 }
 
@@ -319,7 +321,7 @@ async fn stream_turn(
                 let now = Instant::now();
                 let event = match msg {
                     Some(Ok(Incoming::Event(e))) => e,
-                    Some(Ok(Incoming::Other(_))) => continue,
+                    Some(Ok(Incoming::Other(_) | Incoming::Audio(_))) => continue,
                     Some(Ok(Incoming::Closed { code, reason })) => {
                         return Err(BenchError::Config(format!("the server closed the session: {code} {reason}")));
                     }
@@ -357,6 +359,7 @@ async fn stream_turn(
                         // A response answers the turn transcribed last.
                         if let Some(a) = last_completed.and_then(|i| arrivals.get_mut(i)) {
                             a.response = response["id"].as_str().map(str::to_string);
+                            a.created = Some(now);
                         }
                     }
                     ServerEvent::OutputTextDelta { response_id, .. } => {
@@ -364,10 +367,22 @@ async fn stream_turn(
                             a.first_token.get_or_insert(now);
                         }
                     }
+                    ServerEvent::OutputAudioDelta { response_id, .. } => {
+                        if let Some(a) = arrivals.iter_mut().find(|a| a.response.as_deref() == Some(&response_id)) {
+                            a.first_audio.get_or_insert(now);
+                        }
+                    }
                     ServerEvent::ResponseDone { response } => {
                         let id = response["id"].as_str().unwrap_or_default();
                         if let Some(a) = arrivals.iter_mut().find(|a| a.response.as_deref() == Some(id)) {
                             a.done = Some((now, response["status"].as_str().unwrap_or("").to_string()));
+                            // A spoken answer sends no text deltas: its first token is when the
+                            // server saw it, counted from response.created.
+                            if a.first_token.is_none() {
+                                if let (Some(c), Some(ms)) = (a.created, response["voxd_timing"]["first_token_ms"].as_f64()) {
+                                    a.first_token = Some(c + Duration::from_secs_f64(ms / 1e3));
+                                }
+                            }
                         }
                     }
                     _ => {}
@@ -413,6 +428,11 @@ async fn stream_turn(
                 transcript: ms_since(end, a.completed),
                 first_token: if completed_answer {
                     ms_since(end, a.first_token)
+                } else {
+                    None
+                },
+                first_audio: if completed_answer {
+                    ms_since(end, a.first_audio)
                 } else {
                     None
                 },

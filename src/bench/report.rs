@@ -14,6 +14,7 @@ pub const STAGES: &[(&str, &str)] = &[
     ("speech_stopped", "end of speech -> speech_stopped"),
     ("transcript", "end of speech -> transcript"),
     ("first_token", "end of speech -> first token"),
+    ("first_audio", "end of speech -> first audio byte"),
     ("done", "end of speech -> response.done"),
 ];
 
@@ -27,6 +28,9 @@ pub struct TurnRecord {
     pub speech_stopped: Option<f64>,
     pub transcript: Option<f64>,
     pub first_token: Option<f64>,
+    /// For a spoken answer: the first audio delta.
+    #[serde(default)]
+    pub first_audio: Option<f64>,
     pub done: Option<f64>,
     /// ASR compute / audio length, from the server's timing extension.
     pub asr_rtf: Option<f64>,
@@ -129,10 +133,11 @@ impl Level {
     pub fn from_turns(sessions: usize, turns: &[TurnRecord], wall_s: f64) -> Level {
         let mut stages = BTreeMap::new();
         let pick = |f: Column| -> Vec<f64> { turns.iter().filter_map(f).collect() };
-        let columns: [(&str, Column); 5] = [
+        let columns: [(&str, Column); 6] = [
             ("speech_stopped", |t| t.speech_stopped),
             ("transcript", |t| t.transcript),
             ("first_token", |t| t.first_token),
+            ("first_audio", |t| t.first_audio),
             ("done", |t| t.done),
             ("asr_rtf", |t| t.asr_rtf),
         ];
@@ -292,7 +297,7 @@ impl Report {
             .y_desc("ms from the true end of speech")
             .draw()
             .map_err(|e| err(&e))?;
-        let colors = [BLUE, GREEN, RED, MAGENTA];
+        let colors = [BLUE, GREEN, RED, CYAN, MAGENTA];
         for ((name, _), color) in STAGES.iter().zip(colors) {
             for (pct, dashed) in [("p50", false), ("p95", true)] {
                 let points: Vec<(f64, f64)> = self

@@ -48,6 +48,8 @@ pub enum Incoming {
     Event(ServerEvent),
     /// An event of a type this client does not know (kept as JSON).
     Other(Value),
+    /// A binary frame: a spoken answer's raw audio (`session.voxd.binary_audio_out`).
+    Audio(Vec<u8>),
     /// The server closed the socket.
     Closed { code: u16, reason: String },
 }
@@ -297,6 +299,7 @@ impl Receiver {
                         Err(_) => Ok(Incoming::Other(v)),
                     }
                 }
+                Message::Binary(bytes) => Ok(Incoming::Audio(bytes.to_vec())),
                 Message::Close(frame) => Ok(Incoming::Closed {
                     code: frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005),
                     reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),

@@ -1,6 +1,7 @@
-//! A small WAV reader for client applications (the server decodes every format with symphonia;
-//! a client built with only the `client` feature has this): PCM 8/16/24/32-bit and 32-bit float,
-//! any channel count (averaged to mono), any rate (the session is told the rate).
+//! A small WAV reader and writer for client applications (the server decodes every format with
+//! symphonia; a client built with only the `client` feature has this): reads PCM 8/16/24/32-bit
+//! and 32-bit float, any channel count (averaged to mono), any rate (the session is told the
+//! rate); writes 16-bit mono PCM, such as a session's spoken answers.
 
 use std::path::Path;
 
@@ -34,6 +35,39 @@ pub fn read(path: impl AsRef<Path>) -> Result<Wav, WavError> {
         source,
     })?;
     parse(&bytes)
+}
+
+/// The 44-byte header of a 16-bit mono PCM WAV at `rate` holding `data_bytes` of samples; a
+/// stream whose length is not known yet uses `u32::MAX` ("to the end of the stream").
+pub fn header(rate: u32, data_bytes: u32) -> [u8; 44] {
+    let mut h = [0u8; 44];
+    h[0..4].copy_from_slice(b"RIFF");
+    h[4..8].copy_from_slice(&data_bytes.saturating_add(36).to_le_bytes());
+    h[8..12].copy_from_slice(b"WAVE");
+    h[12..16].copy_from_slice(b"fmt ");
+    h[16..20].copy_from_slice(&16u32.to_le_bytes());
+    h[20..22].copy_from_slice(&1u16.to_le_bytes());
+    h[22..24].copy_from_slice(&1u16.to_le_bytes());
+    h[24..28].copy_from_slice(&rate.to_le_bytes());
+    h[28..32].copy_from_slice(&(rate * 2).to_le_bytes());
+    h[32..34].copy_from_slice(&2u16.to_le_bytes());
+    h[34..36].copy_from_slice(&16u16.to_le_bytes());
+    h[36..40].copy_from_slice(b"data");
+    h[40..44].copy_from_slice(&data_bytes.to_le_bytes());
+    h
+}
+
+/// Writes 16-bit little-endian mono PCM `bytes` at `rate` as a WAV file.
+pub fn write_pcm16(path: impl AsRef<Path>, rate: u32, bytes: &[u8]) -> Result<(), WavError> {
+    let path = path.as_ref();
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| WavError::Unsupported("more than 4 GiB of audio".into()))?;
+    let mut out = header(rate, len).to_vec();
+    out.extend_from_slice(bytes);
+    std::fs::write(path, out).map_err(|source| WavError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {

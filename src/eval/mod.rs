@@ -219,7 +219,8 @@ pub async fn run(
         } else {
             Value::Null
         };
-        tx.update_session(json!({"type": "realtime", "audio": {"input": {
+        // Answers are judged as text: no voice is synthesised for them.
+        tx.update_session(json!({"type": "realtime", "output_modalities": ["text"], "audio": {"input": {
             "format": {"type": "audio/pcm", "rate": STREAM_RATE}, "turn_detection": turn_detection}}}))
             .await?;
         for (i, q) in dialogue.iter().enumerate() {
@@ -310,7 +311,7 @@ async fn ask(
         };
         let event = match msg {
             Some(Ok(Incoming::Event(e))) => e,
-            Some(Ok(Incoming::Other(_))) => continue,
+            Some(Ok(Incoming::Other(_) | Incoming::Audio(_))) => continue,
             Some(Ok(Incoming::Closed { .. })) | None => {
                 turn.status = "closed".into();
                 break;

@@ -36,6 +36,7 @@ pub fn pip_download(
             "--only-binary",
             ":all:",
         ])
+        .args(platform_args(entry))
         .arg("-d")
         .arg(dest_dir)
         .arg(&spec)
@@ -90,6 +91,26 @@ pub fn pip_download(
         });
     }
     Ok(wheel)
+}
+
+/// pip's options pinning a platform-specific wheel (none for a pure-Python one).
+fn platform_args(entry: &ModelEntry) -> Vec<String> {
+    match (&entry.platform, &entry.python_version) {
+        (Some(platform), Some(python)) => {
+            let tag = format!("cp{}", python.replace('.', ""));
+            vec![
+                "--platform".into(),
+                platform.clone(),
+                "--python-version".into(),
+                python.clone(),
+                "--implementation".into(),
+                "cp".into(),
+                "--abi".into(),
+                tag,
+            ]
+        }
+        _ => Vec::new(),
+    }
 }
 
 fn classify_pip_failure(

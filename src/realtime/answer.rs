@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::out::Out;
+use super::speaker::{Speaker, SpeechParams, Spoken, Target};
 use crate::llm::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, Usage};
 use crate::prompt::{self, ChatMessage, Grounding, PromptInput};
 use crate::protocol::{ErrorBody, Item, ServerEvent};
@@ -57,11 +58,13 @@ impl Default for AnswerSettings {
 pub const DEFAULT_INSTRUCTIONS: &str = "You are a helpful voice assistant. Your answers are \
 spoken aloud, so answer in one to three short sentences of plain text, without lists or markdown.";
 
-/// What sessions need to answer: the model, the knowledge base, the settings.
+/// What sessions need to answer: the model, the knowledge base, the voice, the settings.
 #[derive(Clone)]
 pub struct Answering {
     pub llm: Arc<dyn Llm>,
     pub kb: Option<Arc<KnowledgeBase>>,
+    /// The voice of spoken answers, when the server has one.
+    pub tts: Option<Arc<dyn crate::tts::Tts>>,
     pub settings: AnswerSettings,
 }
 
@@ -77,6 +80,8 @@ pub struct ResponseParams {
     /// `Some(previous_item_id)` when the answer joins the conversation (it follows that item);
     /// `None` for an out-of-band response (`conversation: "none"`).
     pub conversation: Option<Option<String>>,
+    /// Speak the answer (output modality audio); `None`: text.
+    pub speech: Option<SpeechParams>,
 }
 
 /// How a response ended, reported to the hub.
@@ -88,6 +93,8 @@ pub struct Finished {
     pub status: &'static str,
     /// Whether the answer joins the conversation.
     pub in_conversation: bool,
+    /// For a spoken answer: the pieces sent and where they lie in its audio.
+    pub audio: Option<Vec<Spoken>>,
 }
 
 /// Retrieval done ahead of time for a question.
@@ -113,6 +120,8 @@ pub struct ResponseJob {
     pub prepared: Option<Prepared>,
     /// When the person stopped talking (for the timing extension).
     pub speech_stopped_at: Option<Instant>,
+    /// Set when the response is cancelled: its voice stops before the next delta.
+    pub silence: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn grounding_of(results: &Option<SearchResults>) -> Grounding<'_> {
@@ -246,7 +255,7 @@ fn response_object(
         "status_details": details,
         "output": output,
         "conversation_id": params.conversation.as_ref().map(|_| "conv_default"),
-        "output_modalities": ["text"],
+        "output_modalities": [if params.speech.is_some() { "audio" } else { "text" }],
         "max_output_tokens": params.max_tokens,
         "metadata": params.metadata,
         "usage": null,
@@ -301,28 +310,70 @@ pub(crate) async fn run(
         query,
         prepared,
         speech_stopped_at,
+        silence,
     } = job;
     let rid = response_id.as_str();
+    let mut speaker = match (&params.speech, &answering.tts) {
+        (Some(speech), Some(tts)) => Some(Speaker::start(
+            tts.clone(),
+            speech.clone(),
+            out.clone(),
+            Target {
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                silence,
+            },
+        )),
+        _ => None,
+    };
+    let spoken = speaker.is_some();
+    let item_of = |text: &str, status: &str| {
+        if spoken {
+            Item::assistant_audio(&item_id, text, status)
+        } else {
+            Item::text(&item_id, "assistant", text, status)
+        }
+    };
+    let part_of = |text: &str| {
+        if spoken {
+            json!({ "type": "audio", "transcript": text })
+        } else {
+            json!({ "type": "text", "text": text })
+        }
+    };
+    // A piece of the answer: spoken (the speaker sends its transcript with its audio) or text.
+    let emit = |speaker: &Option<Speaker>, delta: String| match speaker {
+        Some(s) => s.push(&delta),
+        None => {
+            out.send(ServerEvent::OutputTextDelta {
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index: 0,
+                content_index: 0,
+                delta,
+            });
+        }
+    };
     out.send(ServerEvent::ResponseCreated {
         response: response_object(rid, "in_progress", Value::Null, vec![], &params, None),
     });
     out.send(ServerEvent::OutputItemAdded {
         response_id: response_id.clone(),
         output_index: 0,
-        item: Item::text(&item_id, "assistant", "", "in_progress"),
+        item: item_of("", "in_progress"),
     });
     out.send(ServerEvent::ContentPartAdded {
         response_id: response_id.clone(),
         item_id: item_id.clone(),
         output_index: 0,
         content_index: 0,
-        part: json!({ "type": "text", "text": "" }),
+        part: part_of(""),
     });
     // The assistant's item joins the conversation (not for an out-of-band response).
     if let Some(previous_item_id) = &params.conversation {
         out.send(ServerEvent::ItemAdded {
             previous_item_id: previous_item_id.clone(),
-            item: Item::text(&item_id, "assistant", "", "in_progress"),
+            item: item_of("", "in_progress"),
         });
     }
 
@@ -360,13 +411,7 @@ pub(crate) async fn run(
             // Nothing in the knowledge base answers it: say so rather than let the model guess.
             text = NOT_FOUND.to_string();
             first_delta = Some(Instant::now());
-            out.send(ServerEvent::OutputTextDelta {
-                response_id: response_id.clone(),
-                item_id: item_id.clone(),
-                output_index: 0,
-                content_index: 0,
-                delta: text.clone(),
-            });
+            emit(&speaker, text.clone());
             crate::metrics::global().refusals.inc();
             return Ok(());
         }
@@ -399,13 +444,7 @@ pub(crate) async fn run(
                             llm_span.record("first_token_ms", generating.elapsed().as_secs_f64() * 1e3);
                         }
                         text.push_str(&d);
-                        out.send(ServerEvent::OutputTextDelta {
-                            response_id: response_id.clone(),
-                            item_id: item_id.clone(),
-                            output_index: 0,
-                            content_index: 0,
-                            delta: d,
-                        });
+                        emit(&speaker, d);
                     }
                     Some(Ok(LlmEvent::Done { usage: u, finish: f })) => { usage = u; finish = f; return Ok(()); }
                     Some(Err(e)) => return Err(Stop::Failed(e)),
@@ -430,13 +469,7 @@ pub(crate) async fn run(
         Err(Stop::Ungrounded) => {
             // Fail closed: say so rather than answer from the model's own memory.
             text = CANNOT_LOOK_UP.to_string();
-            out.send(ServerEvent::OutputTextDelta {
-                response_id: response_id.clone(),
-                item_id: item_id.clone(),
-                output_index: 0,
-                content_index: 0,
-                delta: text.clone(),
-            });
+            emit(&speaker, text.clone());
             (
                 "failed",
                 json!({ "type": "failed", "error": { "type": "server_error", "code": "retrieval_failed", "message": "the knowledge base could not be searched, so no answer was generated" } }),
@@ -453,26 +486,71 @@ pub(crate) async fn run(
             )
         }
     };
+    // A spoken answer ends when its last piece is sent, or at once on a cancel.
+    let (mut status, mut details) = (status, details);
+    let mut audio = None;
+    let mut first_audio = None;
+    if let Some(sp) = speaker.as_mut() {
+        let finishing = matches!(&outcome, Ok(()) | Err(Stop::Ungrounded));
+        if finishing {
+            tokio::select! {
+                biased;
+                reason = &mut cancel => {
+                    sp.stop();
+                    let reason = reason.unwrap_or("client_cancelled");
+                    status = "cancelled";
+                    details = json!({ "type": "cancelled", "reason": reason });
+                }
+                () = sp.finish() => {}
+            }
+        } else {
+            sp.stop();
+        }
+        let (pieces, first, _) = sp.snapshot();
+        text = pieces
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        first_audio = first;
+        audio = Some(pieces);
+    }
     let item_status = if status == "completed" {
         "completed"
     } else {
         "incomplete"
     };
-    out.send(ServerEvent::OutputTextDone {
-        response_id: response_id.clone(),
-        item_id: item_id.clone(),
-        output_index: 0,
-        content_index: 0,
-        text: text.clone(),
-    });
+    if spoken {
+        out.send(ServerEvent::OutputAudioDone {
+            response_id: response_id.clone(),
+            item_id: item_id.clone(),
+            output_index: 0,
+            content_index: 0,
+        });
+        out.send(ServerEvent::OutputAudioTranscriptDone {
+            response_id: response_id.clone(),
+            item_id: item_id.clone(),
+            output_index: 0,
+            content_index: 0,
+            transcript: text.clone(),
+        });
+    } else {
+        out.send(ServerEvent::OutputTextDone {
+            response_id: response_id.clone(),
+            item_id: item_id.clone(),
+            output_index: 0,
+            content_index: 0,
+            text: text.clone(),
+        });
+    }
     out.send(ServerEvent::ContentPartDone {
         response_id: response_id.clone(),
         item_id: item_id.clone(),
         output_index: 0,
         content_index: 0,
-        part: json!({ "type": "text", "text": text }),
+        part: part_of(&text),
     });
-    let item = Item::text(&item_id, "assistant", &text, item_status);
+    let item = item_of(&text, item_status);
     out.send(ServerEvent::OutputItemDone {
         response_id: response_id.clone(),
         output_index: 0,
@@ -508,6 +586,9 @@ pub(crate) async fn run(
             m.stopped_to_first_token.observe_ms(ms(s, f));
         }
     }
+    if let (Some(s), Some(a)) = (speech_stopped_at, first_audio) {
+        m.stopped_to_first_audio.observe_ms(ms(s, a));
+    }
     if let (Some(s), "completed") = (speech_stopped_at, status) {
         m.stopped_to_done.observe_duration(s.elapsed());
     }
@@ -519,6 +600,12 @@ pub(crate) async fn run(
             (Some(s), Some(f)) => Some(ms(s, f)),
             _ => None,
         },
+        "first_audio_ms": first_audio.map(|a| ms(started, a)),
+        "speech_stopped_to_first_audio_ms": match (speech_stopped_at, first_audio) {
+            (Some(s), Some(a)) => Some(ms(s, a)),
+            _ => None,
+        },
+        "audio_ms": audio.as_ref().and_then(|p: &Vec<Spoken>| p.last()).map(|p| p.end_ms),
         "total_ms": started.elapsed().as_secs_f64() * 1e3,
         "llm_queue_ms": usage.queue_ms,
         "llm_prefill_ms": usage.prefill_ms,
@@ -544,6 +631,7 @@ pub(crate) async fn run(
             text,
             status,
             in_conversation: params.conversation.is_some(),
+            audio,
         })
         .await;
 }

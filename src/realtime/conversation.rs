@@ -28,6 +28,8 @@ pub struct ConvItem {
     pub pending: bool,
     /// `completed`, or `incomplete` for an answer cut short.
     pub status: &'static str,
+    /// A spoken answer's pieces and where they lie in its audio (for truncation).
+    pub audio: Option<Vec<super::speaker::Spoken>>,
 }
 
 impl ConvItem {
@@ -40,6 +42,7 @@ impl ConvItem {
             spoken: false,
             pending: false,
             status: "completed",
+            audio: None,
         }
     }
 
@@ -52,6 +55,7 @@ impl ConvItem {
             spoken: true,
             pending: true,
             status: "completed",
+            audio: None,
         }
     }
 
@@ -59,6 +63,8 @@ impl ConvItem {
     pub fn to_item(&self) -> Item {
         if self.spoken {
             Item::user_audio(&self.id, (!self.pending).then(|| self.text.clone()))
+        } else if self.audio.is_some() {
+            Item::assistant_audio(&self.id, &self.text, self.status)
         } else {
             Item::text(&self.id, self.role.as_str(), &self.text, self.status)
         }

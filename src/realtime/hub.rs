@@ -31,6 +31,10 @@ pub(super) struct SessionOptions {
     pub max_output_tokens: Option<u32>,
     pub citations_event: bool,
     pub knowledge_base: bool,
+    /// How answers are spoken; `None`: text.
+    pub speech: Option<super::speaker::SpeechParams>,
+    /// The server's voices (to check a response's own voice).
+    pub voices: Vec<String>,
 }
 
 impl SessionOptions {
@@ -46,6 +50,13 @@ impl SessionOptions {
             max_output_tokens: c.max_output_tokens,
             citations_event: c.citations_event,
             knowledge_base: c.knowledge_base,
+            speech: c.speaks().then(|| super::speaker::SpeechParams {
+                format: c.output_format,
+                voice: c.voice.clone(),
+                speed: c.speed,
+                binary: c.binary_audio_out,
+            }),
+            voices: c.voices.clone(),
         }
     }
 }
@@ -368,7 +379,27 @@ impl Hub {
                         .event(event_id),
                     );
                 };
-                item.text = truncate_spoken(&item.text, audio_end_ms);
+                item.text = match &item.audio {
+                    // A spoken answer: cut at the word that was playing.
+                    Some(pieces) => {
+                        let length = pieces.last().map_or(0, |p| p.end_ms);
+                        if audio_end_ms > length {
+                            return self.out.error(
+                                &ProtocolError::new(
+                                    "invalid_audio_end_ms",
+                                    format!(
+                                        "audio_end_ms {audio_end_ms} is beyond the item's audio ({length} ms)"
+                                    ),
+                                )
+                                .param("audio_end_ms")
+                                .event(event_id),
+                            );
+                        }
+                        super::speaker::heard(pieces, audio_end_ms)
+                    }
+                    // A text answer (no audio was sent): an estimate of what was read aloud.
+                    None => truncate_spoken(&item.text, audio_end_ms),
+                };
                 self.out.send(ServerEvent::ItemTruncated {
                     item_id,
                     content_index: 0,

@@ -47,7 +47,7 @@ pub fn decode_audio(bytes: &[u8], format: InputFormat) -> Result<Vec<f32>, Proto
         .add(bytes.len() as u64);
     match format {
         InputFormat::Pcm16 { .. } => {
-            if bytes.len() % 2 != 0 {
+            if !bytes.len().is_multiple_of(2) {
                 return Err(ProtocolError::new(
                     "invalid_audio_length",
                     format!(

@@ -36,6 +36,7 @@ mod out;
 pub mod partials;
 mod responses;
 mod session;
+pub mod speaker;
 mod turns;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -22,6 +22,8 @@ pub(super) const TRY_AGAIN_LATER: u16 = 1013;
 
 pub(super) enum Outgoing {
     Event(ServerEvent),
+    /// Raw audio of a spoken answer (the `voxd.binary_audio_out` extension).
+    Audio(Vec<u8>),
     Close(u16, &'static str),
 }
 
@@ -52,7 +54,16 @@ impl Out {
                 .errors
                 .inc(error.code.as_deref().unwrap_or(&error.kind));
         }
-        match self.tx.try_send(Outgoing::Event(e)) {
+        self.queue(Outgoing::Event(e))
+    }
+
+    /// Queues raw audio, sent as a binary frame.
+    pub(crate) fn send_audio(&self, bytes: Vec<u8>) -> bool {
+        self.queue(Outgoing::Audio(bytes))
+    }
+
+    fn queue(&self, o: Outgoing) -> bool {
+        match self.tx.try_send(o) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.overflowed.swap(true, Ordering::SeqCst) {
@@ -89,6 +100,7 @@ pub(super) async fn writer(
         };
         let (msg, last) = match next {
             Outgoing::Event(e) => (Message::Text(e.to_json().into()), false),
+            Outgoing::Audio(bytes) => (Message::Binary(bytes.into()), false),
             Outgoing::Close(code, reason) => {
                 // Flush what is already queued (such as a final `error`), then close.
                 while let Ok(Outgoing::Event(e)) = rx.try_recv() {

@@ -12,6 +12,8 @@
 //! [`MAX_WAITING`]).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Map, Value};
@@ -22,6 +24,7 @@ use super::answer::{self, Answering, Finished, Prepared, ResponseJob, ResponsePa
 use super::conversation::{self, parse_item, ConvItem, Conversation};
 use super::hub::SessionOptions;
 use super::out::Out;
+use super::speaker::SpeechParams;
 use crate::prompt::{ChatMessage, Role};
 use crate::protocol::session::{check_model_text, MAX_INSTRUCTIONS_BYTES};
 use crate::protocol::{new_id, ProtocolError, ServerEvent};
@@ -48,6 +51,34 @@ pub(super) struct ResponseRequest {
     pub max_tokens: Option<usize>,
     /// Ask whether the person is still there (the idle timeout), rather than answer.
     pub nudge: bool,
+    /// `output_modalities`: `Some(true)` to speak, `Some(false)` for text.
+    pub speak: Option<bool>,
+    /// `audio.output.voice`.
+    pub voice: Option<String>,
+    /// `audio.output.format`.
+    pub output_format: Option<crate::protocol::InputFormat>,
+}
+
+/// How a response is spoken: the session's settings with the response's own over them; `None`
+/// for text (asked for, or the server has no voice).
+fn speech_of(opts: &SessionOptions, r: &ResponseRequest) -> Option<SpeechParams> {
+    let speak = r.speak.unwrap_or(opts.speech.is_some()) && !opts.voices.is_empty();
+    if !speak {
+        return None;
+    }
+    let mut params = opts.speech.clone().unwrap_or(SpeechParams {
+        format: crate::protocol::InputFormat::Pcm16 { rate: 24_000 },
+        voice: opts.voices[0].clone(),
+        speed: 1.0,
+        binary: false,
+    });
+    if let Some(v) = &r.voice {
+        params.voice = v.clone();
+    }
+    if let Some(f) = r.output_format {
+        params.format = f;
+    }
+    Some(params)
 }
 
 /// One item of a response's `input`.
@@ -72,6 +103,7 @@ impl ResponseRequest {
     pub(super) fn parse(
         response: Option<&Value>,
         event_id: Option<String>,
+        voices: &[String],
     ) -> Result<Self, ProtocolError> {
         let mut r = ResponseRequest {
             event_id: event_id.clone(),
@@ -176,6 +208,44 @@ impl ResponseRequest {
             }
             r.input = Some(items);
         }
+        if let Some(m) = obj.get("output_modalities").filter(|v| !v.is_null()) {
+            let list = m
+                .as_array()
+                .ok_or_else(|| bad("response.output_modalities", "must be an array", &event_id))?;
+            let mut speak = false;
+            for m in list {
+                match m.as_str() {
+                    Some("audio") => speak = true,
+                    Some("text") => {}
+                    _ => {
+                        return Err(bad(
+                            "response.output_modalities",
+                            "may contain only \"text\" and \"audio\"",
+                            &event_id,
+                        ))
+                    }
+                }
+            }
+            r.speak = Some(speak);
+        }
+        if let Some(output) = obj
+            .get("audio")
+            .and_then(|a| a.get("output"))
+            .filter(|v| !v.is_null())
+        {
+            if let Some(v) = output.get("voice") {
+                r.voice = Some(
+                    crate::protocol::session::check_voice(v, voices, "response.audio.output.voice")
+                        .map_err(|e| e.event(event_id.clone()))?,
+                );
+            }
+            if let Some(v) = output.get("format") {
+                r.output_format = Some(
+                    crate::protocol::session::parse_format(v, "response.audio.output.format")
+                        .map_err(|e| e.event(event_id.clone()))?,
+                );
+            }
+        }
         if obj
             .get("tools")
             .and_then(Value::as_array)
@@ -206,6 +276,8 @@ struct ActiveResponse {
     id: String,
     answers: Option<String>,
     cancel: Option<oneshot::Sender<&'static str>>,
+    /// Set at a cancel, before anything else: the answer's voice sends nothing more.
+    silence: Arc<AtomicBool>,
 }
 
 /// A session's responses.
@@ -264,6 +336,9 @@ impl Responses {
 
     /// Asks the running response to stop; false if there is none.
     pub(super) fn cancel_active(&mut self, reason: &'static str) -> bool {
+        if let Some(a) = &self.active {
+            a.silence.store(true, Ordering::SeqCst);
+        }
         match self.active.as_mut().and_then(|a| a.cancel.take()) {
             Some(tx) => {
                 debug!(reason, "cancelling the response");
@@ -292,6 +367,7 @@ impl Responses {
         debug!(response = %f.response_id, status = f.status, "response ended");
         if f.in_conversation {
             let mut item = ConvItem::text(f.item_id, Role::Assistant, f.text);
+            item.audio = f.audio;
             item.status = if f.status == "completed" {
                 "completed"
             } else {
@@ -317,7 +393,8 @@ impl Responses {
             ));
             return;
         }
-        let request = match ResponseRequest::parse(response, event_id) {
+        let voices = self.opts.borrow().voices.clone();
+        let request = match ResponseRequest::parse(response, event_id, &voices) {
             Ok(r) => r,
             Err(e) => {
                 self.out.error(&e);
@@ -522,6 +599,7 @@ impl Responses {
             .unwrap_or(answering.settings.max_tokens);
         let prepared = self.prepared.take().filter(|p| p.question == query);
         let (cancel_tx, cancel_rx) = oneshot::channel();
+        let silence = Arc::new(AtomicBool::new(false));
         let response_id = new_id("resp");
         let in_conversation = !r.out_of_band;
         if in_conversation {
@@ -535,6 +613,7 @@ impl Responses {
             id: response_id.clone(),
             answers: w.answers.clone(),
             cancel: Some(cancel_tx),
+            silence: silence.clone(),
         });
         // Follow one turn's answer through the logs: session id (outer span), response id and
         // the user item it answers.
@@ -558,12 +637,14 @@ impl Responses {
                 citations_event: opts.citations_event,
                 metadata: r.metadata.clone(),
                 conversation: in_conversation.then_some(previous_item_id),
+                speech: speech_of(&opts, r),
             },
             history,
             user,
             query,
             prepared,
             speech_stopped_at: w.stopped_at,
+            silence,
         };
         tokio::spawn(
             answer::run(
@@ -688,6 +769,7 @@ mod tests {
                 "input": [{"type": "item_reference", "id": "item_1"},
                           {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}]})),
             Some("e1".into()),
+            &[],
         )
         .unwrap();
         assert!(r.out_of_band);
@@ -695,7 +777,7 @@ mod tests {
         assert_eq!(r.metadata.unwrap()["topic"], "hours");
         assert_eq!(r.input.unwrap().len(), 2);
         let param = |v: Value| {
-            let e = ResponseRequest::parse(Some(&v), None).unwrap_err();
+            let e = ResponseRequest::parse(Some(&v), None, &["joe".into()]).unwrap_err();
             (e.code, e.param.unwrap())
         };
         assert_eq!(

@@ -31,7 +31,13 @@ fn stage_config(c: &SessionConfig) -> StageConfig {
 
 /// Runs a session on an upgraded socket until it closes.
 pub async fn run(socket: WebSocket, shared: Shared, kind: SessionKind) {
-    let config = SessionConfig::new(kind, "voxd");
+    let voices = shared
+        .answering
+        .as_ref()
+        .and_then(|a| a.tts.as_ref())
+        .map(|t| t.voices())
+        .unwrap_or_default();
+    let config = SessionConfig::new(kind, "voxd").with_voices(voices);
     let span = tracing::info_span!("session", id = %config.id);
     session(socket, shared, config).instrument(span).await
 }

@@ -323,6 +323,11 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     if let Some(kb) = state.knowledge_base() {
         data.push(json!({ "id": kb.model().name, "object": "model", "created": created, "owned_by": "voxd" }));
     }
+    if let Some(tts) = state.voice() {
+        for id in ["tts-1", "gpt-4o-mini-tts"] {
+            data.push(json!({ "id": id, "object": "model", "created": created, "owned_by": "voxd", "voxd": { "voice": tts.describe() } }));
+        }
+    }
     if state.asr().is_ok() {
         data.push(
             json!({ "id": "whisper-1", "object": "model", "created": created, "owned_by": "voxd" }),

@@ -12,6 +12,7 @@ pub mod guard;
 pub mod kb;
 pub mod loading;
 pub mod realtime;
+pub mod speech;
 pub mod transcriptions;
 
 use std::future::{Future, IntoFuture};
@@ -35,6 +36,7 @@ use crate::llm::Llm;
 use crate::rag::KnowledgeBase;
 use crate::realtime::Limits;
 use crate::realtime::{AnswerSettings, Answering};
+use crate::tts::Tts;
 use error::ApiError;
 use loading::Loading;
 
@@ -86,6 +88,7 @@ pub struct AppState {
     load_error: Mutex<Option<String>>,
     kb: Loading<Arc<KnowledgeBase>>,
     llm: Loading<Arc<dyn Llm>>,
+    tts: Loading<Arc<dyn Tts>>,
     pub answer: AnswerSettings,
     /// Largest request body accepted.
     pub max_upload_bytes: usize,
@@ -116,6 +119,7 @@ impl AppState {
             load_error: Mutex::new(None),
             kb: Loading::new("the knowledge base", "kb_unavailable"),
             llm: Loading::new("the language model", "llm_unavailable"),
+            tts: Loading::new("the voice", "tts_unavailable"),
             answer: s.answer,
             max_upload_bytes: s.max_upload_bytes,
             max_audio_seconds: s.max_audio_seconds,
@@ -196,8 +200,34 @@ impl AppState {
         self.llm.get().map(|llm| Answering {
             llm,
             kb: self.kb.get(),
+            tts: self.tts.get(),
             settings: self.answer.clone(),
         })
+    }
+
+    /// Says a voice is loading: `/readyz` waits for it.
+    pub fn expect_tts(&self) {
+        self.tts.expect();
+    }
+
+    /// Installs the loaded voice.
+    pub fn set_tts(&self, tts: Arc<dyn Tts>) {
+        self.tts.set(tts);
+    }
+
+    /// Records that the voice could not be loaded (speech answers 503 with this).
+    pub fn set_tts_error(&self, message: String) {
+        self.tts.fail(message);
+    }
+
+    /// The voice, if it is loaded.
+    pub fn voice(&self) -> Option<Arc<dyn Tts>> {
+        self.tts.get()
+    }
+
+    /// The voice, or a 503 saying why not.
+    pub fn tts(&self) -> Result<Arc<dyn Tts>, ApiError> {
+        self.tts.require()
     }
 
     /// Says a knowledge base is being opened: `/readyz` waits for it.
@@ -256,6 +286,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/audio/transcriptions",
             post(transcriptions::transcribe).layer(DefaultBodyLimit::max(limit)),
         )
+        .route("/v1/audio/speech", post(speech::speech))
         .route("/v1/realtime", get(realtime::upgrade))
         .route(
             "/v1/kb/documents",
@@ -391,10 +422,11 @@ fn readiness(state: &AppState) -> (StatusCode, serde_json::Value) {
             .kb
             .status(|kb| json!({ "embedding_model": kb.model() })),
         state.llm.status(|l| json!({ "model": l.model_name() })),
+        state.tts.status(|t| json!({ "voice": t.describe() })),
     );
-    let (kb, llm) = match parts {
-        (Ok(kb), Ok(llm)) => (kb, llm),
-        (Err(reason), _) | (_, Err(reason)) => {
+    let (kb, llm, tts) = match parts {
+        (Ok(kb), Ok(llm), Ok(tts)) => (kb, llm, tts),
+        (Err(reason), _, _) | (_, Err(reason), _) | (_, _, Err(reason)) => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({ "status": "not_ready", "reason": reason }),
@@ -408,7 +440,7 @@ fn readiness(state: &AppState) -> (StatusCode, serde_json::Value) {
     match asr {
         Ok(asr) => (
             StatusCode::OK,
-            json!({ "status": "ready", "asr": asr.describe(), "kb": kb, "llm": llm }),
+            json!({ "status": "ready", "asr": asr.describe(), "kb": kb, "llm": llm, "tts": tts }),
         ),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -56,6 +56,29 @@ pub fn pool() -> Arc<WhisperPool> {
     .clone()
 }
 
+/// The installed default voice and ONNX Runtime: (voice model, runtime library).
+pub fn voice_files() -> (PathBuf, PathBuf) {
+    let store = ModelStore::new(&home(), Manifest::builtin());
+    let found = store
+        .resolve(Role::Tts, None)
+        .and_then(|voice| Ok((voice, store.resolve(Role::Runtime, None)?)));
+    found.unwrap_or_else(|e| {
+        panic!("{e}\nThe tests need the default models: run `cargo run -- models pull` first (scripts/test does).")
+    })
+}
+
+/// One default voice (one worker, one thread) shared by the tests of a binary.
+pub fn tts() -> Arc<voxd::tts::PiperTts> {
+    static TTS: OnceLock<Arc<voxd::tts::PiperTts>> = OnceLock::new();
+    TTS.get_or_init(|| {
+        let (voice, runtime) = voice_files();
+        Arc::new(
+            voxd::tts::PiperTts::load(&runtime, &voice, 1, 1).expect("the default voice loads"),
+        )
+    })
+    .clone()
+}
+
 /// Starts the real server on a loopback port; returns its base URL (`http://127.0.0.1:PORT`).
 /// With `with_asr` false the server runs as if its model were still loading.
 pub async fn start_server(max_upload_bytes: usize, with_asr: bool) -> String {
@@ -189,6 +212,16 @@ pub async fn start_full(
     kb: Option<voxd::rag::KnowledgeBase>,
     llm: Option<Arc<dyn voxd::llm::Llm>>,
 ) -> (String, String) {
+    start_speaking(settings, kb, llm, None).await
+}
+
+/// [`start_full`] with a voice: realtime sessions then answer in audio by default.
+pub async fn start_speaking(
+    settings: voxd::server::ServerSettings,
+    kb: Option<voxd::rag::KnowledgeBase>,
+    llm: Option<Arc<dyn voxd::llm::Llm>>,
+    tts: Option<Arc<dyn voxd::tts::Tts>>,
+) -> (String, String) {
     if std::env::var_os("VOXD_TEST_LOG").is_some() {
         voxd::telemetry::init(voxd::config::LogFormat::Text);
     }
@@ -200,6 +233,9 @@ pub async fn start_full(
     }
     if let Some(llm) = llm {
         state.set_llm(llm);
+    }
+    if let Some(tts) = tts {
+        state.set_tts(tts);
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -352,6 +388,8 @@ pub async fn read_until(
                     }
                 }
                 Incoming::Other(v) => panic!("unknown event {v}"),
+                // Raw audio frames (voxd.binary_audio_out): not events.
+                Incoming::Audio(_) => {}
                 Incoming::Closed { code, .. } => return Some(code),
             }
         }

@@ -37,7 +37,10 @@ before(async () => {
   page = await context.newPage();
   page.on("pageerror", (err) => pageErrors.push(err.message));
   page.on("console", (msg) => {
-    if (msg.type() === "error") pageErrors.push(msg.text());
+    if (msg.type() === "error") pageErrors.push(`${msg.text()} (${msg.location().url})`);
+  });
+  page.on("response", (r) => {
+    if (r.status() >= 400) pageErrors.push(`${r.status()} ${r.url()}`);
   });
 });
 
@@ -108,6 +111,28 @@ test("a typed question is answered with its sources", { timeout: 200000 }, async
   // The quoted passage is one click away.
   await turn.locator(".citations summary").first().click();
   assert.ok((await turn.locator(".citations blockquote").first().innerText()).length > 20);
+});
+
+test("the server's spoken answer plays in the page and stops when asked", { timeout: 200000 }, async () => {
+  const before = await page.locator(".turn").count();
+  await page.fill("#question", "What time do you open on Sunday?");
+  await page.click("#ask button[type=submit]");
+  const turn = page.locator(".turn").nth(before);
+  // Audio arrives and the player's clock moves through it.
+  await turn.locator(".answer[data-audio-ms]").waitFor({ timeout: 180000 });
+  await page.waitForFunction(() => window.voxdPlayer?.playedMs() > 200, null, { timeout: 30000 });
+  await turn.locator(".answer[data-status=completed]").waitFor({ timeout: 180000 });
+  const audioMs = Number(await turn.locator(".answer").getAttribute("data-audio-ms"));
+  assert.ok(audioMs > 1000, `only ${audioMs} ms of audio`);
+  assert.ok((await turn.locator(".answer-text").innerText()).trim().length > 0);
+  // "Stop answer" silences it at once and tells the server how much was heard.
+  if (await page.evaluate(() => window.voxdPlayer.playing)) {
+    await page.click("#stop-answer");
+    assert.equal(await page.evaluate(() => window.voxdPlayer.playing), false);
+    await turn.locator(".answer[data-heard-ms]").waitFor({ timeout: 10000 });
+    const heard = Number(await turn.locator(".answer").getAttribute("data-heard-ms"));
+    assert.ok(heard > 0 && heard <= audioMs, `heard ${heard} of ${audioMs} ms`);
+  }
 });
 
 test("the knowledge-base panel uploads and deletes a document", { timeout: 60000 }, async () => {

@@ -39,7 +39,8 @@ test("a spoken turn through OpenAIRealtimeWebSocket", { timeout: 180000 }, async
     type: "session.update",
     session: {
       type: "realtime",
-      output_modalities: ["text"],
+      // OpenAI's default, spelled out: voxd answers with its voice.
+      output_modalities: ["audio"],
       audio: {
         input: {
           format: { type: "audio/pcm", rate: 16000 },
@@ -69,10 +70,18 @@ test("a spoken turn through OpenAIRealtimeWebSocket", { timeout: 180000 }, async
     .join(" ");
   const score = wer(reference("jfk.wav"), transcript);
   assert.ok(score <= 0.15, `WER ${score}: ${transcript}`);
-  const deltas = events.filter((e) => e.type === "response.output_text.delta" && e.response_id === done.response.id);
-  assert.ok(deltas.length > 0 && deltas.map((d) => d.delta).join("").trim().length > 0);
+  const ofAnswer = (type) => events.filter((e) => e.type === type && e.response_id === done.response.id);
+  const words = ofAnswer("response.output_audio_transcript.delta").map((d) => d.delta).join("");
+  assert.ok(words.trim().length > 0);
+  // The audio: base64 PCM16 at 24 kHz, as much as the server says it sent.
+  const bytes = ofAnswer("response.output_audio.delta").reduce((n, d) => n + Buffer.from(d.delta, "base64").length, 0);
+  assert.ok(bytes > 24000, `${bytes} bytes of audio`);
+  assert.ok(Math.abs(bytes / 48 - done.response.voxd_timing.audio_ms) < 5);
+  assert.equal(ofAnswer("response.output_audio.done").length, 1);
+  assert.equal(ofAnswer("response.output_text.delta").length, 0);
   if (done.response.status === "incomplete") {
     assert.equal(done.response.status_details.reason, "max_output_tokens");
   }
-  assert.equal(done.response.output[0].content[0].type, "output_text");
+  assert.equal(done.response.output[0].content[0].type, "output_audio");
+  assert.equal(done.response.output[0].content[0].transcript, words);
 });

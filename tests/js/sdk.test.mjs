@@ -10,6 +10,8 @@ import {
   base64,
   connect,
   floatToPcm16,
+  fromBase64,
+  pcm16ToFloat,
 } from "../../web-demo/sdk/voxd.js";
 import { audio, chunks, env, reference, silence, wer } from "./helpers.mjs";
 
@@ -65,7 +67,12 @@ test("PCM16 conversion clamps and base64 matches Node's", () => {
   for (let n = 0; n < 8; n++) {
     const bytes = Uint8Array.from({ length: 100 + n }, (_, i) => (i * 37 + n) & 255);
     assert.equal(base64(bytes), Buffer.from(bytes).toString("base64"));
+    assert.deepEqual([...fromBase64(base64(bytes))], [...bytes]);
   }
+  // Spoken answers' PCM16 comes back as the floats it was made from.
+  const pcm = floatToPcm16(Float32Array.from([0, 0.5, -0.25, 1]));
+  const back = pcm16ToFloat(base64(new Uint8Array(pcm.buffer)));
+  assert.deepEqual([...back].map((x) => Math.round(x * 1000) / 1000), [0, 0.5, -0.25, 1]);
 });
 
 test("the server serves this SDK and its type declarations", async () => {
@@ -92,7 +99,7 @@ function stream(session, samples, rate) {
   for (const c of chunks(silence(1.2, rate), rate)) session.sendAudio(c, rate);
 }
 
-test("a spoken turn at 44.1 kHz: events in order, transcript, grounded answer", { timeout: 180000 }, async () => {
+test("a spoken turn at 44.1 kHz: events in order, transcript, spoken grounded answer", { timeout: 180000 }, async () => {
   const session = await connect(env("VOXD_WS_URL"), {
     apiKey: env("VOXD_API_KEY"),
     session: { voxd: { citations_event: true } },
@@ -118,34 +125,43 @@ test("a spoken turn at 44.1 kHz: events in order, transcript, grounded answer", 
     "input_audio_buffer.speech_stopped",
     "conversation.item.input_audio_transcription.completed",
     "response.created",
-    "response.output_text.delta",
+    "response.output_audio_transcript.delta",
+    "response.output_audio.delta",
     "response.done",
   ]) {
     assert.ok(at(t) >= 0, `no ${t} in ${types.join(", ")}`);
   }
   assert.ok(at("input_audio_buffer.speech_started") < at("input_audio_buffer.speech_stopped"));
   assert.ok(at("input_audio_buffer.speech_stopped") < at("conversation.item.input_audio_transcription.completed"));
-  assert.ok(at("response.created") < at("response.output_text.delta"));
-  assert.ok(at("response.output_text.delta") < at("response.done"));
+  // The server speaks by default: the transcript of each piece comes just before its audio.
+  assert.ok(at("response.created") < at("response.output_audio_transcript.delta"));
+  assert.ok(at("response.output_audio_transcript.delta") < at("response.output_audio.delta"));
+  assert.ok(at("response.output_audio.delta") < at("response.done"));
+  assert.equal(at("response.output_text.delta"), -1);
   const completed = seen.find((e) => e.type === "conversation.item.input_audio_transcription.completed");
   const score = wer(reference("LDC93S1_pcms16le_2_44100.wav"), completed.transcript);
   assert.ok(score <= 0.2, `WER ${score}: ${completed.transcript}`);
   assert.ok(completed.voxd_timing.asr_ms >= 0);
   const done = seen.find((e) => e.type === "response.done");
   assert.equal(done.response.status, "completed");
-  const text = seen.filter((e) => e.type === "response.output_text.delta").map((e) => e.delta).join("");
+  const text = seen.filter((e) => e.type === "response.output_audio_transcript.delta").map((e) => e.delta).join("");
   assert.ok(text.trim().length > 0);
-  assert.equal(done.response.output[0].content[0].text, text);
+  assert.equal(done.response.output[0].content[0].transcript, text);
   assert.ok(done.response.voxd_timing.total_ms > 0);
+  // The audio decodes to as many samples (24 kHz) as the server says it sent.
+  const samplesOut = seen
+    .filter((e) => e.type === "response.output_audio.delta")
+    .reduce((n, e) => n + pcm16ToFloat(e.delta).length, 0);
+  assert.ok(Math.abs(samplesOut / 24 - done.response.voxd_timing.audio_ms) < 5, `${samplesOut} samples`);
   assert.equal(session.activeResponseId, null);
   session.close();
 });
 
-test("typed text turn with citations, base64 audio mode, and cancel", { timeout: 180000 }, async () => {
+test("text-only answers with citations, base64 audio mode, and cancel", { timeout: 180000 }, async () => {
   const session = await connect(env("VOXD_WS_URL"), {
     apiKey: env("VOXD_API_KEY"),
     binary: false,
-    session: { voxd: { citations_event: true } },
+    session: { output_modalities: ["text"], voxd: { citations_event: true } },
   });
   const citations = session.waitFor("voxd.response.citations", { timeoutMs: 120000 });
   const done = session.waitFor("response.done", { timeoutMs: 120000 });

@@ -46,11 +46,12 @@ def pcm24k(path):
 
 
 async def next_turn(session, log, timeout=240):
-    """Reads session events until the agent's turn ends; returns (transcripts, answer text)."""
-    transcripts, answer = [], ""
+    """Reads session events until the agent's turn ends; returns (transcripts, answer text,
+    bytes of the agent's audio)."""
+    transcripts, answer, audio = [], "", 0
 
     async def read():
-        nonlocal answer
+        nonlocal answer, audio
         async for event in session:
             log.append(event.type)
             if event.type == "error":
@@ -63,11 +64,13 @@ async def next_turn(session, log, timeout=240):
                     transcripts.append(data.transcript)
                 if data.type == "transcript_delta" or data.type == "output_text_delta":
                     answer += data.delta
+            if event.type == "audio":
+                audio += len(event.audio.data)
             if event.type == "agent_end":
                 return
 
     await asyncio.wait_for(read(), timeout)
-    return transcripts, answer
+    return transcripts, answer, audio
 
 
 async def main():
@@ -99,16 +102,18 @@ async def main():
         step = 4800  # 100 ms
         for at in range(0, len(pcm), step):
             await session.send_audio(pcm[at : at + step])
-        transcripts, answer = await next_turn(session, log)
+        transcripts, answer, audio = await next_turn(session, log)
         heard = " ".join(transcripts)
         score = wer(reference(audio_dir, "jfk.wav"), heard)
-        print(f"spoken turn: heard {heard!r} (WER {score:.2f}), answered {answer!r}")
+        print(f"spoken turn: heard {heard!r} (WER {score:.2f}), answered {answer!r} ({audio} bytes of audio)")
         assert score <= 0.2, heard
         assert answer.strip(), "the spoken turn got no answer"
+        # The agent speaks (the SDK's default): its audio events carry voxd's voice.
+        assert audio > 24000, f"only {audio} bytes of the agent's audio"
 
         # A text turn.
         await session.send_message("Where is the shop?")
-        _, answer = await next_turn(session, log)
+        _, answer, _ = await next_turn(session, log)
         print(f"text turn: answered {answer!r}")
         assert answer.strip(), "the text turn got no answer"
 

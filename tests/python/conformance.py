@@ -45,6 +45,10 @@ EMITTED = {
     "response.content_part.added",
     "response.output_text.delta",
     "response.output_text.done",
+    "response.output_audio.delta",
+    "response.output_audio.done",
+    "response.output_audio_transcript.delta",
+    "response.output_audio_transcript.done",
     "response.content_part.done",
     "response.output_item.done",
     "response.done",
@@ -145,10 +149,16 @@ async def realtime(url, headers, audio_dir):
         completed = next(e for e in turn if e["type"].endswith("transcription.completed"))
         assert completed["usage"]["type"] == "duration" and completed["usage"]["seconds"] > 10
         spoken_item = completed["item_id"]
+        # The answer is spoken (the default): audio deltas, and its transcript.
+        spoken_answer = turn[-1]["response"]
+        assert spoken_answer["output_modalities"] == ["audio"], spoken_answer
+        assert spoken_answer["output"][0]["content"][0]["type"] == "output_audio", spoken_answer
+        assert "response.output_audio.delta" in kinds, kinds
+        spoken_answer_item = spoken_answer["output"][0]["id"]
 
-        # 2. A text turn.
+        # 2. A text turn, answered in text on request.
         await s.send(ask("Where is the shop?"))
-        await s.send({"type": "response.create"})
+        await s.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
         text_turn = await s.until("response.done")
         answer = text_turn[-1]["response"]
         assert answer["status"] == "completed", answer
@@ -164,9 +174,10 @@ async def realtime(url, headers, audio_dir):
         done = (await s.until("response.done"))[-1]["response"]
         assert done["status"] == "cancelled", done
 
-        # 4. Truncate what was heard of the text turn's answer.
-        await s.send({"type": "conversation.item.truncate", "item_id": answer_item, "content_index": 0, "audio_end_ms": 800})
+        # 4. Truncate what was heard of the spoken answer.
+        await s.send({"type": "conversation.item.truncate", "item_id": spoken_answer_item, "content_index": 0, "audio_end_ms": 800})
         await s.until("conversation.item.truncated")
+        assert answer_item
 
         # 5. Retrieve and delete; a delete of an unknown item is a typed error.
         await s.send({"type": "conversation.item.retrieve", "item_id": spoken_item})
@@ -234,7 +245,8 @@ async def realtime(url, headers, audio_dir):
         assert any(e["type"] == "input_audio_buffer.timeout_triggered" for e in idle), [e["type"] for e in idle]
         nudge = idle[-1]["response"]
         assert nudge["status"] in ("completed", "incomplete"), nudge
-        assert nudge["output"][0]["content"][0]["text"].strip(), nudge
+        content = nudge["output"][0]["content"][0]
+        assert (content.get("transcript") or content.get("text") or "").strip(), nudge
         return s.seen
 
 

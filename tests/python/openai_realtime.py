@@ -26,11 +26,14 @@ def main():
     seen = []
     transcripts = []
     answer = ""
+    audio_bytes = 0
+    done_response = None
     with client.realtime.connect(model="gpt-realtime") as conn:
         conn.session.update(
             session={
                 "type": "realtime",
-                "output_modalities": ["text"],
+                # OpenAI's default, spelled out: voxd answers with its voice.
+                "output_modalities": ["audio"],
                 "audio": {
                     "input": {
                         "format": {"type": "audio/pcm", "rate": rate},
@@ -50,8 +53,13 @@ def main():
                 transcripts.append(event.transcript)
             elif event.type == "response.created":
                 answer = ""
-            elif event.type == "response.output_text.delta":
+                audio_bytes = 0
+            elif event.type == "response.output_audio_transcript.delta":
                 answer += event.delta
+            elif event.type == "response.output_audio.delta":
+                audio_bytes += len(base64.b64decode(event.delta))
+            elif event.type == "response.output_text.delta":
+                raise SystemExit("a text delta in an audio session")
             elif event.type == "response.done":
                 # JFK pauses mid-sentence: if that ends a turn, its answer is cancelled when
                 # the next turn starts (barge-in), and the last turn's answer completes (or is
@@ -61,6 +69,7 @@ def main():
                 if status == "incomplete":
                     assert event.response.status_details.reason == "max_output_tokens"
                 if status in ("completed", "incomplete"):
+                    done_response = event.response
                     break
 
     for needed in ("session.created", "session.updated", "input_audio_buffer.speech_started"):
@@ -70,7 +79,15 @@ def main():
     score = wer(reference(audio_dir, "jfk.wav"), transcript)
     assert score <= 0.15, f"WER {score:.2f}: {transcript}"
     assert answer.strip(), "empty answer"
-    print(f"ok: WER {score:.2f}, {len(seen)} events, transcript {transcript!r}, answer {answer[:80]!r}")
+    # The spoken answer: PCM16 at 24 kHz, as long as the server says, parsed by the SDK's types.
+    assert audio_bytes > 24000, f"{audio_bytes} bytes of audio"
+    content = done_response.output[0].content[0]
+    assert content.type == "output_audio", content
+    assert content.transcript == answer, (content.transcript, answer)
+    print(
+        f"ok: WER {score:.2f}, {len(seen)} events, transcript {transcript!r}, answer {answer[:80]!r}, "
+        f"{audio_bytes / 48000:.1f} s of audio"
+    )
 
 
 if __name__ == "__main__":

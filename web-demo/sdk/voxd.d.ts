@@ -16,6 +16,11 @@ export interface ResponseTiming {
   grounded: boolean | null;
   first_token_ms: number | null;
   speech_stopped_to_first_token_ms: number | null;
+  /** Spoken answers: from the response's start, and from the end of speech, to the first audio. */
+  first_audio_ms?: number | null;
+  speech_stopped_to_first_audio_ms?: number | null;
+  /** Spoken answers: the length of the audio sent. */
+  audio_ms?: number | null;
   total_ms: number;
   llm_queue_ms: number;
   llm_prefill_ms: number;
@@ -128,6 +133,34 @@ export interface ServerEvents {
     item_id: string;
     text: string;
   };
+  "response.output_audio.delta": {
+    type: "response.output_audio.delta";
+    response_id: string;
+    item_id: string;
+    /** Base64 audio in the session's output format (PCM16 at 24 kHz by default). */
+    delta: string;
+  };
+  "response.output_audio.done": { type: "response.output_audio.done"; response_id: string; item_id: string };
+  "response.output_audio_transcript.delta": {
+    type: "response.output_audio_transcript.delta";
+    response_id: string;
+    item_id: string;
+    delta: string;
+  };
+  "response.output_audio_transcript.done": {
+    type: "response.output_audio_transcript.done";
+    response_id: string;
+    item_id: string;
+    transcript: string;
+  };
+  /** Emitted by the SDK for a binary frame: raw audio of the spoken answer (voxd.binary_audio_out). */
+  "voxd.output_audio": { type: "voxd.output_audio"; response_id: string | null; item_id: string | null; audio: Uint8Array };
+  "conversation.item.truncated": {
+    type: "conversation.item.truncated";
+    item_id: string;
+    content_index: number;
+    audio_end_ms: number;
+  };
   "voxd.response.citations": {
     type: "voxd.response.citations";
     response_id: string;
@@ -155,6 +188,21 @@ export class StreamingResampler {
 
 export function floatToPcm16(samples: Float32Array): Int16Array;
 export function base64(bytes: Uint8Array): string;
+export function fromBase64(text: string): Uint8Array;
+/** 16-bit little-endian PCM (bytes or base64) as floats in -1..1. */
+export function pcm16ToFloat(data: Uint8Array | string): Float32Array;
+
+/** Plays spoken answers with Web Audio behind a small jitter buffer. */
+export class AudioPlayer {
+  constructor(context: AudioContext, options?: { sampleRate?: number; jitterMs?: number });
+  /** Queues audio of an item: base64 PCM16, its bytes, or floats. */
+  enqueue(itemId: string, audio: string | Uint8Array | Float32Array): void;
+  readonly playing: boolean;
+  /** Milliseconds of the current item played so far. */
+  playedMs(): number;
+  /** Stops at once; what was playing and how much of it was heard. */
+  stop(): { itemId: string; playedMs: number } | null;
+}
 
 export interface ConnectOptions {
   apiKey?: string;
@@ -172,6 +220,7 @@ export class VoxdSession implements AsyncIterable<ServerEvent> {
   readonly state: "connecting" | "open" | "closing" | "closed";
   readonly session: Record<string, any> | null;
   readonly activeResponseId: string | null;
+  readonly activeItemId: string | null;
   inputRate: number;
   on<K extends keyof ServerEvents>(type: K, callback: (event: ServerEvents[K]) => void): () => void;
   on(type: "*" | string, callback: (event: ServerEvent) => void): () => void;
@@ -188,6 +237,10 @@ export class VoxdSession implements AsyncIterable<ServerEvent> {
   createResponse(response?: Record<string, any>): string;
   cancelResponse(): string | null;
   sendText(text: string): string;
+  /** Plays spoken answers on `player`; stops it and truncates the answer on barge-in. */
+  attachPlayer(player: AudioPlayer): () => void;
+  /** Stops `player` and sends `conversation.item.truncate` for what was heard. */
+  interrupt(player: AudioPlayer): { itemId: string; playedMs: number } | null;
   close(code?: number, reason?: string): void;
 }
 

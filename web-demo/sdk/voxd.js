@@ -5,7 +5,9 @@
 //   import { connect } from "/sdk/voxd.js";
 //   const session = await connect("ws://127.0.0.1:8080/v1/realtime", { apiKey });
 //   session.on("conversation.item.input_audio_transcription.completed", (e) => show(e.transcript));
-//   session.on("response.output_text.delta", (e) => append(e.delta));
+//   session.on("response.output_audio_transcript.delta", (e) => append(e.delta));
+//   session.attachPlayer(new AudioPlayer(new AudioContext())); // plays spoken answers, barge-in
+//   session.on("response.output_text.delta", (e) => append(e.delta)); // text-only sessions
 //   session.sendAudio(float32Samples, 48000); // resampled to the session's rate
 //   for await (const event of session) { ... } // or iterate every event
 //
@@ -118,6 +120,99 @@ export function base64(bytes) {
   return s;
 }
 
+/** The bytes of standard base64 (no dependency on atob or Buffer). */
+export function fromBase64(text) {
+  const clean = text.replace(/[^A-Za-z0-9+/]/g, "");
+  const out = new Uint8Array(Math.floor((clean.length * 3) / 4));
+  let bits = 0;
+  let value = 0;
+  let n = 0;
+  for (const c of clean) {
+    value = ((value << 6) | B64.indexOf(c)) & 0xffffff;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[n++] = (value >> bits) & 0xff;
+    }
+  }
+  return out.subarray(0, n);
+}
+
+/** 16-bit little-endian PCM bytes (or their base64) as float samples in -1..1. */
+export function pcm16ToFloat(data) {
+  const bytes = typeof data === "string" ? fromBase64(data) : data;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Float32Array(bytes.byteLength >> 1);
+  for (let i = 0; i < out.length; i++) out[i] = view.getInt16(2 * i, true) / 32768;
+  return out;
+}
+
+/**
+ * Plays spoken answers (`response.output_audio.delta`, PCM16 at 24 kHz) with Web Audio. Chunks
+ * are scheduled back to back behind a small jitter buffer, so network hiccups do not click.
+ * `stop()` silences it at once and says how much of the item was played: the `audio_end_ms` a
+ * `conversation.item.truncate` needs, so the server's history holds only what was heard.
+ */
+export class AudioPlayer {
+  constructor(context, { sampleRate = 24000, jitterMs = 150 } = {}) {
+    this.context = context;
+    this.sampleRate = sampleRate;
+    this.jitter = jitterMs / 1000;
+    this.sources = new Set();
+    this.nextTime = 0;
+    this.item = null; // { id, start: context time of its first sample, ms: audio queued }
+  }
+
+  /** Queues audio of `itemId` (base64 PCM16, bytes, or floats). */
+  enqueue(itemId, audio) {
+    const samples = audio instanceof Float32Array ? audio : pcm16ToFloat(audio);
+    if (!samples.length) return;
+    const ctx = this.context;
+    if (ctx.state === "suspended") ctx.resume();
+    const now = ctx.currentTime;
+    if (this.nextTime < now) this.nextTime = now + this.jitter; // (re)start behind the buffer
+    if (this.item?.id !== itemId) this.item = { id: itemId, start: this.nextTime, ms: 0 };
+    const buffer = ctx.createBuffer(1, samples.length, this.sampleRate);
+    buffer.copyToChannel(samples, 0);
+    const source = ctx.createBufferSource();
+    source.buffer = buffer;
+    source.connect(ctx.destination);
+    source.onended = () => this.sources.delete(source);
+    source.start(this.nextTime);
+    this.sources.add(source);
+    this.nextTime += samples.length / this.sampleRate;
+    this.item.ms += (samples.length / this.sampleRate) * 1000;
+  }
+
+  /** Whether audio is playing or queued. */
+  get playing() {
+    return this.sources.size > 0;
+  }
+
+  /** Milliseconds of the current item played so far. */
+  playedMs() {
+    if (!this.item) return 0;
+    const ms = (this.context.currentTime - this.item.start) * 1000;
+    return Math.round(Math.max(0, Math.min(this.item.ms, ms)));
+  }
+
+  /** Stops at once; returns `{ itemId, playedMs }` of the item that was playing, or null. */
+  stop() {
+    const played = this.playing && this.item ? { itemId: this.item.id, playedMs: this.playedMs() } : null;
+    for (const s of this.sources) {
+      try {
+        s.stop();
+      } catch {
+        // already stopped
+      }
+    }
+    this.sources.clear();
+    this.nextTime = 0;
+    this.item = null;
+    return played;
+  }
+}
+
 let eventCounter = 0;
 const eventId = () => `evt_sdk_${Date.now().toString(36)}_${(eventCounter++).toString(36)}`;
 
@@ -132,8 +227,9 @@ export class VoxdSession {
     this.state = "connecting";
     /** The server's view of the session, from `session.created` / `session.updated`. */
     this.session = null;
-    /** The id of the response in progress, if any. */
+    /** The id of the response in progress, if any, and of its output item. */
     this.activeResponseId = null;
+    this.activeItemId = null;
     this.listeners = new Map();
     this.queue = [];
     this.waiters = [];
@@ -305,6 +401,34 @@ export class VoxdSession {
     return this.createResponse();
   }
 
+  /**
+   * Plays this session's spoken answers on `player` (an AudioPlayer). When the person starts
+   * talking over an answer, playback stops at once and the server is told how much was heard
+   * (`conversation.item.truncate`). Returns a function that detaches the player.
+   */
+  attachPlayer(player) {
+    const offs = [
+      this.on("response.output_audio.delta", (e) => player.enqueue(e.item_id, e.delta)),
+      this.on("voxd.output_audio", (e) => player.enqueue(e.item_id, e.audio)),
+      this.on("input_audio_buffer.speech_started", () => this.interrupt(player)),
+    ];
+    return () => offs.forEach((off) => off());
+  }
+
+  /** Stops `player` and tells the server what was heard of the answer it was playing. */
+  interrupt(player) {
+    const played = player.stop();
+    if (played && this.state === "open") {
+      this.send({
+        type: "conversation.item.truncate",
+        item_id: played.itemId,
+        content_index: 0,
+        audio_end_ms: played.playedMs,
+      });
+    }
+    return played;
+  }
+
   /** Closes the socket. */
   close(code = 1000, reason = "bye") {
     if (this.state === "closed" || this.state === "closing") return;
@@ -313,7 +437,18 @@ export class VoxdSession {
   }
 
   #onMessage(message) {
-    if (typeof message.data !== "string") return;
+    if (typeof message.data !== "string") {
+      // A binary frame: the spoken answer's raw audio (session.voxd.binary_audio_out).
+      if (message.data instanceof ArrayBuffer) {
+        this.#emit({
+          type: "voxd.output_audio",
+          response_id: this.activeResponseId,
+          item_id: this.activeItemId,
+          audio: new Uint8Array(message.data),
+        });
+      }
+      return;
+    }
     let event;
     try {
       event = JSON.parse(message.data);
@@ -328,6 +463,9 @@ export class VoxdSession {
         break;
       case "response.created":
         this.activeResponseId = event.response?.id ?? null;
+        break;
+      case "response.output_item.added":
+        this.activeItemId = event.item?.id ?? null;
         break;
       case "response.done":
         if (this.activeResponseId === event.response?.id) this.activeResponseId = null;

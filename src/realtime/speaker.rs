@@ -1,0 +1,319 @@
+//! The voice of one response: speaks the answer while the model is still writing it.
+//!
+//! The response task feeds the model's text deltas in; the speaker cuts them into pieces
+//! ([`Splitter`]: the first clause early, then sentences), synthesises each on the TTS workers
+//! (the first at normal priority, the rest urgent, since audio is already playing), and sends for
+//! each piece its transcript delta and then its audio deltas in the session's output format.
+//!
+//! It keeps the timeline of what it sent: each piece's text with where it starts and ends in the
+//! answer's audio. `conversation.item.truncate` uses it to cut the transcript at the word that
+//! was playing, and the hub's history then holds only what was heard.
+//!
+//! It never runs far ahead of playback: once [`MAX_LEAD`] of audio is unplayed, it waits, so an
+//! interrupted answer wastes little compute and busy workers serve other sessions first.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::out::Out;
+use crate::audio::encode::encode;
+use crate::protocol::{InputFormat, ServerEvent};
+use crate::tts::text::Splitter;
+use crate::tts::{SpeakRequest, Tts, TtsError};
+
+/// How far synthesis may run ahead of real-time playback.
+pub const MAX_LEAD: Duration = Duration::from_secs(8);
+/// Audio per `response.output_audio.delta`.
+const DELTA_MS: u64 = 500;
+
+/// How a response is spoken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeechParams {
+    pub format: InputFormat,
+    /// One of the voice's names (already resolved).
+    pub voice: String,
+    pub speed: f32,
+    /// Send the audio as binary frames (the `voxd.binary_audio_out` extension).
+    pub binary: bool,
+}
+
+/// One spoken piece of an answer and where it lies in the answer's audio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spoken {
+    pub text: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+/// What the speaker did, readable while it runs and after it was stopped.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    pub pieces: Vec<Spoken>,
+    /// When the first audio delta was sent.
+    pub first_audio: Option<Instant>,
+    /// The first synthesis error (the rest of the answer was sent as transcript only).
+    pub error: Option<TtsError>,
+}
+
+impl Timeline {
+    /// The transcript of what was sent: the pieces, joined.
+    pub fn transcript(&self) -> String {
+        self.pieces
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Length of the audio sent.
+    pub fn audio_ms(&self) -> u64 {
+        self.pieces.last().map_or(0, |p| p.end_ms)
+    }
+}
+
+/// A running speaker.
+pub struct Speaker {
+    text: Option<mpsc::UnboundedSender<String>>,
+    task: JoinHandle<()>,
+    pub timeline: Arc<Mutex<Timeline>>,
+}
+
+/// The ids of the events a speaker sends.
+#[derive(Clone)]
+pub struct Target {
+    pub response_id: String,
+    pub item_id: String,
+    /// Set by a cancel (a barge-in) before the cancel itself: nothing is sent once it is.
+    pub silence: Arc<AtomicBool>,
+}
+
+impl Speaker {
+    /// Starts speaking for `target`.
+    pub(crate) fn start(tts: Arc<dyn Tts>, params: SpeechParams, out: Out, target: Target) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let timeline = Arc::new(Mutex::new(Timeline::default()));
+        let task = tokio::spawn(run(tts, params, out, target, rx, timeline.clone()));
+        Speaker {
+            text: Some(tx),
+            task,
+            timeline,
+        }
+    }
+
+    /// More of the answer's text.
+    pub fn push(&self, delta: &str) {
+        if let Some(tx) = &self.text {
+            let _ = tx.send(delta.to_string());
+        }
+    }
+
+    /// The text is complete: speak the rest, and return once everything is sent.
+    pub async fn finish(&mut self) {
+        self.text = None;
+        let _ = (&mut self.task).await;
+    }
+
+    /// Stops at once: nothing more is synthesised or sent.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// A copy of the timeline so far.
+    pub fn snapshot(&self) -> (Vec<Spoken>, Option<Instant>, Option<TtsError>) {
+        let t = self.timeline.lock().unwrap_or_else(|p| p.into_inner());
+        (t.pieces.clone(), t.first_audio, t.error.clone())
+    }
+}
+
+impl Drop for Speaker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run(
+    tts: Arc<dyn Tts>,
+    params: SpeechParams,
+    out: Out,
+    target: Target,
+    mut rx: mpsc::UnboundedReceiver<String>,
+    timeline: Arc<Mutex<Timeline>>,
+) {
+    // An OpenAI voice name means the voice's default.
+    let voice = crate::tts::resolve_voice(tts.as_ref(), Some(&params.voice))
+        .unwrap_or_else(|_| tts.voices().first().cloned().unwrap_or_default());
+    let mut splitter = Splitter::new();
+    let mut pending: VecDeque<String> = VecDeque::new();
+    let mut open = true;
+    let mut sent_ms: u64 = 0;
+    let mut clock: Option<Instant> = None;
+    let mut count = 0usize;
+    loop {
+        let piece = match pending.pop_front() {
+            Some(p) => p,
+            None if open => {
+                match rx.recv().await {
+                    Some(d) => pending.extend(splitter.push(&d)),
+                    None => {
+                        open = false;
+                        pending.extend(splitter.finish());
+                    }
+                }
+                continue;
+            }
+            None => break,
+        };
+        // Stay within MAX_LEAD of playback.
+        if let Some(c) = clock {
+            let ahead = Duration::from_millis(sent_ms).saturating_sub(c.elapsed());
+            if ahead > MAX_LEAD {
+                tokio::time::sleep(ahead - MAX_LEAD).await;
+            }
+        }
+        let request = SpeakRequest {
+            text: piece.clone(),
+            voice: voice.clone(),
+            speed: params.speed,
+            urgent: count > 0,
+        };
+        let spoken = tts.speak(request).await;
+        if target.silence.load(Ordering::SeqCst) {
+            return;
+        }
+        let delta = if count == 0 {
+            piece.clone()
+        } else {
+            format!(" {piece}")
+        };
+        count += 1;
+        out.send(ServerEvent::OutputAudioTranscriptDelta {
+            response_id: target.response_id.clone(),
+            item_id: target.item_id.clone(),
+            output_index: 0,
+            content_index: 0,
+            delta,
+        });
+        let audio = match spoken.and_then(|s| {
+            encode(&s.samples, s.sample_rate, params.format)
+                .map_err(|e| TtsError::Engine(e.to_string()))
+        }) {
+            Ok(a) => a,
+            Err(TtsError::Empty) => Vec::new(),
+            Err(e) => {
+                let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
+                if t.error.is_none() {
+                    tracing::warn!(error = %e, "speech synthesis failed; the answer goes on as text");
+                    out.send(ServerEvent::server_error(
+                        "tts_failed",
+                        format!("the answer could not be spoken: {e}"),
+                    ));
+                    t.error = Some(e);
+                }
+                Vec::new()
+            }
+        };
+        let bytes_per_ms = params.format.rate() as u64 * params.format.sample_bytes() as u64 / 1000;
+        let piece_ms = audio.len() as u64 / bytes_per_ms.max(1);
+        {
+            let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
+            t.pieces.push(Spoken {
+                text: piece,
+                start_ms: sent_ms,
+                end_ms: sent_ms + piece_ms,
+            });
+            if !audio.is_empty() && t.first_audio.is_none() {
+                t.first_audio = Some(Instant::now());
+            }
+        }
+        if !audio.is_empty() && clock.is_none() {
+            clock = Some(Instant::now());
+        }
+        sent_ms += piece_ms;
+        let chunk = (bytes_per_ms * DELTA_MS) as usize;
+        for part in audio.chunks(chunk.max(2)) {
+            if target.silence.load(Ordering::SeqCst) {
+                return;
+            }
+            if params.binary {
+                out.send_audio(part.to_vec());
+            } else {
+                out.send(ServerEvent::OutputAudioDelta {
+                    response_id: target.response_id.clone(),
+                    item_id: target.item_id.clone(),
+                    output_index: 0,
+                    content_index: 0,
+                    delta: base64::engine::general_purpose::STANDARD.encode(part),
+                });
+            }
+            // A point where a barge-in's stop takes effect between deltas.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// The part of an answer heard in its first `audio_end_ms`: whole pieces that ended by then,
+/// and of the piece playing, the words whose share of its audio (by letters) had been played.
+pub fn heard(pieces: &[Spoken], audio_end_ms: u64) -> String {
+    let mut words: Vec<&str> = Vec::new();
+    for p in pieces {
+        if p.end_ms <= audio_end_ms {
+            words.extend(p.text.split_whitespace());
+            continue;
+        }
+        if p.start_ms >= audio_end_ms {
+            break;
+        }
+        // Inside this piece: a word counts as heard once the audio passed its middle.
+        let piece_words: Vec<&str> = p.text.split_whitespace().collect();
+        let weight =
+            |w: &str| w.chars().filter(|c| c.is_alphanumeric()).count().max(1) as f64 + 1.0;
+        let total: f64 = piece_words.iter().map(|w| weight(w)).sum();
+        let played = (audio_end_ms - p.start_ms) as f64 / (p.end_ms - p.start_ms).max(1) as f64;
+        let mut at = 0.0;
+        for w in piece_words {
+            let mid = (at + weight(w) / 2.0) / total;
+            if mid > played {
+                break;
+            }
+            words.push(w);
+            at += weight(w);
+        }
+        break;
+    }
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(text: &str, start_ms: u64, end_ms: u64) -> Spoken {
+        Spoken {
+            text: text.into(),
+            start_ms,
+            end_ms,
+        }
+    }
+
+    #[test]
+    fn the_heard_part_is_cut_at_the_word_playing() {
+        let pieces = [
+            piece("The shop opens at nine,", 0, 1500),
+            piece("and closes at six on weekdays.", 1500, 4000),
+        ];
+        assert_eq!(heard(&pieces, 0), "");
+        assert_eq!(heard(&pieces, 1500), "The shop opens at nine,");
+        assert_eq!(
+            heard(&pieces, 60_000),
+            "The shop opens at nine, and closes at six on weekdays."
+        );
+        // A quarter into the second piece: "and closes" have been played.
+        assert_eq!(heard(&pieces, 2125), "The shop opens at nine, and closes");
+    }
+}
