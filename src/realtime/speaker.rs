@@ -1,9 +1,10 @@
 //! The voice of one response: speaks the answer while the model is still writing it.
 //!
 //! The response task feeds the model's text deltas in; the speaker cuts them into pieces
-//! ([`Splitter`]: the first clause early, then sentences), synthesises each on the TTS workers
-//! (the first at normal priority, the rest urgent, since audio is already playing), and sends for
-//! each piece its transcript delta and then its audio deltas in the session's output format.
+//! ([`Splitter`]: the first clause early, then sentences), synthesises each on the TTS workers,
+//! and sends for each piece its transcript delta and then its audio deltas in the session's
+//! output format. A later piece is urgent (ahead of other sessions' new work) when less than
+//! [`URGENT_LEAD`] of its answer's audio is left to play.
 //!
 //! It keeps the timeline of what it sent: each piece's text with where it starts and ends in the
 //! answer's audio. `conversation.item.truncate` uses it to cut the transcript at the word that
@@ -29,6 +30,10 @@ use crate::tts::{SpeakRequest, Tts, TtsError};
 
 /// How far synthesis may run ahead of real-time playback.
 pub const MAX_LEAD: Duration = Duration::from_secs(8);
+/// Below this much unplayed audio, the next piece is urgent: it goes before other sessions'
+/// new work on the voice's queue, so playback does not run dry. Above it, a new answer's first
+/// piece may go first.
+pub const URGENT_LEAD: Duration = Duration::from_secs(3);
 /// Audio per `response.output_audio.delta`.
 const DELTA_MS: u64 = 500;
 
@@ -170,17 +175,20 @@ async fn run(
             None => break,
         };
         // Stay within MAX_LEAD of playback.
+        let mut ahead = Duration::ZERO;
         if let Some(c) = clock {
-            let ahead = Duration::from_millis(sent_ms).saturating_sub(c.elapsed());
+            ahead = Duration::from_millis(sent_ms).saturating_sub(c.elapsed());
             if ahead > MAX_LEAD {
                 tokio::time::sleep(ahead - MAX_LEAD).await;
+                ahead = MAX_LEAD;
             }
         }
         let request = SpeakRequest {
             text: piece.clone(),
             voice: voice.clone(),
             speed: params.speed,
-            urgent: count > 0,
+            // Playback is about to run dry: this piece goes first.
+            urgent: count > 0 && ahead < URGENT_LEAD,
         };
         let spoken = tts.speak(request).await;
         if target.silence.load(Ordering::SeqCst) {
