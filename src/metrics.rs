@@ -147,6 +147,8 @@ pub struct Metrics {
     pub llm_queue_wait: Histogram,
     pub llm_first_token: Histogram,
     pub llm_tokens_per_second: Histogram,
+    /// Synthesis compute per piece of speech.
+    pub tts: Histogram,
 }
 
 /// The process's metrics.
@@ -169,6 +171,7 @@ pub fn global() -> &'static Metrics {
         llm_queue_wait: Histogram::new(LATENCY_BUCKETS),
         llm_first_token: Histogram::new(LATENCY_BUCKETS),
         llm_tokens_per_second: Histogram::new(RATE_BUCKETS),
+        tts: Histogram::new(LATENCY_BUCKETS),
     })
 }
 
@@ -181,6 +184,8 @@ pub struct Gauges {
     pub asr_queue: Option<(usize, usize)>,
     /// Jobs waiting for the embedded LLM.
     pub llm_queue: Option<usize>,
+    /// Pieces of speech waiting for a voice worker.
+    pub tts_queue: Option<usize>,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: f64) {
@@ -267,6 +272,14 @@ impl Metrics {
                  {name}{{priority=\"final\"}} {finals}\n{name}{{priority=\"partial\"}} {partials}"
             );
         }
+        if let Some(n) = gauges.tts_queue {
+            gauge(
+                &mut out,
+                "voxd_tts_queue_depth",
+                "Pieces of speech waiting for a voice worker.",
+                n as f64,
+            );
+        }
         if let Some(n) = gauges.llm_queue {
             gauge(
                 &mut out,
@@ -307,7 +320,7 @@ impl Metrics {
             "Audio bytes received on realtime sessions (decoded from base64).",
             self.audio_bytes_in.get() as f64,
         );
-        let hists: [(&Histogram, &str, &str); 10] = [
+        let hists: [(&Histogram, &str, &str); 11] = [
             (
                 &self.stopped_to_transcript,
                 "voxd_speech_stopped_to_transcript_seconds",
@@ -337,6 +350,11 @@ impl Metrics {
                 &self.asr_queue_wait,
                 "voxd_asr_queue_wait_seconds",
                 "Wait for a free ASR worker per final transcript.",
+            ),
+            (
+                &self.tts,
+                "voxd_tts_seconds",
+                "Speech synthesis compute per piece (a clause or sentence).",
             ),
             (
                 &self.retrieval,

@@ -71,8 +71,15 @@ fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, key: &st
 async fn metrics_move_after_one_spoken_turn() {
     let dir = tempfile::tempdir().unwrap();
     let kb = common::fixture_kb(dir.path()).await;
-    let (url, http) =
-        common::start_full(ServerSettings::default(), Some(kb), Some(common::llm())).await;
+    let tts: std::sync::Arc<dyn voxd::tts::Tts> =
+        tokio::task::spawn_blocking(common::tts).await.unwrap();
+    let (url, http) = common::start_speaking(
+        ServerSettings::default(),
+        Some(kb),
+        Some(common::llm()),
+        Some(tts),
+    )
+    .await;
     let before = scrape(&http).await;
     assert_eq!(before["voxd_live_sessions"], 0.0);
 
@@ -133,6 +140,7 @@ async fn metrics_move_after_one_spoken_turn() {
     for hist in [
         "voxd_speech_stopped_to_transcript_seconds",
         "voxd_speech_stopped_to_first_token_seconds",
+        "voxd_speech_stopped_to_first_audio_seconds",
         "voxd_speech_stopped_to_response_done_seconds",
         "voxd_asr_seconds",
         "voxd_asr_queue_wait_seconds",
@@ -158,8 +166,12 @@ async fn metrics_move_after_one_spoken_turn() {
     }
     // These cannot be zero (the others can: a speculative transcript or retrieval may be ready
     // the moment speech stops, and a free worker has no queue).
+    // The answer was spoken: at least one piece was synthesised.
+    assert!(delta(&before, &after, "voxd_tts_seconds_count") >= 1.0);
     for hist in [
         "voxd_speech_stopped_to_first_token_seconds",
+        "voxd_speech_stopped_to_first_audio_seconds",
+        "voxd_tts_seconds",
         "voxd_asr_seconds",
         "voxd_llm_time_to_first_token_seconds",
         "voxd_llm_tokens_per_second",
@@ -177,7 +189,11 @@ async fn metrics_move_after_one_spoken_turn() {
             &format!("voxd_speech_stopped_to_{h}_seconds_sum"),
         )
     };
-    assert!(sum("transcript") <= sum("first_token") && sum("first_token") < sum("response_done"));
+    assert!(
+        sum("transcript") <= sum("first_token")
+            && sum("first_token") <= sum("first_audio")
+            && sum("first_audio") < sum("response_done")
+    );
     assert!(after["process_resident_memory_bytes"] > 50e6);
     assert!(after["process_cpu_seconds_total"] > before["process_cpu_seconds_total"]);
 
@@ -187,6 +203,7 @@ async fn metrics_move_after_one_spoken_turn() {
         "voxd_asr_queue_depth{priority=\"final\"}",
         "voxd_asr_queue_depth{priority=\"partial\"}",
         "voxd_llm_queue_depth",
+        "voxd_tts_queue_depth",
     ] {
         assert_eq!(after[key], 0.0, "{key}");
     }

@@ -382,6 +382,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         max_sessions: state.max_sessions,
         asr_queue: state.asr.get().and_then(|a| a.queue_depth()),
         llm_queue: state.llm.get().and_then(|l| l.queue_depth()),
+        tts_queue: state.tts.get().and_then(|t| t.queue_depth()),
     });
     (
         [(

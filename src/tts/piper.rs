@@ -278,6 +278,7 @@ impl Tts for PiperTts {
             } else {
                 self.pool.run(job).await??
             };
+            crate::metrics::global().tts.observe_duration(compute);
             Ok(Speech {
                 samples,
                 sample_rate: self.config.audio.sample_rate,

@@ -79,10 +79,12 @@ impl Tts for RemoteTts {
                 .chunks_exact(2)
                 .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
                 .collect();
+            let compute = started.elapsed();
+            crate::metrics::global().tts.observe_duration(compute);
             Ok(Speech {
                 samples,
                 sample_rate: PCM_RATE,
-                compute: started.elapsed(),
+                compute,
             })
         })
     }
