@@ -1,6 +1,7 @@
 //! Spoken answers over the realtime API and `POST /v1/audio/speech`, against a real server with
 //! the real voice (Piper on ONNX Runtime), speech model, knowledge base and LLM. What the server
-//! says is heard back by voxd's own Whisper and compared with the transcript it sent.
+//! says is heard back by voxd's own Whisper and compared with the transcript it sent. The remote
+//! backend (`--tts-url`) is tested against this server's own speech endpoint.
 
 mod common;
 
@@ -450,6 +451,44 @@ async fn the_speech_endpoint_streams_wav_and_pcm_and_types_its_errors() {
         .unwrap();
     let ratio = (pcm.len() / 2) as f64 / decoded.samples.len() as f64;
     assert!((0.5..0.8).contains(&ratio), "{ratio}");
+
+    // Another server's speech endpoint as a backend (`--tts-url`): voxd's remote TTS against
+    // this one.
+    let remote = voxd::tts::RemoteTts::new(
+        &format!("{base}/v1"),
+        None,
+        "tts-1",
+        "alloy",
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    use voxd::tts::Tts;
+    assert_eq!(remote.voices()[0], "alloy");
+    let speech = remote
+        .speak(voxd::tts::SpeakRequest {
+            text: text.into(),
+            voice: "alloy".into(),
+            speed: 1.0,
+            urgent: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(speech.sample_rate, 24_000);
+    let heard = hear(&speech.samples, 24_000).await;
+    assert!(voxd::wer::wer(text, &heard) <= 0.2, "{heard:?}");
+    let err = remote
+        .speak(voxd::tts::SpeakRequest {
+            text: "hi".into(),
+            voice: "darth".into(),
+            speed: 1.0,
+            urgent: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, voxd::tts::TtsError::Remote(m) if m.contains("invalid_voice")),
+        "{err}"
+    );
 
     for (body, status, code) in [
         (
