@@ -18,6 +18,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::AppState;
 use crate::protocol::InputFormat;
+use crate::realtime::speaker;
 use crate::tts::{self, text, SpeakRequest, Speech, Tts, TtsError, MAX_INPUT_CHARS};
 
 /// The rate of every response format.
@@ -166,13 +167,22 @@ pub async fn speech(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
         wav.extend_from_slice(&head);
         head = wav;
     }
+    // The audio's clock: it plays from the first byte on, at 2 bytes a sample.
+    let started = std::time::Instant::now();
+    let sent_ms = (head.len() / 48) as u64;
     let rest = futures::stream::unfold(
-        (pieces, tts, voice),
-        move |(mut pieces, tts, voice)| async move {
+        (pieces, tts, voice, sent_ms),
+        move |(mut pieces, tts, voice, mut sent_ms)| async move {
             let piece = pieces.pop_front()?;
-            // The continuation of audio already being played goes before new requests.
-            let item = match speak(tts.clone(), piece, true, voice.clone()).await {
-                Ok(bytes) => Ok(Bytes::from(bytes)),
+            // A stream about to run dry goes before new work (as a spoken answer's next piece);
+            // one well ahead of real time (a client saving a file) waits its turn.
+            let ahead = sent_ms.saturating_sub(started.elapsed().as_millis() as u64);
+            let urgent = ahead < speaker::URGENT_LEAD.as_millis() as u64;
+            let item = match speak(tts.clone(), piece, urgent, voice.clone()).await {
+                Ok(bytes) => {
+                    sent_ms += (bytes.len() / 48) as u64;
+                    Ok(Bytes::from(bytes))
+                }
                 Err(e) => {
                     // The status is sent: the stream ends early, which the client sees.
                     tracing::warn!(error = %e, "speech stream ended early");
@@ -180,7 +190,7 @@ pub async fn speech(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
                     Err(std::io::Error::other(e.to_string()))
                 }
             };
-            Some((item, (pieces, tts, voice)))
+            Some((item, (pieces, tts, voice, sent_ms)))
         },
     );
     let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
