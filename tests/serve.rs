@@ -161,3 +161,55 @@ async fn sigterm_stops_the_server_while_a_long_upload_decodes() {
         assert_eq!(r.status(), 503);
     }
 }
+
+#[tokio::test]
+async fn no_tts_serves_text_answers_and_a_typed_503_for_speech() {
+    let serve = common::ServeProcess::start(&[
+        "--no-tts".as_ref(),
+        "--llm-model".as_ref(),
+        "none".as_ref(),
+    ]);
+    let base = format!("http://{}", serve.addr);
+    wait_ready(&base).await;
+    let ready: serde_json::Value = reqwest::get(format!("{base}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["tts"]["status"], "not_configured", "{ready}");
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/audio/speech"))
+        .json(&serde_json::json!({"model": "tts-1", "voice": "alloy", "input": "Hello."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "tts_unavailable", "{body}");
+    // Realtime sessions answer in text, and say why audio is not on.
+    let (mut tx, mut rx) = client::connect(&format!("ws://{}/v1/realtime", serve.addr), None)
+        .await
+        .unwrap();
+    tx.update_session(serde_json::json!({"output_modalities": ["audio"]}))
+        .await
+        .unwrap();
+    let updated = loop {
+        match rx.next().await {
+            Some(Ok(Incoming::Event(voxd::protocol::ServerEvent::SessionUpdated { session }))) => {
+                break session
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(updated["output_modalities"], serde_json::json!(["text"]));
+    assert_eq!(updated["voxd"]["voices"], serde_json::json!([]));
+    let ignored = updated["voxd"]["ignored"].as_array().unwrap();
+    assert!(
+        ignored
+            .iter()
+            .any(|i| i["param"] == "session.output_modalities"),
+        "{updated}"
+    );
+}

@@ -66,3 +66,53 @@ async fn text_without_words_is_a_typed_error_and_markers_are_not_read() {
         "{heard:?}"
     );
 }
+
+#[tokio::test]
+async fn any_piper_voice_file_loads_and_a_foreign_one_is_a_typed_error() {
+    use voxd::models::{Manifest, ModelStore, Role};
+    let (voice, runtime) = common::voice_files();
+    let dir = tempfile::tempdir().unwrap();
+    // A user's own voice: any Piper file with its JSON beside it; its name comes from the file.
+    let own = dir.path().join("en_GB-tester-low.onnx");
+    std::fs::copy(&voice, &own).unwrap();
+    std::fs::copy(
+        format!("{}.json", voice.display()),
+        format!("{}.json", own.display()),
+    )
+    .unwrap();
+    let store = ModelStore::new(&common::home(), Manifest::builtin());
+    let resolved = store.resolve(Role::Tts, own.to_str()).unwrap();
+    assert_eq!(resolved, own);
+    let tts = voxd::tts::PiperTts::load(&runtime, &resolved, 1, 1).unwrap();
+    assert_eq!(tts.voices(), vec!["tester".to_string()]);
+
+    // Without its JSON, or not a voice at all: a typed error naming the file, no crash.
+    let lonely = dir.path().join("lonely.onnx");
+    std::fs::copy(&voice, &lonely).unwrap();
+    let err = voxd::tts::PiperTts::load(&runtime, &lonely, 1, 1)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, TtsError::Load(ref m) if m.contains("lonely.onnx.json")),
+        "{err}"
+    );
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"not a model").unwrap();
+    std::fs::copy(
+        format!("{}.json", voice.display()),
+        format!("{}.json", junk.display()),
+    )
+    .unwrap();
+    let err = voxd::tts::PiperTts::load(&runtime, &junk, 1, 1)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, TtsError::Load(ref m) if m.contains("junk.onnx")),
+        "{err}"
+    );
+    // A library that is not ONNX Runtime.
+    let err = voxd::tts::PiperTts::load(&junk, &voice, 1, 1)
+        .err()
+        .unwrap();
+    assert!(matches!(err, TtsError::Load(_)), "{err}");
+}
