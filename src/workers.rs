@@ -226,13 +226,16 @@ mod tests {
         assert_eq!(pool.run(|s| *s).await.unwrap(), 1);
     }
 
-    #[tokio::test]
-    async fn a_full_queue_refuses_new_jobs() {
-        let pool = WorkerPool::start("busy", vec![()], 1);
+    /// Occupies the only worker of `pool` until the returned sender sends.
+    fn occupy<S: Send + 'static>(
+        pool: &WorkerPool<S>,
+    ) -> (
+        oneshot::Receiver<Result<(), PoolError>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
         let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-        // Occupy the only worker.
-        let first = pool
+        let job = pool
             .submit(
                 move |_| {
                     started_tx.send(()).unwrap();
@@ -242,6 +245,13 @@ mod tests {
             )
             .unwrap();
         started_rx.recv().unwrap();
+        (job, hold_tx)
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_new_jobs() {
+        let pool = WorkerPool::start("busy", vec![()], 1);
+        let (first, hold_tx) = occupy(&pool);
         // One job may wait…
         let second = pool.submit(|_| 2, false).unwrap();
         // …the next is refused.
@@ -262,18 +272,7 @@ mod tests {
     #[tokio::test]
     async fn urgent_jobs_overtake_waiting_ones() {
         let pool = WorkerPool::start("order", vec![Vec::<u32>::new()], 8);
-        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-        let first = pool
-            .submit(
-                move |_| {
-                    started_tx.send(()).unwrap();
-                    hold_rx.recv().unwrap();
-                },
-                false,
-            )
-            .unwrap();
-        started_rx.recv().unwrap();
+        let (first, hold_tx) = occupy(&pool);
         let normal = pool
             .submit(|seen: &mut Vec<u32>| seen.push(1), false)
             .unwrap();

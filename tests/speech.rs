@@ -464,27 +464,17 @@ async fn the_speech_endpoint_streams_wav_and_pcm_and_types_its_errors() {
     .unwrap();
     use voxd::tts::Tts;
     assert_eq!(remote.voices()[0], "alloy");
-    let speech = remote
-        .speak(voxd::tts::SpeakRequest {
-            text: text.into(),
-            voice: "alloy".into(),
-            speed: 1.0,
-            urgent: false,
-        })
-        .await
-        .unwrap();
+    let ask = |text: &str, voice: &str| voxd::tts::SpeakRequest {
+        text: text.into(),
+        voice: voice.into(),
+        speed: 1.0,
+        urgent: false,
+    };
+    let speech = remote.speak(ask(text, "alloy")).await.unwrap();
     assert_eq!(speech.sample_rate, 24_000);
     let heard = hear(&speech.samples, 24_000).await;
     assert!(voxd::wer::wer(text, &heard) <= 0.2, "{heard:?}");
-    let err = remote
-        .speak(voxd::tts::SpeakRequest {
-            text: "hi".into(),
-            voice: "darth".into(),
-            speed: 1.0,
-            urgent: false,
-        })
-        .await
-        .unwrap_err();
+    let err = remote.speak(ask("hi", "darth")).await.unwrap_err();
     assert!(
         matches!(&err, voxd::tts::TtsError::Remote(m) if m.contains("invalid_voice")),
         "{err}"

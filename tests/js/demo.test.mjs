@@ -118,21 +118,19 @@ test("the server's spoken answer plays in the page and stops when asked", { time
   await page.fill("#question", "What time do you open on Sunday?");
   await page.click("#ask button[type=submit]");
   const turn = page.locator(".turn").nth(before);
-  // Audio arrives and the player's clock moves through it.
+  // Audio arrives and the player's clock moves through it (the first sentence is seconds long).
   await turn.locator(".answer[data-audio-ms]").waitFor({ timeout: 180000 });
   await page.waitForFunction(() => window.voxdPlayer?.playedMs() > 200, null, { timeout: 30000 });
-  await turn.locator(".answer[data-status=completed]").waitFor({ timeout: 180000 });
-  const audioMs = Number(await turn.locator(".answer").getAttribute("data-audio-ms"));
-  assert.ok(audioMs > 1000, `only ${audioMs} ms of audio`);
   assert.ok((await turn.locator(".answer-text").innerText()).trim().length > 0);
-  // "Stop answer" silences it at once and tells the server how much was heard.
-  if (await page.evaluate(() => window.voxdPlayer.playing)) {
-    await page.click("#stop-answer");
-    assert.equal(await page.evaluate(() => window.voxdPlayer.playing), false);
-    await turn.locator(".answer[data-heard-ms]").waitFor({ timeout: 10000 });
-    const heard = Number(await turn.locator(".answer").getAttribute("data-heard-ms"));
-    assert.ok(heard > 0 && heard <= audioMs, `heard ${heard} of ${audioMs} ms`);
-  }
+  // "Stop answer" while it plays silences it at once and tells the server how much was heard.
+  assert.equal(await page.evaluate(() => window.voxdPlayer.playing), true);
+  await page.click("#stop-answer");
+  assert.equal(await page.evaluate(() => window.voxdPlayer.playing), false);
+  await turn.locator(".answer[data-heard-ms]").waitFor({ timeout: 10000 });
+  const heard = Number(await turn.locator(".answer").getAttribute("data-heard-ms"));
+  await turn.locator(".answer:not([data-status=in_progress])").waitFor({ timeout: 180000 });
+  const audioMs = Number(await turn.locator(".answer").getAttribute("data-audio-ms"));
+  assert.ok(heard >= 200 && heard <= audioMs, `heard ${heard} of ${audioMs} ms`);
 });
 
 test("the knowledge-base panel uploads and deletes a document", { timeout: 60000 }, async () => {
