@@ -18,6 +18,7 @@
 //! - [`rag`]: the knowledge base: embeddings, SQLite store, chunking, hybrid retrieval.
 //! - [`llm`]: the language-model trait: SmolLM2 in-process (candle) or an OpenAI-compatible endpoint.
 //! - [`prompt`]: the grounded prompt (instructions, delimited passages, history) and ChatML.
+//! - [`tools`]: function calling: tool definitions, JSON Schema validation, the call format.
 //! - [`tts`]: speech synthesis: the Piper voice on ONNX Runtime, or an OpenAI-compatible endpoint.
 //! - [`onnx`]: ONNX Runtime, loaded at run time; the engine of the voice and turn-taking models.
 //! - [`protocol`]: the OpenAI Realtime API events and session configuration.
@@ -71,6 +72,8 @@ pub mod realtime;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "server")]
+pub mod tools;
 #[cfg(feature = "server")]
 pub mod tts;
 #[cfg(feature = "server")]

@@ -54,10 +54,24 @@ impl LabelledCounter {
             .or_default() += 1;
     }
 
+    /// Counts by two label values. Names come from clients (tool names), so at most
+    /// [`MAX_SERIES`] pairs are kept; further ones count under `other`.
+    pub fn inc_pair(&self, a: &str, b: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut key = format!("{a}\u{1f}{b}");
+        if !map.contains_key(&key) && map.len() >= MAX_SERIES {
+            key = format!("other\u{1f}{b}");
+        }
+        *map.entry(key).or_default() += 1;
+    }
+
     fn snapshot(&self) -> BTreeMap<String, u64> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
+
+/// Most label pairs one counter keeps.
+pub const MAX_SERIES: usize = 1000;
 
 #[derive(Debug)]
 struct HistogramState {
@@ -149,6 +163,11 @@ pub struct Metrics {
     pub llm_tokens_per_second: Histogram,
     /// Synthesis compute per piece of speech.
     pub tts: Histogram,
+    /// Tool calls by tool and outcome (`ok`, `invalid_retried`, `invalid_arguments`,
+    /// `refused`, `error`, `timeout`…).
+    pub tool_calls: LabelledCounter,
+    /// Server tools' execution time.
+    pub tool_seconds: Histogram,
 }
 
 /// The process's metrics.
@@ -172,6 +191,8 @@ pub fn global() -> &'static Metrics {
         llm_first_token: Histogram::new(LATENCY_BUCKETS),
         llm_tokens_per_second: Histogram::new(RATE_BUCKETS),
         tts: Histogram::new(LATENCY_BUCKETS),
+        tool_calls: LabelledCounter::default(),
+        tool_seconds: Histogram::new(LATENCY_BUCKETS),
     })
 }
 
@@ -207,6 +228,28 @@ fn labelled(out: &mut String, name: &str, help: &str, label: &str, c: &LabelledC
     for (value, n) in c.snapshot() {
         let value = value.replace('\\', "\\\\").replace('"', "\\\"");
         let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
+}
+
+fn labelled_pairs(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    labels: [&str; 2],
+    c: &LabelledCounter,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    for (key, n) in c.snapshot() {
+        let (a, b) = key.split_once('\u{1f}').unwrap_or((&key, ""));
+        let _ = writeln!(
+            out,
+            "{name}{{{}=\"{}\",{}=\"{}\"}} {n}",
+            labels[0],
+            esc(a),
+            labels[1],
+            esc(b)
+        );
     }
 }
 
@@ -314,13 +357,25 @@ impl Metrics {
             "code",
             &self.errors,
         );
+        labelled_pairs(
+            &mut out,
+            "voxd_tool_calls_total",
+            "Tool calls by tool and outcome (ok, invalid_retried, invalid_arguments, refused, error, timeout).",
+            ["tool", "status"],
+            &self.tool_calls,
+        );
         counter(
             &mut out,
             "voxd_audio_bytes_in_total",
             "Audio bytes received on realtime sessions (decoded from base64).",
             self.audio_bytes_in.get() as f64,
         );
-        let hists: [(&Histogram, &str, &str); 11] = [
+        let hists: [(&Histogram, &str, &str); 12] = [
+            (
+                &self.tool_seconds,
+                "voxd_tool_call_seconds",
+                "Server tools' execution time per call.",
+            ),
             (
                 &self.stopped_to_transcript,
                 "voxd_speech_stopped_to_transcript_seconds",

@@ -19,6 +19,8 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A function's result.
+    Tool,
 }
 
 impl Role {
@@ -27,6 +29,7 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 }
@@ -36,6 +39,12 @@ impl Role {
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// An assistant message's function calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::tools::ToolCall>,
+    /// A tool message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -43,6 +52,24 @@ impl ChatMessage {
         ChatMessage {
             role,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// An assistant message that calls functions.
+    pub fn calls(content: impl Into<String>, calls: Vec<crate::tools::ToolCall>) -> Self {
+        ChatMessage {
+            tool_calls: calls,
+            ..ChatMessage::new(Role::Assistant, content)
+        }
+    }
+
+    /// A function's result.
+    pub fn tool_result(call_id: impl Into<String>, output: impl Into<String>) -> Self {
+        ChatMessage {
+            tool_call_id: Some(call_id.into()),
+            ..ChatMessage::new(Role::Tool, output)
         }
     }
 }
@@ -141,8 +168,12 @@ pub fn build(input: &PromptInput<'_>, count_tokens: &dyn Fn(&str) -> usize) -> V
         used += cost;
         kept.push(m.clone());
     }
-    // Never start the history with an assistant reply cut from its question.
-    while kept.last().is_some_and(|m| m.role == Role::Assistant) {
+    // Never start the history with an assistant reply (or a function's result) cut from its
+    // question.
+    while kept
+        .last()
+        .is_some_and(|m| m.role == Role::Assistant || m.role == Role::Tool)
+    {
         kept.pop();
     }
     messages.extend(kept.into_iter().rev());

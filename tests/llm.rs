@@ -32,6 +32,7 @@ async fn a_greedy_answer_streams_and_reports_usage() {
                 deltas.push(d)
             }
             LlmEvent::Done { finish, usage } => done = Some((finish, usage)),
+            LlmEvent::ToolCall(c) => panic!("no tools were offered, yet it called {c:?}"),
         }
     }
     let (finish, usage) = done.expect("a Done event");
@@ -178,6 +179,7 @@ async fn a_new_question_is_answered_while_a_long_answer_goes_on() {
         match ev.unwrap() {
             LlmEvent::Delta(d) => text.push_str(&d),
             LlmEvent::Done { usage: u, .. } => usage = Some(u),
+            LlmEvent::ToolCall(c) => panic!("no tools were offered, yet it called {c:?}"),
         }
     }
     order.lock().unwrap().push("long done");

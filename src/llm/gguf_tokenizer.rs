@@ -24,6 +24,8 @@ pub struct GgufTokenizer {
     /// Ids after which generation stops: EOS and the chat template's end-of-turn markers.
     pub stop_ids: Vec<u32>,
     pub eos_id: Option<u32>,
+    /// Each token's bytes (control tokens marked special), for constrained decoding.
+    pub vocab_bytes: Vec<Vec<u8>>,
 }
 
 fn strings(md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>, String> {
@@ -114,9 +116,14 @@ pub fn from_metadata(md: &HashMap<String, Value>) -> Result<GgufTokenizer, Strin
             }
         }
     }
+    let control: Vec<bool> = (0..tokens.len())
+        .map(|i| types.get(i) == Some(&CONTROL))
+        .collect();
+    let vocab_bytes = super::constrain::token_bytes(&tokens, &control);
     Ok(GgufTokenizer {
         tokenizer,
         stop_ids,
         eos_id,
+        vocab_bytes,
     })
 }

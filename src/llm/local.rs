@@ -23,11 +23,13 @@ use futures::future::BoxFuture;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
+use super::constrain::{CallWriter, Grammars, Next, Step};
 use super::gguf_tokenizer::{self, GgufTokenizer};
 use super::stop::StopScanner;
 use super::template::{ChatTemplate, CHATML};
 use super::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, LlmStream, Usage};
 use crate::prompt::ChatMessage;
+use crate::tools::{new_call_id, prompt::CALL_OPEN, ToolCall, ToolChoice, ToolSet};
 use crate::workers::WorkerPool;
 
 /// candle's quantized llama precomputes rotary embeddings for this many positions.
@@ -68,6 +70,8 @@ struct Engine {
     cache_entries: usize,
     clock: u64,
     generated: Arc<std::sync::atomic::AtomicU64>,
+    /// Grammars over the vocabulary, built at the first request that offers tools.
+    grammars: Option<Arc<Grammars>>,
 }
 
 /// The embedded LLM.
@@ -144,7 +148,100 @@ impl Engine {
             cache_entries: cfg.cache_entries,
             clock: 0,
             generated: Default::default(),
+            grammars: None,
         })
+    }
+
+    /// The grammars over this model's vocabulary (built once).
+    fn grammars(&mut self) -> Result<Arc<Grammars>, LlmError> {
+        if let Some(g) = &self.grammars {
+            return Ok(g.clone());
+        }
+        let started = Instant::now();
+        let g = Arc::new(
+            Grammars::new(
+                self.tokenizer.vocab_bytes.clone(),
+                &self.tokenizer.stop_ids,
+                self.tokenizer.tokenizer.clone(),
+            )
+            .map_err(|e| LlmError::Compute(format!("tool-call grammar: {e}")))?,
+        );
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "built the tool-call grammars over the vocabulary"
+        );
+        self.grammars = Some(g.clone());
+        Ok(g)
+    }
+
+    /// Feeds `text` to the model after what `g` has so far (forced, not sampled).
+    fn force(&self, g: &mut Generation, text: &str) -> Result<(), LlmError> {
+        let tokens = self.encode(text)?;
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let pos = g.prompt_len + g.generated.len();
+        if pos + tokens.len() >= self.context {
+            return Err(LlmError::ContextOverflow {
+                prompt: g.prompt_len,
+                max_tokens: g.max_tokens,
+                context: self.context,
+            });
+        }
+        let input = Tensor::new(&tokens[..], &Device::Cpu)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(compute)?;
+        g.logits = g.model.forward(&input, pos).map_err(compute)?;
+        g.generated.extend_from_slice(&tokens);
+        Ok(())
+    }
+
+    /// A call phase is complete: force what comes next, or hand the call over. True when the
+    /// call is written.
+    fn next_phase(
+        &self,
+        g: &mut Generation,
+        tx: &mpsc::Sender<Result<LlmEvent, LlmError>>,
+    ) -> Result<bool, LlmError> {
+        let (Some(writer), Some(grammars)) = (g.call.as_mut(), self.grammars.as_ref()) else {
+            return Ok(true);
+        };
+        match writer
+            .next(grammars)
+            .map_err(|e| LlmError::Compute(format!("tool call: {e}")))?
+        {
+            Next::Force(text) => {
+                self.force(g, &text)?;
+                Ok(false)
+            }
+            Next::Call { name, arguments } => {
+                let call = ToolCall {
+                    id: new_call_id(),
+                    name,
+                    arguments,
+                };
+                let _ = tx.blocking_send(Ok(LlmEvent::ToolCall(call)));
+                g.call = None;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The model began a call on its own (`tool_choice: auto`): start over from before its
+    /// first token and write the call under the grammar.
+    fn begin_call(&mut self, g: &mut Generation) -> Result<(), LlmError> {
+        let Some(w) = g.watch.take() else {
+            return Ok(());
+        };
+        let grammars = self.grammars()?;
+        let (writer, prefix) = CallWriter::start(&grammars, &w.tools, &ToolChoice::Required)
+            .map_err(|e| LlmError::Invalid(format!("tools: {e}")))?;
+        g.model = w.model;
+        g.logits = w.logits;
+        g.generated.clear();
+        g.emitted.clear();
+        g.call = Some(writer);
+        self.force(g, &prefix)
     }
 
     fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
@@ -198,13 +295,18 @@ impl Engine {
     }
 
     /// Token counts of the rendered prompt at each cache point that is a clean token prefix.
-    fn boundaries(&self, messages: &[ChatMessage], points: &[usize], tokens: &[u32]) -> Vec<usize> {
+    fn boundaries(&self, req: &GenerateRequest, tokens: &[u32]) -> Vec<usize> {
+        let (messages, points) = (&req.messages, &req.cache_points);
+        let offered = req.offers_tools().then_some((&req.tools, &req.tool_choice));
         let mut out = Vec::new();
         for &n in points {
             if n == 0 || n >= messages.len() {
                 continue;
             }
-            let Ok(text) = self.template.render(&messages[..n], false) else {
+            let Ok(text) = self
+                .template
+                .render_with_tools(&messages[..n], offered, false)
+            else {
                 continue;
             };
             let Ok(prefix) = self.encode(&text) else {
@@ -281,10 +383,29 @@ impl Engine {
         others_waiting: &dyn Fn() -> bool,
     ) -> Result<Slice, LlmError> {
         let started = Instant::now();
-        let prompt = self
+        let offered = req.offers_tools();
+        let mut prompt = self
             .template
-            .render(&req.messages, true)
+            .render_with_tools(
+                &req.messages,
+                offered.then_some((&req.tools, &req.tool_choice)),
+                true,
+            )
             .map_err(LlmError::Invalid)?;
+        // A call the model must make: the prompt ends where the call begins.
+        let mut call = None;
+        if offered
+            && matches!(
+                req.tool_choice,
+                ToolChoice::Required | ToolChoice::Function(_)
+            )
+        {
+            let grammars = self.grammars()?;
+            let (writer, prefix) = CallWriter::start(&grammars, &req.tools, &req.tool_choice)
+                .map_err(|e| LlmError::Invalid(format!("tools: {e}")))?;
+            prompt.push_str(&prefix);
+            call = Some(writer);
+        }
         let tokens = self.encode(&prompt)?;
         if tokens.is_empty() {
             return Err(LlmError::Invalid("the prompt is empty".into()));
@@ -296,13 +417,22 @@ impl Engine {
                 context: self.context,
             });
         }
-        let boundaries = self.boundaries(&req.messages, &req.cache_points, &tokens);
+        let boundaries = self.boundaries(&req, &tokens);
         let cancelled = || tx.is_closed();
         let Some((model, logits, cached)) = self.prefill(&tokens, &boundaries, &cancelled)? else {
             return Ok(Slice::Finished);
         };
         let temperature = (req.temperature > 0.0).then_some(req.temperature as f64);
+        // May call a tool: keep the state before the first token, to write the call from there.
+        let watch =
+            (offered && call.is_none() && req.tool_choice == ToolChoice::Auto).then(|| Watch {
+                model: model.clone(),
+                logits: logits.clone(),
+                tools: req.tools.clone(),
+            });
         let generation = Generation {
+            call,
+            watch,
             model,
             logits,
             sampler: LogitsProcessor::new(
@@ -339,6 +469,69 @@ impl Engine {
         let stop_ids = self.tokenizer.stop_ids.clone();
         while g.generated.len() < g.max_tokens {
             let mut row = g.logits.squeeze(0).map_err(compute)?;
+            if let (Some(writer), Some(grammars)) = (g.call.as_mut(), self.grammars.clone()) {
+                let mut logits: Vec<f32> = row.to_vec1().map_err(compute)?;
+                match writer
+                    .mask(&grammars, &mut logits)
+                    .map_err(|e| LlmError::Compute(format!("constrained decoding: {e}")))?
+                {
+                    Step::Complete => {
+                        if self.next_phase(&mut g, tx)? {
+                            finish = FinishReason::ToolCalls;
+                            break;
+                        }
+                        continue;
+                    }
+                    Step::Sample => {
+                        row = Tensor::new(logits, &Device::Cpu).map_err(compute)?;
+                    }
+                }
+                let next = g.sampler.sample(&row).map_err(compute)?;
+                if g.first_at.is_none() {
+                    g.first_token_ms = g.submitted.elapsed().as_secs_f64() * 1e3;
+                    g.first_at = Some(Instant::now());
+                }
+                let bytes = self
+                    .tokenizer
+                    .vocab_bytes
+                    .get(next as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                let step = g
+                    .call
+                    .as_mut()
+                    .map(|w| w.accept(&grammars, next, &bytes))
+                    .transpose()
+                    .map_err(|e| LlmError::Compute(format!("constrained decoding: {e}")))?;
+                if matches!(step, Some(Step::Complete)) {
+                    if self.next_phase(&mut g, tx)? {
+                        finish = FinishReason::ToolCalls;
+                        break;
+                    }
+                    continue;
+                }
+                g.generated.push(next);
+                self.generated
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if tx.is_closed() {
+                    return Ok(Slice::Finished);
+                }
+                if g.prompt_len + g.generated.len() >= self.context {
+                    break;
+                }
+                let input = Tensor::new(&[next], &Device::Cpu)
+                    .and_then(|t| t.unsqueeze(0))
+                    .map_err(compute)?;
+                g.logits = g
+                    .model
+                    .forward(&input, g.prompt_len + g.generated.len() - 1)
+                    .map_err(compute)?;
+                if g.generated.len() < g.max_tokens && slice.elapsed() >= SLICE && others_waiting()
+                {
+                    return Ok(Slice::Paused(Box::new(g)));
+                }
+                continue;
+            }
             if g.repeat_penalty > 1.0 && !g.generated.is_empty() {
                 let recent = &g.generated[g.generated.len().saturating_sub(64)..];
                 row = candle_transformers::utils::apply_repeat_penalty(
@@ -370,8 +563,22 @@ impl Engine {
                 && text.len() > g.emitted.len()
                 && text.starts_with(&g.emitted)
             {
-                let piece = text[g.emitted.len()..].to_string();
+                let mut piece = text[g.emitted.len()..].to_string();
                 g.emitted = text;
+                if g.watch.is_some() {
+                    // Held until it is clear whether the model is starting a call.
+                    let so_far = g.emitted.trim_start();
+                    if so_far.starts_with(CALL_OPEN) {
+                        self.begin_call(&mut g)?;
+                        continue;
+                    }
+                    if CALL_OPEN.starts_with(so_far) {
+                        piece.clear();
+                    } else {
+                        g.watch = None;
+                        piece = g.emitted.clone();
+                    }
+                }
                 let (out, stopped) = g.scanner.push(&piece);
                 if !out.is_empty() && tx.blocking_send(Ok(LlmEvent::Delta(out))).is_err() {
                     return Ok(Slice::Finished); // cancelled
@@ -396,6 +603,13 @@ impl Engine {
                 .map_err(compute)?;
             if g.generated.len() < g.max_tokens && slice.elapsed() >= SLICE && others_waiting() {
                 return Ok(Slice::Paused(Box::new(g)));
+            }
+        }
+        if g.watch.take().is_some() && !g.emitted.is_empty() {
+            // It ended while the text could still have been a call's start: it was not.
+            let (out, _) = g.scanner.push(&g.emitted.clone());
+            if !out.is_empty() && tx.blocking_send(Ok(LlmEvent::Delta(out))).is_err() {
+                return Ok(Slice::Finished);
             }
         }
         let rest = g.scanner.finish();
@@ -430,8 +644,19 @@ impl Engine {
     }
 }
 
+/// The state before a generation's first token, kept while the model may still start a call.
+struct Watch {
+    model: ModelWeights,
+    logits: Tensor,
+    tools: ToolSet,
+}
+
 /// A generation between two turns on the worker: its own attention state and where it stands.
 struct Generation {
+    /// The call being written under the grammar.
+    call: Option<CallWriter>,
+    /// `tool_choice: auto`: the text is held while it may be the start of a call.
+    watch: Option<Watch>,
     model: ModelWeights,
     /// The logits for the next token.
     logits: Tensor,

@@ -6,6 +6,7 @@
 //! and usage. Dropping the stream cancels the generation: the embedded model's loop stops at the
 //! next token, the remote HTTP stream is closed.
 
+pub mod constrain;
 pub mod gguf_tokenizer;
 pub mod local;
 pub mod open;
@@ -20,6 +21,7 @@ use futures::Stream;
 use serde::Serialize;
 
 use crate::prompt::ChatMessage;
+use crate::tools::{ToolCall, ToolChoice, ToolError, ToolSet};
 use crate::workers::PoolError;
 
 pub use local::{LocalLlm, LocalLlmConfig};
@@ -58,6 +60,9 @@ pub enum LlmError {
     },
     #[error("the LLM endpoint {url} sent a malformed stream: {reason}")]
     Malformed { url: String, reason: String },
+    /// A tool call that failed its checks (after the retry).
+    #[error(transparent)]
+    Tool(#[from] ToolError),
 }
 
 impl LlmError {
@@ -65,7 +70,9 @@ impl LlmError {
     /// detail (those go to the server log).
     pub fn public_message(&self) -> String {
         match self {
-            LlmError::ContextOverflow { .. } | LlmError::Invalid(_) => self.to_string(),
+            LlmError::ContextOverflow { .. } | LlmError::Invalid(_) | LlmError::Tool(_) => {
+                self.to_string()
+            }
             LlmError::Pool(PoolError::Busy { .. }) => {
                 "the language model is busy; try again shortly".into()
             }
@@ -96,6 +103,7 @@ impl LlmError {
             LlmError::Timeout { .. } => "llm_timeout",
             LlmError::Upstream { .. } => "llm_upstream_error",
             LlmError::Malformed { .. } => "llm_bad_response",
+            LlmError::Tool(e) => e.code(),
         }
     }
 }
@@ -121,6 +129,10 @@ pub struct GenerateRequest {
     /// history). The embedded model keeps the attention state at those points for the next
     /// request that starts the same way.
     pub cache_points: Vec<usize>,
+    /// Functions the model may call (none: it only writes text).
+    pub tools: ToolSet,
+    /// Whether it may, must, or must not call them.
+    pub tool_choice: ToolChoice,
 }
 
 impl GenerateRequest {
@@ -134,6 +146,8 @@ impl GenerateRequest {
             stop: Vec::new(),
             repeat_penalty: 1.0,
             cache_points: Vec::new(),
+            tools: ToolSet::default(),
+            tool_choice: ToolChoice::Auto,
         }
     }
 }
@@ -146,6 +160,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached.
     Length,
+    /// The model called one or more tools.
+    ToolCalls,
 }
 
 /// Token counts and timings of one generation.
@@ -169,7 +185,12 @@ pub struct Usage {
 #[derive(Debug, Clone)]
 pub enum LlmEvent {
     Delta(String),
-    Done { finish: FinishReason, usage: Usage },
+    /// A whole function call (sent before `Done`).
+    ToolCall(ToolCall),
+    Done {
+        finish: FinishReason,
+        usage: Usage,
+    },
 }
 
 /// A generation in progress; drop it to cancel.
@@ -202,18 +223,49 @@ pub trait Llm: Send + Sync {
     }
 }
 
-/// Collects a whole generation: the text and the final usage.
+impl GenerateRequest {
+    /// Whether the model is offered tools it may call.
+    pub fn offers_tools(&self) -> bool {
+        !self.tools.is_empty() && self.tool_choice != ToolChoice::None
+    }
+}
+
+/// A whole generation: its text, calls, why it ended and its usage.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub calls: Vec<ToolCall>,
+    pub finish: FinishReason,
+    pub usage: Usage,
+}
+
+/// Collects a whole generation's text, why it ended and its usage.
 pub async fn complete(
     llm: &dyn Llm,
     request: GenerateRequest,
 ) -> Result<(String, FinishReason, Usage), LlmError> {
+    let c = complete_all(llm, request).await?;
+    Ok((c.text, c.finish, c.usage))
+}
+
+/// Collects a whole generation, calls included.
+pub async fn complete_all(llm: &dyn Llm, request: GenerateRequest) -> Result<Completion, LlmError> {
     use futures::StreamExt;
     let mut stream = llm.generate(request).await?;
     let mut text = String::new();
+    let mut calls = Vec::new();
     while let Some(ev) = stream.next().await {
         match ev? {
             LlmEvent::Delta(d) => text.push_str(&d),
-            LlmEvent::Done { finish, usage } => return Ok((text, finish, usage)),
+            LlmEvent::ToolCall(c) => calls.push(c),
+            LlmEvent::Done { finish, usage } => {
+                return Ok(Completion {
+                    text,
+                    calls,
+                    finish,
+                    usage,
+                })
+            }
         }
     }
     Err(LlmError::Compute(

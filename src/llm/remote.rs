@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, LlmStream, Usage};
+use crate::tools::ToolCall;
 
 /// Where and how to reach the endpoint.
 #[derive(Debug, Clone)]
@@ -109,7 +110,20 @@ impl RemoteLlm {
         let messages: Vec<_> = req
             .messages
             .iter()
-            .map(|m| json!({ "role": m.role.as_str(), "content": m.content }))
+            .map(|m| {
+                let mut msg = json!({ "role": m.role.as_str(), "content": m.content });
+                if !m.tool_calls.is_empty() {
+                    msg["tool_calls"] = m
+                        .tool_calls
+                        .iter()
+                        .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                        .collect();
+                }
+                if let Some(id) = &m.tool_call_id {
+                    msg["tool_call_id"] = json!(id);
+                }
+                msg
+            })
             .collect();
         let mut body = json!({
             "model": self.config.model,
@@ -132,6 +146,15 @@ impl RemoteLlm {
         if !req.stop.is_empty() {
             body["stop"] = json!(req.stop.iter().take(4).collect::<Vec<_>>());
         }
+        if !req.tools.is_empty() {
+            body["tools"] = req.tools.iter().map(|t| t.to_chat()).collect();
+            body["tool_choice"] = match &req.tool_choice {
+                crate::tools::ToolChoice::Function(name) => {
+                    json!({"type": "function", "function": {"name": name}})
+                }
+                other => other.to_view(),
+            };
+        }
         serde_json::from_value(body).map_err(|e| LlmError::Invalid(e.to_string()))
     }
 
@@ -139,7 +162,15 @@ impl RemoteLlm {
     async fn open(
         &self,
         req: &GenerateRequest,
-    ) -> Result<(ChatCompletionResponseStream, Vec<LlmEvent>, Usage), LlmError> {
+    ) -> Result<
+        (
+            ChatCompletionResponseStream,
+            Vec<LlmEvent>,
+            Usage,
+            Vec<ToolCall>,
+        ),
+        LlmError,
+    > {
         let body = self.request(req)?;
         let mut attempt = 0;
         loop {
@@ -153,9 +184,10 @@ impl RemoteLlm {
                     .map_err(|e| self.map_error(e))?;
                 let mut early = Vec::new();
                 let mut usage = Usage::default();
+                let mut calls = Vec::new();
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(|e| self.map_error(e))?;
-                    let (events, done) = events_of(chunk, &mut usage);
+                    let (events, done) = events_of(chunk, &mut usage, &mut calls);
                     let has_text = events.iter().any(|e| matches!(e, LlmEvent::Delta(_)));
                     early.extend(events);
                     if has_text || done {
@@ -163,7 +195,7 @@ impl RemoteLlm {
                     }
                 }
                 usage.first_token_ms = started.elapsed().as_secs_f64() * 1e3;
-                Ok::<_, LlmError>((stream, early, usage))
+                Ok::<_, LlmError>((stream, early, usage, calls))
             })
             .await
             .unwrap_or_else(|_| {
@@ -199,6 +231,7 @@ fn retryable(e: &LlmError) -> bool {
 fn events_of(
     chunk: async_openai::types::chat::CreateChatCompletionStreamResponse,
     usage: &mut Usage,
+    calls: &mut Vec<ToolCall>,
 ) -> (Vec<LlmEvent>, bool) {
     let mut out = Vec::new();
     let mut done = false;
@@ -210,9 +243,46 @@ fn events_of(
         if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
             out.push(LlmEvent::Delta(text));
         }
+        // A call streams in pieces, by index: its id and name first, then its arguments.
+        for piece in choice.delta.tool_calls.unwrap_or_default() {
+            let i = piece.index as usize;
+            if i >= crate::tools::schema::MAX_TOOLS {
+                continue;
+            }
+            while calls.len() <= i {
+                calls.push(ToolCall {
+                    id: String::new(),
+                    name: String::new(),
+                    arguments: String::new(),
+                });
+            }
+            let call = &mut calls[i];
+            if let Some(id) = piece.id {
+                call.id = id;
+            }
+            if let Some(f) = piece.function {
+                if let Some(n) = f.name {
+                    call.name.push_str(&n);
+                }
+                if let Some(a) = f.arguments {
+                    if call.arguments.len() + a.len()
+                        <= crate::tools::schema::MAX_ARGUMENTS_BYTES + 1
+                    {
+                        call.arguments.push_str(&a);
+                    }
+                }
+            }
+        }
         if let Some(reason) = choice.finish_reason {
+            for mut call in calls.drain(..) {
+                if call.id.is_empty() {
+                    call.id = crate::tools::new_call_id();
+                }
+                out.push(LlmEvent::ToolCall(call));
+            }
             let finish = match reason {
                 async_openai::types::chat::FinishReason::Length => FinishReason::Length,
+                async_openai::types::chat::FinishReason::ToolCalls => FinishReason::ToolCalls,
                 _ => FinishReason::Stop,
             };
             out.push(LlmEvent::Done {
@@ -229,7 +299,7 @@ impl Llm for RemoteLlm {
     fn generate(&self, request: GenerateRequest) -> BoxFuture<'_, Result<LlmStream, LlmError>> {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + self.config.total_timeout;
-            let (stream, early, usage) = self.open(&request).await?;
+            let (stream, early, usage, calls) = self.open(&request).await?;
             let url = self.url();
             let total = self.config.total_timeout.as_secs_f64();
             let map = {
@@ -260,6 +330,7 @@ impl Llm for RemoteLlm {
                 queue: std::collections::VecDeque<LlmEvent>,
                 usage: Usage,
                 finish: Option<FinishReason>,
+                calls: Vec<ToolCall>,
                 completion: usize,
                 ended: bool,
                 first: Option<Instant>,
@@ -273,6 +344,7 @@ impl Llm for RemoteLlm {
                 queue: early.into(),
                 usage,
                 finish: None,
+                calls,
                 completion: 0,
                 ended: false,
                 first: first_at,
@@ -294,6 +366,7 @@ impl Llm for RemoteLlm {
                                     st.finish = Some(finish);
                                     continue;
                                 }
+                                call @ LlmEvent::ToolCall(_) => return Some((Ok(call), st)),
                             }
                         }
                         if st.ended {
@@ -313,7 +386,7 @@ impl Llm for RemoteLlm {
                                 ));
                             }
                             Ok(Some(Ok(chunk))) => {
-                                let (events, _) = events_of(chunk, &mut st.usage);
+                                let (events, _) = events_of(chunk, &mut st.usage, &mut st.calls);
                                 st.queue.extend(events);
                             }
                             Ok(Some(Err(e))) => {

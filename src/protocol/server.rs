@@ -50,8 +50,24 @@ pub struct Item {
     #[serde(rename = "type")]
     pub kind: String,
     pub status: String,
+    /// A message's role (empty for function calls and their outputs).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
+    /// A message's content (messages always have at least one part).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub content: Vec<Content>,
+    /// A function call's or output's call id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// A function call's function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A function call's arguments (a JSON text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+    /// A function call output's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 fn item_object() -> String {
@@ -59,19 +75,56 @@ fn item_object() -> String {
 }
 
 impl Item {
-    /// A user audio message, with its transcript once known.
-    pub fn user_audio(id: &str, transcript: Option<String>) -> Self {
+    fn bare(id: &str, kind: &str, status: &str) -> Self {
         Item {
             id: id.to_string(),
             object: item_object(),
-            kind: "message".into(),
-            status: "completed".into(),
+            kind: kind.into(),
+            status: status.into(),
+            role: String::new(),
+            content: Vec::new(),
+            call_id: None,
+            name: None,
+            arguments: None,
+            output: None,
+        }
+    }
+
+    /// A function call the model made.
+    pub fn function_call(
+        id: &str,
+        call_id: &str,
+        name: &str,
+        arguments: &str,
+        status: &str,
+    ) -> Self {
+        Item {
+            call_id: Some(call_id.into()),
+            name: Some(name.into()),
+            arguments: Some(arguments.into()),
+            ..Item::bare(id, "function_call", status)
+        }
+    }
+
+    /// A function's result, as the client sent it.
+    pub fn function_call_output(id: &str, call_id: &str, output: &str) -> Self {
+        Item {
+            call_id: Some(call_id.into()),
+            output: Some(output.into()),
+            ..Item::bare(id, "function_call_output", "completed")
+        }
+    }
+
+    /// A user audio message, with its transcript once known.
+    pub fn user_audio(id: &str, transcript: Option<String>) -> Self {
+        Item {
             role: "user".into(),
             content: vec![Content {
                 kind: "input_audio".into(),
                 transcript,
                 text: None,
             }],
+            ..Item::bare(id, "message", "completed")
         }
     }
 
@@ -79,26 +132,19 @@ impl Item {
     /// was heard).
     pub fn assistant_audio(id: &str, transcript: &str, status: &str) -> Self {
         Item {
-            id: id.to_string(),
-            object: item_object(),
-            kind: "message".into(),
-            status: status.into(),
             role: "assistant".into(),
             content: vec![Content {
                 kind: "output_audio".into(),
                 transcript: Some(transcript.to_string()),
                 text: None,
             }],
+            ..Item::bare(id, "message", status)
         }
     }
 
     /// A text message (`input_text` for the user and system, `output_text` for the assistant).
     pub fn text(id: &str, role: &str, text: &str, status: &str) -> Self {
         Item {
-            id: id.to_string(),
-            object: item_object(),
-            kind: "message".into(),
-            status: status.into(),
             role: role.into(),
             content: vec![Content {
                 kind: if role == "assistant" {
@@ -109,6 +155,7 @@ impl Item {
                 transcript: None,
                 text: Some(text.to_string()),
             }],
+            ..Item::bare(id, "message", status)
         }
     }
 }
@@ -298,6 +345,23 @@ pub enum ServerEvent {
         content_index: u32,
         part: Value,
     },
+    #[serde(rename = "response.function_call_arguments.delta")]
+    FunctionCallArgumentsDelta {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        call_id: String,
+        delta: String,
+    },
+    #[serde(rename = "response.function_call_arguments.done")]
+    FunctionCallArgumentsDone {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
     #[serde(rename = "response.output_item.done")]
     OutputItemDone {
         response_id: String,
@@ -384,6 +448,12 @@ impl ServerEvent {
                 "response.output_audio_transcript.done"
             }
             ServerEvent::ContentPartDone { .. } => "response.content_part.done",
+            ServerEvent::FunctionCallArgumentsDelta { .. } => {
+                "response.function_call_arguments.delta"
+            }
+            ServerEvent::FunctionCallArgumentsDone { .. } => {
+                "response.function_call_arguments.done"
+            }
             ServerEvent::OutputItemDone { .. } => "response.output_item.done",
             ServerEvent::ResponseDone { .. } => "response.done",
             ServerEvent::Citations { .. } => "voxd.response.citations",

@@ -142,6 +142,9 @@ pub struct SessionConfig {
     pub binary_audio_out: bool,
     /// voxd: ground responses in the knowledge base (default on).
     pub knowledge_base: bool,
+    /// Functions the model may call (checked when set).
+    pub tools: crate::tools::ToolSet,
+    pub tool_choice: crate::tools::ToolChoice,
     /// What the last `session.update` asked for that voxd does not do, each with the reason
     /// (shown in `session.updated` as `voxd.ignored`, never silently accepted).
     pub ignored: Vec<Ignored>,
@@ -172,6 +175,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "audio",
     "voxd",
     "temperature",
+    "tools",
+    "tool_choice",
     "expires_at",
     "client_secret",
 ];
@@ -199,18 +204,6 @@ fn unsupported(obj: &Map<String, Value>, ignored: &mut Vec<Ignored>) {
             "voxd does not produce transcription logprobs",
         );
     }
-    if set(obj.get("tools")) {
-        note("session.tools", "function calling is not supported yet");
-    }
-    if obj
-        .get("tool_choice")
-        .is_some_and(|v| set(Some(v)) && v != "auto" && v != "none")
-    {
-        note(
-            "session.tool_choice",
-            "function calling is not supported yet",
-        );
-    }
     if obj.get("tracing").is_some_and(|v| set(Some(v))) {
         note(
             "session.tracing",
@@ -231,7 +224,7 @@ fn unsupported(obj: &Map<String, Value>, ignored: &mut Vec<Ignored>) {
         ("reasoning", "the model does not reason"),
         (
             "parallel_tool_calls",
-            "function calling is not supported yet",
+            "a response makes at most one function call",
         ),
         ("input_audio_noise_reduction", "voxd does not reduce noise"),
     ] {
@@ -312,6 +305,8 @@ impl SessionConfig {
             citations_event: false,
             binary_audio_out: false,
             knowledge_base: true,
+            tools: Default::default(),
+            tool_choice: Default::default(),
             ignored: Vec::new(),
         }
     }
@@ -434,6 +429,18 @@ impl SessionConfig {
                         )
                     })? as f32;
             }
+        }
+        if let Some(v) = obj.get("tools").filter(|v| !v.is_null()) {
+            next.tools = crate::tools::ToolSet::parse(v, "session.tools").map_err(tool_error)?;
+        }
+        if let Some(v) = obj.get("tool_choice").filter(|v| !v.is_null()) {
+            next.tool_choice =
+                crate::tools::ToolChoice::parse(v, "session.tool_choice").map_err(tool_error)?;
+        }
+        if !next.tools.is_empty() || next.tool_choice != crate::tools::ToolChoice::Auto {
+            next.tool_choice
+                .check(&next.tools, "session.tool_choice")
+                .map_err(tool_error)?;
         }
         if let Some(v) = obj
             .get("max_output_tokens")
@@ -576,8 +583,8 @@ impl SessionConfig {
                 "output_modalities": self.output_modalities,
                 "max_output_tokens": match self.max_output_tokens { Some(n) => json!(n), None => json!("inf") },
                 "audio": { "input": input, "output": output },
-                "tools": [],
-                "tool_choice": "auto",
+                "tools": self.tools.to_view(),
+                "tool_choice": self.tool_choice.to_view(),
                 "tracing": null,
                 "truncation": "auto",
                 "prompt": null,
@@ -586,6 +593,12 @@ impl SessionConfig {
             }),
         }
     }
+}
+
+/// A tool definition or choice error as the client sees it.
+pub fn tool_error(e: crate::tools::ToolError) -> ProtocolError {
+    let param = e.param().unwrap_or("tools").to_string();
+    ProtocolError::new(e.code(), e.to_string()).param(param)
 }
 
 fn invalid(param: &str, message: &str) -> ProtocolError {

@@ -20,6 +20,7 @@ use crate::llm::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, Usage};
 use crate::prompt::{self, ChatMessage, Grounding, PromptInput};
 use crate::protocol::{ErrorBody, Item, ServerEvent};
 use crate::rag::{KnowledgeBase, SearchRequest, SearchResults};
+use crate::tools::{ToolCall, ToolChoice, ToolSet};
 
 /// Server-wide answering settings.
 #[derive(Debug, Clone)]
@@ -82,6 +83,16 @@ pub struct ResponseParams {
     pub conversation: Option<Option<String>>,
     /// Speak the answer (output modality audio); `None`: text.
     pub speech: Option<SpeechParams>,
+    /// Functions the model may call.
+    pub tools: ToolSet,
+    pub tool_choice: ToolChoice,
+}
+
+impl ResponseParams {
+    /// Whether the model may call functions in this response.
+    pub fn offers_tools(&self) -> bool {
+        !self.tools.is_empty() && self.tool_choice != ToolChoice::None
+    }
 }
 
 /// How a response ended, reported to the hub.
@@ -95,6 +106,8 @@ pub struct Finished {
     pub in_conversation: bool,
     /// For a spoken answer: the pieces sent and where they lie in its audio.
     pub audio: Option<Vec<Spoken>>,
+    /// The function calls it made (item id, call).
+    pub calls: Vec<(String, ToolCall)>,
 }
 
 /// Retrieval done ahead of time for a question.
@@ -114,6 +127,8 @@ pub struct ResponseJob {
     pub history: Vec<ChatMessage>,
     /// The user's words being answered.
     pub user: String,
+    /// What followed them: function calls made for them and their results.
+    pub after: Vec<ChatMessage>,
     /// What to search the knowledge base for: the user's words, with the question before them
     /// when they only make sense as a follow-up ("how much does it cost?").
     pub query: String,
@@ -307,6 +322,7 @@ pub(crate) async fn run(
         params,
         history,
         user,
+        after,
         query,
         prepared,
         speech_stopped_at,
@@ -341,41 +357,109 @@ pub(crate) async fn run(
             json!({ "type": "text", "text": text })
         }
     };
-    // A piece of the answer: spoken (the speaker sends its transcript with its audio) or text.
-    let emit = |speaker: &Option<Speaker>, delta: String| match speaker {
-        Some(s) => s.push(&delta),
-        None => {
-            out.send(ServerEvent::OutputTextDelta {
-                response_id: response_id.clone(),
-                item_id: item_id.clone(),
-                output_index: 0,
-                content_index: 0,
-                delta,
+    // The assistant's message item: opened at once, or, when the model may call a function
+    // instead of answering, before its first words (a response that only calls has none).
+    let opened = std::sync::atomic::AtomicBool::new(false);
+    let open_message = || {
+        if opened.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        out.send(ServerEvent::OutputItemAdded {
+            response_id: response_id.clone(),
+            output_index: 0,
+            item: item_of("", "in_progress"),
+        });
+        out.send(ServerEvent::ContentPartAdded {
+            response_id: response_id.clone(),
+            item_id: item_id.clone(),
+            output_index: 0,
+            content_index: 0,
+            part: part_of(""),
+        });
+        // The assistant's item joins the conversation (not for an out-of-band response).
+        if let Some(previous_item_id) = &params.conversation {
+            out.send(ServerEvent::ItemAdded {
+                previous_item_id: previous_item_id.clone(),
+                item: item_of("", "in_progress"),
             });
+        }
+    };
+    // A piece of the answer: spoken (the speaker sends its transcript with its audio) or text.
+    let emit = |speaker: &Option<Speaker>, delta: String| {
+        open_message();
+        match speaker {
+            Some(s) => s.push(&delta),
+            None => {
+                out.send(ServerEvent::OutputTextDelta {
+                    response_id: response_id.clone(),
+                    item_id: item_id.clone(),
+                    output_index: 0,
+                    content_index: 0,
+                    delta,
+                });
+            }
         }
     };
     out.send(ServerEvent::ResponseCreated {
         response: response_object(rid, "in_progress", Value::Null, vec![], &params, None),
     });
-    out.send(ServerEvent::OutputItemAdded {
-        response_id: response_id.clone(),
-        output_index: 0,
-        item: item_of("", "in_progress"),
-    });
-    out.send(ServerEvent::ContentPartAdded {
-        response_id: response_id.clone(),
-        item_id: item_id.clone(),
-        output_index: 0,
-        content_index: 0,
-        part: part_of(""),
-    });
-    // The assistant's item joins the conversation (not for an out-of-band response).
-    if let Some(previous_item_id) = &params.conversation {
-        out.send(ServerEvent::ItemAdded {
-            previous_item_id: previous_item_id.clone(),
-            item: item_of("", "in_progress"),
-        });
+    let may_call = params.offers_tools();
+    if !may_call {
+        open_message();
     }
+    // Function calls, each its own output item after the message (if any).
+    let mut calls: Vec<(String, ToolCall)> = Vec::new();
+    let mut call_items: Vec<Item> = Vec::new();
+    let send_call = |call: &ToolCall, index: usize, previous: Option<String>| -> (String, Item) {
+        let call_item_id = crate::protocol::new_id("item");
+        let output_index =
+            (index + usize::from(opened.load(std::sync::atomic::Ordering::Relaxed))) as u32;
+        out.send(ServerEvent::OutputItemAdded {
+            response_id: response_id.clone(),
+            output_index,
+            item: Item::function_call(&call_item_id, &call.id, &call.name, "", "in_progress"),
+        });
+        if params.conversation.is_some() {
+            out.send(ServerEvent::ItemAdded {
+                previous_item_id: previous.clone(),
+                item: Item::function_call(&call_item_id, &call.id, &call.name, "", "in_progress"),
+            });
+        }
+        out.send(ServerEvent::FunctionCallArgumentsDelta {
+            response_id: response_id.clone(),
+            item_id: call_item_id.clone(),
+            output_index,
+            call_id: call.id.clone(),
+            delta: call.arguments.clone(),
+        });
+        out.send(ServerEvent::FunctionCallArgumentsDone {
+            response_id: response_id.clone(),
+            item_id: call_item_id.clone(),
+            output_index,
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+        });
+        let done = Item::function_call(
+            &call_item_id,
+            &call.id,
+            &call.name,
+            &call.arguments,
+            "completed",
+        );
+        out.send(ServerEvent::OutputItemDone {
+            response_id: response_id.clone(),
+            output_index,
+            item: done.clone(),
+        });
+        if params.conversation.is_some() {
+            out.send(ServerEvent::ItemDone {
+                previous_item_id: previous,
+                item: done.clone(),
+            });
+        }
+        (call_item_id, done)
+    };
 
     let mut text = String::new();
     let mut usage = Usage::default();
@@ -405,6 +489,7 @@ pub(crate) async fn run(
             });
         }
         if answering.settings.refuse_unfound
+            && !may_call
             && results.as_ref().is_some_and(|r| !r.grounded)
             && asks_for_facts(&user)
         {
@@ -415,8 +500,11 @@ pub(crate) async fn run(
             crate::metrics::global().refusals.inc();
             return Ok(());
         }
-        let msgs = messages(&answering, &params.instructions, &results, &history, &user);
+        let mut msgs = messages(&answering, &params.instructions, &results, &history, &user);
+        msgs.extend(after.iter().cloned());
         let mut req = GenerateRequest::new(msgs);
+        req.tools = params.tools.clone();
+        req.tool_choice = params.tool_choice.clone();
         req.cache_points = vec![1, req.messages.len() - 1];
         req.max_tokens = params.max_tokens;
         req.temperature = answering.settings.temperature;
@@ -431,7 +519,7 @@ pub(crate) async fn run(
         let mut stream = tokio::select! {
             biased;
             reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
-            s = answering.llm.generate(req).instrument(llm_span.clone()) => s.map_err(Stop::Failed)?,
+            s = crate::tools::checked::generate(answering.llm.clone(), req).instrument(llm_span.clone()) => s.map_err(Stop::Failed)?,
         };
         loop {
             tokio::select! {
@@ -445,6 +533,22 @@ pub(crate) async fn run(
                         }
                         text.push_str(&d);
                         emit(&speaker, d);
+                    }
+                    Some(Ok(LlmEvent::ToolCall(call))) => {
+                        if first_delta.is_none() {
+                            first_delta = Some(Instant::now());
+                            llm_span.record("first_token_ms", generating.elapsed().as_secs_f64() * 1e3);
+                        }
+                        let previous = match calls.last() {
+                            Some((id, _)) => Some(id.clone()),
+                            None if opened.load(std::sync::atomic::Ordering::Relaxed) => Some(item_id.clone()),
+                            None => params.conversation.clone().flatten(),
+                        };
+                        tracing::info!(tool = %call.name, call_id = %call.id, arguments = %params.tools.redact(&call.name, &call.arguments), "function call");
+                        crate::metrics::global().tool_calls.inc_pair(&call.name, "called");
+                        let (id, item) = send_call(&call, calls.len(), previous);
+                        call_items.push(item);
+                        calls.push((id, call));
                     }
                     Some(Ok(LlmEvent::Done { usage: u, finish: f })) => { usage = u; finish = f; return Ok(()); }
                     Some(Err(e)) => return Err(Stop::Failed(e)),
@@ -520,48 +624,57 @@ pub(crate) async fn run(
     } else {
         "incomplete"
     };
-    if spoken {
-        out.send(ServerEvent::OutputAudioDone {
-            response_id: response_id.clone(),
-            item_id: item_id.clone(),
-            output_index: 0,
-            content_index: 0,
-        });
-        out.send(ServerEvent::OutputAudioTranscriptDone {
-            response_id: response_id.clone(),
-            item_id: item_id.clone(),
-            output_index: 0,
-            content_index: 0,
-            transcript: text.clone(),
-        });
-    } else {
-        out.send(ServerEvent::OutputTextDone {
-            response_id: response_id.clone(),
-            item_id: item_id.clone(),
-            output_index: 0,
-            content_index: 0,
-            text: text.clone(),
-        });
+    // A failure or cancel before anything was said still closes with a (empty) message.
+    if calls.is_empty() {
+        open_message();
     }
-    out.send(ServerEvent::ContentPartDone {
-        response_id: response_id.clone(),
-        item_id: item_id.clone(),
-        output_index: 0,
-        content_index: 0,
-        part: part_of(&text),
-    });
-    let item = item_of(&text, item_status);
-    out.send(ServerEvent::OutputItemDone {
-        response_id: response_id.clone(),
-        output_index: 0,
-        item: item.clone(),
-    });
-    if let Some(previous_item_id) = &params.conversation {
-        out.send(ServerEvent::ItemDone {
-            previous_item_id: previous_item_id.clone(),
+    let mut output = Vec::new();
+    if opened.load(std::sync::atomic::Ordering::Relaxed) {
+        if spoken {
+            out.send(ServerEvent::OutputAudioDone {
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index: 0,
+                content_index: 0,
+            });
+            out.send(ServerEvent::OutputAudioTranscriptDone {
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index: 0,
+                content_index: 0,
+                transcript: text.clone(),
+            });
+        } else {
+            out.send(ServerEvent::OutputTextDone {
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index: 0,
+                content_index: 0,
+                text: text.clone(),
+            });
+        }
+        out.send(ServerEvent::ContentPartDone {
+            response_id: response_id.clone(),
+            item_id: item_id.clone(),
+            output_index: 0,
+            content_index: 0,
+            part: part_of(&text),
+        });
+        let item = item_of(&text, item_status);
+        out.send(ServerEvent::OutputItemDone {
+            response_id: response_id.clone(),
+            output_index: 0,
             item: item.clone(),
         });
+        if let Some(previous_item_id) = &params.conversation {
+            out.send(ServerEvent::ItemDone {
+                previous_item_id: previous_item_id.clone(),
+                item: item.clone(),
+            });
+        }
+        output.push(item);
     }
+    output.extend(call_items);
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     // The outcome on the `response` span (logs and OTLP traces).
     let span = tracing::Span::current();
@@ -618,7 +731,7 @@ pub(crate) async fn run(
             rid,
             status,
             details,
-            vec![item],
+            output,
             &params,
             Some((&usage, &results, timing)),
         ),
@@ -632,6 +745,7 @@ pub(crate) async fn run(
             status,
             in_conversation: params.conversation.is_some(),
             audio,
+            calls,
         })
         .await;
 }

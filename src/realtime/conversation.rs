@@ -7,6 +7,7 @@ use tracing::debug;
 
 use crate::prompt::{ChatMessage, Role};
 use crate::protocol::Item;
+use crate::tools::ToolCall;
 
 /// Most conversation items a session keeps (older ones are forgotten).
 pub const MAX_ITEMS: usize = 512;
@@ -30,6 +31,10 @@ pub struct ConvItem {
     pub status: &'static str,
     /// A spoken answer's pieces and where they lie in its audio (for truncation).
     pub audio: Option<Vec<super::speaker::Spoken>>,
+    /// A function call item (role assistant; `text` is its arguments).
+    pub call: Option<ToolCall>,
+    /// A function call output item (role tool; `text` is the output): the call it answers.
+    pub call_id: Option<String>,
 }
 
 impl ConvItem {
@@ -43,7 +48,31 @@ impl ConvItem {
             pending: false,
             status: "completed",
             audio: None,
+            call: None,
+            call_id: None,
         }
+    }
+
+    /// An item from a chat message (a client's `conversation.item.create`): a message, a
+    /// function call or a function's output.
+    pub fn from_message(id: String, m: ChatMessage) -> Self {
+        let mut item = ConvItem::text(id, m.role, m.content);
+        if let Some(call) = m.tool_calls.into_iter().next() {
+            item.text = call.arguments.clone();
+            item.call = Some(call);
+        }
+        item.call_id = m.tool_call_id;
+        item
+    }
+
+    /// A function call the model made.
+    pub fn function_call(id: String, call: ToolCall) -> Self {
+        ConvItem::from_message(id, ChatMessage::calls("", vec![call]))
+    }
+
+    /// Whether this is a function call or a function's output.
+    pub fn is_tool_item(&self) -> bool {
+        self.call.is_some() || self.call_id.is_some()
     }
 
     /// A spoken user turn whose transcript is on its way.
@@ -56,12 +85,18 @@ impl ConvItem {
             pending: true,
             status: "completed",
             audio: None,
+            call: None,
+            call_id: None,
         }
     }
 
     /// The item on the wire.
     pub fn to_item(&self) -> Item {
-        if self.spoken {
+        if let Some(c) = &self.call {
+            Item::function_call(&self.id, &c.id, &c.name, &c.arguments, "completed")
+        } else if let Some(call_id) = &self.call_id {
+            Item::function_call_output(&self.id, call_id, &self.text)
+        } else if self.spoken {
             Item::user_audio(&self.id, (!self.pending).then(|| self.text.clone()))
         } else if self.audio.is_some() {
             Item::assistant_audio(&self.id, &self.text, self.status)
@@ -72,11 +107,28 @@ impl ConvItem {
 }
 
 /// The prompt history from conversation items.
+///
+/// A function call without its output (or an output without its call) is left out: chat APIs
+/// refuse a call that is not answered.
 pub fn history(items: &[ConvItem]) -> Vec<ChatMessage> {
+    let answered = |id: &str| items.iter().any(|i| i.call_id.as_deref() == Some(id));
+    let called = |id: &str| {
+        items
+            .iter()
+            .any(|i| i.call.as_ref().is_some_and(|c| c.id == id))
+    };
     items
         .iter()
-        .filter(|i| !i.text.trim().is_empty())
-        .map(|i| ChatMessage::new(i.role, i.text.clone()))
+        .filter(|i| match (&i.call, &i.call_id) {
+            (Some(c), _) => answered(&c.id),
+            (None, Some(id)) => called(id),
+            (None, None) => !i.text.trim().is_empty(),
+        })
+        .map(|i| match (&i.call, &i.call_id) {
+            (Some(call), _) => ChatMessage::calls("", vec![call.clone()]),
+            (None, Some(id)) => ChatMessage::tool_result(id.clone(), i.text.clone()),
+            (None, None) => ChatMessage::new(i.role, i.text.clone()),
+        })
         .collect()
 }
 
@@ -157,23 +209,33 @@ impl Conversation {
         self.answer_slots.remove(response_id);
     }
 
-    /// Puts a finished response's answer in its place (at the end if none was reserved;
-    /// nothing if it said nothing).
-    pub(super) fn insert_answer(&mut self, response_id: &str, item: ConvItem) {
-        let slot = self
+    /// Puts a finished response's items (its message, then its calls) in its place (at the end
+    /// if none was reserved; an empty message is left out).
+    pub(super) fn insert_answer(&mut self, response_id: &str, items: Vec<ConvItem>) {
+        let mut slot = self
             .answer_slots
             .remove(response_id)
             .unwrap_or(self.items.len())
             .min(self.items.len());
-        if item.text.trim().is_empty() {
-            return;
+        for item in items {
+            if item.text.trim().is_empty() && !item.is_tool_item() {
+                continue;
+            }
+            // Later answers' places move down by the one inserted before them.
+            for s in self.answer_slots.values_mut().filter(|s| **s >= slot) {
+                *s += 1;
+            }
+            self.items.insert(slot, item);
+            slot += 1;
         }
-        // Later answers' places move down by the one inserted before them.
-        for s in self.answer_slots.values_mut().filter(|s| **s >= slot) {
-            *s += 1;
-        }
-        self.items.insert(slot, item);
         self.trim();
+    }
+
+    /// Whether a function call with this call id is in the conversation.
+    pub(super) fn has_call(&self, call_id: &str) -> bool {
+        self.items
+            .iter()
+            .any(|i| i.call.as_ref().is_some_and(|c| c.id == call_id))
     }
 
     /// Keeps the conversation within [`MAX_ITEMS`] and [`MAX_CONVERSATION_BYTES`] by forgetting
@@ -203,12 +265,52 @@ impl Conversation {
     }
 }
 
-/// Reads a `conversation.item.create` message item: (role, text, id).
+/// Reads a `conversation.item.create` item: a message, a function call or a function call's
+/// output, as a chat message, and its id if the client chose one.
 pub(super) fn parse_item(
     item: &serde_json::Value,
-) -> Result<(Role, String, Option<String>), String> {
-    if item.get("type").and_then(|t| t.as_str()) != Some("message") {
-        return Err("only items of type `message` can be created".into());
+) -> Result<(ChatMessage, Option<String>), String> {
+    let id = item.get("id").and_then(|i| i.as_str()).map(str::to_string);
+    let string = |key: &str| item.get(key).and_then(|v| v.as_str());
+    match item.get("type").and_then(|t| t.as_str()) {
+        Some("message") => {}
+        Some("function_call_output") => {
+            let call_id = string("call_id").ok_or("a function_call_output needs `call_id`")?;
+            let output =
+                string("output").ok_or("a function_call_output needs `output` (a string)")?;
+            if output.len() > MAX_ITEM_BYTES {
+                return Err(format!("the output is longer than {MAX_ITEM_BYTES} bytes"));
+            }
+            check_call_id(call_id)?;
+            return Ok((ChatMessage::tool_result(call_id, output), id));
+        }
+        Some("function_call") => {
+            let name = string("name").ok_or("a function_call needs `name`")?;
+            let arguments = string("arguments").unwrap_or("{}");
+            if arguments.len() > MAX_ITEM_BYTES {
+                return Err(format!(
+                    "the arguments are longer than {MAX_ITEM_BYTES} bytes"
+                ));
+            }
+            let call_id = match string("call_id") {
+                Some(c) => {
+                    check_call_id(c)?;
+                    c.to_string()
+                }
+                None => crate::tools::new_call_id(),
+            };
+            let call = ToolCall {
+                id: call_id,
+                name: name.to_string(),
+                arguments: arguments.to_string(),
+            };
+            return Ok((ChatMessage::calls("", vec![call]), id));
+        }
+        _ => {
+            return Err(
+                "items must be of type `message`, `function_call` or `function_call_output`".into(),
+            )
+        }
     }
     let role = match item.get("role").and_then(|r| r.as_str()) {
         Some("user") => Role::User,
@@ -242,8 +344,15 @@ pub(super) fn parse_item(
     if text.len() > MAX_ITEM_BYTES {
         return Err(format!("the message is longer than {MAX_ITEM_BYTES} bytes"));
     }
-    let id = item.get("id").and_then(|i| i.as_str()).map(str::to_string);
-    Ok((role, text, id))
+    Ok((ChatMessage::new(role, text), id))
+}
+
+/// A call id: 1-64 characters, no control characters.
+fn check_call_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) {
+        return Err("`call_id` must be 1-64 characters without control characters".into());
+    }
+    Ok(())
 }
 
 /// The part of an answer spoken in `audio_end_ms` of speech (at ~15 characters a second, cut at
@@ -267,15 +376,28 @@ mod tests {
 
     #[test]
     fn message_items_are_read_and_bad_ones_named() {
-        let (role, text, id) = parse_item(&json!({"type": "message", "role": "user", "id": "i1",
+        let (m, id) = parse_item(&json!({"type": "message", "role": "user", "id": "i1",
             "content": [{"type": "input_text", "text": "Hi "}, {"type": "input_text", "text": "there"}]}))
         .unwrap();
         assert_eq!(
-            (role, text.as_str(), id.as_deref()),
+            (m.role, m.content.as_str(), id.as_deref()),
             (Role::User, "Hi there", Some("i1"))
         );
+        let (out, _) = parse_item(&json!({"type": "function_call_output", "call_id": "call_1", "output": "{\"ok\": true}"})).unwrap();
+        assert_eq!(
+            (out.role, out.tool_call_id.as_deref()),
+            (Role::Tool, Some("call_1"))
+        );
+        let (call, _) = parse_item(
+            &json!({"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"}),
+        )
+        .unwrap();
+        assert_eq!(call.tool_calls[0].name, "f");
         for bad in [
             json!({"type": "function_call"}),
+            json!({"type": "function_call_output", "output": "x"}),
+            json!({"type": "function_call_output", "call_id": "c"}),
+            json!({"type": "image"}),
             json!({"type": "message", "role": "user"}),
             json!({"type": "message", "role": "user", "content": [{"type": "input_image"}]}),
             json!({"type": "message", "role": "user", "content": [{"type": "input_text"}]}),
@@ -296,7 +418,7 @@ mod tests {
         assert_eq!(c.insert_after("nope", text("x")), None);
         c.insert_answer(
             "r1",
-            ConvItem::text("ans".into(), Role::Assistant, "ans".into()),
+            vec![ConvItem::text("ans".into(), Role::Assistant, "ans".into())],
         );
         let ids: Vec<&str> = c.items.iter().map(|i| i.id.as_str()).collect();
         // An item put right after "a" while its answer runs goes before the answer.

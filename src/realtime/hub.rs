@@ -35,6 +35,8 @@ pub(super) struct SessionOptions {
     pub speech: Option<super::speaker::SpeechParams>,
     /// The server's voices (to check a response's own voice).
     pub voices: Vec<String>,
+    pub tools: crate::tools::ToolSet,
+    pub tool_choice: crate::tools::ToolChoice,
 }
 
 impl SessionOptions {
@@ -57,6 +59,8 @@ impl SessionOptions {
                 binary: c.binary_audio_out,
             }),
             voices: c.voices.clone(),
+            tools: c.tools.clone(),
+            tool_choice: c.tool_choice.clone(),
         }
     }
 }
@@ -316,8 +320,20 @@ impl Hub {
                 item,
                 previous_item_id,
             } => match parse_item(&item) {
-                Ok((role, text, id)) => {
+                Ok((message, id)) => {
                     let id = id.unwrap_or_else(|| new_id("item"));
+                    if let Some(call_id) = &message.tool_call_id {
+                        if !self.conversation.has_call(call_id) {
+                            return self.out.error(
+                                &ProtocolError::new(
+                                    "invalid_item",
+                                    format!("there is no function call `{call_id}` in the conversation for this output"),
+                                )
+                                .param("item.call_id")
+                                .event(event_id),
+                            );
+                        }
+                    }
                     if self.conversation.get(&id).is_some() {
                         return self.out.error(
                             &ProtocolError::new(
@@ -328,7 +344,7 @@ impl Hub {
                             .event(event_id),
                         );
                     }
-                    let item = ConvItem::text(id, role, text);
+                    let item = ConvItem::from_message(id, message);
                     let wire = item.to_item();
                     let previous_item_id = match previous_item_id {
                         None => self.conversation.push(item),
@@ -368,7 +384,7 @@ impl Hub {
                 let Some(item) = self
                     .conversation
                     .get_mut(&item_id)
-                    .filter(|i| i.role == Role::Assistant)
+                    .filter(|i| i.role == Role::Assistant && i.call.is_none())
                 else {
                     return self.out.error(
                         &ProtocolError::new(

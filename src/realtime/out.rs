@@ -21,7 +21,7 @@ pub(super) const TOO_BIG: u16 = 1009;
 pub(super) const TRY_AGAIN_LATER: u16 = 1013;
 
 pub(super) enum Outgoing {
-    Event(ServerEvent),
+    Event(Box<ServerEvent>),
     /// Raw audio of a spoken answer (the `voxd.binary_audio_out` extension).
     Audio(Vec<u8>),
     Close(u16, &'static str),
@@ -54,7 +54,7 @@ impl Out {
                 .errors
                 .inc(error.code.as_deref().unwrap_or(&error.kind));
         }
-        self.queue(Outgoing::Event(e))
+        self.queue(Outgoing::Event(Box::new(e)))
     }
 
     /// Queues raw audio, sent as a binary frame.

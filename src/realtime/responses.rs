@@ -26,8 +26,9 @@ use super::hub::SessionOptions;
 use super::out::Out;
 use super::speaker::SpeechParams;
 use crate::prompt::{ChatMessage, Role};
-use crate::protocol::session::{check_model_text, MAX_INSTRUCTIONS_BYTES};
+use crate::protocol::session::{check_model_text, tool_error, MAX_INSTRUCTIONS_BYTES};
 use crate::protocol::{new_id, ProtocolError, ServerEvent};
+use crate::tools::{ToolChoice, ToolSet};
 
 /// Responses that may wait behind the running one.
 pub const MAX_WAITING: usize = 4;
@@ -57,6 +58,10 @@ pub(super) struct ResponseRequest {
     pub voice: Option<String>,
     /// `audio.output.format`.
     pub output_format: Option<crate::protocol::InputFormat>,
+    /// `tools`: this response's own (instead of the session's).
+    pub tools: Option<ToolSet>,
+    /// `tool_choice`: this response's own.
+    pub tool_choice: Option<ToolChoice>,
 }
 
 /// How a response is spoken: the session's settings with the response's own over them; `None`
@@ -84,10 +89,7 @@ fn speech_of(opts: &SessionOptions, r: &ResponseRequest) -> Option<SpeechParams>
 /// One item of a response's `input`.
 #[derive(Debug, Clone)]
 pub(super) enum InputItem {
-    Message {
-        role: Role,
-        text: String,
-    },
+    Message(ChatMessage),
     /// An item of the conversation, by id.
     Reference(String),
 }
@@ -201,9 +203,8 @@ impl ResponseRequest {
                         .ok_or_else(|| bad(&param, "an item_reference needs `id`", &event_id))?;
                     items.push(InputItem::Reference(id.to_string()));
                 } else {
-                    let (role, text, _) =
-                        parse_item(item).map_err(|m| bad(&param, m, &event_id))?;
-                    items.push(InputItem::Message { role, text });
+                    let (message, _) = parse_item(item).map_err(|m| bad(&param, m, &event_id))?;
+                    items.push(InputItem::Message(message));
                 }
             }
             r.input = Some(items);
@@ -246,17 +247,17 @@ impl ResponseRequest {
                 );
             }
         }
-        if obj
-            .get("tools")
-            .and_then(Value::as_array)
-            .is_some_and(|t| !t.is_empty())
-        {
-            return Err(ProtocolError::new(
-                "tools_unsupported",
-                "function calling is not supported yet",
-            )
-            .param("response.tools")
-            .event(event_id));
+        if let Some(t) = obj.get("tools").filter(|v| !v.is_null()) {
+            r.tools = Some(
+                ToolSet::parse(t, "response.tools")
+                    .map_err(|e| tool_error(e).event(event_id.clone()))?,
+            );
+        }
+        if let Some(c) = obj.get("tool_choice").filter(|v| !v.is_null()) {
+            r.tool_choice = Some(
+                ToolChoice::parse(c, "response.tool_choice")
+                    .map_err(|e| tool_error(e).event(event_id.clone()))?,
+            );
         }
         Ok(r)
     }
@@ -373,7 +374,13 @@ impl Responses {
             } else {
                 "incomplete"
             };
-            conversation.insert_answer(&f.response_id, item);
+            let mut items = vec![item];
+            items.extend(
+                f.calls
+                    .into_iter()
+                    .map(|(id, call)| ConvItem::function_call(id, call)),
+            );
+            conversation.insert_answer(&f.response_id, items);
         } else {
             conversation.release_answer(&f.response_id);
         }
@@ -401,6 +408,21 @@ impl Responses {
                 return;
             }
         };
+        let (tools, choice) = {
+            let opts = self.opts.borrow();
+            (
+                request.tools.clone().unwrap_or_else(|| opts.tools.clone()),
+                request
+                    .tool_choice
+                    .clone()
+                    .unwrap_or_else(|| opts.tool_choice.clone()),
+            )
+        };
+        if let Err(e) = choice.check(&tools, "response.tool_choice") {
+            self.out
+                .error(&tool_error(e).event(request.event_id.clone()));
+            return;
+        }
         let answers = match &request.input {
             Some(_) => None,
             None => match conversation
@@ -521,18 +543,19 @@ impl Responses {
         };
         let opts = self.opts.borrow().clone();
         let r = &w.request;
-        // What it answers: (earlier turns, the user's words, the item answered).
+        // What it answers: (earlier turns, the user's words, the item answered), and what
+        // followed the user's words (function calls and their results).
+        let mut after: Vec<ChatMessage> = Vec::new();
+        let mut after_items = 0;
         let (history, user, previous_item_id) = match (&r.input, &w.answers) {
             (Some(input), _) => {
                 let mut msgs: Vec<ChatMessage> = Vec::new();
                 for item in input {
                     match item {
-                        InputItem::Message { role, text } => {
-                            msgs.push(ChatMessage::new(*role, text.clone()))
-                        }
+                        InputItem::Message(m) => msgs.push(m.clone()),
                         InputItem::Reference(id) => match conversation.get(id) {
-                            Some(i) if !i.text.trim().is_empty() => {
-                                msgs.push(ChatMessage::new(i.role, i.text.clone()))
+                            Some(i) if !i.text.trim().is_empty() || i.is_tool_item() => {
+                                msgs.extend(conversation::history(std::slice::from_ref(i)))
                             }
                             Some(_) => {}
                             None => {
@@ -561,7 +584,7 @@ impl Responses {
                     return;
                 };
                 let user = msgs.remove(pos).content;
-                msgs.truncate(pos);
+                after = msgs.split_off(pos);
                 (msgs, user, conversation.items.last().map(|i| i.id.clone()))
             }
             (None, Some(id)) => {
@@ -570,13 +593,21 @@ impl Responses {
                     .iter()
                     .position(|i| &i.id == id)
                     .expect("checked by pump");
+                // Function calls made for this question and their results follow it.
+                let rest = &conversation.items[pos + 1..];
+                let mut previous = id.clone();
+                if rest.iter().any(ConvItem::is_tool_item) {
+                    after = conversation::history(rest);
+                    after_items = rest.len();
+                    previous = rest.last().map_or(previous, |i| i.id.clone());
+                }
                 let history = conversation::history(&conversation.items[..pos]);
                 let user = if r.nudge {
                     format!("[{IDLE_NUDGE}]")
                 } else {
                     conversation.items[pos].text.clone()
                 };
-                (history, user, Some(id.clone()))
+                (history, user, Some(previous))
             }
             (None, None) => return,
         };
@@ -605,7 +636,7 @@ impl Responses {
         if in_conversation {
             if let (None, Some(id)) = (&r.input, &w.answers) {
                 if let Some(pos) = conversation.items.iter().position(|i| &i.id == id) {
-                    conversation.reserve_answer(&response_id, pos);
+                    conversation.reserve_answer(&response_id, pos + after_items);
                 }
             }
         }
@@ -638,7 +669,13 @@ impl Responses {
                 metadata: r.metadata.clone(),
                 conversation: in_conversation.then_some(previous_item_id),
                 speech: speech_of(&opts, r),
+                tools: r.tools.clone().unwrap_or_else(|| opts.tools.clone()),
+                tool_choice: r
+                    .tool_choice
+                    .clone()
+                    .unwrap_or_else(|| opts.tool_choice.clone()),
             },
+            after,
             history,
             user,
             query,
@@ -794,8 +831,12 @@ mod tests {
             "response.input[0]"
         );
         assert_eq!(
-            param(json!({"tools": [{"type": "function", "name": "f"}]})).0,
-            "tools_unsupported"
+            param(json!({"tools": [{"type": "function", "name": "has space"}]})),
+            ("invalid_tool", "response.tools[0].name".to_string())
+        );
+        assert_eq!(
+            param(json!({"tool_choice": "sometimes"})).0,
+            "invalid_tool_choice"
         );
         assert_eq!(
             param(json!({"instructions": "a\u{0}b"})).0,

@@ -18,9 +18,33 @@ use super::error::ApiError;
 use super::AppState;
 use crate::llm::{FinishReason, GenerateRequest, LlmError, LlmEvent, Usage};
 use crate::prompt::{ChatMessage, Role};
+use crate::tools::{ToolCall, ToolChoice, ToolError, ToolSet};
+
+impl From<ToolError> for ApiError {
+    fn from(e: ToolError) -> Self {
+        let status = match e {
+            ToolError::InvalidTool { .. } | ToolError::InvalidChoice { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            // The model could not write a valid call, even with a retry.
+            ToolError::InvalidArguments { .. } | ToolError::UnknownTool { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let err = ApiError::new(status, e.code(), e.to_string());
+        match e.param() {
+            Some(p) => err.with_param(p.to_string()),
+            None => err,
+        }
+    }
+}
 
 impl From<LlmError> for ApiError {
     fn from(e: LlmError) -> Self {
+        if let LlmError::Tool(t) = e {
+            tracing::warn!(error = %t, code = t.code(), "tool call failed");
+            return t.into();
+        }
         let status = match &e {
             LlmError::Invalid(_) | LlmError::ContextOverflow { .. } => StatusCode::BAD_REQUEST,
             LlmError::Pool(crate::workers::PoolError::Busy { .. }) => {
@@ -55,6 +79,23 @@ struct Part {
 struct Message {
     role: String,
     content: Option<Content>,
+    /// An assistant message's calls.
+    tool_calls: Option<Vec<WireCall>>,
+    /// A tool message's call.
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireCall {
+    id: String,
+    function: WireFunction,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    arguments: String,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +125,8 @@ struct Body {
     seed: Option<u64>,
     stop: Option<Stop>,
     n: Option<u32>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
 }
 
 fn bad(code: &'static str, message: impl Into<String>, param: &'static str) -> ApiError {
@@ -107,14 +150,24 @@ fn request(body: Body, default_max: usize) -> Result<GenerateRequest, ApiError> 
             "system" | "developer" => Role::System,
             "user" => Role::User,
             "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
             other => {
                 return Err(bad(
                     "invalid_role",
-                    format!("role `{other}` is not supported (system, developer, user, assistant)"),
+                    format!(
+                        "role `{other}` is not supported (system, developer, user, assistant, tool)"
+                    ),
                     "messages",
                 ))
             }
         };
+        if role == Role::Tool && m.tool_call_id.is_none() {
+            return Err(bad(
+                "missing_required_parameter",
+                "a tool message needs `tool_call_id`",
+                "messages",
+            ));
+        }
         let text = match m.content {
             None => String::new(),
             Some(Content::Text(t)) => t,
@@ -133,7 +186,34 @@ fn request(body: Body, default_max: usize) -> Result<GenerateRequest, ApiError> 
                 t
             }
         };
-        messages.push(ChatMessage::new(role, text));
+        let mut msg = ChatMessage::new(role, text);
+        if role == Role::Tool {
+            msg.tool_call_id = m.tool_call_id;
+        }
+        if role == Role::Assistant {
+            msg.tool_calls = m
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| ToolCall {
+                    id: c.id,
+                    name: c.function.name,
+                    arguments: c.function.arguments,
+                })
+                .collect();
+        }
+        messages.push(msg);
+    }
+    let tools = match &body.tools {
+        None | Some(Value::Null) => ToolSet::default(),
+        Some(t) => ToolSet::parse(t, "tools")?,
+    };
+    let tool_choice = match &body.tool_choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(c) => ToolChoice::parse(c, "tool_choice")?,
+    };
+    if !tools.is_empty() {
+        tool_choice.check(&tools, "tool_choice")?;
     }
     let max_tokens = body
         .max_completion_tokens
@@ -180,6 +260,8 @@ fn request(body: Body, default_max: usize) -> Result<GenerateRequest, ApiError> 
     req.top_p = body.top_p;
     req.seed = body.seed;
     req.stop = stop;
+    req.tools = tools;
+    req.tool_choice = tool_choice;
     Ok(req)
 }
 
@@ -203,7 +285,21 @@ fn finish_str(f: FinishReason) -> &'static str {
     match f {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
     }
+}
+
+/// A call as Chat Completions writes it (`index` in streamed chunks).
+fn call_json(c: &ToolCall, index: Option<usize>) -> Value {
+    let mut v = json!({
+        "id": c.id,
+        "type": "function",
+        "function": { "name": c.name, "arguments": c.arguments },
+    });
+    if let Some(i) = index {
+        v["index"] = json!(i);
+    }
+    v
 }
 
 /// `POST /v1/chat/completions`.
@@ -235,7 +331,7 @@ pub async fn completions(
     let model = llm.model_name().to_string();
     let created = now();
     // Errors before the first token are HTTP errors in both modes.
-    let mut events = llm.generate(req).await?;
+    let mut events = crate::tools::checked::generate(llm.clone(), req).await?;
     let first = match events.next().await {
         Some(Ok(ev)) => ev,
         Some(Err(e)) => return Err(e.into()),
@@ -246,11 +342,21 @@ pub async fn completions(
 
     if !stream {
         let mut text = String::new();
+        let mut calls = Vec::new();
         let mut ev: Option<Result<LlmEvent, LlmError>> = Some(Ok(first));
         loop {
             match ev {
                 Some(Ok(LlmEvent::Delta(d))) => text.push_str(&d),
+                Some(Ok(LlmEvent::ToolCall(c))) => calls.push(c),
                 Some(Ok(LlmEvent::Done { finish, usage })) => {
+                    let mut message =
+                        json!({ "role": "assistant", "content": text, "refusal": null });
+                    if !calls.is_empty() {
+                        if text.is_empty() {
+                            message["content"] = Value::Null;
+                        }
+                        message["tool_calls"] = calls.iter().map(|c| call_json(c, None)).collect();
+                    }
                     return Ok(Json(json!({
                         "id": id,
                         "object": "chat.completion",
@@ -258,13 +364,13 @@ pub async fn completions(
                         "model": model,
                         "choices": [{
                             "index": 0,
-                            "message": { "role": "assistant", "content": text, "refusal": null },
+                            "message": message,
                             "finish_reason": finish_str(finish),
                             "logprobs": null,
                         }],
                         "usage": usage_json(&usage),
                     }))
-                    .into_response())
+                    .into_response());
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => {
@@ -288,10 +394,18 @@ pub async fn completions(
     };
     let opening = chunk(json!({ "role": "assistant", "content": "" }), None);
     let rest = futures::stream::once(async move { Ok(first) }).chain(events);
+    let mut calls_sent = 0;
     let sse = futures::stream::once(async move { opening })
         .chain(rest.flat_map(move |ev| {
             let items: Vec<Value> = match ev {
                 Ok(LlmEvent::Delta(d)) => vec![chunk(json!({ "content": d }), None)],
+                Ok(LlmEvent::ToolCall(c)) => {
+                    calls_sent += 1;
+                    vec![chunk(
+                        json!({ "tool_calls": [call_json(&c, Some(calls_sent - 1))] }),
+                        None,
+                    )]
+                }
                 Ok(LlmEvent::Done { finish, usage }) => {
                     let mut v = vec![chunk(json!({}), Some(finish_str(finish)))];
                     if include_usage {

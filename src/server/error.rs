@@ -18,7 +18,7 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     /// The request parameter at fault, if any.
-    pub param: Option<&'static str>,
+    pub param: Option<String>,
 }
 
 impl ApiError {
@@ -35,8 +35,8 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    pub fn with_param(mut self, param: &'static str) -> Self {
-        self.param = Some(param);
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
         self
     }
 

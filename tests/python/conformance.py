@@ -51,8 +51,22 @@ EMITTED = {
     "response.output_audio_transcript.done",
     "response.content_part.done",
     "response.output_item.done",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
     "response.done",
     "error",
+}
+
+LOOKUP = {
+    "type": "function",
+    "name": "stock_level",
+    "description": "How many bikes of a model the shop has.",
+    "parameters": {
+        "type": "object",
+        "properties": {"model": {"type": "string", "enum": ["ridgeline", "city"]}},
+        "required": ["model"],
+        "additionalProperties": False,
+    },
 }
 
 
@@ -165,6 +179,29 @@ async def realtime(url, headers, audio_dir):
         answer_item = answer["output"][0]["id"]
         part = next(e for e in text_turn if e["type"] == "response.content_part.added")["part"]
         assert part["type"] == "text", part
+
+        # 2b. A function call, its output, and the answer that uses it.
+        await s.send({"type": "session.update", "session": {"tools": [LOOKUP]}})
+        tools = (await s.until("session.updated"))[-1]["session"]["tools"]
+        assert [t["name"] for t in tools] == ["stock_level"], tools
+        await s.send(ask("How many Ridgeline bikes do you have?"))
+        await s.send(
+            {"type": "response.create", "response": {"tool_choice": {"type": "function", "name": "stock_level"}}}
+        )
+        call_turn = await s.until("response.done")
+        call = call_turn[-1]["response"]["output"][0]
+        assert call["type"] == "function_call" and call["name"] == "stock_level", call
+        assert json.loads(call["arguments"])["model"] in ("ridgeline", "city"), call
+        await s.send(
+            {"type": "conversation.item.create",
+             "item": {"type": "function_call_output", "call_id": call["call_id"], "output": '{"in_stock": 3}'}}
+        )
+        await s.until("conversation.item.done")
+        await s.send({"type": "response.create", "response": {"tool_choice": "none", "output_modalities": ["text"]}})
+        after = (await s.until("response.done"))[-1]["response"]
+        assert after["output"][0]["type"] == "message", after
+        await s.send({"type": "session.update", "session": {"tools": []}})
+        await s.until("session.updated")
 
         # 3. A cancelled response.
         await s.send(ask("Tell me everything about every bike you sell, in great detail."))
