@@ -452,3 +452,304 @@ async fn a_spoken_turn_calls_the_function_and_speaks_the_answer() {
     eprintln!("spoken answer: {said:?}");
     assert!(uses_the_result(&said), "{said:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A remote model that writes invalid arguments: a scripted OpenAI-compatible endpoint.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+/// What the scripted endpoint answers, request by request.
+#[derive(Clone)]
+enum Reply {
+    Call(&'static str, &'static str),
+    Text(&'static str),
+}
+
+#[derive(Clone, Default)]
+struct Script {
+    replies: Arc<Mutex<VecDeque<Reply>>>,
+    /// The request bodies it received.
+    bodies: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Script {
+    fn queue(&self, replies: &[Reply]) {
+        self.replies.lock().unwrap().extend(replies.iter().cloned());
+    }
+    fn take_bodies(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.bodies.lock().unwrap())
+    }
+}
+
+/// Streams `reply` as chat-completion chunks; a call's arguments come in two pieces.
+fn sse(reply: Reply) -> String {
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let mut out = String::new();
+    match reply {
+        Reply::Call(name, args) => {
+            let (a, b) = args.split_at(args.len() / 2);
+            out += &chunk(
+                json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_remote", "type": "function", "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            );
+            for piece in [a, b] {
+                out += &chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                );
+            }
+            out += &chunk(json!({}), json!("tool_calls"));
+        }
+        Reply::Text(t) => {
+            out += &chunk(json!({"role": "assistant", "content": t}), Value::Null);
+            out += &chunk(json!({}), json!("stop"));
+        }
+    }
+    out + "data: [DONE]\n\n"
+}
+
+/// Starts the scripted endpoint; returns its base URL (with `/v1`).
+async fn scripted_llm(script: Script) -> String {
+    use axum::routing::post;
+    let app = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(
+                |axum::extract::State(s): axum::extract::State<Script>,
+                 axum::Json(body): axum::Json<Value>| async move {
+                    s.bodies.lock().unwrap().push(body);
+                    let reply = s
+                        .replies
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .unwrap_or(Reply::Text("Nothing scripted."));
+                    axum::response::Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(axum::body::Body::from(sse(reply)))
+                        .unwrap()
+                },
+            ),
+        )
+        .with_state(script);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1")
+}
+
+fn remote(url: String) -> Arc<dyn voxd::llm::Llm> {
+    use voxd::llm::{RemoteLlm, RemoteLlmConfig};
+    Arc::new(
+        RemoteLlm::new(RemoteLlmConfig {
+            retries: 0,
+            ..RemoteLlmConfig::new(url, "scripted")
+        })
+        .unwrap(),
+    )
+}
+
+const INVALID: &str = r#"{"people": "four", "time": "7pm", "area": "roof"}"#;
+const VALID: &str = r#"{"people": 4, "time": "19:00", "area": "inside"}"#;
+
+/// Every call event in `events` carries schema-valid arguments.
+fn nothing_invalid_emitted(events: &[ServerEvent]) {
+    let tools = restaurant_tools();
+    for e in events {
+        let args = match e {
+            ServerEvent::FunctionCallArgumentsDone {
+                name, arguments, ..
+            } => Some((name, arguments)),
+            _ => None,
+        };
+        if let Some((name, arguments)) = args {
+            tools
+                .validate(name, arguments)
+                .unwrap_or_else(|e| panic!("an invalid call was emitted: {e}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_remote_model_gets_one_retry_and_an_invalid_call_never_leaves_the_server() {
+    let script = Script::default();
+    let base = scripted_llm(script.clone()).await;
+    let (url, http) = common::start_full(ServerSettings::default(), None, Some(remote(base))).await;
+    let (mut tx, mut rx, _) = open(
+        &url,
+        json!({"type": "realtime", "output_modalities": ["text"], "tools": realtime_tools(), "tool_choice": "auto"}),
+    )
+    .await;
+    let ask = |text: &str| {
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": text}]}})
+    };
+
+    // 1. Invalid, then valid after the error is fed back: the valid call is what comes out.
+    script.queue(&[
+        Reply::Call("book_table", INVALID),
+        Reply::Call("book_table", VALID),
+    ]);
+    send(&mut tx, ask("Book a table for four at seven.")).await;
+    send(&mut tx, json!({"type": "response.create"})).await;
+    let events = read_until(&mut rx, |e| count(e, "response.done") == 1).await;
+    assert!(errors(&events).is_empty(), "{:?}", errors(&events));
+    nothing_invalid_emitted(&events);
+    let (call_id, args) = the_call(&events, "book_table");
+    assert_eq!(call_id, "call_remote");
+    assert_eq!(args["people"], 4);
+    let bodies = script.take_bodies();
+    assert_eq!(bodies.len(), 2, "one retry");
+    // The endpoint was given the tools (strict) and the choice.
+    assert_eq!(bodies[0]["tool_choice"], "auto");
+    assert_eq!(bodies[0]["tools"][0]["function"]["name"], "book_table");
+    assert_eq!(
+        bodies[0]["tools"][0]["function"]["parameters"]["required"],
+        json!(["people", "time", "area"])
+    );
+    // The retry shows the model its invalid call and what was wrong, and names the function.
+    let msgs = bodies[1]["messages"].as_array().unwrap();
+    let last = msgs.last().unwrap();
+    assert_eq!(last["role"], "tool");
+    assert_eq!(last["tool_call_id"], "call_remote");
+    assert!(
+        last["content"].as_str().unwrap().contains("/people"),
+        "{last}"
+    );
+    assert_eq!(
+        msgs[msgs.len() - 2]["tool_calls"][0]["function"]["arguments"],
+        INVALID
+    );
+    assert_eq!(
+        bodies[1]["tool_choice"],
+        json!({"type": "function", "function": {"name": "book_table"}})
+    );
+
+    // 2. Invalid twice: a typed failure, and no call at all.
+    script.queue(&[
+        Reply::Call("book_table", INVALID),
+        Reply::Call("book_table", r#"{"people": 99}"#),
+    ]);
+    send(&mut tx, ask("Book a table for my whole village.")).await;
+    send(&mut tx, json!({"type": "response.create"})).await;
+    let events = read_until(&mut rx, |e| count(e, "response.done") == 1).await;
+    assert_eq!(count(&events, "response.function_call_arguments.delta"), 0);
+    assert_eq!(count(&events, "response.function_call_arguments.done"), 0);
+    let response = response_done(&events);
+    assert_eq!(response["status"], "failed", "{response}");
+    assert_eq!(
+        response["status_details"]["error"]["code"],
+        "invalid_tool_arguments"
+    );
+    assert!(response["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["type"] != "function_call"));
+    assert_eq!(errors(&events)[0].0, "invalid_tool_arguments");
+    // The client is told what failed, never the model's values.
+    let message = response["status_details"]["error"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(!message.contains("99"), "{message}");
+    assert_eq!(script.take_bodies().len(), 2);
+
+    // 3. A call to a function that was not offered is as invalid as bad arguments.
+    script.queue(&[
+        Reply::Call("launch_rockets", "{}"),
+        Reply::Call("order_status", r#"{"order_id": "AB1234"}"#),
+    ]);
+    send(&mut tx, ask("Where is my order AB1234?")).await;
+    send(&mut tx, json!({"type": "response.create"})).await;
+    let events = read_until(&mut rx, |e| count(e, "response.done") == 1).await;
+    nothing_invalid_emitted(&events);
+    the_call(&events, "order_status");
+    let retry = &script.take_bodies()[1];
+    assert_eq!(retry["tool_choice"], "required");
+
+    // 4. With auto, a plain answer stays a plain answer.
+    script.queue(&[Reply::Text("We open at nine.")]);
+    send(&mut tx, ask("When do you open?")).await;
+    send(&mut tx, json!({"type": "response.create"})).await;
+    let events = read_until(&mut rx, |e| count(e, "response.done") == 1).await;
+    let response = response_done(&events);
+    assert_eq!(
+        response["output"][0]["content"][0]["text"],
+        "We open at nine."
+    );
+
+    // 5. The same rules on /v1/chat/completions, unstreamed and streamed.
+    let client = reqwest::Client::new();
+    let body = |stream: bool| {
+        json!({"messages": [{"role": "user", "content": "Table for four at seven"}],
+               "tools": restaurant_tools().iter().map(|t| t.to_chat()).collect::<Vec<_>>(),
+               "tool_choice": "auto", "stream": stream})
+    };
+    script.queue(&[
+        Reply::Call("book_table", INVALID),
+        Reply::Call("book_table", VALID),
+    ]);
+    let r: Value = client
+        .post(format!("{http}/v1/chat/completions"))
+        .json(&body(false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let choice = &r["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    assert_eq!(
+        choice["message"]["tool_calls"][0]["function"]["arguments"],
+        VALID
+    );
+    script.queue(&[Reply::Call("book_table", VALID)]);
+    let streamed = client
+        .post(format!("{http}/v1/chat/completions"))
+        .json(&body(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(streamed.contains(r#""tool_calls":[{"#), "{streamed}");
+    assert!(
+        streamed.contains(r#""finish_reason":"tool_calls""#),
+        "{streamed}"
+    );
+    script.queue(&[
+        Reply::Call("book_table", INVALID),
+        Reply::Call("book_table", INVALID),
+    ]);
+    let failed = client
+        .post(format!("{http}/v1/chat/completions"))
+        .json(&body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 500);
+    let err: Value = failed.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "invalid_tool_arguments", "{err}");
+    // A bad definition is the client's mistake: 400, naming the parameter.
+    let bad = client
+        .post(format!("{http}/v1/chat/completions"))
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}],
+                      "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let err: Value = bad.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "invalid_tool");
+    assert_eq!(err["error"]["param"], "tools[0].function.parameters");
+}

@@ -105,16 +105,28 @@ impl ToolSet {
         }
         let mut tools = Vec::with_capacity(list.len());
         for (i, def) in list.iter().enumerate() {
-            tools.push(parse_one(def, &format!("{param}[{i}]"))?);
+            let at = format!("{param}[{i}]");
+            let (tool, nested) = parse_one(def, &at)?;
+            tools.push((tool, format!("{at}{nested}")));
         }
-        Self::new(tools, param)
+        Self::compile_all(tools)
     }
 
     /// Compiles definitions already read (from the server's configuration, say).
     pub fn new(tools: Vec<FunctionTool>, param: &str) -> Result<Self, ToolError> {
+        Self::compile_all(
+            tools
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| (t, format!("{param}[{i}]")))
+                .collect(),
+        )
+    }
+
+    /// Compiles each tool; the string is where it was defined, for errors.
+    fn compile_all(tools: Vec<(FunctionTool, String)>) -> Result<Self, ToolError> {
         let mut compiled: Vec<Compiled> = Vec::with_capacity(tools.len());
-        for (i, tool) in tools.into_iter().enumerate() {
-            let at = format!("{param}[{i}]");
+        for (tool, at) in tools {
             if compiled.iter().any(|c| c.tool.name == tool.name) {
                 return Err(ToolError::InvalidTool {
                     param: format!("{at}.name"),
@@ -238,8 +250,9 @@ impl ToolSet {
     }
 }
 
-/// Reads one definition, in either shape.
-fn parse_one(def: &Value, param: &str) -> Result<FunctionTool, ToolError> {
+/// Reads one definition, in either shape; also returns where the function's fields are
+/// (`".function"` in the Chat Completions shape).
+fn parse_one(def: &Value, param: &str) -> Result<(FunctionTool, &'static str), ToolError> {
     let bad = |at: &str, message: String| ToolError::InvalidTool {
         param: format!("{param}{at}"),
         message,
@@ -295,12 +308,15 @@ fn parse_one(def: &Value, param: &str) -> Result<FunctionTool, ToolError> {
         Some(p) => p.clone(),
     };
     let strict = f.get("strict").and_then(Value::as_bool).unwrap_or(false);
-    Ok(FunctionTool {
-        name: name.to_string(),
-        description,
-        parameters,
-        strict,
-    })
+    Ok((
+        FunctionTool {
+            name: name.to_string(),
+            description,
+            parameters,
+            strict,
+        },
+        at,
+    ))
 }
 
 /// Checks a `parameters` schema and compiles its validator.
