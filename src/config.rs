@@ -336,6 +336,8 @@ struct FileConfig {
     llm: FileLlm,
     #[serde(default)]
     tts: FileTts,
+    #[serde(default)]
+    tools: crate::tools::ToolsConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -352,6 +354,21 @@ struct FileServer {
     max_sessions: Option<usize>,
     max_session_minutes: Option<u64>,
     otlp_endpoint: Option<String>,
+    #[serde(default)]
+    keys: Vec<FileKey>,
+}
+
+/// An API key in the configuration file: the key itself, or the environment variable that
+/// holds it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKey {
+    id: String,
+    key: Option<String>,
+    key_env: Option<String>,
+    role: Option<String>,
+    #[serde(default)]
+    admin: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -399,13 +416,15 @@ pub struct ServerConfig {
     pub max_session_minutes: u64,
     /// OTLP/HTTP collector base URL; `None`: no export unless the OTEL_* variables ask for it.
     pub otlp_endpoint: Option<String>,
+    /// API keys with ids and roles (the file's `[[server.keys]]`), besides `api_key`.
+    pub keys: Vec<crate::server::guard::ApiKey>,
 }
 
 impl ServerConfig {
     /// Refuses to serve every API to the network unprotected: a non-loopback address needs an
     /// API key, or `--insecure-no-auth` (which logs a warning).
     pub fn check_exposure(&self) -> Result<(), ConfigError> {
-        if self.addr.ip().is_loopback() || self.api_key.is_some() {
+        if self.addr.ip().is_loopback() || self.api_key.is_some() || !self.keys.is_empty() {
             return Ok(());
         }
         if self.insecure_no_auth {
@@ -432,6 +451,8 @@ pub struct Config {
     pub kb: KbConfig,
     pub llm: LlmConfig,
     pub tts: TtsConfig,
+    /// Server tools and who may call them (the file's `[tools]` table).
+    pub tools: crate::tools::ToolsConfig,
 }
 
 /// The default data folder: `$XDG_DATA_HOME/voxd` (`~/.local/share/voxd`).
@@ -766,7 +787,52 @@ impl Config {
             onnxruntime: tts.onnxruntime.clone().or(ft.onnxruntime),
         };
 
+        let mut keys = Vec::new();
+        for (i, k) in file.server.keys.iter().enumerate() {
+            let key = match (&k.key, &k.key_env) {
+                (Some(key), None) => key.clone(),
+                (None, Some(var)) => std::env::var(var).map_err(|_| ConfigError::Invalid {
+                    setting: "server.keys",
+                    message: format!("key `{}`: the environment variable {var} is not set", k.id),
+                })?,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        setting: "server.keys",
+                        message: format!(
+                            "key #{i} (`{}`) needs exactly one of `key` and `key_env`",
+                            k.id
+                        ),
+                    })
+                }
+            };
+            if key.len() < 16
+                || k.id.is_empty()
+                || keys
+                    .iter()
+                    .any(|o: &crate::server::guard::ApiKey| o.id == k.id)
+            {
+                return Err(ConfigError::Invalid {
+                    setting: "server.keys",
+                    message: format!(
+                        "key #{i} (`{}`): ids must be unique and non-empty, keys at least 16 characters",
+                        k.id
+                    ),
+                });
+            }
+            keys.push(crate::server::guard::ApiKey {
+                id: k.id.clone(),
+                key,
+                role: k.role.clone().unwrap_or_else(|| "default".into()),
+                admin: k.admin,
+            });
+        }
+        crate::tools::ServerTools::new(&file.tools).map_err(|e| ConfigError::Invalid {
+            setting: "tools",
+            message: e.to_string(),
+        })?;
+
         Ok(Config {
+            tools: file.tools.clone(),
             home,
             llm: llm_config,
             tts: tts_config,
@@ -806,6 +872,7 @@ impl Config {
                 max_sessions,
                 max_session_minutes,
                 otlp_endpoint,
+                keys,
             },
         })
     }

@@ -66,6 +66,32 @@ enum Command {
         #[command(subcommand)]
         action: KbAction,
     },
+    /// Read the audit trail of tool calls (from the knowledge base's database).
+    Audit {
+        #[command(flatten)]
+        kb: KbArgs,
+        /// Only this session's calls.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only calls made with this API key id.
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Only calls of this tool.
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only calls that ended so (sent, ok, error, timeout, refused, rejected).
+        #[arg(long)]
+        status: Option<String>,
+        /// Rows after this id (paging).
+        #[arg(long)]
+        after: Option<i64>,
+        /// Most rows (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Transcribe an audio file (WAV, FLAC, MP3, Ogg/Vorbis) and print the transcript.
     Transcribe {
         /// The audio file.
@@ -343,6 +369,52 @@ fn run(cli: Cli) -> Result<()> {
             voxd::telemetry::init(cfg.log_format);
             tokio::runtime::Runtime::new()?.block_on(kb_command(cfg, action))
         }
+        Command::Audit {
+            kb,
+            session,
+            key_id,
+            tool,
+            status,
+            after,
+            limit,
+            json,
+        } => {
+            let cfg = Config::resolve_with(
+                &cli.common,
+                &AsrArgs::default(),
+                &ServerArgs::default(),
+                &kb,
+            )?;
+            voxd::telemetry::init(cfg.log_format);
+            let log = voxd::tools::AuditLog::open(&cfg.kb.path)?;
+            let rows = log.query(&voxd::tools::AuditQuery {
+                session,
+                key_id,
+                tool,
+                status,
+                after,
+                limit: Some(limit),
+            })?;
+            for r in rows {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{:>6}  {}  {}  {}  {}  {}  {}  {:.0} ms  {}",
+                        r.id,
+                        r.at,
+                        r.session,
+                        r.key_id,
+                        r.tool,
+                        r.validation,
+                        r.status,
+                        r.latency_ms,
+                        r.arguments
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Eval(args) => {
             let cfg = Config::resolve(&cli.common, &AsrArgs::default(), &ServerArgs::default())?;
             voxd::telemetry::init(cfg.log_format);
@@ -427,6 +499,7 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
         let state = Arc::new(AppState::with_settings(ServerSettings {
             max_upload_bytes: cfg.server.max_upload_bytes,
             api_key: cfg.server.api_key.clone(),
+            keys: cfg.server.keys.clone(),
             allowed_origins: cfg.server.allowed_origins.clone(),
             allowed_hosts: cfg.server.allowed_hosts.clone(),
             bind: Some(cfg.server.addr),
@@ -449,6 +522,19 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
                 ..Default::default()
             },
         }));
+        // Tool calls are recorded in the knowledge base's database.
+        match voxd::tools::AuditLog::open(&cfg.kb.path) {
+            Ok(log) => state.set_audit(log),
+            Err(e) => tracing::warn!(error = %e, "no audit trail of tool calls"),
+        }
+        let server_tools = voxd::tools::ServerTools::new(&cfg.tools)?;
+        if !server_tools.definitions().is_empty() {
+            info!(
+                tools = server_tools.definitions().len(),
+                "server tools configured"
+            );
+            state.set_server_tools(Arc::new(server_tools));
+        }
         if cfg.llm.enabled() {
             state.expect_llm();
             let llm_state = state.clone();

@@ -753,3 +753,338 @@ async fn a_remote_model_gets_one_retry_and_an_invalid_call_never_leaves_the_serv
     assert_eq!(err["error"]["code"], "invalid_tool");
     assert_eq!(err["error"]["param"], "tools[0].function.parameters");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Server tools, permissions and the audit trail, against the real `voxd serve`.
+
+/// What the loopback service behind the HTTP tools received.
+#[derive(Clone, Default)]
+struct Service {
+    bookings: Arc<Mutex<Vec<Value>>>,
+}
+
+/// A service for the HTTP tools: a booking endpoint, a slow one and an oversized one.
+async fn tool_service(service: Service) -> String {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route(
+            "/book",
+            post(
+                |axum::extract::State(s): axum::extract::State<Service>,
+                 axum::Json(body): axum::Json<Value>| async move {
+                    s.bookings.lock().unwrap().push(body);
+                    axum::Json(json!({"booked": true, "table": 7}))
+                },
+            ),
+        )
+        .route(
+            "/slow/{code}",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                "late"
+            }),
+        )
+        .route("/big", get(|| async { "x".repeat(100_000) }))
+        .with_state(service);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr.to_string()
+}
+
+const ADMIN: &str = "admin-key-0123456789abcdef";
+const STAFF: &str = "staff-key-0123456789abcdef";
+const KIOSK: &str = "kiosk-key-0123456789abcdef";
+const PHONE: &str = "+1 555 0100";
+
+fn config(service: &str) -> String {
+    format!(
+        r#"
+[server]
+api_key = "{ADMIN}"
+[[server.keys]]
+id = "frontdesk"
+key = "{STAFF}"
+role = "staff"
+[[server.keys]]
+id = "kiosk"
+key = "{KIOSK}"
+role = "public"
+
+[tools]
+builtin = ["current_time"]
+[tools.roles]
+staff = ["*"]
+public = ["current_time"]
+
+[[tools.http]]
+name = "book_table"
+description = "Books a table."
+url = "http://{service}/book"
+method = "POST"
+sensitive_result = true
+parameters = '{{"type": "object", "properties": {{"people": {{"type": "integer", "minimum": 1}}, "phone": {{"type": "string", "x-sensitive": true}}}}, "required": ["people"], "additionalProperties": false}}'
+
+[[tools.http]]
+name = "slow_lookup"
+url = "http://{service}/slow/{{code}}"
+method = "GET"
+timeout_ms = 300
+parameters = {{ type = "object", properties = {{ code = {{ type = "string" }} }}, required = ["code"] }}
+
+[[tools.http]]
+name = "big_report"
+url = "http://{service}/big"
+method = "GET"
+max_response_bytes = 1024
+"#
+    )
+}
+
+/// Asks one question in a text session opened with `key`; returns the response's events.
+async fn ask_as(url: &str, key: &str, question: &str) -> Vec<ServerEvent> {
+    let (mut tx, mut rx) = client::connect(url, Some(key)).await.unwrap();
+    read_until(&mut rx, |e| !e.is_empty()).await;
+    tx.update_session(json!({"type": "realtime", "output_modalities": ["text"]}))
+        .await
+        .unwrap();
+    read_until(&mut rx, |e| count(e, "session.updated") == 1).await;
+    send(
+        &mut tx,
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": question}]}}),
+    )
+    .await;
+    send(&mut tx, json!({"type": "response.create"})).await;
+    read_until(&mut rx, |e| count(e, "response.done") == 1).await
+}
+
+fn offered(body: &Value) -> Vec<String> {
+    body["tools"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|t| t["function"]["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn last_tool_message(body: &Value) -> String {
+    let m = body["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(m["role"], "tool", "{m}");
+    m["content"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn server_tools_run_within_their_limits_and_permissions_and_are_audited() {
+    let script = Script::default();
+    let llm_url = scripted_llm(script.clone()).await;
+    let service = Service::default();
+    let service_addr = tool_service(service.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("voxd.toml");
+    std::fs::write(&cfg, config(&service_addr)).unwrap();
+    let kb = dir.path().join("kb.sqlite");
+    let server = common::ServeProcess::start(&[
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--kb".as_ref(),
+        kb.as_os_str(),
+        "--llm-url".as_ref(),
+        llm_url.as_ref(),
+        "--llm-model".as_ref(),
+        "scripted".as_ref(),
+        "--no-tts".as_ref(),
+    ]);
+    let url = format!("ws://{}/v1/realtime", server.addr);
+    let http = format!("http://{}", server.addr);
+    // The server is ready once the language model is.
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        let r = client.get(format!("{http}/readyz")).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // 1. Staff: the booking runs on the server; its result goes back to the model, not to the
+    //    client, and the answer uses it.
+    script.queue(&[
+        Reply::Call("book_table", r#"{"people": 2, "phone": "+1 555 0100"}"#),
+        Reply::Text("Your table 7 is booked."),
+    ]);
+    let events = ask_as(
+        &url,
+        STAFF,
+        "Book a table for two, my number is +1 555 0100.",
+    )
+    .await;
+    assert!(errors(&events).is_empty(), "{:?}", errors(&events));
+    let response = response_done(&events);
+    assert_eq!(response["status"], "completed", "{response}");
+    assert_eq!(response["output"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        response["output"][0]["content"][0]["text"],
+        "Your table 7 is booked."
+    );
+    assert_eq!(count(&events, "response.function_call_arguments.done"), 0);
+    assert_eq!(response["voxd"]["tool_calls"][0]["name"], "book_table");
+    assert_eq!(response["voxd"]["tool_calls"][0]["status"], "ok");
+    assert_eq!(
+        service.bookings.lock().unwrap().as_slice(),
+        [json!({"people": 2, "phone": PHONE})]
+    );
+    let bodies = script.take_bodies();
+    assert_eq!(
+        offered(&bodies[0]),
+        ["current_time", "book_table", "slow_lookup", "big_report"]
+    );
+    assert!(
+        last_tool_message(&bodies[1]).contains(r#""table": 7"#)
+            || last_tool_message(&bodies[1]).contains(r#""table":7"#)
+    );
+
+    // 2. A service slower than the tool's timeout; 3. an answer larger than its limit. The
+    //    model is told what went wrong and answers.
+    script.queue(&[
+        Reply::Call("slow_lookup", r#"{"code": "A1"}"#),
+        Reply::Text("The lookup timed out."),
+        Reply::Call("big_report", "{}"),
+        Reply::Text("The report is too large."),
+    ]);
+    let events = ask_as(&url, STAFF, "Look up A1.").await;
+    assert_eq!(
+        response_done(&events)["voxd"]["tool_calls"][0]["status"],
+        "timeout"
+    );
+    let events = ask_as(&url, STAFF, "Give me the report.").await;
+    assert_eq!(
+        response_done(&events)["voxd"]["tool_calls"][0]["status"],
+        "error"
+    );
+    let bodies = script.take_bodies();
+    assert!(last_tool_message(&bodies[1]).contains("did not answer within 300 ms"));
+    assert!(last_tool_message(&bodies[3]).contains("larger than 1024 bytes"));
+
+    // 4. The kiosk may only ask the time: it is offered nothing else, and a booking the model
+    //    makes anyway is refused, with a typed error for the client and a word for the model.
+    script.queue(&[
+        Reply::Call("book_table", r#"{"people": 4}"#),
+        Reply::Text("Sorry, I cannot book tables."),
+    ]);
+    let events = ask_as(&url, KIOSK, "Book a table for four.").await;
+    assert_eq!(errors(&events), [("tool_not_allowed".to_string(), None)]);
+    let response = response_done(&events);
+    assert_eq!(response["status"], "completed");
+    assert_eq!(response["voxd"]["tool_calls"][0]["status"], "refused");
+    let bodies = script.take_bodies();
+    assert_eq!(offered(&bodies[0]), ["current_time"]);
+    assert!(last_tool_message(&bodies[1]).contains("not allowed"));
+    assert_eq!(
+        service.bookings.lock().unwrap().len(),
+        1,
+        "the refused call never ran"
+    );
+
+    // 5. The audit trail: every call, who made it, how it ended; the phone number redacted.
+    let audit = |key: &str, query: &str| {
+        client
+            .get(format!("{http}/v1/audit{query}"))
+            .bearer_auth(key)
+            .send()
+    };
+    let r = audit(KIOSK, "").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let rows: Value = audit(ADMIN, "").await.unwrap().json().await.unwrap();
+    let rows = rows["data"].as_array().unwrap().clone();
+    let summary: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["tool"].as_str().unwrap().into(),
+                r["key_id"].as_str().unwrap().into(),
+                r["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        summary,
+        [
+            s("book_table", "frontdesk", "ok"),
+            s("slow_lookup", "frontdesk", "timeout"),
+            s("big_report", "frontdesk", "error"),
+            s("book_table", "kiosk", "refused"),
+        ]
+    );
+    let booking = rows[0]["arguments"].as_str().unwrap();
+    assert!(
+        !booking.contains("555") && booking.contains("[redacted]"),
+        "{booking}"
+    );
+    assert!(rows[0]["latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(rows
+        .iter()
+        .all(|r| r["session"].as_str().unwrap().starts_with("sess_")));
+    let refused: Value = audit(ADMIN, "?status=refused&tool=book_table")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(refused["data"].as_array().unwrap().len(), 1);
+    let page: Value = audit(ADMIN, &format!("?after={}&limit=1", rows[1]["id"]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"][0]["id"], rows[2]["id"]);
+    let bad = audit(ADMIN, "?limit=0").await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // The log never shows the number either.
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.contains("555 0100"), "{}", server.log_tail());
+    assert!(log.contains("server tool call"));
+
+    // The metrics count calls by tool and outcome.
+    let metrics = client
+        .get(format!("{http}/metrics"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"voxd_tool_calls_total{tool="book_table",status="ok"} 1"#,
+        r#"voxd_tool_calls_total{tool="book_table",status="refused"} 1"#,
+        r#"voxd_tool_calls_total{tool="slow_lookup",status="timeout"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+    assert!(metrics.contains("voxd_tool_call_seconds_count 3"));
+
+    // `voxd audit` reads the same trail.
+    drop(server);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxd"))
+        .args(["audit", "--json", "--tool", "book_table", "--kb"])
+        .arg(&kb)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["status"], "refused");
+}

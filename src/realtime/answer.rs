@@ -67,6 +67,12 @@ pub struct Answering {
     /// The voice of spoken answers, when the server has one.
     pub tts: Option<Arc<dyn crate::tts::Tts>>,
     pub settings: AnswerSettings,
+    /// Tools the server runs itself.
+    pub server_tools: Option<Arc<crate::tools::ServerTools>>,
+    /// Where tool calls are recorded.
+    pub audit: Option<crate::tools::AuditLog>,
+    /// Who the session answers (its API key's id and role).
+    pub caller: crate::tools::Caller,
 }
 
 /// A response's parameters, fixed when it starts.
@@ -83,9 +89,13 @@ pub struct ResponseParams {
     pub conversation: Option<Option<String>>,
     /// Speak the answer (output modality audio); `None`: text.
     pub speech: Option<SpeechParams>,
-    /// Functions the model may call.
+    /// Functions the model may call: the client's and the server's it may use.
     pub tools: ToolSet,
+    /// The client's own (a call to one of these goes to the client).
+    pub client_tools: ToolSet,
     pub tool_choice: ToolChoice,
+    /// The session's id (for the audit trail).
+    pub session_id: String,
 }
 
 impl ResponseParams {
@@ -204,6 +214,62 @@ pub async fn retrieve(
             tracing::error!(error = %e, "retrieval failed; the answer says so");
             Err(RetrievalFailed)
         }
+    }
+}
+
+/// Most rounds of server tools in one response before the model must answer.
+pub const MAX_SERVER_ROUNDS: usize = 3;
+
+/// Writes a response's tool calls to the audit trail.
+#[derive(Clone)]
+struct Auditor {
+    log: Option<crate::tools::AuditLog>,
+    session: String,
+    key_id: String,
+    response: String,
+    /// The tools offered (their schemas say what is sensitive).
+    tools: ToolSet,
+    server: Option<Arc<crate::tools::ServerTools>>,
+}
+
+impl Auditor {
+    /// A call's arguments with their sensitive parts redacted.
+    fn redact(&self, call: &ToolCall) -> String {
+        match &self.server {
+            Some(s) if self.tools.get(&call.name).is_none() => {
+                s.definitions().redact(&call.name, &call.arguments)
+            }
+            _ => self.tools.redact(&call.name, &call.arguments),
+        }
+    }
+
+    fn record(
+        &self,
+        call: &ToolCall,
+        kind: &str,
+        validation: &str,
+        status: &str,
+        latency_ms: f64,
+        error: Option<String>,
+    ) {
+        let Some(log) = self.log.clone() else {
+            return;
+        };
+        let row = crate::tools::AuditRow {
+            session: self.session.clone(),
+            key_id: self.key_id.clone(),
+            response: self.response.clone(),
+            tool: call.name.clone(),
+            kind: kind.into(),
+            call_id: call.id.clone(),
+            arguments: self.redact(call),
+            validation: validation.into(),
+            status: status.into(),
+            latency_ms,
+            error,
+            ..Default::default()
+        };
+        tokio::spawn(async move { log.record(row).await });
     }
 }
 
@@ -462,6 +528,8 @@ pub(crate) async fn run(
     };
 
     let mut text = String::new();
+    // The server tools it ran (reported in `response.done` as `voxd.tool_calls`).
+    let mut server_log: Vec<Value> = Vec::new();
     let mut usage = Usage::default();
     let mut finish = FinishReason::Stop;
     let mut results = None;
@@ -516,45 +584,132 @@ pub(crate) async fn run(
         // Open from the request to the last token (queue wait, prefill and decoding).
         let llm_span = tracing::info_span!("llm", first_token_ms = tracing::field::Empty);
         let generating = Instant::now();
-        let mut stream = tokio::select! {
-            biased;
-            reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
-            s = crate::tools::checked::generate(answering.llm.clone(), req).instrument(llm_span.clone()) => s.map_err(Stop::Failed)?,
+        let server = answering.server_tools.clone();
+        let is_server_call =
+            |name: &str| params.client_tools.get(name).is_none() && server.as_ref().is_some_and(|s| s.contains(name));
+        let audit = Auditor {
+            log: answering.audit.clone(),
+            session: params.session_id.clone(),
+            key_id: answering.caller.key_id.clone(),
+            response: response_id.clone(),
+            tools: params.tools.clone(),
+            server: server.clone(),
         };
+        let checks = crate::tools::checked::Checks {
+            // Server tools this caller may not use: their calls are refused below, not retried.
+            refused: server
+                .as_ref()
+                .map(|s| {
+                    s.definitions()
+                        .iter()
+                        .filter(|t| params.tools.get(&t.name).is_none())
+                        .map(|t| t.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            on_invalid: Some(Arc::new({
+                let audit = audit.clone();
+                move |call: &ToolCall, e: &crate::tools::ToolError, retried: bool| {
+                    let (validation, status) = if retried { ("invalid_retried", "rejected") } else { ("invalid", "rejected") };
+                    audit.record(call, "client", validation, status, 0.0, Some(e.to_string()));
+                }
+            })),
+        };
+        let mut rounds = 0;
         loop {
-            tokio::select! {
+            let mut stream = tokio::select! {
                 biased;
                 reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
-                ev = stream.next() => match ev {
-                    Some(Ok(LlmEvent::Delta(d))) => {
-                        if first_delta.is_none() {
-                            first_delta = Some(Instant::now());
-                            llm_span.record("first_token_ms", generating.elapsed().as_secs_f64() * 1e3);
+                s = crate::tools::checked::generate_with(answering.llm.clone(), req.clone(), checks.clone()).instrument(llm_span.clone()) => s.map_err(Stop::Failed)?,
+            };
+            let mut server_calls = Vec::new();
+            loop {
+                tokio::select! {
+                    biased;
+                    reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
+                    ev = stream.next() => match ev {
+                        Some(Ok(LlmEvent::Delta(d))) => {
+                            if first_delta.is_none() {
+                                first_delta = Some(Instant::now());
+                                llm_span.record("first_token_ms", generating.elapsed().as_secs_f64() * 1e3);
+                            }
+                            text.push_str(&d);
+                            emit(&speaker, d);
                         }
-                        text.push_str(&d);
-                        emit(&speaker, d);
-                    }
-                    Some(Ok(LlmEvent::ToolCall(call))) => {
-                        if first_delta.is_none() {
-                            first_delta = Some(Instant::now());
-                            llm_span.record("first_token_ms", generating.elapsed().as_secs_f64() * 1e3);
+                        Some(Ok(LlmEvent::ToolCall(call))) if is_server_call(&call.name) => server_calls.push(call),
+                        Some(Ok(LlmEvent::ToolCall(call))) => {
+                            if first_delta.is_none() {
+                                first_delta = Some(Instant::now());
+                                llm_span.record("first_token_ms", generating.elapsed().as_secs_f64() * 1e3);
+                            }
+                            let previous = match calls.last() {
+                                Some((id, _)) => Some(id.clone()),
+                                None if opened.load(std::sync::atomic::Ordering::Relaxed) => Some(item_id.clone()),
+                                None => params.conversation.clone().flatten(),
+                            };
+                            tracing::info!(tool = %call.name, call_id = %call.id, arguments = %audit.redact(&call), "function call for the client");
+                            crate::metrics::global().tool_calls.inc_pair(&call.name, "sent");
+                            audit.record(&call, "client", "valid", "sent", 0.0, None);
+                            let (id, item) = send_call(&call, calls.len(), previous);
+                            call_items.push(item);
+                            calls.push((id, call));
                         }
-                        let previous = match calls.last() {
-                            Some((id, _)) => Some(id.clone()),
-                            None if opened.load(std::sync::atomic::Ordering::Relaxed) => Some(item_id.clone()),
-                            None => params.conversation.clone().flatten(),
-                        };
-                        tracing::info!(tool = %call.name, call_id = %call.id, arguments = %params.tools.redact(&call.name, &call.arguments), "function call");
-                        crate::metrics::global().tool_calls.inc_pair(&call.name, "called");
-                        let (id, item) = send_call(&call, calls.len(), previous);
-                        call_items.push(item);
-                        calls.push((id, call));
-                    }
-                    Some(Ok(LlmEvent::Done { usage: u, finish: f })) => { usage = u; finish = f; return Ok(()); }
-                    Some(Err(e)) => return Err(Stop::Failed(e)),
-                    None => return Err(Stop::Failed(LlmError::Compute("the generation ended without finishing".into()))),
-                },
+                        Some(Ok(LlmEvent::Done { usage: u, finish: f })) => {
+                            usage.prompt_tokens += u.prompt_tokens;
+                            usage.completion_tokens += u.completion_tokens;
+                            usage.cached_tokens += u.cached_tokens;
+                            if rounds == 0 {
+                                usage.queue_ms = u.queue_ms;
+                                usage.prefill_ms = u.prefill_ms;
+                                usage.first_token_ms = u.first_token_ms;
+                                usage.tokens_per_second = u.tokens_per_second;
+                            }
+                            finish = f;
+                            break;
+                        }
+                        Some(Err(e)) => return Err(Stop::Failed(e)),
+                        None => return Err(Stop::Failed(LlmError::Compute("the generation ended without finishing".into()))),
+                    },
+                }
             }
+            let Some(server) = server.as_ref().filter(|_| !server_calls.is_empty()) else {
+                return Ok(());
+            };
+            // The server runs its own tools and gives the model their results.
+            for call in server_calls {
+                let outcome = tokio::select! {
+                    biased;
+                    reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
+                    o = server.call(&call, &answering.caller, answering.kb.as_ref()) => o,
+                };
+                tracing::info!(tool = %call.name, call_id = %call.id, arguments = %audit.redact(&call), status = outcome.status, latency_ms = outcome.latency_ms, "server tool call");
+                tracing::debug!(tool = %call.name, output = %if outcome.sensitive { crate::tools::schema::REDACTED } else { outcome.output.as_str() }, "server tool result");
+                let m = crate::metrics::global();
+                m.tool_calls.inc_pair(&call.name, outcome.status);
+                if outcome.status != "refused" {
+                    m.tool_seconds.observe_ms(outcome.latency_ms);
+                }
+                let error = (outcome.status != "ok").then(|| outcome.output.clone());
+                let validation = if outcome.status == "refused" { "not_checked" } else { "valid" };
+                audit.record(&call, "server", validation, outcome.status, outcome.latency_ms, error);
+                if outcome.status == "refused" {
+                    out.send(ServerEvent::Error {
+                        error: ErrorBody {
+                            kind: "invalid_request_error".into(),
+                            code: Some("tool_not_allowed".into()),
+                            message: format!("this API key may not use the tool `{}`; the model was told so", call.name),
+                            param: None,
+                            event_id: None,
+                        },
+                    });
+                }
+                server_log.push(json!({"call_id": call.id, "name": call.name, "status": outcome.status, "latency_ms": outcome.latency_ms}));
+                req.messages.push(ChatMessage::calls("", vec![call.clone()]));
+                req.messages.push(ChatMessage::tool_result(call.id.clone(), outcome.output));
+            }
+            rounds += 1;
+            // After a few rounds of server tools, the model must answer.
+            req.tool_choice = if rounds >= MAX_SERVER_ROUNDS { ToolChoice::None } else { ToolChoice::Auto };
         }
     }
     .await;
@@ -726,16 +881,17 @@ pub(crate) async fn run(
         "cached_tokens": usage.cached_tokens,
         "tokens_per_second": usage.tokens_per_second,
     });
-    out.send(ServerEvent::ResponseDone {
-        response: response_object(
-            rid,
-            status,
-            details,
-            output,
-            &params,
-            Some((&usage, &results, timing)),
-        ),
-    });
+    let mut response = response_object(
+        rid,
+        status,
+        details,
+        output,
+        &params,
+        Some((&usage, &results, timing)),
+    );
+    // voxd's addition: the server tools it ran for this answer.
+    response["voxd"]["tool_calls"] = Value::Array(server_log);
+    out.send(ServerEvent::ResponseDone { response });
     tracing::info!(response = %response_id, status, chars = text.len(), "response finished");
     let _ = done
         .send(Finished {

@@ -37,6 +37,8 @@ pub(super) struct SessionOptions {
     pub voices: Vec<String>,
     pub tools: crate::tools::ToolSet,
     pub tool_choice: crate::tools::ToolChoice,
+    /// The session's id (for the audit trail).
+    pub session_id: String,
 }
 
 impl SessionOptions {
@@ -61,6 +63,7 @@ impl SessionOptions {
             voices: c.voices.clone(),
             tools: c.tools.clone(),
             tool_choice: c.tool_choice.clone(),
+            session_id: c.id.clone(),
         }
     }
 }

@@ -669,7 +669,19 @@ impl Responses {
                 metadata: r.metadata.clone(),
                 conversation: in_conversation.then_some(previous_item_id),
                 speech: speech_of(&opts, r),
-                tools: r.tools.clone().unwrap_or_else(|| opts.tools.clone()),
+                client_tools: r.tools.clone().unwrap_or_else(|| opts.tools.clone()),
+                tools: r
+                    .tools
+                    .clone()
+                    .unwrap_or_else(|| opts.tools.clone())
+                    .merged(
+                        &answering
+                            .server_tools
+                            .as_ref()
+                            .map(|s| s.offered_to(&answering.caller))
+                            .unwrap_or_default(),
+                    ),
+                session_id: opts.session_id.clone(),
                 tool_choice: r
                     .tool_choice
                     .clone()

@@ -24,12 +24,43 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::AppState;
+pub use crate::tools::Caller;
+
+/// An API key with its identity: an id (shown in the audit trail, never the key), a role (which
+/// server tools it may call) and whether it is an admin (reads the audit trail, may use every
+/// tool).
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub id: String,
+    pub key: String,
+    #[serde(default = "default_role")]
+    pub role: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+fn default_role() -> String {
+    "default".into()
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Who may call the server, from its settings.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
-    /// Required on every API route when set.
+    /// Required on every API route when set (the admin key, id `admin`).
     pub api_key: Option<String>,
+    /// More keys, each with its id and role; any of them (or `api_key`) opens the API.
+    pub keys: Vec<ApiKey>,
     /// Extra browser origins (`*`: any).
     pub allowed_origins: Vec<String>,
     /// Extra host names (`*`: any).
@@ -85,22 +116,50 @@ impl Access {
             return false;
         }
         // With a key, the key protects; without one, only pages on this machine.
-        self.api_key.is_some() || is_loopback(host_name(authority))
+        self.requires_key() || is_loopback(host_name(authority))
     }
 
-    /// Whether `given` is the API key (constant time, whatever the lengths).
+    /// Whether API routes need a key.
+    pub fn requires_key(&self) -> bool {
+        self.api_key.is_some() || !self.keys.is_empty()
+    }
+
+    /// Whether `given` is an API key (or none is required).
     pub fn key_matches(&self, given: &str) -> bool {
-        let Some(key) = self.api_key.as_deref() else {
-            return true;
+        !self.requires_key() || self.identify(given).is_some()
+    }
+
+    /// Who `given` is: the caller of the key it matches (compared in constant time, whatever
+    /// the lengths; every key is compared).
+    pub fn identify(&self, given: &str) -> Option<Caller> {
+        let given = Sha256::digest(given.as_bytes());
+        let same = |key: &str| {
+            Sha256::digest(key.as_bytes())
+                .iter()
+                .zip(given.iter())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
         };
-        let (a, b) = (
-            Sha256::digest(given.as_bytes()),
-            Sha256::digest(key.as_bytes()),
-        );
-        a.iter()
-            .zip(b.iter())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+        let mut found = None;
+        if let Some(k) = &self.api_key {
+            if same(k) {
+                found = Some(Caller {
+                    key_id: "admin".into(),
+                    role: "admin".into(),
+                    admin: true,
+                });
+            }
+        }
+        for k in &self.keys {
+            if same(&k.key) && found.is_none() {
+                found = Some(Caller {
+                    key_id: k.id.clone(),
+                    role: k.role.clone(),
+                    admin: k.admin,
+                });
+            }
+        }
+        found
     }
 }
 
@@ -143,14 +202,18 @@ fn takes_json_or_form(method: &Method, path: &str) -> bool {
 }
 
 /// The middleware: Host, Origin, API key, content type.
-pub async fn check(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub async fn check(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     match verdict(&state.access, &req) {
-        Ok(()) => next.run(req).await,
+        Ok(caller) => {
+            // Who is calling, for the handlers (tool permissions, the audit trail).
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
         Err(e) => e.into_response(),
     }
 }
 
-fn verdict(access: &Access, req: &Request) -> Result<(), ApiError> {
+fn verdict(access: &Access, req: &Request) -> Result<Caller, ApiError> {
     let headers = req.headers();
     let host = headers
         .get(header::HOST)
@@ -178,27 +241,32 @@ fn verdict(access: &Access, req: &Request) -> Result<(), ApiError> {
         }
     }
     let path = req.uri().path();
-    if access.api_key.is_some() && !is_public(path) {
+    let caller = if access.requires_key() && !is_public(path) {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|k| access.key_matches(k.trim()));
-        let subprotocol = headers
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|p| p.trim().strip_prefix("openai-insecure-api-key."))
-            .any(|k| access.key_matches(k));
-        if !(bearer || subprotocol) {
+            .and_then(|k| access.identify(k.trim()));
+        let caller = bearer.or_else(|| {
+            headers
+                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|p| p.trim().strip_prefix("openai-insecure-api-key."))
+                .find_map(|k| access.identify(k))
+        });
+        let Some(caller) = caller else {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_api_key",
                 "a valid API key is required: send `Authorization: Bearer <key>`",
             ));
-        }
-    }
+        };
+        caller
+    } else {
+        Caller::anonymous()
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -221,7 +289,7 @@ fn verdict(access: &Access, req: &Request) -> Result<(), ApiError> {
             },
         ));
     }
-    Ok(())
+    Ok(caller)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! (see [`kb`]). Every error is JSON (see [`error`]). With an API key set,
 //! every route but `/`, `/healthz` and `/readyz` requires it.
 
+pub mod audit;
 pub mod chat;
 pub mod error;
 pub mod guard;
@@ -48,6 +49,8 @@ pub struct ServerSettings {
     /// Required on every API route when set (`Authorization: Bearer`, or for browsers the
     /// `openai-insecure-api-key.<key>` WebSocket subprotocol).
     pub api_key: Option<String>,
+    /// More API keys, each with an id and a role (see [`guard::ApiKey`]).
+    pub keys: Vec<guard::ApiKey>,
     /// Browser origins allowed besides the server's own and loopback ones (see [`guard`]).
     pub allowed_origins: Vec<String>,
     /// Host names accepted besides the bind address and loopback names (see [`guard`]).
@@ -70,6 +73,7 @@ impl Default for ServerSettings {
         ServerSettings {
             max_upload_bytes: 25 << 20,
             api_key: None,
+            keys: Vec::new(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             bind: None,
@@ -100,6 +104,10 @@ pub struct AppState {
     pub max_sessions: usize,
     pub limits: Limits,
     live: Arc<AtomicUsize>,
+    /// Tools the server runs itself (from the configuration).
+    server_tools: OnceLock<Arc<crate::tools::ServerTools>>,
+    /// Where every tool call is recorded.
+    audit: OnceLock<crate::tools::AuditLog>,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Set when the server stops: long computations on behalf of requests give up.
     stopping: Arc<AtomicBool>,
@@ -126,6 +134,7 @@ impl AppState {
             transcriptions: Arc::new(tokio::sync::Semaphore::new(s.max_transcriptions.max(1))),
             access: guard::Access {
                 api_key: s.api_key.filter(|k| !k.is_empty()),
+                keys: s.keys,
                 allowed_origins: s.allowed_origins,
                 allowed_hosts: s.allowed_hosts,
                 bind: s.bind,
@@ -133,6 +142,8 @@ impl AppState {
             max_sessions: s.max_sessions,
             limits: s.limits,
             live: Arc::new(AtomicUsize::new(0)),
+            server_tools: OnceLock::new(),
+            audit: OnceLock::new(),
             shutdown: tokio::sync::watch::channel(false).0,
             stopping: Arc::new(AtomicBool::new(false)),
         }
@@ -202,7 +213,25 @@ impl AppState {
             kb: self.kb.get(),
             tts: self.tts.get(),
             settings: self.answer.clone(),
+            server_tools: self.server_tools.get().cloned(),
+            audit: self.audit.get().cloned(),
+            caller: crate::tools::Caller::anonymous(),
         })
+    }
+
+    /// Installs the tools the server runs itself (once, at start).
+    pub fn set_server_tools(&self, tools: Arc<crate::tools::ServerTools>) {
+        let _ = self.server_tools.set(tools);
+    }
+
+    /// Installs the audit trail (once, at start).
+    pub fn set_audit(&self, audit: crate::tools::AuditLog) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The audit trail, if there is one.
+    pub fn audit(&self) -> Option<&crate::tools::AuditLog> {
+        self.audit.get()
     }
 
     /// Says a voice is loading: `/readyz` waits for it.
@@ -304,6 +333,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(chat::completions).layer(DefaultBodyLimit::max(limit)),
         )
         .route("/v1/models", get(chat::models))
+        .route("/v1/audit", get(audit::list))
         .route("/metrics", get(metrics))
         .route(
             "/v1/embeddings",
@@ -404,7 +434,7 @@ async fn readyz(
     let (status, body) = readiness(&state);
     // The models and failure reasons are for operators: with an API key set, callers without
     // it see only the status.
-    let authenticated = state.access.api_key.is_none()
+    let authenticated = !state.access.requires_key()
         || headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

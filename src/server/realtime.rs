@@ -33,6 +33,7 @@ pub struct RealtimeQuery {
 
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
+    caller: Option<axum::Extension<crate::tools::Caller>>,
     Query(query): Query<RealtimeQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -60,7 +61,12 @@ pub async fn upgrade(
     };
     crate::metrics::global().sessions.inc();
     let mut shared = Shared::new(asr, state.limits.clone(), slot, state.shutdown_signal());
-    shared.answering = state.answering();
+    shared.answering = state.answering().map(|mut a| {
+        if let Some(axum::Extension(c)) = caller {
+            a.caller = c;
+        }
+        a
+    });
     Ok(ws
         .protocols(["realtime"])
         .max_message_size(MAX_MESSAGE_BYTES)

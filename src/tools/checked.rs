@@ -15,8 +15,30 @@ use super::{ToolCall, ToolChoice, ToolError};
 use crate::llm::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, LlmStream, Usage};
 use crate::prompt::ChatMessage;
 
+/// Told of each call that failed validation: the call, the error, and whether the model gets
+/// a retry (the audit trail records these).
+pub type OnInvalid = Arc<dyn Fn(&ToolCall, &ToolError, bool) + Send + Sync>;
+
+/// What the checks know beyond the request.
+#[derive(Clone, Default)]
+pub struct Checks {
+    /// Tools that exist on the server but are not offered to this caller: calls to them pass
+    /// unvalidated, for the caller to refuse (and tell the model so).
+    pub refused: Vec<String>,
+    pub on_invalid: Option<OnInvalid>,
+}
+
 /// Starts `request` on `llm`; the stream yields only calls that passed validation.
 pub async fn generate(llm: Arc<dyn Llm>, request: GenerateRequest) -> Result<LlmStream, LlmError> {
+    generate_with(llm, request, Checks::default()).await
+}
+
+/// [`generate`] with what the caller knows of refused tools, and a hook for invalid calls.
+pub async fn generate_with(
+    llm: Arc<dyn Llm>,
+    request: GenerateRequest,
+    checks: Checks,
+) -> Result<LlmStream, LlmError> {
     let first = llm.generate(request.clone()).await?;
     if !request.offers_tools() && request.tools.is_empty() {
         return Ok(first);
@@ -27,7 +49,7 @@ pub async fn generate(llm: Arc<dyn Llm>, request: GenerateRequest) -> Result<Llm
     tokio::spawn(async move {
         tokio::select! {
             () = tx.closed() => {}
-            () = run(llm, request, first, &tx) => {}
+            () = run(llm, request, checks, first, &tx) => {}
         }
     });
     Ok(Box::pin(futures::stream::poll_fn(move |cx| {
@@ -78,8 +100,12 @@ async fn pass(mut stream: LlmStream, tx: &Tx) -> Option<Pass> {
 }
 
 /// The first call of `calls` that fails its checks, with the error.
-fn first_invalid(request: &GenerateRequest, calls: &[ToolCall]) -> Option<(ToolCall, ToolError)> {
-    for c in calls {
+fn first_invalid(
+    request: &GenerateRequest,
+    checks: &Checks,
+    calls: &[ToolCall],
+) -> Option<(ToolCall, ToolError)> {
+    for c in calls.iter().filter(|c| !checks.refused.contains(&c.name)) {
         let checked = match &request.tool_choice {
             ToolChoice::Function(name) if *name != c.name => Err(ToolError::UnknownTool {
                 name: c.name.clone(),
@@ -109,7 +135,13 @@ fn add(total: &mut Usage, more: &Usage) {
     total.cached_tokens += more.cached_tokens;
 }
 
-async fn run(llm: Arc<dyn Llm>, request: GenerateRequest, first: LlmStream, tx: &Tx) {
+async fn run(
+    llm: Arc<dyn Llm>,
+    request: GenerateRequest,
+    checks: Checks,
+    first: LlmStream,
+    tx: &Tx,
+) {
     let Some(mut p) = pass(first, tx).await else {
         return;
     };
@@ -121,8 +153,11 @@ async fn run(llm: Arc<dyn Llm>, request: GenerateRequest, first: LlmStream, tx: 
         p.calls.clear();
     }
     let mut usage = p.usage.clone();
-    if let Some((bad, err)) = first_invalid(&request, &p.calls) {
+    if let Some((bad, err)) = first_invalid(&request, &checks, &p.calls) {
         tracing::warn!(tool = %bad.name, error = %err, "invalid tool call; the model gets one retry");
+        if let Some(hook) = &checks.on_invalid {
+            hook(&bad, &err, true);
+        }
         crate::metrics::global()
             .tool_calls
             .inc_pair(&label(&request, &bad.name), "invalid_retried");
@@ -160,8 +195,11 @@ async fn run(llm: Arc<dyn Llm>, request: GenerateRequest, first: LlmStream, tx: 
             return;
         };
         add(&mut usage, &again.usage);
-        if let Some((bad, err)) = first_invalid(&retry, &again.calls) {
+        if let Some((bad, err)) = first_invalid(&retry, &checks, &again.calls) {
             tracing::warn!(tool = %bad.name, error = %err, "invalid tool call after the retry");
+            if let Some(hook) = &checks.on_invalid {
+                hook(&bad, &err, false);
+            }
             crate::metrics::global()
                 .tool_calls
                 .inc_pair(&label(&retry, &bad.name), "invalid_arguments");

@@ -8,14 +8,21 @@
 //!   does not know them (the `<tool_call>` convention).
 //! - [`checked`]: a generation wrapped so that only schema-valid calls come out: one retry with
 //!   the validation error fed back, then a typed `invalid_tool_arguments` failure.
+//! - [`server`]: tools the server runs itself (built-ins and HTTP tools from the configuration),
+//!   and who may call them.
+//! - [`audit`]: the audit trail of every call.
 
+pub mod audit;
 pub mod checked;
 pub mod prompt;
 pub mod schema;
+pub mod server;
 
 use serde::{Deserialize, Serialize};
 
+pub use audit::{AuditLog, AuditQuery, AuditRow};
 pub use schema::{FunctionTool, ToolSet};
+pub use server::{Caller, ServerTools, ToolsConfig};
 
 /// Errors of tool definitions and calls; [`ToolError::code`] is the code clients see.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
