@@ -29,7 +29,8 @@ use super::stop::StopScanner;
 use super::template::{ChatTemplate, CHATML};
 use super::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, LlmStream, Usage};
 use crate::prompt::ChatMessage;
-use crate::tools::{new_call_id, prompt::CALL_OPEN, ToolCall, ToolChoice, ToolSet};
+use crate::tools::prompt::{CALL_OPEN, RESULT_CLOSE, RESULT_OPEN};
+use crate::tools::{new_call_id, ToolCall, ToolChoice, ToolSet};
 use crate::workers::WorkerPool;
 
 /// candle's quantized llama precomputes rotary embeddings for this many positions.
@@ -406,6 +407,13 @@ impl Engine {
             prompt.push_str(&prefix);
             call = Some(writer);
         }
+        // A small model answering after a function's result tends to echo the result's tags:
+        // the opening one is dropped from the answer, the closing one ends it.
+        let unwrap_result = call.is_none() && prompt.contains(RESULT_OPEN);
+        let mut stop = req.stop.clone();
+        if unwrap_result {
+            stop.push(RESULT_CLOSE.to_string());
+        }
         let tokens = self.encode(&prompt)?;
         if tokens.is_empty() {
             return Err(LlmError::Invalid("the prompt is empty".into()));
@@ -446,7 +454,8 @@ impl Engine {
             repeat_penalty: req.repeat_penalty,
             generated: Vec::new(),
             emitted: String::new(),
-            scanner: StopScanner::new(&req.stop),
+            scanner: StopScanner::new(&stop),
+            unwrap_result,
             submitted,
             started,
             prefill_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -579,6 +588,22 @@ impl Engine {
                         piece = g.emitted.clone();
                     }
                 }
+                if g.unwrap_result && !piece.is_empty() {
+                    let so_far = g.emitted.trim_start();
+                    if let Some(rest) = so_far.strip_prefix(RESULT_OPEN) {
+                        if rest.trim().is_empty() {
+                            piece.clear();
+                        } else {
+                            g.unwrap_result = false;
+                            piece = rest.trim_start().to_string();
+                        }
+                    } else if RESULT_OPEN.starts_with(so_far) {
+                        piece.clear();
+                    } else {
+                        g.unwrap_result = false;
+                        piece = g.emitted.clone();
+                    }
+                }
                 let (out, stopped) = g.scanner.push(&piece);
                 if !out.is_empty() && tx.blocking_send(Ok(LlmEvent::Delta(out))).is_err() {
                     return Ok(Slice::Finished); // cancelled
@@ -657,6 +682,8 @@ struct Generation {
     call: Option<CallWriter>,
     /// `tool_choice: auto`: the text is held while it may be the start of a call.
     watch: Option<Watch>,
+    /// The text is held while it may be an echoed result tag (dropped if it is).
+    unwrap_result: bool,
     model: ModelWeights,
     /// The logits for the next token.
     logits: Tensor,

@@ -682,10 +682,23 @@ impl Responses {
                             .unwrap_or_default(),
                     ),
                 session_id: opts.session_id.clone(),
-                tool_choice: r
+                tool_choice: match r
                     .tool_choice
                     .clone()
-                    .unwrap_or_else(|| opts.tool_choice.clone()),
+                    .unwrap_or_else(|| opts.tool_choice.clone())
+                {
+                    // The call this turn had to make was made and answered: now the model
+                    // answers from the result rather than call again forever (as the Agents SDK
+                    // resets a forced choice after a call). A `response.create` that sets its
+                    // own `tool_choice` gets exactly that.
+                    ToolChoice::Required | ToolChoice::Function(_)
+                        if r.tool_choice.is_none()
+                            && after.iter().any(|m| m.tool_call_id.is_some()) =>
+                    {
+                        ToolChoice::None
+                    }
+                    c => c,
+                },
             },
             after,
             history,

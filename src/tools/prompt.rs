@@ -2,8 +2,8 @@
 //!
 //! The convention is the one most open chat models with tool support are tuned on (Hermes,
 //! Qwen, SmolLM3): the system message lists the functions as JSON inside `<tools>` … `</tools>`,
-//! a call is a JSON object `{"name": …, "arguments": {…}}` between `<tool_call>` and
-//! `</tool_call>`, and a result comes back in a `tool` message. A template that does know tools
+//! and a call is a JSON object `{"name": …, "arguments": {…}}` between `<tool_call>` and
+//! `</tool_call>`, and a result comes back in a `tool` message inside `<tool_response>` tags. A template that does know tools
 //! (it reads `tools`) renders them its own way instead: see [`crate::llm::template`].
 
 use serde_json::{json, Value};
@@ -65,11 +65,6 @@ pub fn render_call(call: &ToolCall) -> String {
     )
 }
 
-/// What the model is shown as a function's result.
-pub fn render_result(output: &str) -> String {
-    format!("<tool_response>\n{output}\n</tool_response>")
-}
-
 /// The text the model is given before it writes a call's name (`Some(name)`: the name is
 /// forced too, and the text ends where the arguments begin).
 pub fn call_prefix(name: Option<&str>) -> String {
@@ -81,8 +76,9 @@ pub fn call_prefix(name: Option<&str>) -> String {
 
 /// `messages` with tools, calls and results written as text, for a chat template that knows
 /// only roles and contents: the tools block goes at the end of the first system message (one is
-/// added when there is none), an assistant's calls after its words, a result inside
-/// `<tool_response>` tags.
+/// added when there is none), an assistant's calls after its words, a result in a `tool`
+/// message between [`RESULT_OPEN`] and [`RESULT_CLOSE`]. (The embedded model is kept from
+/// echoing those tags in its answer: see [`crate::llm::local`].)
 pub fn inline(
     messages: &[ChatMessage],
     offered: Option<(&ToolSet, &ToolChoice)>,
@@ -98,7 +94,7 @@ pub fn inline(
                 content.push_str(&render_call(call));
             }
             if m.role == Role::Tool {
-                content = render_result(&m.content);
+                content = format!("{RESULT_OPEN}\n{}\n{RESULT_CLOSE}", m.content.trim());
             }
             ChatMessage::new(m.role, content)
         })
@@ -116,6 +112,11 @@ pub fn inline(
     }
     out
 }
+
+/// The tag that opens a function's result.
+pub const RESULT_OPEN: &str = "<tool_response>";
+/// The tag that closes a function's result.
+pub const RESULT_CLOSE: &str = "</tool_response>";
 
 /// What follows the name before the arguments.
 pub const ARGUMENTS_KEY: &str = ", \"arguments\": ";

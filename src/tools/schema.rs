@@ -124,7 +124,7 @@ impl ToolSet {
     }
 
     /// Compiles each tool; the string is where it was defined, for errors.
-    fn compile_all(tools: Vec<(FunctionTool, String)>) -> Result<Self, ToolError> {
+    pub(crate) fn compile_all(tools: Vec<(FunctionTool, String)>) -> Result<Self, ToolError> {
         let mut compiled: Vec<Compiled> = Vec::with_capacity(tools.len());
         for (tool, at) in tools {
             if compiled.iter().any(|c| c.tool.name == tool.name) {

@@ -85,7 +85,7 @@ fn default_max_response_bytes() -> usize {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolsConfig {
-    /// Built-in tools to offer (`search_knowledge_base`, `current_time`); default: both.
+    /// Built-in tools to offer (`search_knowledge_base`, `current_time`); default: none.
     #[serde(default)]
     pub builtin: Option<Vec<String>>,
     #[serde(default)]
@@ -158,10 +158,7 @@ impl ServerTools {
     /// Checks the configuration: names, schemas, URLs, limits, roles.
     pub fn new(config: &ToolsConfig) -> Result<Self, ToolError> {
         let mut tools = Vec::new();
-        let builtin = config
-            .builtin
-            .clone()
-            .unwrap_or_else(|| BUILTINS.iter().map(|s| s.to_string()).collect());
+        let builtin = config.builtin.clone().unwrap_or_default();
         for (i, name) in builtin.iter().enumerate() {
             let (def, kind) = match name.as_str() {
                 "search_knowledge_base" => (
@@ -247,8 +244,20 @@ impl ServerTools {
                 kind: Kind::Http(Box::new(h)),
             });
         }
-        let defs: Vec<Value> = tools.iter().map(|t| t.def.to_view()).collect();
-        let definitions = ToolSet::parse(&Value::Array(defs), "tools")?;
+        let builtins = tools.len() - config.http.len();
+        let defs: Vec<(FunctionTool, String)> = tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let at = if i < builtins {
+                    format!("tools.builtin[{i}]")
+                } else {
+                    format!("tools.http[{}]", i - builtins)
+                };
+                (t.def.clone(), at)
+            })
+            .collect();
+        let definitions = ToolSet::compile_all(defs)?;
         for (role, names) in &config.roles {
             for n in names {
                 if n != "*" && definitions.get(n).is_none() {
@@ -509,6 +518,16 @@ mod tests {
             [[http]]
             name = "book_table"
             url = "http://127.0.0.1:9/book/{id}"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(ok.definitions().len(), 1, "no built-in unless asked for");
+        let ok = config(
+            r#"
+            builtin = ["search_knowledge_base", "current_time"]
+            [[http]]
+            name = "book_table"
+            url = "http://127.0.0.1:9/book/{id}"
             parameters = { type = "object", properties = { id = { type = "string" } } }
             [roles]
             staff = ["book_table", "search_knowledge_base"]
@@ -541,7 +560,7 @@ mod tests {
             ),
             (
                 "[[http]]\nname = \"x\"\nurl = \"http://h/x\"\nparameters = '{\"type\": \"array\"}'",
-                "tools[2].parameters",
+                "tools.http[0].parameters",
             ),
             ("[roles]\nstaff = [\"nope\"]", "tools.roles.staff"),
         ] {

@@ -1,5 +1,9 @@
 """The OpenAI Agents SDK (`pip install openai-agents`) driving a real `voxd serve`.
 
+A second agent has a `@function_tool`: with `tool_choice: "required"` the embedded model calls
+it (its arguments written under the tool's schema), the SDK runs it and sends the result, and
+the agent answers from it.
+
 Run by tests/clients.rs, which starts the server and sets VOXD_WS_URL, VOXD_API_KEY and
 VOXD_AUDIO_DIR. A `RealtimeAgent` runs under a `RealtimeRunner` over the SDK's WebSocket
 transport, pointed at voxd: it completes a spoken turn (JFK's speech, streamed as the SDK
@@ -14,6 +18,7 @@ import os
 import sys
 import wave
 
+from agents import function_tool
 from agents.realtime import RealtimeAgent, RealtimeRunner
 from transcripts import reference, wer
 
@@ -73,6 +78,57 @@ async def next_turn(session, log, timeout=240):
     return transcripts, answer, audio
 
 
+CALLS = []
+
+
+@function_tool
+def stock_level(model: str) -> str:
+    """How many bikes of a model (ridgeline or city) the shop has in stock."""
+    CALLS.append(model)
+    return f"There are 3 {model} bikes in stock."
+
+
+async def tool_turn(url, api_key, failures):
+    """A turn where the agent must call its tool, then answers from the result."""
+    agent = RealtimeAgent(
+        name="Stock",
+        instructions="You are the assistant of a bicycle shop. Use your tool, then answer in one short sentence.",
+        tools=[stock_level],
+    )
+    runner = RealtimeRunner(
+        starting_agent=agent,
+        config={"model_settings": {"model_name": "gpt-realtime", "tool_choice": "required",
+                                   "output_modalities": ["text"]}},
+    )
+    session = await runner.run(model_config={"url": url, "api_key": api_key})
+    seen, answer, output = [], "", None
+
+    async def read():
+        nonlocal answer, output
+        async for event in session:
+            seen.append(event.type)
+            if event.type == "error":
+                raise SystemExit(f"the SDK reported an error: {event.error}")
+            if event.type == "tool_end":
+                output = event.output
+            if event.type == "raw_model_event" and event.data.type in ("transcript_delta", "output_text_delta"):
+                answer += event.data.delta
+            if event.type == "agent_end" and output is not None and answer.strip():
+                return
+
+    async with session:
+        await session.send_message("How many Ridgeline bikes do you have?")
+        try:
+            await asyncio.wait_for(read(), 240)
+        except BaseException:
+            print("events seen:", seen, "output:", output, "answer:", answer)
+            raise
+    print(f"tool turn: called stock_level{tuple(CALLS)}, answered {answer!r}")
+    assert "tool_start" in seen and CALLS, seen
+    assert output and "in stock" in output, output
+    assert answer.strip(), "no answer after the tool's result"
+
+
 async def main():
     audio_dir = os.environ["VOXD_AUDIO_DIR"]
     failures = Failures()
@@ -122,6 +178,8 @@ async def main():
         ]
         print(f"history: {history}")
         assert ("user", "message") in history and ("assistant", "message") in history, history
+
+    await tool_turn(os.environ["VOXD_WS_URL"], os.environ["VOXD_API_KEY"], failures)
 
     bad = [r for r in failures.records if "validat" in r.lower() or "error" in r.lower()]
     if bad:
