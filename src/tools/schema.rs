@@ -16,6 +16,9 @@ use super::ToolError;
 pub const MAX_TOOLS: usize = 128;
 /// Largest `parameters` schema of one tool, as JSON bytes.
 pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+/// Largest `tools` array of one request or session, as JSON bytes (compiling validators is
+/// work done for the client, so it is bounded).
+pub const MAX_TOOLS_BYTES: usize = 256 * 1024;
 /// Longest tool description, in bytes (it goes into every prompt).
 pub const MAX_DESCRIPTION_BYTES: usize = 4096;
 /// Longest arguments text a call may have, in bytes.
@@ -101,6 +104,13 @@ impl ToolSet {
             return Err(ToolError::InvalidTool {
                 param: param.to_string(),
                 message: format!("{} tools; the limit is {MAX_TOOLS}", list.len()),
+            });
+        }
+        let size = value.to_string().len();
+        if size > MAX_TOOLS_BYTES {
+            return Err(ToolError::InvalidTool {
+                param: param.to_string(),
+                message: format!("the tools are {size} bytes; the limit is {MAX_TOOLS_BYTES}"),
             });
         }
         let mut tools = Vec::with_capacity(list.len());
@@ -482,6 +492,16 @@ mod tests {
                 .collect(),
         );
         assert!(ToolSet::parse(&many, "tools").is_err());
+        let big = json!({"type": "object", "description": "x".repeat(60_000)});
+        let heavy = Value::Array(
+            (0..5)
+                .map(|i| json!({"name": format!("f{i}"), "parameters": big}))
+                .collect(),
+        );
+        assert!(ToolSet::parse(&heavy, "tools")
+            .unwrap_err()
+            .to_string()
+            .contains("the limit is"));
     }
 
     #[test]
