@@ -189,10 +189,7 @@ impl Engine {
                 context: self.context,
             });
         }
-        let input = Tensor::new(&tokens[..], &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(compute)?;
-        g.logits = g.model.forward(&input, pos).map_err(compute)?;
+        run_tokens(g, &tokens, pos)?;
         g.generated.extend_from_slice(&tokens);
         Ok(())
     }
@@ -528,13 +525,8 @@ impl Engine {
                 if g.prompt_len + g.generated.len() >= self.context {
                     break;
                 }
-                let input = Tensor::new(&[next], &Device::Cpu)
-                    .and_then(|t| t.unsqueeze(0))
-                    .map_err(compute)?;
-                g.logits = g
-                    .model
-                    .forward(&input, g.prompt_len + g.generated.len() - 1)
-                    .map_err(compute)?;
+                let pos = g.prompt_len + g.generated.len() - 1;
+                run_tokens(&mut g, &[next], pos)?;
                 if g.generated.len() < g.max_tokens && slice.elapsed() >= SLICE && others_waiting()
                 {
                     return Ok(Slice::Paused(Box::new(g)));
@@ -619,13 +611,8 @@ impl Engine {
             if g.prompt_len + g.generated.len() >= self.context {
                 break;
             }
-            let input = Tensor::new(&[next], &Device::Cpu)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(compute)?;
-            g.logits = g
-                .model
-                .forward(&input, g.prompt_len + g.generated.len() - 1)
-                .map_err(compute)?;
+            let pos = g.prompt_len + g.generated.len() - 1;
+            run_tokens(&mut g, &[next], pos)?;
             if g.generated.len() < g.max_tokens && slice.elapsed() >= SLICE && others_waiting() {
                 return Ok(Slice::Paused(Box::new(g)));
             }
@@ -700,6 +687,16 @@ struct Generation {
     prefill_ms: f64,
     first_token_ms: f64,
     first_at: Option<Instant>,
+}
+
+/// Runs `tokens` (starting at position `pos`) through `g`'s model; its logits become those
+/// after the last one.
+fn run_tokens(g: &mut Generation, tokens: &[u32], pos: usize) -> Result<(), LlmError> {
+    let input = Tensor::new(tokens, &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .map_err(compute)?;
+    g.logits = g.model.forward(&input, pos).map_err(compute)?;
+    Ok(())
 }
 
 /// What a turn on the worker left.
