@@ -117,6 +117,18 @@ pub struct ServerArgs {
     /// http://localhost:4318); OTEL_EXPORTER_OTLP_ENDPOINT works too [default: off].
     #[arg(long, env = "VOXD_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Voice detector under turn detection: `webrtc` (no model) or `silero` (Silero VAD);
+    /// sessions may choose with `session.voxd.vad` [default: webrtc].
+    #[arg(long, env = "VOXD_VAD")]
+    pub vad: Option<String>,
+    /// End-of-turn model for `semantic_vad`: a manifest name (smart-turn-v3.2) or a path to a
+    /// Smart Turn v3 ONNX file.
+    #[arg(long, env = "VOXD_TURN_MODEL")]
+    pub turn_model: Option<String>,
+    /// Load neither the end-of-turn model nor Silero VAD (`semantic_vad` then ends turns after
+    /// 500 ms of silence).
+    #[arg(long, env = "VOXD_NO_TURN_MODELS")]
+    pub no_turn_models: bool,
 }
 
 /// Knowledge-base and embedding settings.
@@ -337,7 +349,34 @@ struct FileConfig {
     #[serde(default)]
     tts: FileTts,
     #[serde(default)]
+    turns: FileTurns,
+    #[serde(default)]
     tools: crate::tools::ToolsConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTurns {
+    enabled: Option<bool>,
+    vad: Option<String>,
+    model: Option<String>,
+    silero_model: Option<String>,
+    workers: Option<usize>,
+}
+
+/// Turn-taking configuration: the voice detector and the end-of-turn model.
+#[derive(Debug, Clone)]
+pub struct TurnsConfig {
+    /// Load the turn-taking models (Silero VAD, the end-of-turn model).
+    pub enabled: bool,
+    /// The voice detector sessions start with.
+    pub vad: crate::protocol::session::VadEngine,
+    /// `None`: the manifest's end-of-turn model.
+    pub model: Option<String>,
+    /// `None`: the manifest's Silero VAD.
+    pub silero_model: Option<String>,
+    /// End-of-turn workers (one thread each).
+    pub workers: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -451,6 +490,8 @@ pub struct Config {
     pub kb: KbConfig,
     pub llm: LlmConfig,
     pub tts: TtsConfig,
+    /// Turn-taking models (the file's `[turns]` table).
+    pub turns: TurnsConfig,
     /// Server tools and who may call them (the file's `[tools]` table).
     pub tools: crate::tools::ToolsConfig,
 }
@@ -787,6 +828,39 @@ impl Config {
             onnxruntime: tts.onnxruntime.clone().or(ft.onnxruntime),
         };
 
+        let ft = file.turns;
+        let vad_name = server
+            .vad
+            .clone()
+            .or(ft.vad)
+            .unwrap_or_else(|| "webrtc".into());
+        let vad = crate::protocol::session::VadEngine::parse(&vad_name).ok_or_else(|| {
+            ConfigError::Invalid {
+                setting: "vad",
+                message: format!("`{vad_name}` is not a voice detector: use webrtc or silero"),
+            }
+        })?;
+        let turn_workers = ft.workers.unwrap_or(1);
+        if !(1..=16).contains(&turn_workers) {
+            return Err(ConfigError::Invalid {
+                setting: "turns.workers",
+                message: format!("{turn_workers} is outside 1..=16"),
+            });
+        }
+        let turns = TurnsConfig {
+            enabled: !server.no_turn_models && ft.enabled.unwrap_or(true),
+            vad,
+            model: server.turn_model.clone().or(ft.model),
+            silero_model: ft.silero_model,
+            workers: turn_workers,
+        };
+        if !turns.enabled && vad == crate::protocol::session::VadEngine::Silero {
+            return Err(ConfigError::Invalid {
+                setting: "vad",
+                message: "--vad silero needs the turn-taking models (drop --no-turn-models)".into(),
+            });
+        }
+
         let mut keys = Vec::new();
         for (i, k) in file.server.keys.iter().enumerate() {
             let key = match (&k.key, &k.key_env) {
@@ -836,6 +910,7 @@ impl Config {
             home,
             llm: llm_config,
             tts: tts_config,
+            turns,
             kb: kb_config,
             log_format: common.log_format.or(file.log_format).unwrap_or_default(),
             asr: AsrConfig {

@@ -550,6 +550,9 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
                 }
             });
         }
+        let turn_models = voxd::vad::open::open(&cfg.turns, cfg.tts.onnxruntime.clone(), &store)
+            .context("loading the turn-taking models")?;
+        state.set_turn_models(turn_models, cfg.turns.vad);
         if cfg.tts.enabled {
             state.expect_tts();
             let tts_state = state.clone();

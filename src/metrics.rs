@@ -163,6 +163,10 @@ pub struct Metrics {
     pub llm_tokens_per_second: Histogram,
     /// Synthesis compute per piece of speech.
     pub tts: Histogram,
+    /// End-of-turn model compute per check (features and inference).
+    pub turn_model: Histogram,
+    /// End-of-turn checks by verdict (`complete`, `incomplete`, `error`).
+    pub turn_checks: LabelledCounter,
     /// Tool calls by tool and outcome (`ok`, `invalid_retried`, `invalid_arguments`,
     /// `refused`, `error`, `timeout`…).
     pub tool_calls: LabelledCounter,
@@ -191,6 +195,8 @@ pub fn global() -> &'static Metrics {
         llm_first_token: Histogram::new(LATENCY_BUCKETS),
         llm_tokens_per_second: Histogram::new(RATE_BUCKETS),
         tts: Histogram::new(LATENCY_BUCKETS),
+        turn_model: Histogram::new(LATENCY_BUCKETS),
+        turn_checks: LabelledCounter::default(),
         tool_calls: LabelledCounter::default(),
         tool_seconds: Histogram::new(LATENCY_BUCKETS),
     })
@@ -357,6 +363,13 @@ impl Metrics {
             "code",
             &self.errors,
         );
+        labelled(
+            &mut out,
+            "voxd_turn_checks_total",
+            "End-of-turn model checks at a pause (semantic_vad), by verdict: complete, incomplete, error.",
+            "verdict",
+            &self.turn_checks,
+        );
         labelled_pairs(
             &mut out,
             "voxd_tool_calls_total",
@@ -370,7 +383,7 @@ impl Metrics {
             "Audio bytes received on realtime sessions (decoded from base64).",
             self.audio_bytes_in.get() as f64,
         );
-        let hists: [(&Histogram, &str, &str); 12] = [
+        let hists: [(&Histogram, &str, &str); 13] = [
             (
                 &self.tool_seconds,
                 "voxd_tool_call_seconds",
@@ -410,6 +423,11 @@ impl Metrics {
                 &self.tts,
                 "voxd_tts_seconds",
                 "Speech synthesis compute per piece (a clause or sentence).",
+            ),
+            (
+                &self.turn_model,
+                "voxd_turn_model_seconds",
+                "End-of-turn model compute per check (semantic_vad).",
             ),
             (
                 &self.retrieval,

@@ -27,6 +27,10 @@ pub enum Role {
     Tts,
     /// An inference runtime library (ONNX Runtime).
     Runtime,
+    /// An end-of-turn model (Smart Turn, ONNX) for `semantic_vad`.
+    Turn,
+    /// A neural voice activity detector (Silero VAD, ONNX).
+    Vad,
 }
 
 impl std::fmt::Display for Role {
@@ -37,6 +41,8 @@ impl std::fmt::Display for Role {
             Role::Embeddings => "embeddings",
             Role::Tts => "tts",
             Role::Runtime => "runtime",
+            Role::Turn => "turn",
+            Role::Vad => "vad",
         })
     }
 }

@@ -176,6 +176,25 @@ pub struct TurnTiming {
     /// From `speech_stopped` (the end of speech plus the silence window) to this transcript.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speech_stopped_to_completed_ms: Option<u64>,
+    /// How `semantic_vad` ended the turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_of_turn: Option<EndOfTurnTiming>,
+}
+
+/// How `semantic_vad` ended a turn (in `voxd.timing.end_of_turn`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndOfTurnTiming {
+    /// The end-of-turn model's last probability that the turn was complete (none when the
+    /// pause ended before the first check could run).
+    pub probability: Option<f32>,
+    /// Checks made during the final pause.
+    pub checks: u32,
+    /// `model` (judged complete) or `max_wait` (the eagerness's longest wait ran out).
+    pub ended_by: String,
+    /// Silence from the start of the final pause to the end of the turn.
+    pub pause_ms: u64,
+    /// End-of-turn model compute during the final pause.
+    pub model_ms: u64,
 }
 
 /// Usage of one transcription: the seconds of audio it covered.

@@ -78,9 +78,75 @@ impl InputFormat {
     }
 }
 
-/// `server_vad` settings.
+/// How eager `semantic_vad` is to end a turn (OpenAI's names; `auto` is `medium`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eagerness {
+    Low,
+    Medium,
+    High,
+    Auto,
+}
+
+impl Eagerness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Eagerness::Low => "low",
+            Eagerness::Medium => "medium",
+            Eagerness::High => "high",
+            Eagerness::Auto => "auto",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "low" => Eagerness::Low,
+            "medium" => Eagerness::Medium,
+            "high" => Eagerness::High,
+            "auto" => Eagerness::Auto,
+            _ => return None,
+        })
+    }
+}
+
+/// How a turn's end is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TurnKind {
+    /// `server_vad`: a fixed window of silence.
+    #[default]
+    Server,
+    /// `semantic_vad`: a model judges at pauses whether the turn sounds finished.
+    Semantic(Eagerness),
+}
+
+/// The voice detector under turn detection (a voxd extension, `session.voxd.vad`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VadEngine {
+    #[default]
+    WebRtc,
+    Silero,
+}
+
+impl VadEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VadEngine::WebRtc => "webrtc",
+            VadEngine::Silero => "silero",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "webrtc" => Some(VadEngine::WebRtc),
+            "silero" => Some(VadEngine::Silero),
+            _ => None,
+        }
+    }
+}
+
+/// Turn detection settings (`server_vad` or `semantic_vad`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TurnDetection {
+    pub kind: TurnKind,
     pub threshold: f32,
     pub prefix_padding_ms: u64,
     pub silence_duration_ms: u64,
@@ -92,6 +158,7 @@ pub struct TurnDetection {
 impl Default for TurnDetection {
     fn default() -> Self {
         TurnDetection {
+            kind: TurnKind::Server,
             threshold: 0.5,
             prefix_padding_ms: 300,
             silence_duration_ms: 500,
@@ -145,9 +212,20 @@ pub struct SessionConfig {
     /// Functions the model may call (checked when set).
     pub tools: crate::tools::ToolSet,
     pub tool_choice: crate::tools::ToolChoice,
+    /// voxd: the voice detector under turn detection.
+    pub vad: VadEngine,
+    /// What this server can run: Silero VAD, and an end-of-turn model for `semantic_vad`.
+    pub available: TurnModelsAvailable,
     /// What the last `session.update` asked for that voxd does not do, each with the reason
     /// (shown in `session.updated` as `voxd.ignored`, never silently accepted).
     pub ignored: Vec<Ignored>,
+}
+
+/// The turn-taking models a server has loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TurnModelsAvailable {
+    pub silero: bool,
+    pub end_of_turn: bool,
 }
 
 /// A setting voxd received but does not apply.
@@ -242,22 +320,6 @@ fn unsupported(obj: &Map<String, Value>, ignored: &mut Vec<Ignored>) {
             "voxd does not reduce noise",
         );
     }
-    for td in [
-        obj.get("turn_detection"),
-        audio
-            .and_then(|a| a.get("input"))
-            .and_then(|i| i.get("turn_detection")),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if td.get("type").and_then(Value::as_str) == Some("semantic_vad") {
-            note(
-                "session.audio.input.turn_detection.type",
-                "semantic_vad is served by server_vad (silence-based end of turn)",
-            );
-        }
-    }
     for key in obj.keys() {
         if !KNOWN_FIELDS.contains(&key.as_str())
             && ![
@@ -307,7 +369,29 @@ impl SessionConfig {
             knowledge_base: true,
             tools: Default::default(),
             tool_choice: Default::default(),
+            vad: VadEngine::WebRtc,
+            available: TurnModelsAvailable::default(),
             ignored: Vec::new(),
+        }
+    }
+
+    /// The session of a server with these turn-taking models, whose sessions detect voice with
+    /// `vad` unless they ask otherwise.
+    pub fn with_turn_models(mut self, available: TurnModelsAvailable, vad: VadEngine) -> Self {
+        self.available = available;
+        self.vad = if vad == VadEngine::Silero && !available.silero {
+            VadEngine::WebRtc
+        } else {
+            vad
+        };
+        self
+    }
+
+    /// Whether turns end by the end-of-turn model (`semantic_vad` on a server that has one).
+    pub fn semantic(&self) -> Option<Eagerness> {
+        match self.turn_detection?.kind {
+            TurnKind::Semantic(e) if self.available.end_of_turn => Some(e),
+            _ => None,
         }
     }
 
@@ -493,6 +577,18 @@ impl SessionConfig {
                 }
                 next.partial_interval_ms = ms;
             }
+            if let Some(x) = v.get("vad") {
+                let engine = x.as_str().and_then(VadEngine::parse).ok_or_else(|| {
+                    invalid("session.voxd.vad", "must be \"webrtc\" or \"silero\"")
+                })?;
+                if engine == VadEngine::Silero && !next.available.silero {
+                    return Err(invalid(
+                        "session.voxd.vad",
+                        "Silero VAD is not loaded on this server (start it with --vad silero, or run `voxd models pull`)",
+                    ));
+                }
+                next.vad = engine;
+            }
             if let Some(x) = v.get("min_speech_ms") {
                 next.min_speech_ms = ranged(x, "session.voxd.min_speech_ms", 20, 5_000)?;
             }
@@ -514,6 +610,18 @@ impl SessionConfig {
                 };
             }
         }
+        if matches!(
+            next.turn_detection.map(|t| t.kind),
+            Some(TurnKind::Semantic(_))
+        ) && !next.available.end_of_turn
+        {
+            next.ignored.push(Ignored {
+                param: "session.audio.input.turn_detection.type".into(),
+                reason: "this server has no end-of-turn model loaded: semantic_vad ends turns \
+                         after 500 ms of silence, as server_vad does"
+                    .into(),
+            });
+        }
         *self = next;
         Ok(())
     }
@@ -524,6 +632,17 @@ impl SessionConfig {
         let out_format = self.output_format.to_view();
         let turn_detection = match self.turn_detection {
             None => Value::Null,
+            Some(
+                t @ TurnDetection {
+                    kind: TurnKind::Semantic(e),
+                    ..
+                },
+            ) => json!({
+                "type": "semantic_vad",
+                "eagerness": e.as_str(),
+                "create_response": t.create_response,
+                "interrupt_response": t.interrupt_response,
+            }),
             Some(t) => json!({
                 "type": "server_vad",
                 "threshold": t.threshold,
@@ -538,6 +657,7 @@ impl SessionConfig {
             "partial_interval_ms": self.partial_interval_ms,
             "min_speech_ms": self.min_speech_ms,
             "speculative_after_ms": self.speculative_after_ms,
+            "vad": self.vad.as_str(),
             "citations_event": self.citations_event,
             "binary_audio_out": self.binary_audio_out,
             "knowledge_base": self.knowledge_base,
@@ -726,16 +846,38 @@ fn turn_detection(
         Value::Object(o) => o,
         _ => return Err(invalid(param, "must be an object or null")),
     };
-    match obj.get("type").and_then(Value::as_str) {
-        None | Some("server_vad") | Some("semantic_vad") => {}
+    let mut t = current.unwrap_or_default();
+    match obj.get("type") {
+        None => {}
+        Some(Value::String(k)) if k == "server_vad" => t.kind = TurnKind::Server,
+        Some(Value::String(k)) if k == "semantic_vad" && t.kind == TurnKind::Server => {
+            t.kind = TurnKind::Semantic(Eagerness::Auto)
+        }
+        Some(Value::String(k)) if k == "semantic_vad" => {}
         Some(other) => {
             return Err(invalid(
                 &format!("{param}.type"),
-                &format!("`{other}` is not supported; use server_vad"),
+                &format!("{other} is not supported; use server_vad or semantic_vad"),
             ))
         }
     }
-    let mut t = current.unwrap_or_default();
+    if let Some(x) = obj.get("eagerness") {
+        let e = x.as_str().and_then(Eagerness::parse).ok_or_else(|| {
+            invalid(
+                &format!("{param}.eagerness"),
+                "must be one of low, medium, high, auto",
+            )
+        })?;
+        match t.kind {
+            TurnKind::Semantic(_) => t.kind = TurnKind::Semantic(e),
+            TurnKind::Server => {
+                return Err(invalid(
+                    &format!("{param}.eagerness"),
+                    "applies to semantic_vad only",
+                ))
+            }
+        }
+    }
     if let Some(x) = obj.get("threshold") {
         let th = x
             .as_f64()

@@ -1,6 +1,12 @@
 //! The audio stage of a realtime session: resampling to 16 kHz, turn detection and the turn's
 //! audio buffer, on a thread of its own (webrtc-vad's detector is not `Send`).
 //!
+//! With `semantic_vad`, the stage asks the end-of-turn model once per pause (after
+//! [`SemanticParams::check_after_ms`] of silence) and ends the turn on its word, or after the
+//! eagerness's longest wait. It waits for each answer (tens of
+//! milliseconds, on the model's own workers): audio that arrives meanwhile queues, so every
+//! decision lands on the same sample however fast the client sends.
+//!
 //! It takes [`AudioInput`] in arrival order (audio, commits, clears and the client's other
 //! requests stay ordered) and sends
 //! [`AudioSignal`]s to the session. Audio is fed to the detector in 20 ms frames so every event
@@ -8,13 +14,16 @@
 //! session is behind (a newer one follows); everything else waits for room.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::hub::Command;
 use crate::audio::{StreamResampler, MODEL_RATE};
-use crate::vad::{TurnDetector, TurnEvent, VadParams};
+use crate::protocol::server::EndOfTurnTiming;
+use crate::protocol::session::VadEngine;
+use crate::vad::{SemanticParams, TurnDetector, TurnEvent, TurnModels, VadParams};
 
 /// Settings of the audio stage, derived from the session configuration.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,6 +32,10 @@ pub struct StageConfig {
     pub input_rate: u32,
     /// `None`: manual commits only.
     pub vad: Option<VadParams>,
+    /// The voice detector (Silero only when the server loaded it).
+    pub engine: VadEngine,
+    /// `semantic_vad`: end turns by the end-of-turn model (needs one loaded).
+    pub semantic: Option<SemanticParams>,
     /// Send a partial snapshot every this many ms of turn audio (0 = never).
     pub partial_interval_ms: u64,
     /// Send a speculative final snapshot after this much silence (`None` = never).
@@ -70,6 +83,8 @@ pub enum AudioSignal {
         audio_end_ms: u64,
         last_voice_ms: u64,
         audio: Vec<f32>,
+        /// How `semantic_vad` decided.
+        end_of_turn: Option<EndOfTurnTiming>,
     },
     /// A manual commit of the buffered audio (may be empty).
     Committed {
@@ -97,6 +112,7 @@ const TRIM_STEP: usize = MODEL_RATE as usize * 10;
 
 struct Stage {
     cfg: StageConfig,
+    models: TurnModels,
     resampler: StreamResampler,
     detector: Option<TurnDetector>,
     /// The last 2.5 s of audio, for prefix padding.
@@ -119,6 +135,42 @@ struct Stage {
 struct PauseState {
     at_ms: u64,
     speculated: bool,
+    /// Pause length (ms) at which the end-of-turn model is asked (`u64::MAX`: not again).
+    next_check_ms: u64,
+    checks: u32,
+    probability: Option<f32>,
+    model_time: Duration,
+}
+
+impl PauseState {
+    fn new(at_ms: u64, semantic: Option<SemanticParams>) -> Self {
+        PauseState {
+            at_ms,
+            speculated: false,
+            next_check_ms: semantic.map_or(u64::MAX, |s| s.check_after_ms),
+            checks: 0,
+            probability: None,
+            model_time: Duration::ZERO,
+        }
+    }
+
+    fn report(&self, now_ms: u64, ended_by: &str) -> EndOfTurnTiming {
+        EndOfTurnTiming {
+            probability: self.probability,
+            checks: self.checks,
+            ended_by: ended_by.into(),
+            pause_ms: now_ms.saturating_sub(self.at_ms),
+            model_ms: self.model_time.as_millis() as u64,
+        }
+    }
+}
+
+/// A detector on the configured voice detector (webrtc-vad when Silero is not loaded).
+fn detector(params: VadParams, engine: VadEngine, models: &TurnModels) -> TurnDetector {
+    match (engine, &models.silero) {
+        (VadEngine::Silero, Some(model)) => TurnDetector::silero(params, model.clone()),
+        _ => TurnDetector::new(params),
+    }
 }
 
 fn ms(samples: u64) -> u64 {
@@ -126,12 +178,14 @@ fn ms(samples: u64) -> u64 {
 }
 
 impl Stage {
-    fn new(cfg: StageConfig, out: mpsc::Sender<AudioSignal>) -> Self {
+    fn new(cfg: StageConfig, models: TurnModels, out: mpsc::Sender<AudioSignal>) -> Self {
+        let cfg = cfg.checked(&models);
         Stage {
             cfg,
+            detector: cfg.vad.map(|p| detector(p, cfg.engine, &models)),
+            models,
             resampler: StreamResampler::new(cfg.input_rate, MODEL_RATE)
                 .expect("rate validated by the protocol"),
-            detector: cfg.vad.map(TurnDetector::new),
             history: VecDeque::with_capacity(MODEL_RATE as usize * 3),
             total: 0,
             pending: Vec::with_capacity(FRAME * 4),
@@ -152,13 +206,21 @@ impl Stage {
     }
 
     fn configure(&mut self, cfg: StageConfig) {
+        let cfg = cfg.checked(&self.models);
         if cfg.input_rate != self.cfg.input_rate {
             self.resampler = StreamResampler::new(cfg.input_rate, MODEL_RATE)
                 .expect("rate validated by the protocol");
         }
+        if self.cfg.vad.is_some() && cfg.vad.is_some() && cfg.engine != self.cfg.engine {
+            // Another voice detector: a turn in progress is forgotten with the old one.
+            self.detector = None;
+            self.in_turn = false;
+            self.pause = None;
+            self.turn.clear();
+        }
         match (cfg.vad, self.detector.as_mut()) {
             (Some(p), Some(d)) => d.set_params(p),
-            (Some(p), None) => self.detector = Some(TurnDetector::new(p)),
+            (Some(p), None) => self.detector = Some(detector(p, cfg.engine, &self.models)),
             (None, _) => {
                 self.detector = None;
                 if self.in_turn {
@@ -225,6 +287,9 @@ impl Stage {
                         }
                     }
                 }
+                if !self.check_end_of_turn(now_ms) {
+                    return false;
+                }
             } else if self.cfg.partial_interval_ms > 0 && self.turn.len() >= self.next_partial {
                 self.next_partial = self.turn.len() + (self.cfg.partial_interval_ms * 16) as usize;
                 // Dropped when the session is behind: a newer snapshot follows.
@@ -266,10 +331,7 @@ impl Stage {
                 })
             }
             TurnEvent::Paused { at_ms } => {
-                self.pause = Some(PauseState {
-                    at_ms,
-                    speculated: false,
-                });
+                self.pause = Some(PauseState::new(at_ms, self.cfg.semantic));
                 true
             }
             TurnEvent::Resumed { .. } => {
@@ -280,15 +342,84 @@ impl Stage {
                 audio_end_ms,
                 last_voice_ms,
             } => {
-                self.in_turn = false;
-                self.pause = None;
-                self.idle_since_ms = audio_end_ms;
-                let audio = std::mem::take(&mut self.turn);
-                self.send(AudioSignal::SpeechStopped {
+                // The silence window of semantic_vad is the eagerness's longest wait.
+                let end_of_turn = self
+                    .cfg
+                    .semantic
+                    .and(self.pause.as_ref())
+                    .map(|p| p.report(audio_end_ms, "max_wait"));
+                self.stop_turn(audio_end_ms, last_voice_ms, end_of_turn)
+            }
+        }
+    }
+
+    fn stop_turn(
+        &mut self,
+        audio_end_ms: u64,
+        last_voice_ms: u64,
+        end_of_turn: Option<EndOfTurnTiming>,
+    ) -> bool {
+        self.in_turn = false;
+        self.pause = None;
+        self.idle_since_ms = audio_end_ms;
+        let audio = std::mem::take(&mut self.turn);
+        self.send(AudioSignal::SpeechStopped {
+            audio_end_ms,
+            last_voice_ms,
+            audio,
+            end_of_turn,
+        })
+    }
+
+    /// With `semantic_vad`, asks the end-of-turn model when the pause reaches its next check
+    /// and ends the turn if the model judges it complete. False when the session has gone.
+    fn check_end_of_turn(&mut self, now_ms: u64) -> bool {
+        let (Some(sem), Some(model)) = (self.cfg.semantic, self.models.end_of_turn.clone()) else {
+            return true;
+        };
+        let Some(p) = self.pause.as_mut() else {
+            return true;
+        };
+        let silent = now_ms.saturating_sub(p.at_ms);
+        if silent < p.next_check_ms {
+            return true;
+        }
+        p.checks += 1;
+        p.next_check_ms = u64::MAX;
+        let metrics = crate::metrics::global();
+        match model.check_blocking(self.turn.clone()) {
+            Ok(v) => {
+                p.probability = Some(v.probability);
+                p.model_time += v.compute;
+                let complete = v.probability >= sem.threshold;
+                metrics
+                    .turn_checks
+                    .inc(if complete { "complete" } else { "incomplete" });
+                debug!(
+                    pause_ms = silent,
+                    probability = v.probability,
+                    compute_ms = v.compute.as_millis() as u64,
+                    complete,
+                    "end-of-turn check"
+                );
+                if !complete {
+                    return true;
+                }
+                let report = p.report(now_ms, "model");
+                let Some(TurnEvent::SpeechStopped {
                     audio_end_ms,
                     last_voice_ms,
-                    audio,
-                })
+                }) = self.detector.as_mut().and_then(TurnDetector::end_turn)
+                else {
+                    return true;
+                };
+                self.stop_turn(audio_end_ms, last_voice_ms, Some(report))
+            }
+            Err(e) => {
+                // Without an answer the turn ends at the longest wait, as if judged incomplete.
+                metrics.turn_checks.inc("error");
+                warn!(error = %e, "end-of-turn check failed");
+                true
             }
         }
     }
@@ -334,16 +465,31 @@ impl Stage {
     }
 }
 
+impl StageConfig {
+    /// The configuration this server can run: webrtc-vad without a Silero model, and
+    /// silence-based turns without an end-of-turn model.
+    fn checked(mut self, models: &TurnModels) -> Self {
+        if models.silero.is_none() {
+            self.engine = VadEngine::WebRtc;
+        }
+        if models.end_of_turn.is_none() {
+            self.semantic = None;
+        }
+        self
+    }
+}
+
 /// Starts the audio stage thread; it ends when `input` closes or the session stops listening.
 pub fn spawn(
     cfg: StageConfig,
+    models: TurnModels,
     mut input: mpsc::Receiver<AudioInput>,
     out: mpsc::Sender<AudioSignal>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("voxd-audio".into())
         .spawn(move || {
-            let mut stage = Stage::new(cfg, out);
+            let mut stage = Stage::new(cfg, models, out);
             while let Some(msg) = input.blocking_recv() {
                 let alive = match msg {
                     AudioInput::Audio(samples) => stage.audio(&samples),

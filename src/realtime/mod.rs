@@ -84,6 +84,10 @@ pub struct Shared {
     /// The LLM and knowledge base, when loaded (responses need them).
     pub answering: Option<Answering>,
     pub limits: Limits,
+    /// The turn-taking models (Silero VAD, the end-of-turn model), when loaded.
+    pub turn_models: crate::vad::TurnModels,
+    /// The voice detector sessions start with.
+    pub default_vad: crate::protocol::session::VadEngine,
     /// The session's place under the server's cap, held until the session ends.
     _slot: SessionSlot,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -101,6 +105,8 @@ impl Shared {
             asr,
             answering: None,
             limits,
+            turn_models: Default::default(),
+            default_vad: Default::default(),
             _slot: slot,
             shutdown,
         }

@@ -15,14 +15,27 @@ use super::hub::{Command, Hub, SessionOptions};
 use super::input::{decode_audio, send_audio, too_large};
 use super::out::{writer, Out, GOING_AWAY, NORMAL, TOO_BIG, TRY_AGAIN_LATER};
 use super::Shared;
+use crate::protocol::session::Eagerness;
 use crate::protocol::{
     parse_client_event, ClientEvent, ProtocolError, ServerEvent, SessionConfig, SessionKind,
 };
+use crate::vad::{SemanticParams, VadParams};
 
 fn stage_config(c: &SessionConfig) -> StageConfig {
+    let semantic = c.semantic().map(|e| match e {
+        Eagerness::Low => SemanticParams::low(),
+        Eagerness::High => SemanticParams::high(),
+        Eagerness::Medium | Eagerness::Auto => SemanticParams::medium(),
+    });
     StageConfig {
         input_rate: c.input_format.rate(),
-        vad: c.vad_params(),
+        // semantic_vad's silence window is its longest wait; the model ends turns sooner.
+        vad: c.vad_params().map(|p| VadParams {
+            silence_duration_ms: semantic.map_or(p.silence_duration_ms, |s| s.max_wait_ms),
+            ..p
+        }),
+        engine: c.vad,
+        semantic,
         partial_interval_ms: c.partial_interval_ms,
         speculative_after_ms: c.speculative_after_ms,
         idle_timeout_ms: c.turn_detection.and_then(|t| t.idle_timeout_ms),
@@ -37,7 +50,9 @@ pub async fn run(socket: WebSocket, shared: Shared, kind: SessionKind) {
         .and_then(|a| a.tts.as_ref())
         .map(|t| t.voices())
         .unwrap_or_default();
-    let config = SessionConfig::new(kind, "voxd").with_voices(voices);
+    let config = SessionConfig::new(kind, "voxd")
+        .with_voices(voices)
+        .with_turn_models(shared.turn_models.available(), shared.default_vad);
     let span = tracing::info_span!("session", id = %config.id);
     session(socket, shared, config).instrument(span).await
 }
@@ -52,7 +67,12 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
 
     let (audio_tx, audio_rx) = mpsc::channel(64);
     let (sig_tx, sig_rx) = mpsc::channel(64);
-    if let Err(e) = audio_stage::spawn(stage_config(&config), audio_rx, sig_tx) {
+    if let Err(e) = audio_stage::spawn(
+        stage_config(&config),
+        shared.turn_models.clone(),
+        audio_rx,
+        sig_tx,
+    ) {
         warn!(error = %e, "cannot start the audio stage");
         let _ = close_tx.send((TRY_AGAIN_LATER, "server cannot start a session"));
         let _ = writer.await;

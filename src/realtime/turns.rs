@@ -18,7 +18,7 @@ use super::hub::SessionOptions;
 use super::out::Out;
 use super::partials::Partials;
 use crate::asr::{Asr, AsrError, Priority, Request, Transcript};
-use crate::protocol::server::{TranscriptionUsage, TurnTiming};
+use crate::protocol::server::{EndOfTurnTiming, TranscriptionUsage, TurnTiming};
 use crate::protocol::{new_id, ErrorBody, ProtocolError, ServerEvent};
 
 /// Turns of one session that may wait for their final transcript at once; more fail with
@@ -75,6 +75,8 @@ struct Ending {
     waiting_for: Option<u64>,
     result: Option<Result<Transcript, AsrError>>,
     speculative: bool,
+    /// How `semantic_vad` ended the turn.
+    end_of_turn: Option<EndOfTurnTiming>,
 }
 
 /// What the hub must act on.
@@ -209,13 +211,18 @@ impl Turns {
                 audio_end_ms,
                 last_voice_ms,
                 audio,
+                end_of_turn,
             } => {
                 let turn = self.current.take()?;
                 self.out.send(ServerEvent::SpeechStopped {
                     audio_end_ms,
                     item_id: turn.item_id.clone(),
                 });
-                Some(self.end_turn(turn, Some(last_voice_ms), audio))
+                let heard = self.end_turn(turn, Some(last_voice_ms), audio);
+                if let Some(e) = self.ending.back_mut() {
+                    e.end_of_turn = end_of_turn;
+                }
+                Some(heard)
             }
             AudioSignal::Committed {
                 event_id, audio, ..
@@ -271,6 +278,7 @@ impl Turns {
             waiting_for: turn.speculation,
             result: turn.speculative_result,
             speculative,
+            end_of_turn: None,
         };
         if !speculative {
             ending.waiting_for = None;
@@ -384,6 +392,7 @@ impl Turns {
                     speech_stopped_to_completed_ms: e
                         .stopped_at
                         .map(|at| at.elapsed().as_millis() as u64),
+                    end_of_turn: e.end_of_turn.take(),
                 };
                 debug!(item = %e.item_id, asr_ms = timing.asr_ms, speculative = e.speculative, "turn transcribed");
                 let m = crate::metrics::global();

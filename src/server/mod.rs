@@ -108,6 +108,8 @@ pub struct AppState {
     server_tools: OnceLock<Arc<crate::tools::ServerTools>>,
     /// Where every tool call is recorded.
     audit: OnceLock<crate::tools::AuditLog>,
+    /// Turn-taking models and the voice detector sessions start with.
+    turns: std::sync::RwLock<(crate::vad::TurnModels, crate::protocol::session::VadEngine)>,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Set when the server stops: long computations on behalf of requests give up.
     stopping: Arc<AtomicBool>,
@@ -143,6 +145,7 @@ impl AppState {
             limits: s.limits,
             live: Arc::new(AtomicUsize::new(0)),
             server_tools: OnceLock::new(),
+            turns: Default::default(),
             audit: OnceLock::new(),
             shutdown: tokio::sync::watch::channel(false).0,
             stopping: Arc::new(AtomicBool::new(false)),
@@ -217,6 +220,20 @@ impl AppState {
             audit: self.audit.get().cloned(),
             caller: crate::tools::Caller::anonymous(),
         })
+    }
+
+    /// Installs the turn-taking models; new sessions detect voice with `default_vad`.
+    pub fn set_turn_models(
+        &self,
+        models: crate::vad::TurnModels,
+        default_vad: crate::protocol::session::VadEngine,
+    ) {
+        *self.turns.write().unwrap_or_else(|p| p.into_inner()) = (models, default_vad);
+    }
+
+    /// The turn-taking models and the default voice detector.
+    pub fn turn_models(&self) -> (crate::vad::TurnModels, crate::protocol::session::VadEngine) {
+        self.turns.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Installs the tools the server runs itself (once, at start).

@@ -61,6 +61,7 @@ pub async fn upgrade(
     };
     crate::metrics::global().sessions.inc();
     let mut shared = Shared::new(asr, state.limits.clone(), slot, state.shutdown_signal());
+    (shared.turn_models, shared.default_vad) = state.turn_models();
     shared.answering = state.answering().map(|mut a| {
         if let Some(axum::Extension(c)) = caller {
             a.caller = c;

@@ -1,7 +1,8 @@
 //! Turn detection: where a person starts and stops talking, from 16 kHz samples.
 //!
-//! webrtc-vad classifies each 20 ms frame as voice or not; [`TurnDetector`] turns those flags
-//! into turns with the parameters of the OpenAI Realtime API's `server_vad`:
+//! A voice detector classifies each 20 ms frame as voice or not: webrtc-vad (the default, no
+//! model) or [Silero VAD](silero) (a small neural model, steadier in noise). [`TurnDetector`]
+//! turns those flags into turns with the parameters of the OpenAI Realtime API's `server_vad`:
 //!
 //! - a turn starts once `min_speech_ms` of mostly-voiced frames (at least 80 % in a sliding
 //!   window) are seen, so clicks and coughs are not turns; its `audio_start_ms` reaches back
@@ -11,10 +12,33 @@
 //!   [`TurnEvent::Resumed`] the voice that may follow, so a caller can start the final
 //!   transcription speculatively at the pause and drop it on resume.
 //!
+//! `semantic_vad` adds a [model of whether the turn sounds finished](smart_turn), asked at
+//! pauses; [`TurnDetector::end_turn`] ends a turn on its word.
+//!
 //! webrtc-vad's `Vad` holds a raw pointer and is not `Send`: a detector lives on one thread (the
 //! realtime session gives the VAD stage its own).
 
+pub mod features;
+pub mod open;
+pub mod silero;
+pub mod smart_turn;
+
+use std::sync::Arc;
+
 use webrtc_vad::{SampleRate, Vad, VadMode};
+
+pub use silero::{SileroModel, SileroVad};
+pub use smart_turn::{EndOfTurn, SmartTurn, TurnModelError, Verdict};
+
+/// How much lower Silero's probability may fall before a frame inside a turn counts as silent
+/// (hysteresis, so a turn does not flicker around the threshold).
+const SILERO_HYSTERESIS: f32 = 0.15;
+
+/// The frame classifier of a detector.
+enum Classifier {
+    WebRtc(Vad),
+    Silero(Box<SileroVad>),
+}
 
 /// Frame length fed to webrtc-vad.
 pub const FRAME_MS: u64 = 20;
@@ -57,6 +81,71 @@ impl VadParams {
     }
 }
 
+/// How `semantic_vad` asks the end-of-turn model, and how long it waits when the model says the
+/// person is not done.
+///
+/// The model is asked once per pause, `check_after_ms` into it: Smart Turn was trained on turns
+/// cut about 200 ms after the last word, and asked again later in the same pause its probability
+/// creeps up with the silence whether or not the sentence is finished (measured on this
+/// project's recordings), so a later check would mostly add false cut-offs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SemanticParams {
+    /// Probability of a complete turn that ends it.
+    pub threshold: f32,
+    /// The check, this long into a pause.
+    pub check_after_ms: u64,
+    /// The turn ends after this much silence whatever the model said.
+    pub max_wait_ms: u64,
+}
+
+impl SemanticParams {
+    /// OpenAI's eagerness levels: `low` lets people take their time (8 s at most), `high` ends
+    /// turns as soon as it can (2 s at most); `medium` (`auto`) is in between (4 s). A more
+    /// eager level also needs less confidence from the model.
+    pub fn low() -> Self {
+        SemanticParams {
+            threshold: 0.7,
+            check_after_ms: 200,
+            max_wait_ms: 8_000,
+        }
+    }
+
+    pub fn medium() -> Self {
+        SemanticParams {
+            threshold: 0.5,
+            max_wait_ms: 4_000,
+            ..Self::low()
+        }
+    }
+
+    pub fn high() -> Self {
+        SemanticParams {
+            threshold: 0.35,
+            max_wait_ms: 2_000,
+            ..Self::low()
+        }
+    }
+}
+
+/// The end-of-turn models a server has loaded, shared by its sessions.
+#[derive(Clone, Default)]
+pub struct TurnModels {
+    /// Judges whether a turn sounds finished (`semantic_vad`).
+    pub end_of_turn: Option<Arc<dyn EndOfTurn>>,
+    /// Silero VAD, when loaded.
+    pub silero: Option<Arc<SileroModel>>,
+}
+
+impl TurnModels {
+    /// What sessions can ask for.
+    pub fn available(&self) -> crate::protocol::session::TurnModelsAvailable {
+        crate::protocol::session::TurnModelsAvailable {
+            silero: self.silero.is_some(),
+            end_of_turn: self.end_of_turn.is_some(),
+        }
+    }
+}
+
 /// What the detector saw, with times in ms from the start of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TurnEvent {
@@ -81,7 +170,7 @@ enum State {
 
 /// Streaming turn detector over 16 kHz mono samples.
 pub struct TurnDetector {
-    vad: Vad,
+    vad: Classifier,
     params: VadParams,
     pending: Vec<i16>,
     /// ms of audio processed so far (frame boundaries).
@@ -93,9 +182,33 @@ pub struct TurnDetector {
 }
 
 impl TurnDetector {
+    /// A detector on webrtc-vad.
     pub fn new(params: VadParams) -> Self {
+        Self::with(
+            Classifier::WebRtc(Vad::new_with_rate_and_mode(
+                SampleRate::Rate16kHz,
+                params.mode(),
+            )),
+            params,
+        )
+    }
+
+    /// A detector on Silero VAD; `threshold` is then the speech probability a frame needs.
+    pub fn silero(params: VadParams, model: Arc<SileroModel>) -> Self {
+        Self::with(Classifier::Silero(Box::new(SileroVad::new(model))), params)
+    }
+
+    /// Which voice detector this is (`webrtc` or `silero`).
+    pub fn engine(&self) -> &'static str {
+        match self.vad {
+            Classifier::WebRtc(_) => "webrtc",
+            Classifier::Silero(_) => "silero",
+        }
+    }
+
+    fn with(vad: Classifier, params: VadParams) -> Self {
         TurnDetector {
-            vad: Vad::new_with_rate_and_mode(SampleRate::Rate16kHz, params.mode()),
+            vad,
             params,
             pending: Vec::with_capacity(FRAME_SAMPLES),
             now_ms: 0,
@@ -111,7 +224,9 @@ impl TurnDetector {
 
     /// Changes the parameters; a turn in progress continues under the new ones.
     pub fn set_params(&mut self, params: VadParams) {
-        self.vad.set_mode(params.mode());
+        if let Classifier::WebRtc(v) = &mut self.vad {
+            v.set_mode(params.mode());
+        }
         self.params = params;
     }
 
@@ -130,6 +245,23 @@ impl TurnDetector {
         self.state = State::Idle;
         self.recent.clear();
         self.pending.clear();
+        if let Classifier::Silero(v) = &mut self.vad {
+            v.reset();
+        }
+    }
+
+    /// Ends the turn in progress now (a turn model judged it complete during a pause) and
+    /// returns its [`TurnEvent::SpeechStopped`]; `None` when no turn is in progress.
+    pub fn end_turn(&mut self) -> Option<TurnEvent> {
+        let State::Speaking { paused_since } = self.state else {
+            return None;
+        };
+        self.state = State::Idle;
+        self.recent.clear();
+        Some(TurnEvent::SpeechStopped {
+            audio_end_ms: self.now_ms,
+            last_voice_ms: paused_since.unwrap_or(self.now_ms),
+        })
     }
 
     /// Feeds samples, appending what happened to `events`.
@@ -137,8 +269,21 @@ impl TurnDetector {
         for &s in samples {
             self.pending.push((s.clamp(-1.0, 1.0) * 32767.0) as i16);
             if self.pending.len() == FRAME_SAMPLES {
-                // A 20 ms frame at 16 kHz is always a valid webrtc-vad input.
-                let voiced = self.vad.is_voice_segment(&self.pending).unwrap_or(false);
+                let voiced = match &mut self.vad {
+                    // A 20 ms frame at 16 kHz is always a valid webrtc-vad input.
+                    Classifier::WebRtc(v) => v.is_voice_segment(&self.pending).unwrap_or(false),
+                    Classifier::Silero(v) => {
+                        let frame: Vec<f32> =
+                            self.pending.iter().map(|&s| s as f32 / 32768.0).collect();
+                        v.push(&frame);
+                        let needed = if matches!(self.state, State::Speaking { .. }) {
+                            self.params.threshold - SILERO_HYSTERESIS
+                        } else {
+                            self.params.threshold
+                        };
+                        v.probability() >= needed
+                    }
+                };
                 self.pending.clear();
                 self.frame(voiced, events);
             }
@@ -195,7 +340,12 @@ impl TurnDetector {
 
 /// Runs the detector over a whole signal and returns the turns as (start, end of voice) in ms.
 pub fn segment(samples: &[f32], params: VadParams) -> Vec<(u64, u64)> {
-    let mut d = TurnDetector::new(params);
+    segment_with(samples, TurnDetector::new(params))
+}
+
+/// [`segment`] with a given detector (Silero's, say).
+pub fn segment_with(samples: &[f32], mut d: TurnDetector) -> Vec<(u64, u64)> {
+    let params = d.params();
     let mut events = Vec::new();
     d.push(samples, &mut events);
     // Close a turn still open at the end: enough silence to outlast webrtc-vad's hangover too.

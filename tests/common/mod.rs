@@ -400,3 +400,30 @@ pub async fn read_until(
         .expect("the server stopped answering");
     (events, closed)
 }
+
+/// The installed turn-taking models (Smart Turn v3.2 with one worker, Silero VAD), shared by the
+/// tests of a binary.
+pub fn turn_models() -> voxd::vad::TurnModels {
+    static MODELS: OnceLock<voxd::vad::TurnModels> = OnceLock::new();
+    MODELS
+        .get_or_init(|| {
+            let store = ModelStore::new(&home(), Manifest::builtin());
+            let found = (|| {
+                Ok::<_, voxd::models::ModelError>((
+                    store.resolve(Role::Runtime, None)?,
+                    store.resolve(Role::Turn, None)?,
+                    store.resolve(Role::Vad, None)?,
+                ))
+            })();
+            let (runtime, turn, vad) = found.unwrap_or_else(|e| {
+                panic!("{e}\nThe tests need the default models: run `cargo run -- models pull` first (scripts/test does).")
+            });
+            voxd::vad::TurnModels {
+                end_of_turn: Some(Arc::new(
+                    voxd::vad::SmartTurn::load(&runtime, &turn, 1).expect("Smart Turn loads"),
+                )),
+                silero: Some(voxd::vad::SileroModel::load(&runtime, &vad).expect("Silero loads")),
+            }
+        })
+        .clone()
+}
