@@ -133,6 +133,15 @@ struct BenchArgs {
     /// The pause that ends a turn (server_vad silence_duration_ms).
     #[arg(long, default_value_t = 500)]
     silence_ms: u64,
+    /// How turns end: server_vad (a silence window) or semantic_vad (the end-of-turn model).
+    #[arg(long, value_enum, default_value = "server_vad")]
+    turn_detection: BenchTurns,
+    /// semantic_vad's eagerness: low, medium, high or auto.
+    #[arg(long, default_value = "auto", value_parser = ["low", "medium", "high", "auto"])]
+    eagerness: String,
+    /// The voice detector: webrtc or silero.
+    #[arg(long, default_value = "webrtc", value_parser = ["webrtc", "silero"])]
+    vad: String,
     /// Give up on a turn this long after its audio ended (seconds).
     #[arg(long, default_value_t = 120)]
     turn_timeout_s: u64,
@@ -153,6 +162,15 @@ struct BenchArgs {
     /// Arguments for the `voxd serve` the bench starts (after `--`), e.g. `-- --llm-url URL`.
     #[arg(last = true)]
     serve_args: Vec<String>,
+}
+
+/// `voxd bench --turn-detection`.
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchTurns {
+    #[value(name = "server_vad", alias = "server-vad")]
+    ServerVad,
+    #[value(name = "semantic_vad", alias = "semantic-vad")]
+    SemanticVad,
 }
 
 /// `voxd eval` options.
@@ -852,6 +870,9 @@ async fn bench(args: BenchArgs) -> Result<()> {
         duration: args.duration.map(Into::into),
         answers: !args.no_llm,
         silence_ms: args.silence_ms,
+        semantic: matches!(args.turn_detection, BenchTurns::SemanticVad)
+            .then(|| args.eagerness.clone()),
+        vad: args.vad.clone(),
         turn_timeout: std::time::Duration::from_secs(args.turn_timeout_s),
         progress: !args.quiet,
     };

@@ -59,7 +59,25 @@ async fn a_one_turn_bench_run_is_well_formed_and_ordered() {
     let first = run(vec![]).await;
     let old = dir.path().join("old.json");
     std::fs::copy(&json, &old).unwrap();
-    let second = run(vec!["--compare".into(), old.display().to_string()]).await;
+    // The second run ends turns with the end-of-turn model, on Silero VAD.
+    let second = run(vec![
+        "--compare".into(),
+        old.display().to_string(),
+        "--turn-detection".into(),
+        "semantic_vad".into(),
+        "--vad".into(),
+        "silero".into(),
+    ])
+    .await;
+    assert!(
+        second.contains("turns: semantic_vad (auto), silero"),
+        "{second}"
+    );
+    let semantic: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(semantic["turn_detection"], "semantic_vad (auto), silero");
+    assert_eq!(semantic["levels"][0]["completed"], 1, "{semantic}");
+    // The first run's report, read back for the checks below.
+    std::fs::copy(&old, &json).unwrap();
 
     assert!(
         first.contains("end of speech") && first.contains("first_token"),

@@ -120,9 +120,10 @@ fn second_pull_does_no_work_and_verify_passes() {
     );
     let out = voxd(&["models", "verify"], &home);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    // Every model of the manifest: ASR, LLM, embeddings, the voice and ONNX Runtime.
+    // Every model of the manifest: ASR, LLM, embeddings, the voice, ONNX Runtime, the end-of-turn
+    // model and Silero VAD.
     let models = voxd::models::Manifest::builtin().models.len();
-    assert_eq!(models, 5);
+    assert_eq!(models, 7);
     assert_eq!(
         text(&out.stdout).matches("ok ").count(),
         models,

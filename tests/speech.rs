@@ -313,8 +313,16 @@ async fn barge_in_stops_the_voice_and_truncate_keeps_what_was_heard() {
         "the story ended at once"
     );
 
-    // The person talks over the answer.
-    let mut speech = common::speak(dir.path(), "Wait, stop, stop please.", 16_000);
+    // A short sound first (the first 300 ms of the words: an "mm-hm" or a cough), which must
+    // not interrupt; then the person talks over the answer.
+    let words = common::speak(dir.path(), "Wait, stop, stop please.", 16_000);
+    let onset = words
+        .iter()
+        .position(|s| s.abs() > 0.05)
+        .expect("espeak spoke");
+    let mut speech = words[onset..onset + 16_000 * 3 / 10].to_vec();
+    speech.extend(vec![0.0; 16_000]);
+    speech.extend(&words);
     speech.extend(vec![0.0; 16_000]);
     tx.append(&speech).await.unwrap();
     events.extend(
@@ -329,6 +337,14 @@ async fn barge_in_stops_the_voice_and_truncate_keeps_what_was_heard() {
         .iter()
         .position(|e| e.kind() == "input_audio_buffer.speech_started")
         .expect("the barge-in was heard");
+    match &events[started] {
+        // A turn the short sound started would start at 0 ms.
+        ServerEvent::SpeechStarted { audio_start_ms, .. } => assert!(
+            *audio_start_ms > 300,
+            "the short sound at 0–300 ms started a turn ({audio_start_ms} ms)"
+        ),
+        other => panic!("{other:?}"),
+    }
     let after = events[started..]
         .iter()
         .filter(|e| matches!(e, ServerEvent::OutputAudioDelta { response_id, .. } if *response_id == first))

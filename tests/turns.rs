@@ -187,14 +187,9 @@ async fn stream(
 }
 
 /// "Ask not what your country can do for you, [0.54 s] ask what you | [1 s] can do for your
-/// country.": jfk.wav from 3.2 s, with a second pause inserted mid-phrase.
+/// country.": jfk.wav from 3.2 s, with a second pause inserted mid-phrase (tests/data/SOURCES.md).
 fn paused_sentence() -> Vec<f32> {
-    let jfk = common::audio_at("jfk.wav", RATE);
-    let mut a = silence(500);
-    a.extend(&jfk[ms(3200)..ms(7540)]);
-    a.extend(silence(1000));
-    a.extend(&jfk[ms(7540)..]);
-    a
+    common::audio_at("turns/jfk-paused.wav", RATE)
 }
 
 #[tokio::test]

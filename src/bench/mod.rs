@@ -50,10 +50,68 @@ pub struct BenchConfig {
     pub duration: Option<Duration>,
     /// Ask for answers (a `realtime` session) or only transcripts (`transcription`).
     pub answers: bool,
+    /// `server_vad`'s silence window.
     pub silence_ms: u64,
+    /// `semantic_vad` with this eagerness instead of `server_vad` (`low`, `medium`, `high`,
+    /// `auto`).
+    pub semantic: Option<String>,
+    /// The voice detector: `webrtc` or `silero`.
+    pub vad: String,
     /// Longest wait for a turn's events after its audio ended.
     pub turn_timeout: Duration,
     pub progress: bool,
+}
+
+impl BenchConfig {
+    /// The session's `turn_detection`.
+    fn turn_detection(&self) -> serde_json::Value {
+        match &self.semantic {
+            Some(e) => json!({"type": "semantic_vad", "eagerness": e}),
+            None => json!({"type": "server_vad", "silence_duration_ms": self.silence_ms}),
+        }
+    }
+
+    /// How the report names the turn detection.
+    fn turn_detection_name(&self) -> String {
+        match &self.semantic {
+            Some(e) => format!("semantic_vad ({e}), {}", self.vad),
+            None => format!("server_vad {} ms, {}", self.silence_ms, self.vad),
+        }
+    }
+
+    /// The utterance a `speech_stopped` at `audio_end_ms` (of the recording) ends: with
+    /// `server_vad`, the one whose end plus the window is nearest; with `semantic_vad`, the last
+    /// one to end before it (the model's wait varies from 200 ms to the eagerness's longest).
+    fn match_stop(&self, segments: &[(u64, u64)], audio_end_ms: i64) -> Option<usize> {
+        match &self.semantic {
+            None => {
+                let end = audio_end_ms - self.silence_ms as i64;
+                segments
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(_, e))| (i, (e as i64 - end).abs()))
+                    .min_by_key(|&(_, d)| d)
+                    .filter(|&(_, d)| d <= MATCH_TOLERANCE_MS)
+                    .map(|(i, _)| i)
+            }
+            Some(e) => {
+                let longest = match e.as_str() {
+                    "low" => 8_000,
+                    "high" => 2_000,
+                    _ => 4_000,
+                };
+                segments
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &(_, end))| {
+                        let waited = audio_end_ms - end as i64;
+                        (-MATCH_TOLERANCE_MS..=longest + MATCH_TOLERANCE_MS).contains(&waited)
+                    })
+                    .map(|(i, _)| i)
+                    .next_back()
+            }
+        }
+    }
 }
 
 /// The sample rate the bench streams at (OpenAI's default input rate, so the server resamples).
@@ -143,6 +201,7 @@ pub async fn run(
         url: cfg.url.clone(),
         answers: cfg.answers,
         silence_ms: cfg.silence_ms,
+        turn_detection: cfg.turn_detection_name(),
         recordings: recordings.iter().map(|r| r.name.clone()).collect(),
         ..Default::default()
     };
@@ -230,8 +289,9 @@ async fn user(
         "type": if cfg.answers { "realtime" } else { "transcription" },
         "audio": {"input": {
             "format": {"type": "audio/pcm", "rate": STREAM_RATE},
-            "turn_detection": {"type": "server_vad", "silence_duration_ms": cfg.silence_ms},
+            "turn_detection": cfg.turn_detection(),
         }},
+        "voxd": {"vad": cfg.vad},
     }))
     .await?;
     let started = Instant::now();
@@ -331,14 +391,8 @@ async fn stream_turn(
                 match event {
                     ServerEvent::SpeechStopped { audio_end_ms, item_id } => {
                         n_stopped += 1;
-                        let end = audio_end_ms as i64 - offset_ms as i64 - cfg.silence_ms as i64;
-                        let nearest = segments
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &(_, e))| (i, (e as i64 - end).abs()))
-                            .min_by_key(|&(_, d)| d)
-                            .filter(|&(_, d)| d <= MATCH_TOLERANCE_MS);
-                        if let Some((i, _)) = nearest {
+                        let at = audio_end_ms as i64 - offset_ms as i64;
+                        if let Some(i) = cfg.match_stop(segments, at) {
                             arrivals[i].stopped = Some(now);
                             item_segment.insert(item_id, i);
                         }

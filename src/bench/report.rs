@@ -120,6 +120,9 @@ pub struct Report {
     pub url: String,
     pub answers: bool,
     pub silence_ms: u64,
+    /// How turns ended: `server_vad 500 ms, webrtc`, `semantic_vad (auto), silero`…
+    #[serde(default)]
+    pub turn_detection: String,
     pub recordings: Vec<String>,
     pub levels: Vec<Level>,
     pub turns: Vec<TurnRecord>,
@@ -166,8 +169,12 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "latency from the true end of speech, ms (p50 / p95 / p99); silence window {} ms",
-            self.silence_ms
+            "latency from the true end of speech, ms (p50 / p95 / p99); turns: {}",
+            if self.turn_detection.is_empty() {
+                format!("server_vad {} ms", self.silence_ms)
+            } else {
+                self.turn_detection.clone()
+            }
         );
         let _ = write!(out, "{:>8} {:>6}", "sessions", "turns");
         for (name, _) in STAGES {

@@ -186,6 +186,9 @@ pub struct SessionConfig {
     pub partial_interval_ms: u64,
     /// voxd: voiced audio needed before a turn starts.
     pub min_speech_ms: u64,
+    /// voxd: voiced audio needed before speech interrupts an answer (a turn that starts while a
+    /// response runs), so a cough or an "mm-hm" does not cancel it.
+    pub interrupt_min_speech_ms: u64,
     /// voxd: start the final transcription when silence begins (after this many ms of it);
     /// `None` = wait for the end of the silence window.
     pub speculative_after_ms: Option<u64>,
@@ -357,6 +360,7 @@ impl SessionConfig {
             prompt: None,
             partial_interval_ms: 500,
             min_speech_ms: 200,
+            interrupt_min_speech_ms: 600,
             speculative_after_ms: Some(100),
             output_modalities: vec!["text".into()],
             output_format: InputFormat::Pcm16 { rate: 24_000 },
@@ -590,7 +594,11 @@ impl SessionConfig {
                 next.vad = engine;
             }
             if let Some(x) = v.get("min_speech_ms") {
-                next.min_speech_ms = ranged(x, "session.voxd.min_speech_ms", 20, 5_000)?;
+                next.min_speech_ms = ranged(x, "session.voxd.min_speech_ms", 20, 2_000)?;
+            }
+            if let Some(x) = v.get("interrupt_min_speech_ms") {
+                next.interrupt_min_speech_ms =
+                    ranged(x, "session.voxd.interrupt_min_speech_ms", 20, 2_000)?;
             }
             for (key, slot) in [
                 ("citations_event", &mut next.citations_event),
@@ -656,6 +664,7 @@ impl SessionConfig {
         let mut voxd = json!({
             "partial_interval_ms": self.partial_interval_ms,
             "min_speech_ms": self.min_speech_ms,
+            "interrupt_min_speech_ms": self.interrupt_min_speech_ms,
             "speculative_after_ms": self.speculative_after_ms,
             "vad": self.vad.as_str(),
             "citations_event": self.citations_event,

@@ -36,6 +36,8 @@ pub struct StageConfig {
     pub engine: VadEngine,
     /// `semantic_vad`: end turns by the end-of-turn model (needs one loaded).
     pub semantic: Option<SemanticParams>,
+    /// Voiced audio a turn needs before it starts while a response runs (barge-in).
+    pub interrupt_min_speech_ms: u64,
     /// Send a partial snapshot every this many ms of turn audio (0 = never).
     pub partial_interval_ms: u64,
     /// Send a speculative final snapshot after this much silence (`None` = never).
@@ -58,6 +60,9 @@ pub enum AudioInput {
     Configure(StageConfig),
     /// Restart the idle timer (a response just ended).
     ResetIdle,
+    /// Whether a response is running: speech must then last `interrupt_min_speech_ms` to
+    /// become a turn.
+    Responding(bool),
     /// A client request for the hub, passed through in order: a `response.create` sent after
     /// a commit reaches the hub after the committed turn.
     Client(Command),
@@ -128,6 +133,8 @@ struct Stage {
     next_partial: usize,
     pause: Option<PauseState>,
     idle_since_ms: u64,
+    /// A response is running (barge-in needs longer speech).
+    responding: bool,
     out: mpsc::Sender<AudioSignal>,
     events: Vec<TurnEvent>,
 }
@@ -182,7 +189,9 @@ impl Stage {
         let cfg = cfg.checked(&models);
         Stage {
             cfg,
-            detector: cfg.vad.map(|p| detector(p, cfg.engine, &models)),
+            detector: cfg
+                .vad
+                .map(|p| detector(cfg.effective(p, false), cfg.engine, &models)),
             models,
             resampler: StreamResampler::new(cfg.input_rate, MODEL_RATE)
                 .expect("rate validated by the protocol"),
@@ -195,6 +204,7 @@ impl Stage {
             next_partial: 0,
             pause: None,
             idle_since_ms: 0,
+            responding: false,
             out,
             events: Vec::new(),
         }
@@ -218,7 +228,8 @@ impl Stage {
             self.pause = None;
             self.turn.clear();
         }
-        match (cfg.vad, self.detector.as_mut()) {
+        let params = cfg.vad.map(|p| cfg.effective(p, self.responding));
+        match (params, self.detector.as_mut()) {
             (Some(p), Some(d)) => d.set_params(p),
             (Some(p), None) => self.detector = Some(detector(p, cfg.engine, &self.models)),
             (None, _) => {
@@ -424,6 +435,13 @@ impl Stage {
         }
     }
 
+    fn responding(&mut self, on: bool) {
+        self.responding = on;
+        if let (Some(p), Some(d)) = (self.cfg.vad, self.detector.as_mut()) {
+            d.set_params(self.cfg.effective(p, on));
+        }
+    }
+
     fn commit(&mut self, event_id: Option<String>) -> bool {
         // Audio still pending (< 20 ms) belongs to the commit.
         let rest = std::mem::take(&mut self.pending);
@@ -466,6 +484,18 @@ impl Stage {
 }
 
 impl StageConfig {
+    /// The detector's parameters while a response runs (`responding`) or not.
+    fn effective(&self, p: VadParams, responding: bool) -> VadParams {
+        VadParams {
+            min_speech_ms: if responding {
+                p.min_speech_ms.max(self.interrupt_min_speech_ms)
+            } else {
+                p.min_speech_ms
+            },
+            ..p
+        }
+    }
+
     /// The configuration this server can run: webrtc-vad without a Silero model, and
     /// silence-based turns without an end-of-turn model.
     fn checked(mut self, models: &TurnModels) -> Self {
@@ -500,6 +530,10 @@ pub fn spawn(
                         true
                     }
                     AudioInput::Client(c) => stage.send(AudioSignal::Client(c)),
+                    AudioInput::Responding(on) => {
+                        stage.responding(on);
+                        true
+                    }
                     AudioInput::ResetIdle => {
                         stage.idle_since_ms = ms(stage.total);
                         true

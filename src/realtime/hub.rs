@@ -108,6 +108,8 @@ pub(super) struct Hub {
     /// To restart the audio stage's idle timer when a response ends (weak: the reader's drop of
     /// its sender still ends the stage).
     audio: mpsc::WeakSender<AudioInput>,
+    /// What the audio stage was last told about a running response.
+    told_responding: bool,
 }
 
 impl Hub {
@@ -125,6 +127,7 @@ impl Hub {
             out,
             opts,
             audio,
+            told_responding: false,
         }
     }
 
@@ -163,6 +166,15 @@ impl Hub {
             }
             // Start the next response once nothing runs and what it answers is transcribed.
             self.responses.pump(&mut self.conversation);
+            // While a response runs, speech must last longer to interrupt it (barge-in).
+            let busy = self.responses.busy();
+            if busy != self.told_responding {
+                if let Some(audio) = self.audio.upgrade() {
+                    if audio.try_send(AudioInput::Responding(busy)).is_ok() {
+                        self.told_responding = busy;
+                    }
+                }
+            }
             if !signals_open && !self.turns.pending() && !self.responses.busy() {
                 return;
             }

@@ -36,6 +36,7 @@ fn stage_config(c: &SessionConfig) -> StageConfig {
         }),
         engine: c.vad,
         semantic,
+        interrupt_min_speech_ms: c.interrupt_min_speech_ms,
         partial_interval_ms: c.partial_interval_ms,
         speculative_after_ms: c.speculative_after_ms,
         idle_timeout_ms: c.turn_detection.and_then(|t| t.idle_timeout_ms),
