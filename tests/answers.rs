@@ -565,6 +565,27 @@ async fn the_chat_completions_endpoint_serves_async_openai() {
 }
 
 #[tokio::test]
+async fn a_session_opened_while_the_llm_loads_answers_once_it_has() {
+    let (url, state) = common::start_realtime(ServerSettings::default()).await;
+    let (mut tx, mut rx) = open(&url, json!({"type": "realtime"})).await;
+    ask(&mut tx, "Hello?").await;
+    let events = read_until(&mut rx, |e| e.iter().any(|e| e.kind() == "error")).await;
+    match events.last().unwrap() {
+        ServerEvent::Error { error } => {
+            assert_eq!(error.code.as_deref(), Some("llm_unavailable"))
+        }
+        e => panic!("{e:?}"),
+    }
+    // The model finishes loading: the same session now answers.
+    let _heavy = HEAVY.lock().await;
+    state.set_llm(llm());
+    ask(&mut tx, "Say hello.").await;
+    let events = read_until(&mut rx, |e| response_done(e).is_some()).await;
+    let done = response_done(&events).unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+}
+
+#[tokio::test]
 async fn conversation_and_response_mistakes_get_typed_errors() {
     let expect_error = |events: &[ServerEvent]| match events.last().unwrap() {
         ServerEvent::Error { error } => error.code.clone().unwrap(),

@@ -116,13 +116,14 @@ impl Hub {
     pub(super) fn new(
         asr: Arc<dyn Asr>,
         answering: Option<Answering>,
+        answering_later: Option<super::AnsweringSource>,
         out: Out,
         opts: watch::Receiver<SessionOptions>,
         audio: mpsc::WeakSender<AudioInput>,
     ) -> Self {
         Hub {
             turns: Turns::new(asr, out.clone(), opts.clone()),
-            responses: Responses::new(answering, out.clone(), opts.clone()),
+            responses: Responses::new(answering, answering_later, out.clone(), opts.clone()),
             conversation: Conversation::default(),
             out,
             opts,

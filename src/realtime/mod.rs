@@ -78,11 +78,16 @@ impl Default for Limits {
     }
 }
 
+/// Where a session finds the LLM and knowledge base once they have loaded.
+pub type AnsweringSource = std::sync::Arc<dyn Fn() -> Option<Answering> + Send + Sync>;
+
 /// What one session gets from the server.
 pub struct Shared {
     pub asr: Arc<dyn Asr>,
     /// The LLM and knowledge base, when loaded (responses need them).
     pub answering: Option<Answering>,
+    /// Asked for them again while `answering` is `None` (the LLM may still be loading).
+    pub answering_later: Option<AnsweringSource>,
     pub limits: Limits,
     /// The turn-taking models (Silero VAD, the end-of-turn model), when loaded.
     pub turn_models: crate::vad::TurnModels,
@@ -104,6 +109,7 @@ impl Shared {
         Shared {
             asr,
             answering: None,
+            answering_later: None,
             limits,
             turn_models: Default::default(),
             default_vad: Default::default(),

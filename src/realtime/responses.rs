@@ -284,6 +284,8 @@ struct ActiveResponse {
 /// A session's responses.
 pub(super) struct Responses {
     answering: Option<Answering>,
+    /// Where to look for `answering` while it is `None` (the LLM may still be loading).
+    answering_later: Option<super::AnsweringSource>,
     out: Out,
     opts: watch::Receiver<SessionOptions>,
     active: Option<ActiveResponse>,
@@ -310,6 +312,7 @@ impl Drop for Responses {
 impl Responses {
     pub(super) fn new(
         answering: Option<Answering>,
+        answering_later: Option<super::AnsweringSource>,
         out: Out,
         opts: watch::Receiver<SessionOptions>,
     ) -> Self {
@@ -317,6 +320,7 @@ impl Responses {
         let (prepared_tx, prepared_rx) = mpsc::channel(4);
         Responses {
             answering,
+            answering_later,
             out,
             opts,
             active: None,
@@ -328,6 +332,14 @@ impl Responses {
             prepared: None,
             preparing: None,
         }
+    }
+
+    /// Whether the LLM is there to answer: taken from the server the first time it has loaded.
+    fn ready(&mut self) -> bool {
+        if self.answering.is_none() {
+            self.answering = self.answering_later.as_ref().and_then(|later| later());
+        }
+        self.answering.is_some()
     }
 
     /// True while a response runs or waits.
@@ -393,7 +405,7 @@ impl Responses {
         event_id: Option<String>,
         response: Option<&Value>,
     ) {
-        if self.answering.is_none() {
+        if !self.ready() {
             self.out.send(ServerEvent::server_error(
                 "llm_unavailable",
                 "the language model is not loaded (still loading, or it failed to load)",
@@ -479,7 +491,7 @@ impl Responses {
     /// The automatic response to a turn the VAD ended: it supersedes the answer still running
     /// and goes first.
     pub(super) fn respond_to_turn(&mut self, item_id: String, stopped_at: Option<Instant>) {
-        if self.answering.is_none() {
+        if !self.ready() {
             return;
         }
         self.cancel_active("turn_detected");
@@ -493,7 +505,7 @@ impl Responses {
 
     /// The response to the idle timeout: asks whether the person is still there.
     pub(super) fn nudge(&mut self, item_id: String) {
-        if self.answering.is_none() || self.busy() {
+        if !self.ready() || self.busy() {
             return;
         }
         self.waiting.push_back(Waiting {
@@ -723,6 +735,9 @@ impl Responses {
     /// Retrieves and prefills for what the person seems to have asked, while they pause.
     pub(super) fn prepare(&mut self, conversation: &Conversation, question: String) {
         let opts = self.opts.borrow().clone();
+        if !self.ready() {
+            return;
+        }
         let Some(answering) = self
             .answering
             .clone()

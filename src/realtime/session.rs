@@ -87,6 +87,7 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
         Hub::new(
             shared.asr.clone(),
             shared.answering.clone(),
+            shared.answering_later.clone(),
             out.clone(),
             opts_rx,
             audio_tx.downgrade(),

@@ -62,12 +62,17 @@ pub async fn upgrade(
     crate::metrics::global().sessions.inc();
     let mut shared = Shared::new(asr, state.limits.clone(), slot, state.shutdown_signal());
     (shared.turn_models, shared.default_vad) = state.turn_models();
-    shared.answering = state.answering().map(|mut a| {
-        if let Some(axum::Extension(c)) = caller {
-            a.caller = c;
+    let caller = caller.map(|axum::Extension(c)| c);
+    let with_caller = move |mut a: crate::realtime::Answering| {
+        if let Some(c) = &caller {
+            a.caller = c.clone();
         }
         a
-    });
+    };
+    shared.answering = state.answering().map(&with_caller);
+    // A session opened while the LLM still loads answers once it has.
+    let later = state.clone();
+    shared.answering_later = Some(Arc::new(move || later.answering().map(&with_caller)));
     Ok(ws
         .protocols(["realtime"])
         .max_message_size(MAX_MESSAGE_BYTES)
