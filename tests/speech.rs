@@ -421,6 +421,67 @@ async fn barge_in_stops_the_voice_and_truncate_keeps_what_was_heard() {
     assert_eq!(kept, "");
 }
 
+#[tokio::test]
+async fn a_truncate_sent_while_the_answer_is_generated_applies_when_it_ends() {
+    let _heavy = HEAVY.lock().await;
+    let (url, _, _dir) = speaking_server(false).await;
+    let (mut tx, mut rx, _) = open(
+        &url,
+        json!({"type": "realtime",
+            "instructions": "You are a storyteller. Tell long stories of many sentences."}),
+    )
+    .await;
+    tx.send_text(user_text("Tell me a long story about a dragon and a knight.").to_string())
+        .await
+        .unwrap();
+    tx.create_response().await.unwrap();
+    let events = read_until(&mut rx, |e| {
+        count(e, "response.output_audio.delta") > 0 || count(e, "response.done") > 0
+    })
+    .await;
+    assert_eq!(
+        count(&events, "response.done"),
+        0,
+        "the story ended at once"
+    );
+    let item = events
+        .iter()
+        .find_map(|e| match e {
+            ServerEvent::OutputAudioDelta { item_id, .. } => Some(item_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // As the web demo's "Stop answer": playback stops after 100 ms, the client truncates the
+    // answer the model is still writing, then cancels it.
+    tx.send_text(
+        json!({"type": "conversation.item.truncate", "item_id": item, "content_index": 0,
+            "audio_end_ms": 100})
+        .to_string(),
+    )
+    .await
+    .unwrap();
+    tx.send_text(json!({"type": "response.cancel"}).to_string())
+        .await
+        .unwrap();
+    let events = read_until(&mut rx, |e| {
+        count(e, "conversation.item.truncated") > 0 || count(e, "error") > 0
+    })
+    .await;
+    assert_eq!(errors(&events), Vec::<String>::new());
+    let done = events
+        .iter()
+        .position(|e| e.kind() == "response.done")
+        .expect("the cancel ended the response first");
+    match &events[done + 1..] {
+        [.., ServerEvent::ItemTruncated {
+            item_id,
+            audio_end_ms,
+            ..
+        }] => assert_eq!((item_id, *audio_end_ms), (&item, 100)),
+        other => panic!("{:?}", other.iter().map(|e| e.kind()).collect::<Vec<_>>()),
+    }
+}
+
 /// The id of the response the events are about.
 fn response_done_or_created(events: &[ServerEvent]) -> String {
     events

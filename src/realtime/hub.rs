@@ -110,6 +110,9 @@ pub(super) struct Hub {
     audio: mpsc::WeakSender<AudioInput>,
     /// What the audio stage was last told about a running response.
     told_responding: bool,
+    /// A `conversation.item.truncate` of the answer still being generated: applied when it
+    /// ends and joins the conversation (a client stops playback, then truncates, then cancels).
+    deferred_truncate: Option<Command>,
 }
 
 impl Hub {
@@ -129,6 +132,7 @@ impl Hub {
             opts,
             audio,
             told_responding: false,
+            deferred_truncate: None,
         }
     }
 
@@ -151,6 +155,11 @@ impl Hub {
                 }
                 Some(f) = self.responses.finished.recv() => {
                     self.responses.finished(f, &mut self.conversation);
+                    if let Some(c) = self.deferred_truncate.take() {
+                        if !self.command(c) {
+                            return;
+                        }
+                    }
                     if let Some(audio) = self.audio.upgrade() {
                         // The idle timeout counts from the end of the answer.
                         let _ = audio.try_send(AudioInput::ResetIdle);
@@ -397,6 +406,18 @@ impl Hub {
                 item_id,
                 audio_end_ms,
             } => {
+                if self.conversation.get(&item_id).is_none()
+                    && self.responses.active_item() == Some(item_id.as_str())
+                {
+                    // Its answer is still being generated: truncate it once it ends. A later
+                    // truncate of it replaces this one.
+                    self.deferred_truncate = Some(Command::Truncate {
+                        event_id,
+                        item_id,
+                        audio_end_ms,
+                    });
+                    return true;
+                }
                 let Some(item) = self
                     .conversation
                     .get_mut(&item_id)

@@ -275,6 +275,8 @@ struct Waiting {
 /// The response being generated.
 struct ActiveResponse {
     id: String,
+    /// Its message item (in the conversation once the response ends).
+    item_id: String,
     answers: Option<String>,
     cancel: Option<oneshot::Sender<&'static str>>,
     /// Set at a cancel, before anything else: the answer's voice sends nothing more.
@@ -340,6 +342,11 @@ impl Responses {
             self.answering = self.answering_later.as_ref().and_then(|later| later());
         }
         self.answering.is_some()
+    }
+
+    /// The message item of the response being generated.
+    pub(super) fn active_item(&self) -> Option<&str> {
+        self.active.as_ref().map(|a| a.item_id.as_str())
     }
 
     /// True while a response runs or waits.
@@ -652,8 +659,10 @@ impl Responses {
                 }
             }
         }
+        let item_id = new_id("item");
         self.active = Some(ActiveResponse {
             id: response_id.clone(),
+            item_id: item_id.clone(),
             answers: w.answers.clone(),
             cancel: Some(cancel_tx),
             silence: silence.clone(),
@@ -672,7 +681,7 @@ impl Responses {
         );
         let job = ResponseJob {
             response_id,
-            item_id: new_id("item"),
+            item_id,
             params: ResponseParams {
                 instructions,
                 max_tokens,
