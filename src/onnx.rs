@@ -110,6 +110,24 @@ pub fn open(library: &Path, model: &Path, threads: usize) -> Result<Session, Onn
         .map_err(|e| bad(e.to_string()))
 }
 
+/// Checks that `session` has every input in `needed`; the error says what `model` is not
+/// (`"{path} is not a {kind}: it has no `x` input"`).
+pub fn require_inputs(
+    session: &Session,
+    model: &Path,
+    kind: &str,
+    needed: &[&str],
+) -> Result<(), String> {
+    let inputs = input_names(session);
+    match needed.iter().find(|n| !inputs.iter().any(|i| i == *n)) {
+        Some(missing) => Err(format!(
+            "{} is not a {kind}: it has no `{missing}` input",
+            model.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The names of a session's inputs, for models whose inputs vary (a multi-speaker voice).
 pub fn input_names(session: &Session) -> Vec<String> {
     session

@@ -175,16 +175,14 @@ impl PiperTts {
         for _ in 0..workers.max(1) {
             let session =
                 onnx::open(runtime, model, threads).map_err(|e| TtsError::Load(e.to_string()))?;
-            let inputs = onnx::input_names(&session);
-            for needed in ["input", "input_lengths", "scales"] {
-                if !inputs.iter().any(|i| i == needed) {
-                    return Err(TtsError::Load(format!(
-                        "{} is not a Piper voice: it has no `{needed}` input",
-                        model.display()
-                    )));
-                }
-            }
-            let has_sid = inputs.iter().any(|i| i == "sid");
+            onnx::require_inputs(
+                &session,
+                model,
+                "Piper voice",
+                &["input", "input_lengths", "scales"],
+            )
+            .map_err(TtsError::Load)?;
+            let has_sid = onnx::input_names(&session).iter().any(|i| i == "sid");
             states.push(Worker { session, has_sid });
         }
         let name = voice_name(model);

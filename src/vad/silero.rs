@@ -27,15 +27,13 @@ impl SileroModel {
     pub fn load(runtime: &Path, model: &Path) -> Result<Arc<Self>, TurnModelError> {
         let session =
             onnx::open(runtime, model, 1).map_err(|e| TurnModelError::Load(e.to_string()))?;
-        let inputs = onnx::input_names(&session);
-        for needed in ["input", "state", "sr"] {
-            if !inputs.iter().any(|i| i == needed) {
-                return Err(TurnModelError::Load(format!(
-                    "{} is not a Silero VAD model (v5): it has no `{needed}` input",
-                    model.display()
-                )));
-            }
-        }
+        onnx::require_inputs(
+            &session,
+            model,
+            "Silero VAD model (v5)",
+            &["input", "state", "sr"],
+        )
+        .map_err(TurnModelError::Load)?;
         tracing::info!(model = %model.display(), "Silero VAD loaded");
         Ok(Arc::new(SileroModel {
             session: Mutex::new(session),

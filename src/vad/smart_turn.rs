@@ -68,13 +68,8 @@ impl SmartTurn {
         for _ in 0..workers.max(1) {
             let session =
                 onnx::open(runtime, model, 1).map_err(|e| TurnModelError::Load(e.to_string()))?;
-            let inputs = onnx::input_names(&session);
-            if !inputs.iter().any(|i| i == "input_features") {
-                return Err(TurnModelError::Load(format!(
-                    "{} is not a Smart Turn model: it has no `input_features` input",
-                    model.display()
-                )));
-            }
+            onnx::require_inputs(&session, model, "Smart Turn model", &["input_features"])
+                .map_err(TurnModelError::Load)?;
             states.push(Worker {
                 session,
                 mel: MelFeatures::new(),
