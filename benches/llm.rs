@@ -6,6 +6,8 @@
 //! - `llm/first_token/300_instructions_cached`: only the instructions cached (what every turn
 //!   gets without early prefill).
 //! - `llm/decode/32`: 32 tokens after the first (tokens/s = 31 / time).
+//! - `q8/matmul_1536x576/{1,354}`: voxd's 8-bit kernel alone on the model's widest layer, for one
+//!   token and for a 354-token prompt.
 //!
 //! Needs the default models (`voxd models pull`). Run: `cargo bench --bench llm`.
 
@@ -144,5 +146,26 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// voxd's Q8_0 kernel alone, on SmolLM2's widest layer (1536 × 576): one token (decoding) and a
+/// 354-token prompt (prefill). Time per block product = time / (rows × tokens × 18 blocks).
+fn kernel(c: &mut Criterion) {
+    let (rows, cols) = (1536, 576);
+    let values = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * seed) % 1000) as f32 / 1000.0 - 0.5)
+            .collect()
+    };
+    let w = voxd_q8::Matrix::quantize(rows, cols, &values(rows * cols, 7919)).unwrap();
+    let mut group = c.benchmark_group("q8");
+    for m in [1usize, 354] {
+        let x = values(m * cols, 104_729);
+        let mut out = vec![0f32; m * rows];
+        group.bench_function(format!("matmul_1536x576/{m}"), |b| {
+            b.iter(|| w.matmul(&x, m, &mut out).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, kernel);
 criterion_main!(benches);

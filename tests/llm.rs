@@ -274,3 +274,115 @@ async fn the_gguf_tokenizer_round_trips_and_knows_the_chat_markers() {
     };
     assert_eq!(err.code(), "context_length_exceeded", "{err}");
 }
+
+/// voxd's own forward pass (its 8-bit kernels, embeddings kept 8-bit) computes exactly what
+/// candle's quantized llama computes over the same Q8_0 weights: the logits of a prompt run in two
+/// chunks (the second after a cached prefix) and of five greedy steps are bit for bit the same.
+#[test]
+fn the_own_forward_pass_gives_candles_logits() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use voxd::llm::llama::{self, Model};
+
+    let path = common::llm_model();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    // candle's model, over the weights re-quantized to Q8_0 the way voxd's loader does.
+    let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    names.sort();
+    let mut tensors = Vec::new();
+    for name in &names {
+        let t = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+        let t = if [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1].contains(&t.dtype())
+            && t.shape().dims().last().is_some_and(|d| d % 32 == 0)
+        {
+            QTensor::quantize(&t.dequantize(&Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap()
+        } else {
+            t
+        };
+        tensors.push((name.clone(), t));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut buf = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &metadata, &refs).unwrap();
+    buf.set_position(0);
+    let requantized = gguf_file::Content::read(&mut buf).unwrap();
+    let mut candle = Model::Candle(Box::new(
+        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+            requantized,
+            &mut buf,
+            &Device::Cpu,
+        )
+        .unwrap(),
+    ));
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut own = llama::load(content, &mut file).unwrap();
+    assert_eq!(
+        own.kind(),
+        "voxd q8 kernels",
+        "the default model runs on voxd's kernels"
+    );
+    assert!(candle.weight_bytes().is_none());
+    // ~145 MB of 8-bit weights, the embeddings included (candle keeps those as 113 MB of f32).
+    let mb = own.weight_bytes().unwrap() / 1_000_000;
+    assert!((100..200).contains(&mb), "{mb} MB of weights");
+
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 997 + 13) % 49_000).collect();
+    let logits = |m: &mut Model, tokens: &[u32], pos: usize| -> Vec<f32> {
+        let t = Tensor::new(tokens, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        m.forward(&t, pos)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let mut pos = 0;
+    let mut next = 0u32;
+    for chunk in [&prompt[..30], &prompt[30..]] {
+        let (a, b) = (
+            logits(&mut own, chunk, pos),
+            logits(&mut candle, chunk, pos),
+        );
+        assert_eq!(
+            a,
+            b,
+            "logits after the prompt's tokens up to {}",
+            pos + chunk.len()
+        );
+        pos += chunk.len();
+        next = argmax(&a);
+    }
+    for step in 0..5 {
+        let (a, b) = (
+            logits(&mut own, &[next], pos),
+            logits(&mut candle, &[next], pos),
+        );
+        assert_eq!(a, b, "logits at greedy step {step}");
+        pos += 1;
+        next = argmax(&a);
+    }
+    // A token outside the vocabulary is an error, not a panic.
+    let bad = Tensor::new(&[60_000u32], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    assert!(own.forward(&bad, pos).is_err());
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i as u32)
+        .unwrap()
+}

@@ -195,6 +195,12 @@ async fn metrics_move_after_one_spoken_turn() {
             && sum("first_audio") < sum("response_done")
     );
     assert!(after["process_resident_memory_bytes"] > 50e6);
+    // The weights each model holds: the LLM's in 8 bits (~143 MB), the others their files.
+    let model = |m: &str| after[&format!("voxd_model_memory_bytes{{model=\"{m}\"}}")];
+    assert!((100e6..200e6).contains(&model("llm")), "{}", model("llm"));
+    for m in ["asr", "embeddings", "voice"] {
+        assert!(model(m) > 10e6, "{m}: {}", model(m));
+    }
     assert!(after["process_cpu_seconds_total"] > before["process_cpu_seconds_total"]);
 
     // Queue depths: nothing waits at rest; four long transcriptions on the server's two whisper

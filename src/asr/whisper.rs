@@ -232,6 +232,7 @@ impl WhisperPool {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        crate::metrics::model_memory("asr", crate::metrics::file_bytes(&config.model_path));
         info!(model = %config.model_path.display(), workers = pool_size, threads = config.threads,
               load_ms = started.elapsed().as_millis() as u64, "whisper model loaded");
         Ok(WhisperPool {

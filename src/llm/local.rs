@@ -1,5 +1,5 @@
 //! The embedded LLM: a GGUF llama-architecture model (default SmolLM2-135M-Instruct, Q4_1) run
-//! with candle's quantized llama on a dedicated worker thread.
+//! with [`super::llama`] (voxd's 8-bit kernels) on a dedicated worker thread.
 //!
 //! Prefix caching: the attention (KV) state after a prompt prefix is kept (a few entries, least
 //! recently used dropped first). A request whose tokens start with a cached prefix clones that
@@ -15,16 +15,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::LogitsProcessor;
-use candle_transformers::models::quantized_llama::ModelWeights;
 use futures::future::BoxFuture;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::constrain::{CallWriter, Grammars, Next, Step};
 use super::gguf_tokenizer::{self, GgufTokenizer};
+use super::llama::{self, Model};
 use super::stop::StopScanner;
 use super::template::{ChatTemplate, CHATML};
 use super::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, LlmStream, Usage};
@@ -33,8 +33,8 @@ use crate::tools::prompt::{CALL_OPEN, RESULT_CLOSE, RESULT_OPEN};
 use crate::tools::{new_call_id, ToolCall, ToolChoice, ToolSet};
 use crate::workers::WorkerPool;
 
-/// candle's quantized llama precomputes rotary embeddings for this many positions.
-const MAX_POSITIONS: usize = 4096;
+/// The forward pass's rotary tables cover this many positions.
+const MAX_POSITIONS: usize = llama::MAX_POSITIONS;
 /// Prompt tokens per forward pass while prefilling; cancellation is checked between chunks (a
 /// full chunk takes ~5 s on 2 cores for SmolLM2-135M).
 const PREFILL_CHUNK: usize = 512;
@@ -57,13 +57,13 @@ pub struct LocalLlmConfig {
 
 struct CacheEntry {
     tokens: Vec<u32>,
-    model: ModelWeights,
+    model: Model,
     used: u64,
 }
 
 /// What the worker thread owns.
 struct Engine {
-    weights: ModelWeights,
+    weights: Model,
     tokenizer: GgufTokenizer,
     template: ChatTemplate,
     context: usize,
@@ -139,7 +139,7 @@ impl Engine {
             .map(|c| c as usize)
             .unwrap_or(2048)
             .min(MAX_POSITIONS);
-        let weights = load_weights(content, &mut file).map_err(|e| fail(e.to_string()))?;
+        let weights = llama::load(content, &mut file).map_err(|e| fail(e.to_string()))?;
         Ok(Engine {
             weights,
             tokenizer,
@@ -252,7 +252,7 @@ impl Engine {
 
     /// The cached state with the longest token prefix of `tokens` (strictly shorter, so at least
     /// one token is left to run), as a fresh model and the number of tokens it covers.
-    fn start_from(&mut self, tokens: &[u32]) -> (ModelWeights, usize) {
+    fn start_from(&mut self, tokens: &[u32]) -> (Model, usize) {
         self.clock += 1;
         let clock = self.clock;
         let best = self
@@ -269,7 +269,7 @@ impl Engine {
         }
     }
 
-    fn remember(&mut self, tokens: &[u32], model: &ModelWeights) {
+    fn remember(&mut self, tokens: &[u32], model: &Model) {
         if self.cache_entries == 0 || self.cache.iter().any(|e| e.tokens == tokens) {
             return;
         }
@@ -322,7 +322,7 @@ impl Engine {
     /// Runs `tokens[from..to]` through `model` (whose cache covers `..from`); returns the logits
     /// after the last one. Stops early (None) if `cancelled` says so.
     fn run(
-        model: &mut ModelWeights,
+        model: &mut Model,
         tokens: &[u32],
         from: usize,
         to: usize,
@@ -350,7 +350,7 @@ impl Engine {
         tokens: &[u32],
         boundaries: &[usize],
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Option<(ModelWeights, Tensor, usize)>, LlmError> {
+    ) -> Result<Option<(Model, Tensor, usize)>, LlmError> {
         let (mut model, cached) = self.start_from(tokens);
         let mut pos = cached;
         let mut logits = None;
@@ -658,7 +658,7 @@ impl Engine {
 
 /// The state before a generation's first token, kept while the model may still start a call.
 struct Watch {
-    model: ModelWeights,
+    model: Model,
     logits: Tensor,
     tools: ToolSet,
 }
@@ -671,7 +671,7 @@ struct Generation {
     watch: Option<Watch>,
     /// The text is held while it may be an echoed result tag (dropped if it is).
     unwrap_result: bool,
-    model: ModelWeights,
+    model: Model,
     /// The logits for the next token.
     logits: Tensor,
     sampler: LogitsProcessor,
@@ -707,58 +707,6 @@ enum Slice {
     Finished,
 }
 
-/// Quantizations candle runs without SIMD on x86 (plain scalar loops): a model in one of them is
-/// re-quantized to Q8_0 at load, whose AVX2 kernels make prefill several times faster (measured
-/// on SmolLM2-135M Q4_1: see README) at the cost of ~60 MB more memory, and lose nothing in
-/// precision (8 bits per weight instead of 4–5).
-const SLOW_ON_CPU: &[GgmlDType] = &[GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
-
-/// Reads the weights, re-quantizing tensors candle has no fast CPU kernel for.
-fn load_weights(
-    content: gguf_file::Content,
-    file: &mut std::fs::File,
-) -> candle_core::Result<ModelWeights> {
-    let slow = content
-        .tensor_infos
-        .values()
-        .any(|t| SLOW_ON_CPU.contains(&t.ggml_dtype));
-    if !slow {
-        return ModelWeights::from_gguf(content, file, &Device::Cpu);
-    }
-    let started = Instant::now();
-    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    for name in names {
-        let t = content.tensor(file, name, &Device::Cpu)?;
-        let t = if SLOW_ON_CPU.contains(&t.dtype())
-            && t.shape().dims().last().is_some_and(|d| d % 32 == 0)
-        {
-            QTensor::quantize(&t.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
-        } else {
-            t
-        };
-        tensors.push((name.clone(), t));
-    }
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut buf = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut buf, &metadata, &refs)?;
-    drop(tensors);
-    buf.set_position(0);
-    let content = gguf_file::Content::read(&mut buf)?;
-    let weights = ModelWeights::from_gguf(content, &mut buf, &Device::Cpu)?;
-    tracing::info!(
-        ms = started.elapsed().as_millis() as u64,
-        "re-quantized the model to Q8_0 for the CPU"
-    );
-    Ok(weights)
-}
-
 impl LocalLlm {
     /// Loads the GGUF model (blocking: call from a blocking thread) and starts its worker.
     pub fn load(cfg: LocalLlmConfig) -> Result<Self, LlmError> {
@@ -766,7 +714,21 @@ impl LocalLlm {
         let tokenizer = engine.tokenizer.tokenizer.clone();
         let context = engine.context;
         let generated = engine.generated.clone();
-        tracing::info!(model = %cfg.name, path = %cfg.path.display(), context, "language model loaded");
+        crate::metrics::model_memory(
+            "llm",
+            engine
+                .weights
+                .weight_bytes()
+                .map_or_else(|| crate::metrics::file_bytes(&cfg.path), |b| b as u64),
+        );
+        tracing::info!(
+            model = %cfg.name,
+            path = %cfg.path.display(),
+            context,
+            forward = engine.weights.kind(),
+            weights_mb = engine.weights.weight_bytes().map(|b| b / 1_000_000),
+            "language model loaded"
+        );
         Ok(LocalLlm {
             pool: Arc::new(WorkerPool::start("llm", vec![engine], QUEUE)),
             answers_waiting: Default::default(),

@@ -8,6 +8,7 @@
 
 pub mod constrain;
 pub mod gguf_tokenizer;
+pub mod llama;
 pub mod local;
 pub mod open;
 pub mod remote;

@@ -182,6 +182,7 @@ impl AppState {
     /// Installs the loaded speech recogniser (the server becomes ready).
     pub fn set_asr(&self, asr: Arc<dyn Asr>) {
         let _ = self.asr.set(asr);
+        crate::metrics::release_freed_memory();
     }
 
     /// Records that loading failed (`/readyz` reports it).
@@ -197,6 +198,7 @@ impl AppState {
     /// Installs the loaded language model.
     pub fn set_llm(&self, llm: Arc<dyn Llm>) {
         self.llm.set(llm);
+        crate::metrics::release_freed_memory();
     }
 
     /// Records that the language model could not be loaded.
@@ -259,6 +261,7 @@ impl AppState {
     /// Installs the loaded voice.
     pub fn set_tts(&self, tts: Arc<dyn Tts>) {
         self.tts.set(tts);
+        crate::metrics::release_freed_memory();
     }
 
     /// Records that the voice could not be loaded (speech answers 503 with this).
@@ -284,6 +287,7 @@ impl AppState {
     /// Installs the opened knowledge base.
     pub fn set_kb(&self, kb: Arc<KnowledgeBase>) {
         self.kb.set(kb);
+        crate::metrics::release_freed_memory();
     }
 
     /// Records that the knowledge base could not be opened (its routes answer 503 with this).

@@ -186,6 +186,11 @@ impl PiperTts {
             states.push(Worker { session, has_sid });
         }
         let name = voice_name(model);
+        // Each session holds its own copy of the weights.
+        crate::metrics::model_memory(
+            "voice",
+            crate::metrics::file_bytes(model) * states.len() as u64,
+        );
         tracing::info!(voice = %name, model = %model.display(), rate = config.audio.sample_rate, workers, threads, "voice loaded");
         Ok(PiperTts {
             name,

@@ -34,6 +34,7 @@ impl SileroModel {
             &["input", "state", "sr"],
         )
         .map_err(TurnModelError::Load)?;
+        crate::metrics::model_memory("vad", crate::metrics::file_bytes(model));
         tracing::info!(model = %model.display(), "Silero VAD loaded");
         Ok(Arc::new(SileroModel {
             session: Mutex::new(session),

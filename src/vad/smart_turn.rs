@@ -75,6 +75,10 @@ impl SmartTurn {
                 mel: MelFeatures::new(),
             });
         }
+        crate::metrics::model_memory(
+            "turn",
+            crate::metrics::file_bytes(model) * states.len() as u64,
+        );
         tracing::info!(model = %model.display(), workers, "turn model loaded");
         Ok(SmartTurn {
             model: model.to_path_buf(),

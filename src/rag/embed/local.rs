@@ -28,6 +28,10 @@ impl LocalEmbedder {
             (0..workers.max(1)).map(|_| model.clone()).collect(),
             QUEUE,
         );
+        crate::metrics::model_memory(
+            "embeddings",
+            crate::metrics::file_bytes(&dir.join("model.safetensors")),
+        );
         tracing::info!(model = name, dir = %dir.display(), dims = model.dimensions(), "embedding model loaded");
         Ok(LocalEmbedder {
             model,
