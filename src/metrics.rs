@@ -68,6 +68,16 @@ impl LabelledCounter {
     fn snapshot(&self) -> BTreeMap<String, u64> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// The count for one label value.
+    pub fn get(&self, label: &str) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(label)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// Values by one label (set, not counted).
@@ -217,6 +227,8 @@ pub struct Metrics {
     pub tool_calls: LabelledCounter,
     /// Server tools' execution time.
     pub tool_seconds: Histogram,
+    /// Answers drafted while the person paused (`made`) and drafts an answer used (`used`).
+    pub llm_drafts: LabelledCounter,
     /// Bytes of weights each loaded model holds in memory, by role (`llm`, `asr`, `embeddings`,
     /// `voice`, `turn`, `vad`).
     pub model_memory: LabelledGauge,
@@ -247,6 +259,7 @@ pub fn global() -> &'static Metrics {
         turn_checks: LabelledCounter::default(),
         tool_calls: LabelledCounter::default(),
         tool_seconds: Histogram::new(LATENCY_BUCKETS),
+        llm_drafts: LabelledCounter::default(),
         model_memory: LabelledGauge::default(),
     })
 }
@@ -418,6 +431,13 @@ impl Metrics {
             "End-of-turn model checks at a pause (semantic_vad), by verdict: complete, incomplete, error.",
             "verdict",
             &self.turn_checks,
+        );
+        labelled(
+            &mut out,
+            "voxd_llm_drafts_total",
+            "Answers drafted while the person paused (made), and drafts a response used (used).",
+            "outcome",
+            &self.llm_drafts,
         );
         labelled_pairs(
             &mut out,

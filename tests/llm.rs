@@ -386,3 +386,59 @@ fn argmax(v: &[f32]) -> u32 {
         .map(|(i, _)| i as u32)
         .unwrap()
 }
+
+/// An answer drafted ahead of time (`speculate`) is the same answer: the request that matches it
+/// gets the draft's tokens at once and the rest from where the draft stopped; a request that
+/// differs (the person said more) is answered from scratch.
+#[tokio::test]
+async fn a_drafted_answer_is_the_same_answer_sooner() {
+    let llm = common::llm();
+    let system = "You are a helpful assistant. Answer in one sentence.";
+    let request = |q: &str| {
+        let mut r = GenerateRequest::new(chat(system, q));
+        r.max_tokens = 24;
+        r.cache_points = vec![1];
+        r
+    };
+    let (plain, _, u) = complete(llm.as_ref(), request("Name three colours of the rainbow."))
+        .await
+        .unwrap();
+    assert_eq!(u.drafted_tokens, 0);
+    llm.speculate(request("Name three colours of the rainbow."), 6)
+        .await
+        .unwrap();
+    let (drafted, _, u) = complete(llm.as_ref(), request("Name three colours of the rainbow."))
+        .await
+        .unwrap();
+    assert_eq!(drafted, plain);
+    assert_eq!(u.drafted_tokens, 6, "{u:?}");
+    assert_eq!(u.prefill_ms, 0.0, "nothing left to prefill: {u:?}");
+    // A draft serves one request: the same request again is computed afresh.
+    let (_, _, again) = complete(llm.as_ref(), request("Name three colours of the rainbow."))
+        .await
+        .unwrap();
+    assert_eq!(again.drafted_tokens, 0);
+    // A draft for a fragment does not serve the whole question, nor other settings.
+    llm.speculate(request("Name three colours"), 6)
+        .await
+        .unwrap();
+    let (_, _, u) = complete(llm.as_ref(), request("Name three colours of the rainbow."))
+        .await
+        .unwrap();
+    assert_eq!(u.drafted_tokens, 0);
+    llm.speculate(request("What is two plus two?"), 6)
+        .await
+        .unwrap();
+    let mut longer = request("What is two plus two?");
+    longer.max_tokens = 25;
+    let (_, _, u) = complete(llm.as_ref(), longer).await.unwrap();
+    assert_eq!(u.drafted_tokens, 0, "max_tokens differs");
+    // A draft that holds the whole answer (shorter than the draft) is the whole answer.
+    llm.speculate(request("Say yes."), 24).await.unwrap();
+    let (short, finish, u) = complete(llm.as_ref(), request("Say yes.")).await.unwrap();
+    assert_eq!(finish, FinishReason::Stop, "{short:?}");
+    assert!(
+        u.drafted_tokens > 0 && u.drafted_tokens == u.completion_tokens,
+        "{u:?}"
+    );
+}

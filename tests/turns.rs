@@ -320,3 +320,136 @@ async fn sessions_report_and_check_their_turn_settings() {
         }
     }
 }
+
+/// What a realtime session with `semantic_vad` (low) answered to `first` then `rest`: the
+/// transcript, the answer's text and its timing extension. With `speculate`, the audio stops
+/// after `first` until the server has drafted an answer to what it heard so far (the turn stays
+/// open: its decisions follow the audio's clock, not the wall clock).
+async fn answer_to(
+    url: &str,
+    first: &[f32],
+    rest: &[f32],
+    speculate: bool,
+) -> (String, String, Value) {
+    use voxd::client::Incoming;
+    let (mut tx, mut rx) = client::connect(url, None).await.unwrap();
+    tx.update_session(json!({
+        "type": "realtime",
+        "output_modalities": ["text"],
+        "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": RATE},
+            "turn_detection": {"type": "semantic_vad", "eagerness": "low"},
+        }},
+        "voxd": {"vad": "webrtc", "partial_interval_ms": 0,
+                 "speculative_after_ms": if speculate { json!(100) } else { Value::Null }},
+    }))
+    .await
+    .unwrap();
+    let (first, rest) = (first.to_vec(), rest.to_vec());
+    let sender = tokio::spawn(async move {
+        tx.stream(&first, RATE, 20, false, true).await.unwrap();
+        if speculate {
+            let made = voxd::metrics::global().llm_drafts.get("made");
+            let drafted = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+                while voxd::metrics::global().llm_drafts.get("made") == made {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            });
+            drafted
+                .await
+                .expect("a draft for the fragment within 2 minutes");
+        }
+        tx.stream(&rest, RATE, 20, false, true).await.unwrap();
+        tx
+    });
+    let (mut transcript, mut text) = (String::new(), String::new());
+    let timing = tokio::time::timeout(std::time::Duration::from_secs(240), async {
+        while let Some(msg) = rx.next().await {
+            match msg.unwrap() {
+                Incoming::Event(ServerEvent::TranscriptionCompleted { transcript: t, .. }) => {
+                    transcript.push_str(&t)
+                }
+                Incoming::Event(ServerEvent::OutputTextDelta { delta, .. }) => {
+                    text.push_str(&delta)
+                }
+                Incoming::Event(ServerEvent::ResponseDone { response }) => {
+                    return response["voxd_timing"].clone();
+                }
+                Incoming::Event(ServerEvent::Error { error, .. }) => panic!("{error:?}"),
+                _ => {}
+            }
+        }
+        panic!("the session closed before an answer");
+    })
+    .await
+    .expect("an answer within 4 minutes");
+    sender.await.unwrap();
+    (transcript, text, timing)
+}
+
+/// The answer a realtime session gives to `text` typed as the first message.
+async fn answer_to_text(url: &str, text: &str) -> (String, Value) {
+    use voxd::client::Incoming;
+    let (mut tx, mut rx) = client::connect(url, None).await.unwrap();
+    for event in [
+        json!({"type": "session.update", "session": {"type": "realtime",
+            "output_modalities": ["text"], "audio": {"input": {"turn_detection": null}}}}),
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": text}]}}),
+        json!({"type": "response.create"}),
+    ] {
+        tx.send_text(event.to_string()).await.unwrap();
+    }
+    let mut answer = String::new();
+    loop {
+        match rx.next().await.expect("open").unwrap() {
+            Incoming::Event(ServerEvent::OutputTextDelta { delta, .. }) => answer.push_str(&delta),
+            Incoming::Event(ServerEvent::ResponseDone { response }) => {
+                return (answer, response["voxd_timing"].clone())
+            }
+            Incoming::Event(ServerEvent::Error { error, .. }) => panic!("{error:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Speculation inside the pause: when the person pauses, the answer to what they said so far is
+/// drafted (its first tokens computed and kept) to go out the moment the turn ends. Here they
+/// pause mid-phrase ("... ask what you | can do for your country"), a draft is made for the
+/// fragment, and they go on: the fragment's draft is never sent, and the answer is exactly the
+/// one the model gives to the whole sentence typed in, without any draft.
+#[tokio::test]
+async fn speculative_tokens_are_never_sent_when_the_person_continues() {
+    let (url, _) =
+        common::start_speaking(ServerSettings::default(), None, Some(common::llm()), None).await;
+    // jfk-paused.wav: the fragment ends at 4.84 s, then 1 s of silence; stop 300 ms into it.
+    let audio = paused_sentence();
+    let (first, rest) = audio.split_at(ms(5140));
+    let mut rest = rest.to_vec();
+    rest.extend(silence(9000));
+    let drafts = |outcome: &str| voxd::metrics::global().llm_drafts.get(outcome);
+    let (made, used) = (drafts("made"), drafts("used"));
+    let (transcript, answer, timing) = answer_to(&url, first, &rest, true).await;
+    let (made, used) = (drafts("made") - made, drafts("used") - used);
+    let heard = voxd::wer::wer(
+        "ask not what your country can do for you ask what you can do for your country",
+        &transcript,
+    );
+    assert!(
+        heard < 0.3,
+        "one turn, the whole sentence: {transcript:?} (WER {heard})"
+    );
+    // At least the fragment's draft went unused (the whole sentence's may have been used).
+    assert!(made >= 1 && used < made, "{made} drafts made, {used} used");
+    let (typed, typed_timing) = answer_to_text(&url, transcript.trim()).await;
+    assert_eq!(typed_timing["drafted_tokens"], 0);
+    assert!(!typed.is_empty());
+    assert_eq!(
+        answer, typed,
+        "the answer to the whole sentence, nothing of a fragment's"
+    );
+    eprintln!(
+        "drafts: {made} made, {used} used; the spoken answer's drafted tokens: {}",
+        timing["drafted_tokens"]
+    );
+}

@@ -332,6 +332,7 @@ struct Arrivals {
     text: String,
     asr_rtf: Option<f64>,
     speculative: Option<bool>,
+    drafted_tokens: Option<u64>,
     response: Option<String>,
     first_token: Option<Instant>,
     first_audio: Option<Instant>,
@@ -430,6 +431,7 @@ async fn stream_turn(
                         let id = response["id"].as_str().unwrap_or_default();
                         if let Some(a) = arrivals.iter_mut().find(|a| a.response.as_deref() == Some(id)) {
                             a.done = Some((now, response["status"].as_str().unwrap_or("").to_string()));
+                            a.drafted_tokens = response["voxd_timing"]["drafted_tokens"].as_u64();
                             // A spoken answer sends no text deltas: its first token is when the
                             // server saw it, counted from response.created.
                             if a.first_token.is_none() {
@@ -497,6 +499,7 @@ async fn stream_turn(
                 },
                 asr_rtf: a.asr_rtf,
                 speculative: a.speculative,
+                drafted_tokens: a.drafted_tokens,
                 status,
                 transcript_text: a.text,
                 ..Default::default()

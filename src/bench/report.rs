@@ -35,6 +35,10 @@ pub struct TurnRecord {
     /// ASR compute / audio length, from the server's timing extension.
     pub asr_rtf: Option<f64>,
     pub speculative: Option<bool>,
+    /// Tokens of the answer drafted while the person paused (sent at once), from the server's
+    /// timing extension.
+    #[serde(default)]
+    pub drafted_tokens: Option<u64>,
     /// `completed`, `cancelled`, `failed`; `timeout` when the turn never finished; `merged` when
     /// the server heard this utterance as part of another turn.
     pub status: String,
@@ -107,6 +111,9 @@ pub struct Level {
     pub completed: usize,
     pub cancelled: usize,
     pub failed: usize,
+    /// Completed answers that began from a draft made in the pause.
+    #[serde(default)]
+    pub drafted: usize,
     pub wall_s: f64,
     /// Stage name -> distribution (ms), plus `asr_rtf`.
     pub stages: BTreeMap<String, Stats>,
@@ -156,6 +163,10 @@ impl Level {
             completed: count("completed"),
             cancelled: count("cancelled"),
             failed: turns.len() - count("completed") - count("cancelled"),
+            drafted: turns
+                .iter()
+                .filter(|t| t.status == "completed" && t.drafted_tokens.unwrap_or(0) > 0)
+                .count(),
             wall_s,
             stages,
             server: None,
@@ -209,6 +220,13 @@ impl Report {
                     "{:>15} server before -> after: RSS {:.0} -> {:.0} MB, fds {:.0} -> {:.0}, threads {:.0} -> {:.0}, live sessions {:.0} -> {:.0}, errors +{:.0}",
                     "", a.rss_mb, b.rss_mb, a.open_fds, b.open_fds, a.threads, b.threads,
                     a.live_sessions, b.live_sessions, b.errors - a.errors
+                );
+            }
+            if l.drafted > 0 {
+                let _ = writeln!(
+                    out,
+                    "{:>15} {} of {} answers began with tokens drafted in the pause",
+                    "", l.drafted, l.completed
                 );
             }
             if l.failed + l.cancelled > 0 {

@@ -68,6 +68,8 @@ struct Engine {
     template: ChatTemplate,
     context: usize,
     cache: Vec<CacheEntry>,
+    /// Answers begun ahead of time ([`Llm::speculate`]), newest last.
+    drafts: Vec<Draft>,
     cache_entries: usize,
     clock: u64,
     generated: Arc<std::sync::atomic::AtomicU64>,
@@ -146,6 +148,7 @@ impl Engine {
             template,
             context,
             cache: Vec::new(),
+            drafts: Vec::new(),
             cache_entries: cfg.cache_entries,
             clock: 0,
             generated: Default::default(),
@@ -372,7 +375,8 @@ impl Engine {
         Ok(logits.map(|l| (model, l, cached)))
     }
 
-    /// Prefills `req`'s prompt and decodes its first slice of tokens.
+    /// Prefills `req`'s prompt and decodes its first slice of tokens; or, when the same request
+    /// was drafted ahead of time, sends the draft's text at once and continues from there.
     fn generate(
         &mut self,
         req: GenerateRequest,
@@ -381,6 +385,34 @@ impl Engine {
         others_waiting: &dyn Fn() -> bool,
     ) -> Result<Slice, LlmError> {
         let started = Instant::now();
+        let prompt = self.prompt(&req)?;
+        let key = DraftKey::of(&req);
+        if let Some(i) = self
+            .drafts
+            .iter()
+            .position(|d| d.tokens == prompt.tokens && d.key == key)
+        {
+            let draft = self.drafts.remove(i);
+            crate::metrics::global().llm_drafts.inc("used");
+            return self.resume(draft, tx, submitted, others_waiting);
+        }
+        if !self.drafts.is_empty() {
+            tracing::debug!(
+                drafts = self.drafts.len(),
+                prompt_tokens = prompt.tokens.len(),
+                same_prompt = self.drafts.iter().any(|d| d.tokens == prompt.tokens),
+                "no draft for this request"
+            );
+        }
+        let cancelled = || tx.is_closed();
+        let Some(generation) = self.begin(req, prompt, submitted, started, &cancelled)? else {
+            return Ok(Slice::Finished);
+        };
+        self.decode(generation, tx, others_waiting)
+    }
+
+    /// Renders `req`'s prompt (with the start of a call it must make) into tokens.
+    fn prompt(&mut self, req: &GenerateRequest) -> Result<Prompt, LlmError> {
         let offered = req.offers_tools();
         let mut prompt = self
             .template
@@ -407,10 +439,6 @@ impl Engine {
         // A small model answering after a function's result tends to echo the result's tags:
         // the opening one is dropped from the answer, the closing one ends it.
         let unwrap_result = call.is_none() && prompt.contains(RESULT_OPEN);
-        let mut stop = req.stop.clone();
-        if unwrap_result {
-            stop.push(RESULT_CLOSE.to_string());
-        }
         let tokens = self.encode(&prompt)?;
         if tokens.is_empty() {
             return Err(LlmError::Invalid("the prompt is empty".into()));
@@ -422,20 +450,46 @@ impl Engine {
                 context: self.context,
             });
         }
+        Ok(Prompt {
+            tokens,
+            call,
+            unwrap_result,
+        })
+    }
+
+    /// Prefills the prompt (from the longest cached prefix); the generation ready for its first
+    /// token, or `None` when cancelled meanwhile.
+    fn begin(
+        &mut self,
+        req: GenerateRequest,
+        prompt: Prompt,
+        submitted: Instant,
+        started: Instant,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<Generation>, LlmError> {
+        let Prompt {
+            tokens,
+            call,
+            unwrap_result,
+        } = prompt;
+        let mut stop = req.stop.clone();
+        if unwrap_result {
+            stop.push(RESULT_CLOSE.to_string());
+        }
         let boundaries = self.boundaries(&req, &tokens);
-        let cancelled = || tx.is_closed();
-        let Some((model, logits, cached)) = self.prefill(&tokens, &boundaries, &cancelled)? else {
-            return Ok(Slice::Finished);
+        let Some((model, logits, cached)) = self.prefill(&tokens, &boundaries, cancelled)? else {
+            return Ok(None);
         };
         let temperature = (req.temperature > 0.0).then_some(req.temperature as f64);
         // May call a tool: keep the state before the first token, to write the call from there.
+        let offered = req.offers_tools();
         let watch =
             (offered && call.is_none() && req.tool_choice == ToolChoice::Auto).then(|| Watch {
                 model: model.clone(),
                 logits: logits.clone(),
                 tools: req.tools.clone(),
             });
-        let generation = Generation {
+        Ok(Some(Generation {
             call,
             watch,
             model,
@@ -458,8 +512,109 @@ impl Engine {
             prefill_ms: started.elapsed().as_secs_f64() * 1e3,
             first_token_ms: 0.0,
             first_at: None,
+            pause_after: None,
+            drafted: 0,
+        }))
+    }
+
+    /// Drafts the first `tokens` tokens of `req` and keeps them (with the state to continue) for
+    /// the [`Engine::generate`] of the same request. Nothing is sent anywhere.
+    /// A request that comes for the worker meanwhile (`answers_waiting`) ends the draft early:
+    /// it is kept with the tokens it has, and the request most likely claims it at once.
+    fn speculate(
+        &mut self,
+        req: GenerateRequest,
+        tokens: usize,
+        given_up: &dyn Fn() -> bool,
+        answers_waiting: &dyn Fn() -> bool,
+    ) -> Result<(), LlmError> {
+        let started = Instant::now();
+        let prompt = self.prompt(&req)?;
+        let key = DraftKey::of(&req);
+        if self
+            .drafts
+            .iter()
+            .any(|d| d.tokens == prompt.tokens && d.key == key)
+        {
+            return Ok(());
+        }
+        let prompt_tokens = prompt.tokens.clone();
+        let Some(mut g) = self.begin(req, prompt, started, started, given_up)? else {
+            return Ok(());
         };
-        self.decode(generation, tx, others_waiting)
+        if given_up() || tokens == 0 {
+            return Ok(());
+        }
+        g.pause_after = Some(tokens);
+        // The draft's events wait here: at most one per token, a call and the end.
+        let (tx, mut rx) = mpsc::channel(tokens + 8);
+        let slice = self.decode(g, &tx, answers_waiting)?;
+        drop(tx);
+        let mut events = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                Ok(ev) => events.push(ev),
+                Err(e) => return Err(e),
+            }
+        }
+        let generation = match slice {
+            Slice::Paused(g) => Some(g),
+            Slice::Finished => None,
+        };
+        if self.drafts.len() >= MAX_DRAFTS {
+            self.drafts.remove(0);
+        }
+        crate::metrics::global().llm_drafts.inc("made");
+        self.drafts.push(Draft {
+            tokens: prompt_tokens,
+            key,
+            events,
+            generation,
+            made_at: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Sends a draft's events (the time to its first token counted from this request) and
+    /// continues its generation.
+    fn resume(
+        &mut self,
+        draft: Draft,
+        tx: &mpsc::Sender<Result<LlmEvent, LlmError>>,
+        submitted: Instant,
+        others_waiting: &dyn Fn() -> bool,
+    ) -> Result<Slice, LlmError> {
+        let waited_ms = submitted.elapsed().as_secs_f64() * 1e3;
+        for ev in draft.events {
+            let ev = match ev {
+                LlmEvent::Done { finish, mut usage } => {
+                    usage.queue_ms = waited_ms;
+                    usage.prefill_ms = 0.0;
+                    usage.first_token_ms = waited_ms;
+                    usage.drafted_tokens = usage.completion_tokens;
+                    LlmEvent::Done { finish, usage }
+                }
+                ev => ev,
+            };
+            if tx.blocking_send(Ok(ev)).is_err() {
+                return Ok(Slice::Finished); // cancelled
+            }
+        }
+        let Some(mut g) = draft.generation else {
+            return Ok(Slice::Finished);
+        };
+        g.pause_after = None;
+        g.drafted = g.generated.len();
+        // Decoding speed counts the draft's decoding time, not the wait since.
+        if let Some(first) = g.first_at {
+            let decoding = draft.made_at.saturating_duration_since(first);
+            g.first_at = Instant::now().checked_sub(decoding);
+        }
+        g.submitted = submitted;
+        g.started = Instant::now();
+        g.prefill_ms = 0.0;
+        g.first_token_ms = waited_ms;
+        self.decode(*g, tx, others_waiting)
     }
 
     /// Decodes tokens of `g` until it ends, or until it has had [`SLICE`] of the worker while
@@ -527,8 +682,7 @@ impl Engine {
                 }
                 let pos = g.prompt_len + g.generated.len() - 1;
                 run_tokens(&mut g, &[next], pos)?;
-                if g.generated.len() < g.max_tokens && slice.elapsed() >= SLICE && others_waiting()
-                {
+                if g.generated.len() < g.max_tokens && g.should_pause(slice, others_waiting) {
                     return Ok(Slice::Paused(Box::new(g)));
                 }
                 continue;
@@ -613,7 +767,7 @@ impl Engine {
             }
             let pos = g.prompt_len + g.generated.len() - 1;
             run_tokens(&mut g, &[next], pos)?;
-            if g.generated.len() < g.max_tokens && slice.elapsed() >= SLICE && others_waiting() {
+            if g.generated.len() < g.max_tokens && g.should_pause(slice, others_waiting) {
                 return Ok(Slice::Paused(Box::new(g)));
             }
         }
@@ -642,6 +796,7 @@ impl Engine {
             } else {
                 0.0
             },
+            drafted_tokens: g.drafted,
         };
         tracing::debug!(
             prompt = usage.prompt_tokens,
@@ -687,6 +842,69 @@ struct Generation {
     prefill_ms: f64,
     first_token_ms: f64,
     first_at: Option<Instant>,
+    /// A draft: hand the generation back after this many tokens.
+    pause_after: Option<usize>,
+    /// Tokens that came from a draft made ahead of time.
+    drafted: usize,
+}
+
+impl Generation {
+    /// Whether to hand the worker back now: a draft has its tokens, or this generation has had
+    /// its slice while others wait.
+    fn should_pause(&self, slice: Instant, others_waiting: &dyn Fn() -> bool) -> bool {
+        self.pause_after.is_some_and(|k| self.generated.len() >= k)
+            || (slice.elapsed() >= SLICE && others_waiting())
+    }
+}
+
+/// A prompt rendered into tokens.
+struct Prompt {
+    tokens: Vec<u32>,
+    /// The call it must make, begun at the prompt's end.
+    call: Option<CallWriter>,
+    unwrap_result: bool,
+}
+
+/// Drafts kept: one per session that is pausing is plenty; older ones are dropped.
+const MAX_DRAFTS: usize = 4;
+
+/// What besides the prompt decides a generation's tokens: a draft serves only a request with
+/// the same.
+#[derive(Debug, Clone, PartialEq)]
+struct DraftKey {
+    max_tokens: usize,
+    temperature: u32,
+    top_p: Option<u32>,
+    seed: Option<u64>,
+    stop: Vec<String>,
+    repeat_penalty: u32,
+    tool_choice: String,
+    tools: Vec<String>,
+}
+
+impl DraftKey {
+    fn of(req: &GenerateRequest) -> Self {
+        DraftKey {
+            max_tokens: req.max_tokens,
+            temperature: req.temperature.to_bits(),
+            top_p: req.top_p.map(f32::to_bits),
+            seed: req.seed,
+            stop: req.stop.clone(),
+            repeat_penalty: req.repeat_penalty.to_bits(),
+            tool_choice: format!("{:?}", req.tool_choice),
+            tools: req.tools.iter().map(|t| t.to_view().to_string()).collect(),
+        }
+    }
+}
+
+/// An answer begun ahead of time: its first events and the state to continue from (`None` when
+/// it ended within the draft).
+struct Draft {
+    tokens: Vec<u32>,
+    key: DraftKey,
+    events: Vec<LlmEvent>,
+    generation: Option<Box<Generation>>,
+    made_at: Instant,
 }
 
 /// Runs `tokens` (starting at position `pos`) through `g`'s model; its logits become those
@@ -837,6 +1055,32 @@ impl Llm for LocalLlm {
                         engine.remember(&tokens, &model);
                     }
                     Ok(())
+                })
+                .await?
+        })
+    }
+
+    fn speculate(
+        &self,
+        request: GenerateRequest,
+        tokens: usize,
+    ) -> BoxFuture<'_, Result<(), LlmError>> {
+        Box::pin(async move {
+            if request.messages.is_empty() || request.max_tokens == 0 {
+                return Ok(());
+            }
+            // As for a prefill: dropping this future stops the work.
+            let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let _guard = SetOnDrop(dropped.clone());
+            let waiting = self.answers_waiting.clone();
+            self.pool
+                .run(move |engine: &mut Engine| {
+                    let given_up = || dropped.load(std::sync::atomic::Ordering::Acquire);
+                    if given_up() {
+                        return Ok(());
+                    }
+                    let answers_waiting = || waiting.load(std::sync::atomic::Ordering::Acquire) > 0;
+                    engine.speculate(request, tokens, &given_up, &answers_waiting)
                 })
                 .await?
         })

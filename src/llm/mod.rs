@@ -180,6 +180,8 @@ pub struct Usage {
     pub first_token_ms: f64,
     /// Generated tokens per second after the first.
     pub tokens_per_second: f64,
+    /// Tokens drafted ahead of time ([`Llm::speculate`]) and sent at once.
+    pub drafted_tokens: usize,
 }
 
 /// One item of a generation stream.
@@ -207,6 +209,19 @@ pub trait Llm: Send + Sync {
     /// ignore it).
     fn prefill(&self, messages: Vec<ChatMessage>) -> BoxFuture<'_, Result<(), LlmError>> {
         let _ = messages;
+        Box::pin(async { Ok(()) })
+    }
+    /// Runs `request` ahead of time and keeps its first `tokens` tokens, so that a later
+    /// [`Llm::generate`] of exactly the same request (same messages and settings) sends them at
+    /// once and goes on from there. A hint: the text is the same either way, and a draft no
+    /// request claims is dropped (after a few newer ones). The realtime session drafts the answer
+    /// while the person pauses. Remote backends do nothing.
+    fn speculate(
+        &self,
+        request: GenerateRequest,
+        tokens: usize,
+    ) -> BoxFuture<'_, Result<(), LlmError>> {
+        let _ = (request, tokens);
         Box::pin(async { Ok(()) })
     }
     /// The model's name (for `/v1/models` and logs).

@@ -302,6 +302,41 @@ pub fn messages(
     )
 }
 
+/// Whether the response says [`NOT_FOUND`] without asking the model: a factual question nothing
+/// in the knowledge base supports (with `refuse_unfound`, and no tools to call instead).
+pub fn answers_without_model(
+    answering: &Answering,
+    params: &ResponseParams,
+    results: &Option<SearchResults>,
+    user: &str,
+) -> bool {
+    answering.settings.refuse_unfound
+        && !params.offers_tools()
+        && results.as_ref().is_some_and(|r| !r.grounded)
+        && asks_for_facts(user)
+}
+
+/// The LLM request for a response's messages: shared by the response and the speculation in the
+/// pause, so that a draft made while the person pauses matches its response's request exactly.
+pub fn request(
+    answering: &Answering,
+    params: &ResponseParams,
+    messages: Vec<ChatMessage>,
+) -> GenerateRequest {
+    let mut req = GenerateRequest::new(messages);
+    req.tools = params.tools.clone();
+    req.tool_choice = params.tool_choice.clone();
+    req.cache_points = vec![1, req.messages.len().saturating_sub(1)];
+    req.max_tokens = params.max_tokens;
+    req.temperature = answering.settings.temperature;
+    req.repeat_penalty = answering.settings.repeat_penalty;
+    if answering.settings.stop_at_paragraph {
+        // Spoken answers are a few sentences; after a blank line a small model drifts.
+        req.stop = vec!["\n\n".into()];
+    }
+    req
+}
+
 fn citations_json(results: &Option<SearchResults>) -> Value {
     match results {
         Some(r) => Value::Array(
@@ -556,11 +591,7 @@ pub(crate) async fn run(
                 citations: citations_json(&results),
             });
         }
-        if answering.settings.refuse_unfound
-            && !may_call
-            && results.as_ref().is_some_and(|r| !r.grounded)
-            && asks_for_facts(&user)
-        {
+        if answers_without_model(&answering, &params, &results, &user) {
             // Nothing in the knowledge base answers it: say so rather than let the model guess.
             text = NOT_FOUND.to_string();
             first_delta = Some(Instant::now());
@@ -570,17 +601,7 @@ pub(crate) async fn run(
         }
         let mut msgs = messages(&answering, &params.instructions, &results, &history, &user);
         msgs.extend(after.iter().cloned());
-        let mut req = GenerateRequest::new(msgs);
-        req.tools = params.tools.clone();
-        req.tool_choice = params.tool_choice.clone();
-        req.cache_points = vec![1, req.messages.len() - 1];
-        req.max_tokens = params.max_tokens;
-        req.temperature = answering.settings.temperature;
-        req.repeat_penalty = answering.settings.repeat_penalty;
-        if answering.settings.stop_at_paragraph {
-            // Spoken answers are a few sentences; after a blank line a small model drifts.
-            req.stop = vec!["\n\n".into()];
-        }
+        let mut req = request(&answering, &params, msgs);
         // Open from the request to the last token (queue wait, prefill and decoding).
         let llm_span = tracing::info_span!("llm", first_token_ms = tracing::field::Empty);
         let generating = Instant::now();
@@ -663,6 +684,7 @@ pub(crate) async fn run(
                                 usage.prefill_ms = u.prefill_ms;
                                 usage.first_token_ms = u.first_token_ms;
                                 usage.tokens_per_second = u.tokens_per_second;
+                                usage.drafted_tokens = u.drafted_tokens;
                             }
                             finish = f;
                             break;
@@ -879,6 +901,7 @@ pub(crate) async fn run(
         "llm_prefill_ms": usage.prefill_ms,
         "prompt_tokens": usage.prompt_tokens,
         "cached_tokens": usage.cached_tokens,
+        "drafted_tokens": usage.drafted_tokens,
         "tokens_per_second": usage.tokens_per_second,
     });
     let mut response = response_object(

@@ -635,18 +635,6 @@ impl Responses {
             Some(before) if is_follow_up(&user) => format!("{} {user}", before.content),
             _ => user.clone(),
         };
-        let mut instructions = r
-            .instructions
-            .clone()
-            .or_else(|| Some(opts.instructions.clone()).filter(|s| !s.trim().is_empty()))
-            .unwrap_or_else(|| answering.settings.instructions.clone());
-        if r.nudge {
-            instructions = format!("{instructions}\n\n{IDLE_NUDGE}");
-        }
-        let max_tokens = r
-            .max_tokens
-            .or(opts.max_output_tokens.map(|n| n as usize))
-            .unwrap_or(answering.settings.max_tokens);
         let prepared = self.prepared.take().filter(|p| p.question == query);
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let silence = Arc::new(AtomicBool::new(false));
@@ -682,45 +670,13 @@ impl Responses {
         let job = ResponseJob {
             response_id,
             item_id,
-            params: ResponseParams {
-                instructions,
-                max_tokens,
-                use_kb: opts.knowledge_base && !r.nudge,
-                citations_event: opts.citations_event,
-                metadata: r.metadata.clone(),
-                conversation: in_conversation.then_some(previous_item_id),
-                speech: speech_of(&opts, r),
-                client_tools: r.tools.clone().unwrap_or_else(|| opts.tools.clone()),
-                tools: r
-                    .tools
-                    .clone()
-                    .unwrap_or_else(|| opts.tools.clone())
-                    .merged(
-                        &answering
-                            .server_tools
-                            .as_ref()
-                            .map(|s| s.offered_to(&answering.caller))
-                            .unwrap_or_default(),
-                    ),
-                session_id: opts.session_id.clone(),
-                tool_choice: match r
-                    .tool_choice
-                    .clone()
-                    .unwrap_or_else(|| opts.tool_choice.clone())
-                {
-                    // The call this turn had to make was made and answered: now the model
-                    // answers from the result rather than call again forever (as the Agents SDK
-                    // resets a forced choice after a call). A `response.create` that sets its
-                    // own `tool_choice` gets exactly that.
-                    ToolChoice::Required | ToolChoice::Function(_)
-                        if r.tool_choice.is_none()
-                            && after.iter().any(|m| m.tool_call_id.is_some()) =>
-                    {
-                        ToolChoice::None
-                    }
-                    c => c,
-                },
-            },
+            params: response_params(
+                &opts,
+                r,
+                &answering,
+                &after,
+                in_conversation.then_some(previous_item_id),
+            ),
             after,
             history,
             user,
@@ -741,7 +697,10 @@ impl Responses {
         );
     }
 
-    /// Retrieves and prefills for what the person seems to have asked, while they pause.
+    /// While the person pauses: retrieves for what they seem to have asked and drafts the first
+    /// tokens of the answer (prefilling the prompt on the way), so that when the turn ends the
+    /// response finds the passages found and the draft ready. If the person goes on, the final
+    /// question differs and the draft is never used (the prompt's prefix stays cached).
     pub(super) fn prepare(&mut self, conversation: &Conversation, question: String) {
         let opts = self.opts.borrow().clone();
         if !self.ready() {
@@ -758,16 +717,23 @@ impl Responses {
             return;
         }
         let history = conversation::history(&conversation.items);
-        let tx = self.prepared_tx.clone();
-        let instructions = if opts.instructions.trim().is_empty() {
-            answering.settings.instructions.clone()
-        } else {
-            opts.instructions.clone()
+        let query = match history.iter().rev().find(|m| m.role == Role::User) {
+            Some(before) if is_follow_up(&question) => format!("{} {question}", before.content),
+            _ => question.clone(),
         };
+        let tx = self.prepared_tx.clone();
+        // The parameters the response to this turn will have.
+        let params = response_params(
+            &opts,
+            &ResponseRequest::default(),
+            &answering,
+            &[],
+            Some(None),
+        );
         self.preparing = Some(tokio::spawn(
             async move {
-                let results = if opts.knowledge_base {
-                    match answer::retrieve(answering.kb.as_ref(), &question).await {
+                let results = if params.use_kb {
+                    match answer::retrieve(answering.kb.as_ref(), &query).await {
                         Ok(r) => r,
                         // The response retries, and says it cannot look it up if that fails too.
                         Err(_) => return,
@@ -775,12 +741,25 @@ impl Responses {
                 } else {
                     None
                 };
-                let mut msgs =
-                    answer::messages(&answering, &instructions, &results, &history, &question);
-                let _ = tx.send(Prepared { question, results }).await;
-                msgs.pop(); // everything but the question
-                if let Err(e) = answering.llm.prefill(msgs).await {
-                    debug!(error = %e, "early prefill failed");
+                let _ = tx
+                    .send(Prepared {
+                        question: query,
+                        results: results.clone(),
+                    })
+                    .await;
+                if answer::answers_without_model(&answering, &params, &results, &question) {
+                    return;
+                }
+                let msgs = answer::messages(
+                    &answering,
+                    &params.instructions,
+                    &results,
+                    &history,
+                    &question,
+                );
+                let req = answer::request(&answering, &params, msgs);
+                if let Err(e) = answering.llm.speculate(req, DRAFT_TOKENS).await {
+                    debug!(error = %e, "drafting the answer failed");
                 }
             }
             .instrument(tracing::info_span!("prepare")),
@@ -794,6 +773,73 @@ impl Responses {
         }
     }
 }
+
+/// A response's parameters: the request's own settings over the session's over the server's.
+/// `after`: what followed the user's words (function calls and their results); `conversation`:
+/// the item the answer follows, `None` for an out-of-band response. The response and the
+/// speculation in the pause both build theirs here, so a draft matches its response exactly.
+fn response_params(
+    opts: &SessionOptions,
+    r: &ResponseRequest,
+    answering: &Answering,
+    after: &[ChatMessage],
+    conversation: Option<Option<String>>,
+) -> ResponseParams {
+    let mut instructions = r
+        .instructions
+        .clone()
+        .or_else(|| Some(opts.instructions.clone()).filter(|s| !s.trim().is_empty()))
+        .unwrap_or_else(|| answering.settings.instructions.clone());
+    if r.nudge {
+        instructions = format!("{instructions}\n\n{IDLE_NUDGE}");
+    }
+    let max_tokens = r
+        .max_tokens
+        .or(opts.max_output_tokens.map(|n| n as usize))
+        .unwrap_or(answering.settings.max_tokens);
+    ResponseParams {
+        instructions,
+        max_tokens,
+        use_kb: opts.knowledge_base && !r.nudge,
+        citations_event: opts.citations_event,
+        metadata: r.metadata.clone(),
+        conversation,
+        speech: speech_of(opts, r),
+        client_tools: r.tools.clone().unwrap_or_else(|| opts.tools.clone()),
+        tools: r
+            .tools
+            .clone()
+            .unwrap_or_else(|| opts.tools.clone())
+            .merged(
+                &answering
+                    .server_tools
+                    .as_ref()
+                    .map(|s| s.offered_to(&answering.caller))
+                    .unwrap_or_default(),
+            ),
+        session_id: opts.session_id.clone(),
+        tool_choice: match r
+            .tool_choice
+            .clone()
+            .unwrap_or_else(|| opts.tool_choice.clone())
+        {
+            // The call this turn had to make was made and answered: now the model
+            // answers from the result rather than call again forever (as the Agents SDK
+            // resets a forced choice after a call). A `response.create` that sets its
+            // own `tool_choice` gets exactly that.
+            ToolChoice::Required | ToolChoice::Function(_)
+                if r.tool_choice.is_none() && after.iter().any(|m| m.tool_call_id.is_some()) =>
+            {
+                ToolChoice::None
+            }
+            c => c,
+        },
+    }
+}
+
+/// Tokens of an answer drafted while the person pauses: enough for the first phrase to speak. A
+/// response that comes for the model meanwhile cuts the draft short and takes what there is.
+const DRAFT_TOKENS: usize = 12;
 
 /// Whether a short question leans on the one before it: it names its subject with a pronoun
 /// ("how much does it cost?", "how long are they valid?"), is "and" with at most three words
