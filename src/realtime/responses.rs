@@ -839,7 +839,7 @@ fn response_params(
 
 /// Tokens of an answer drafted while the person pauses: enough for the first phrase to speak. A
 /// response that comes for the model meanwhile cuts the draft short and takes what there is.
-const DRAFT_TOKENS: usize = 12;
+const DRAFT_TOKENS: usize = 8;
 
 /// Whether a short question leans on the one before it: it names its subject with a pronoun
 /// ("how much does it cost?", "how long are they valid?"), is "and" with at most three words
