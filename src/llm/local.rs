@@ -561,7 +561,13 @@ impl Engine {
             Slice::Paused(g) => Some(g),
             Slice::Finished => None,
         };
-        if self.drafts.len() >= MAX_DRAFTS {
+        // Oldest first out: at most MAX_DRAFTS, holding at most MAX_DRAFT_TOKENS of attention
+        // state between them (~45 KB per token for SmolLM2-135M), however long the prompts.
+        while !self.drafts.is_empty()
+            && (self.drafts.len() >= MAX_DRAFTS
+                || self.drafts.iter().map(|d| d.tokens.len()).sum::<usize>() + prompt_tokens.len()
+                    > MAX_DRAFT_TOKENS)
+        {
             self.drafts.remove(0);
         }
         crate::metrics::global().llm_drafts.inc("made");
@@ -867,6 +873,8 @@ struct Prompt {
 
 /// Drafts kept: one per session that is pausing is plenty; older ones are dropped.
 const MAX_DRAFTS: usize = 4;
+/// Prompt tokens the kept drafts may hold between them (their attention state is memory).
+const MAX_DRAFT_TOKENS: usize = 4096;
 
 /// What besides the prompt decides a generation's tokens: a draft serves only a request with
 /// the same.
