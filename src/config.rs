@@ -201,6 +201,12 @@ pub struct LlmArgs {
     /// (default: voxd says it does not know, without asking the model, which would guess).
     #[arg(long, env = "VOXD_LLM_ANSWER_UNFOUND")]
     pub llm_answer_unfound: bool,
+    /// How a question the knowledge base covers is answered: `checked` (the model's sentences,
+    /// each sent once the passages support it, else the passage's own sentence), `generative`
+    /// (the model's words unchecked) or `extractive` (the passage's best sentence, no model)
+    /// [default: extractive with the embedded model, checked with --llm-url].
+    #[arg(long, env = "VOXD_LLM_ANSWER_MODE", value_parser = ["checked", "generative", "extractive"])]
+    pub llm_answer_mode: Option<String>,
 }
 
 /// Speech-synthesis settings (the voice of spoken answers and `/v1/audio/speech`).
@@ -276,6 +282,7 @@ struct FileLlm {
     retries: Option<u32>,
     instructions: Option<String>,
     answer_unfound: Option<bool>,
+    answer_mode: Option<String>,
 }
 
 /// Language-model configuration.
@@ -292,6 +299,8 @@ pub struct LlmConfig {
     pub instructions: Option<String>,
     /// Let the model answer factual questions no passage supports.
     pub answer_unfound: bool,
+    /// How questions the knowledge base covers are answered.
+    pub answer_mode: crate::grounding::AnswerMode,
 }
 
 impl LlmConfig {
@@ -766,6 +775,7 @@ impl Config {
                 message: "--llm-url needs --llm-model, the remote model's name".into(),
             });
         }
+        let remote_llm = llm_url.is_some();
         let llm_config = LlmConfig {
             model: llm_model,
             url: llm_url,
@@ -788,6 +798,18 @@ impl Config {
                 .or(fl.instructions)
                 .filter(|s| !s.trim().is_empty()),
             answer_unfound: llm.llm_answer_unfound || fl.answer_unfound.unwrap_or(false),
+            answer_mode: match llm.llm_answer_mode.clone().or(fl.answer_mode) {
+                // The embedded 135M model states the fact less often than the passage's own
+                // sentence does (see README, Answer quality); a remote model's words are checked.
+                None if remote_llm => crate::grounding::AnswerMode::Checked,
+                None => crate::grounding::AnswerMode::Extractive,
+                Some(m) => {
+                    crate::grounding::AnswerMode::parse(&m).ok_or_else(|| ConfigError::Invalid {
+                        setting: "llm.answer_mode",
+                        message: format!("{m:?} is not checked, generative or extractive"),
+                    })?
+                }
+            },
         };
 
         let ft = file.tts;

@@ -17,6 +17,8 @@
 //! - [`asr`]: the speech recogniser trait and the embedded whisper.cpp worker pool.
 //! - [`rag`]: the knowledge base: embeddings, SQLite store, chunking, hybrid retrieval.
 //! - [`llm`]: the language-model trait: SmolLM2 in-process (candle) or an OpenAI-compatible endpoint.
+//! - [`grounding`]: the sentences of the passages that bear on the question (the prompt's grounding
+//!   and the extractive answer), and the check of an answer against them.
 //! - [`prompt`]: the grounded prompt (instructions, delimited passages, history) and ChatML.
 //! - [`tools`]: function calling: tool definitions, JSON Schema validation, the call format.
 //! - [`tts`]: speech synthesis: the Piper voice on ONNX Runtime, or an OpenAI-compatible endpoint.
@@ -51,6 +53,8 @@ pub mod client;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod eval;
+#[cfg(feature = "server")]
+pub mod grounding;
 #[cfg(feature = "server")]
 pub mod llm;
 #[cfg(feature = "server")]

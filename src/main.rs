@@ -198,6 +198,10 @@ struct EvalArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "eval.json")]
     out: PathBuf,
+    /// Where to write the self-contained HTML report (tables, bars per category, first token by
+    /// turn, every answer) [default: the JSON report's path with `.html`].
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// An earlier report: exit with status 1 when a metric got worse than it by more than
     /// `--tolerance`.
     #[arg(long)]
@@ -544,6 +548,7 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
                 max_tokens: cfg.llm.max_tokens,
                 temperature: cfg.llm.temperature,
                 refuse_unfound: !cfg.llm.answer_unfound,
+                mode: cfg.llm.answer_mode,
                 ..Default::default()
             },
         }));
@@ -809,7 +814,10 @@ async fn start_child_server(extra: &[String], no_llm: bool) -> Result<(ChildServ
     let mut child = cmd
         .args(extra)
         // whisper.cpp reports every aborted transcription as an error: not the server's errors.
-        .env("RUST_LOG", "info,whisper_rs=off")
+        .env(
+            "RUST_LOG",
+            std::env::var("VOXD_SERVE_RUST_LOG").unwrap_or_else(|_| "info,whisper_rs=off".into()),
+        )
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -817,8 +825,15 @@ async fn start_child_server(extra: &[String], no_llm: bool) -> Result<(ChildServ
     let stderr = child.stderr.take().context("no stderr")?;
     let child = ChildServer(child);
     let (tx, rx) = std::sync::mpsc::channel();
+    // `VOXD_SERVE_LOG=FILE`: keep the server's log (JSON lines) there.
+    let mut log_file =
+        std::env::var_os("VOXD_SERVE_LOG").and_then(|p| std::fs::File::create(p).ok());
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(f) = log_file.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+            }
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if v["fields"]["message"] == "listening" {
                 let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or_default().to_string());
@@ -992,8 +1007,14 @@ async fn eval(args: EvalArgs) -> Result<bool> {
     bar.finish_and_clear();
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", args.out.display()))?;
+    let html = args
+        .html
+        .clone()
+        .unwrap_or_else(|| args.out.with_extension("html"));
+    std::fs::write(&html, eval::html::render(&report))
+        .with_context(|| format!("writing {}", html.display()))?;
     print!("{}", report.table());
-    println!("wrote {}", args.out.display());
+    println!("wrote {} and {}", args.out.display(), html.display());
     let Some(baseline) = baseline else {
         return Ok(false);
     };

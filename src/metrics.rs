@@ -21,6 +21,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Decode-speed buckets, in tokens per second.
 const RATE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, 200.0];
+/// Buckets for shares (0..1), such as an answer's groundedness.
+const SHARE_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -203,6 +205,15 @@ pub struct Metrics {
     pub responses: LabelledCounter,
     /// Factual questions answered "I don't know" because no passage supports an answer.
     pub refusals: Counter,
+    /// Answers to questions by how they were made: `model`, `checked` (every sentence
+    /// supported), `replaced` (the model's first sentence was not, so the extractive answer was
+    /// said), `cut_repeat` / `cut_unsupported` (a later sentence was dropped and the answer ended),
+    /// `extractive`, `refused`.
+    pub answers: LabelledCounter,
+    /// Responses that the knowledge base was asked for but that rest on no passage.
+    pub uncited: Counter,
+    /// Each grounded answer's groundedness: the share of its content words its passages hold.
+    pub groundedness: Histogram,
     pub errors: LabelledCounter,
     pub audio_bytes_in: Counter,
     pub stopped_to_transcript: Histogram,
@@ -242,6 +253,9 @@ pub fn global() -> &'static Metrics {
         turns: Counter::default(),
         responses: LabelledCounter::default(),
         refusals: Counter::default(),
+        answers: LabelledCounter::default(),
+        uncited: Counter::default(),
+        groundedness: Histogram::new(SHARE_BUCKETS),
         errors: LabelledCounter::default(),
         audio_bytes_in: Counter::default(),
         stopped_to_transcript: Histogram::new(LATENCY_BUCKETS),
@@ -420,6 +434,19 @@ impl Metrics {
         );
         labelled(
             &mut out,
+            "voxd_answers_total",
+            "Answers by how they were made: model, checked (every sentence supported by the passages), replaced (the model's unsupported answer replaced by the passage's own sentence), cut_repeat and cut_unsupported (a later sentence dropped), extractive, refused.",
+            "outcome",
+            &self.answers,
+        );
+        counter(
+            &mut out,
+            "voxd_responses_uncited_total",
+            "Responses the knowledge base was searched for that rest on no passage.",
+            self.uncited.get() as f64,
+        );
+        labelled(
+            &mut out,
             "voxd_errors_total",
             "Errors sent to clients (realtime error events and HTTP errors), by code.",
             "code",
@@ -452,7 +479,12 @@ impl Metrics {
             "Audio bytes received on realtime sessions (decoded from base64).",
             self.audio_bytes_in.get() as f64,
         );
-        let hists: [(&Histogram, &str, &str); 13] = [
+        let hists: [(&Histogram, &str, &str); 14] = [
+            (
+                &self.groundedness,
+                "voxd_answer_groundedness",
+                "Share of each grounded answer's content words (numbers, names, facts) that its passages hold; 1 - this is a hallucination score.",
+            ),
             (
                 &self.tool_seconds,
                 "voxd_tool_call_seconds",

@@ -145,7 +145,13 @@ fn check_response(events: &[ServerEvent]) -> String {
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["output"][0]["content"][0]["text"], text.as_str());
     assert!(done["usage"]["output_tokens"].as_u64().unwrap() > 0);
-    assert!(done["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    // The model read a prompt, unless the answer is the passage's own sentence.
+    if done["voxd"]["answer"] != "extractive" {
+        assert!(
+            done["usage"]["input_tokens"].as_u64().unwrap() > 0,
+            "{done}"
+        );
+    }
     text
 }
 

@@ -73,13 +73,17 @@ async fn metrics_move_after_one_spoken_turn() {
     let kb = common::fixture_kb(dir.path()).await;
     let tts: std::sync::Arc<dyn voxd::tts::Tts> =
         tokio::task::spawn_blocking(common::tts).await.unwrap();
-    let (url, http) = common::start_speaking(
-        ServerSettings::default(),
-        Some(kb),
-        Some(common::llm()),
-        Some(tts),
-    )
-    .await;
+    // The model answers, each sentence checked against the passages (the extractive default
+    // would leave the LLM's histograms still).
+    let settings = ServerSettings {
+        answer: voxd::realtime::AnswerSettings {
+            mode: voxd::grounding::AnswerMode::Checked,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (url, http) =
+        common::start_speaking(settings, Some(kb), Some(common::llm()), Some(tts)).await;
     let before = scrape(&http).await;
     assert_eq!(before["voxd_live_sessions"], 0.0);
 
@@ -194,6 +198,19 @@ async fn metrics_move_after_one_spoken_turn() {
             && sum("first_token") <= sum("first_audio")
             && sum("first_audio") < sum("response_done")
     );
+    // Answer quality: the answer was checked against its passages and its groundedness recorded.
+    assert_eq!(
+        delta(&before, &after, "voxd_answer_groundedness_count"),
+        1.0
+    );
+    let made: f64 = ["checked", "replaced", "cut_repeat", "cut_unsupported"]
+        .iter()
+        .map(|o| {
+            let key = format!("voxd_answers_total{{outcome=\"{o}\"}}");
+            after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+        })
+        .sum();
+    assert_eq!(made, 1.0);
     assert!(after["process_resident_memory_bytes"] > 50e6);
     // The weights each model holds: the LLM's in 8 bits (~143 MB), the others their files.
     let model = |m: &str| after[&format!("voxd_model_memory_bytes{{model=\"{m}\"}}")];
@@ -233,4 +250,40 @@ async fn metrics_move_after_one_spoken_turn() {
     for job in jobs {
         job.await.unwrap().unwrap();
     }
+
+    // A question the knowledge base cannot answer: "I don't know", counted as a refusal.
+    let before = scrape(&http).await;
+    let (mut tx, mut rx) = client::connect(&url, None).await.unwrap();
+    tx.send_text(
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "What is the wifi password in the shop?"}]}})
+        .to_string(),
+    )
+    .await
+    .unwrap();
+    tx.send_text(json!({"type": "response.create"}).to_string())
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(300), async {
+        while let Some(msg) = rx.next().await {
+            if let Incoming::Event(ServerEvent::ResponseDone { response }) = msg.unwrap() {
+                return response;
+            }
+        }
+        panic!("the session ended without an answer");
+    })
+    .await
+    .expect("hang guard");
+    assert_eq!(done["voxd"]["answer"], "refused", "{done}");
+    let after = scrape(&http).await;
+    assert_eq!(delta(&before, &after, "voxd_refusals_total"), 1.0);
+    assert_eq!(
+        delta(&before, &after, "voxd_answers_total{outcome=\"refused\"}"),
+        1.0
+    );
+    // Nothing the model said, so no groundedness to record.
+    assert_eq!(
+        delta(&before, &after, "voxd_answer_groundedness_count"),
+        0.0
+    );
 }

@@ -122,6 +122,9 @@ async fn one_turn_exports_a_nested_trace() {
             kb.as_os_str(),
             "--otlp-endpoint".as_ref(),
             endpoint.as_ref(),
+            // The model answers (and its span is in the trace); extractive answers have none.
+            "--llm-answer-mode".as_ref(),
+            "checked".as_ref(),
         ],
         // Export every 100 ms rather than every 5 s, so the test does not wait.
         &[("OTEL_BSP_SCHEDULE_DELAY", "100")],

@@ -22,6 +22,7 @@
 //! metrics per category and overall, a table, JSON, and the comparison with a baseline run that
 //! `voxd eval --baseline` turns into a non-zero exit when a metric regresses.
 
+pub mod html;
 pub mod report;
 pub mod score;
 
@@ -201,6 +202,7 @@ struct Turn {
     cited: Vec<String>,
     quotes: Vec<String>,
     first_token_ms: Option<f64>,
+    made: Option<String>,
 }
 
 const STREAM_RATE: u32 = 16_000;
@@ -334,6 +336,7 @@ async fn ask(
                 if response["id"].as_str() == answering.as_deref() =>
             {
                 turn.status = response["status"].as_str().unwrap_or("").to_string();
+                turn.made = response["voxd"]["answer"].as_str().map(str::to_string);
                 if cfg.spoken {
                     turn.first_token_ms =
                         response["voxd_timing"]["speech_stopped_to_first_token_ms"].as_f64();
@@ -397,6 +400,7 @@ fn judge(q: &Question, t: Turn, turn: usize, _earlier: &[QuestionResult]) -> Que
         repeats: None,
         first_token_ms: t.first_token_ms,
         turn,
+        made: t.made,
     }
 }
 

@@ -43,6 +43,10 @@ pub struct QuestionResult {
     pub first_token_ms: Option<f64>,
     /// Turn number in its conversation (1 = first).
     pub turn: usize,
+    /// How the server made the answer (`response.voxd.answer`: model, checked, replaced,
+    /// cut_repeat, cut_unsupported, extractive, refused), when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made: Option<String>,
 }
 
 /// The metrics of a set of questions. Rates are 0–1; `None` where no question applies.
@@ -315,6 +319,7 @@ mod tests {
             repeats: None,
             first_token_ms: Some(500.0),
             turn: 1,
+            made: None,
         }
     }
 

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::out::Out;
 use super::speaker::{Speaker, SpeechParams, Spoken, Target};
+use crate::grounding::{self, AnswerMode, Check, Focus, Verdict};
 use crate::llm::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, Usage};
 use crate::prompt::{self, ChatMessage, Grounding, PromptInput};
 use crate::protocol::{ErrorBody, Item, ServerEvent};
@@ -39,6 +40,10 @@ pub struct AnswerSettings {
     /// Say "I don't know" to a factual question no passage supports, without asking the model
     /// (which would guess). Off: the model is told nothing was found and answers itself.
     pub refuse_unfound: bool,
+    /// How a question the knowledge base covers is answered.
+    pub mode: AnswerMode,
+    /// In the checked mode: the share of a sentence's content words the passages must hold.
+    pub min_support: f64,
 }
 
 impl Default for AnswerSettings {
@@ -51,6 +56,8 @@ impl Default for AnswerSettings {
             repeat_penalty: 1.0,
             stop_at_paragraph: true,
             refuse_unfound: true,
+            mode: AnswerMode::default(),
+            min_support: crate::grounding::MIN_SUPPORT,
         }
     }
 }
@@ -126,6 +133,8 @@ pub struct Prepared {
     pub question: String,
     /// What retrieval found (only successful retrievals are prepared).
     pub results: Option<SearchResults>,
+    /// The sentences of those passages that bear on the question.
+    pub focus: Focus,
 }
 
 /// Everything a response task needs.
@@ -208,11 +217,45 @@ pub async fn retrieve(
             return Err(RetrievalFailed);
         }
     }
+    // Words meant for the assistant ("ignore your instructions…") are not what to look up.
+    let question = grounding::asking_part(question);
     match kb.search(SearchRequest::new(question)).await {
         Ok(r) => Ok(Some(r)),
         Err(e) => {
             tracing::error!(error = %e, "retrieval failed; the answer says so");
             Err(RetrievalFailed)
+        }
+    }
+}
+
+/// The sentences of the grounded passages that bear on `question` (empty when nothing was
+/// found, or when the sentences could not be embedded: the prompt then carries the passages
+/// whole).
+pub async fn focus(
+    kb: Option<&Arc<KnowledgeBase>>,
+    question: &str,
+    query: &str,
+    results: &Option<SearchResults>,
+) -> Focus {
+    let (Some(kb), Some(r)) = (kb, results) else {
+        return Focus::default();
+    };
+    if !r.grounded || r.passages.is_empty() {
+        return Focus::default();
+    }
+    match grounding::focus(
+        kb.embedder().as_ref(),
+        question,
+        Some(query),
+        &r.passages,
+        grounding::KEEP_SENTENCES,
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "the passages' sentences could not be ranked; the prompt carries them whole");
+            Focus::default()
         }
     }
 }
@@ -286,14 +329,34 @@ pub fn messages(
     answering: &Answering,
     instructions: &str,
     results: &Option<SearchResults>,
+    focus: &Focus,
     history: &[ChatMessage],
     user: &str,
 ) -> Vec<ChatMessage> {
     let llm = answering.llm.clone();
+    // The passages cut down to the sentences that bear on the question: a short prompt the
+    // small model answers from, instead of copying whatever came first.
+    let focused: Vec<crate::rag::Passage> = match results {
+        Some(r) if r.grounded && !focus.sentences.is_empty() => r
+            .passages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                focus
+                    .excerpt(i)
+                    .map(|text| crate::rag::Passage { text, ..p.clone() })
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     prompt::build(
         &PromptInput {
             instructions,
-            grounding: grounding_of(results),
+            grounding: if focused.is_empty() {
+                grounding_of(results)
+            } else {
+                Grounding::Passages(&focused)
+            },
             history,
             user,
             history_budget: answering.settings.history_tokens,
@@ -308,12 +371,74 @@ pub fn answers_without_model(
     answering: &Answering,
     params: &ResponseParams,
     results: &Option<SearchResults>,
+    focus: &Focus,
     user: &str,
 ) -> bool {
     answering.settings.refuse_unfound
         && !params.offers_tools()
-        && results.as_ref().is_some_and(|r| !r.grounded)
+        && results
+            .as_ref()
+            .is_some_and(|r| !r.grounded || focus.answers_nothing())
         && asks_for_facts(user)
+}
+
+/// How this response answers: the configured mode for a factual question that grounded
+/// passages answer; the model's own words otherwise (small talk, no knowledge base, or a
+/// response that may call functions).
+pub fn answer_mode(
+    answering: &Answering,
+    params: &ResponseParams,
+    results: &Option<SearchResults>,
+    focus: &Focus,
+    user: &str,
+) -> AnswerMode {
+    let grounded = results.as_ref().is_some_and(|r| r.grounded);
+    if !grounded || focus.sentences.is_empty() || params.offers_tools() || !asks_for_facts(user) {
+        AnswerMode::Generative
+    } else {
+        answering.settings.mode
+    }
+}
+
+/// Acts on a checked sentence: sends it, says the extractive answer instead, or ends the
+/// answer. Returns how the answer was made when it must stop here.
+fn apply_verdict(
+    verdict: Verdict,
+    focus: &Focus,
+    text: &mut String,
+    first: &mut Option<Instant>,
+    emit: impl Fn(String),
+) -> Option<&'static str> {
+    let mut say = |t: String| {
+        if t.is_empty() {
+            return;
+        }
+        first.get_or_insert_with(Instant::now);
+        text.push_str(&t);
+        emit(t);
+    };
+    match verdict {
+        Verdict::Send(t) => {
+            say(t);
+            None
+        }
+        Verdict::Replace { unsupported } => {
+            tracing::debug!(%unsupported, "the model's answer is not supported by the passages; saying the passage's own sentence");
+            say(focus.best().map(|b| b.text.clone()).unwrap_or_default());
+            Some("replaced")
+        }
+        Verdict::End { reason } => {
+            tracing::debug!(
+                reason,
+                "the answer ends before a sentence the passages do not support"
+            );
+            Some(if reason == "repeat" {
+                "cut_repeat"
+            } else {
+                "cut_unsupported"
+            })
+        }
+    }
 }
 
 /// The LLM request for a response's messages: shared by the response and the speculation in the
@@ -570,17 +695,23 @@ pub(crate) async fn run(
     let mut results = None;
     let mut retrieval_ms = 0.0;
     let mut first_delta: Option<Instant> = None;
+    let mut focus = Focus::default();
+    // How the answer was made (for `voxd_answers_total` and the response's `voxd.answer`).
+    let mut made: Option<&'static str> = None;
     // The work that cancel can interrupt at any point.
     let outcome: Result<(), Stop> = async {
         let t = Instant::now();
-        results = match (params.use_kb, prepared) {
-            (false, _) => None,
-            (true, Some(p)) if p.question == query => p.results,
+        (results, focus) = match (params.use_kb, prepared) {
+            (false, _) => (None, Focus::default()),
+            (true, Some(p)) if p.question == query => (p.results, p.focus),
             (true, _) => tokio::select! {
                 biased;
                 reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
-                r = retrieve(answering.kb.as_ref(), &query)
-                    .instrument(tracing::info_span!("retrieval")) => r.map_err(|_| Stop::Ungrounded)?,
+                r = async {
+                    let r = retrieve(answering.kb.as_ref(), &query).await?;
+                    let f = self::focus(answering.kb.as_ref(), &user, &query, &r).await;
+                    Ok::<_, RetrievalFailed>((r, f))
+                }.instrument(tracing::info_span!("retrieval")) => r.map_err(|_| Stop::Ungrounded)?,
             },
         };
         retrieval_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -591,15 +722,36 @@ pub(crate) async fn run(
                 citations: citations_json(&results),
             });
         }
-        if answers_without_model(&answering, &params, &results, &user) {
+        if answers_without_model(&answering, &params, &results, &focus, &user) {
             // Nothing in the knowledge base answers it: say so rather than let the model guess.
             text = NOT_FOUND.to_string();
             first_delta = Some(Instant::now());
             emit(&speaker, text.clone());
             crate::metrics::global().refusals.inc();
+            made = Some("refused");
             return Ok(());
         }
-        let mut msgs = messages(&answering, &params.instructions, &results, &history, &user);
+        let mode = answer_mode(&answering, &params, &results, &focus, &user);
+        if mode == AnswerMode::Extractive {
+            if let Some(best) = focus.best() {
+                text = best.text.clone();
+                first_delta = Some(Instant::now());
+                emit(&speaker, text.clone());
+                made = Some("extractive");
+                return Ok(());
+            }
+        }
+        // In the checked mode each sentence is sent once the passages are found to support it.
+        let mut check = (mode == AnswerMode::Checked).then(|| {
+            let sources: Vec<String> = focus.texts().into_iter().map(String::from).collect();
+            let titles = results
+                .as_ref()
+                .map(|r| r.passages.iter().map(|p| p.citation.title.clone()).collect())
+                .unwrap_or_default();
+            Check::new(sources, titles, answering.settings.min_support)
+        });
+        let mut model_started = false;
+        let mut msgs = messages(&answering, &params.instructions, &results, &focus, &history, &user);
         msgs.extend(after.iter().cloned());
         let mut req = request(&answering, &params, msgs);
         // Open from the request to the last token (queue wait, prefill and decoding).
@@ -650,12 +802,20 @@ pub(crate) async fn run(
                     reason = &mut cancel => return Err(Stop::Cancelled(reason.unwrap_or("client_cancelled"))),
                     ev = stream.next() => match ev {
                         Some(Ok(LlmEvent::Delta(d))) => {
-                            if first_delta.is_none() {
-                                first_delta = Some(Instant::now());
+                            if !model_started {
+                                model_started = true;
                                 llm_span.record("first_token_ms", generating.elapsed().as_secs_f64() * 1e3);
                             }
-                            text.push_str(&d);
-                            emit(&speaker, d);
+                            let verdicts = match check.as_mut() {
+                                None => vec![Verdict::Send(d)],
+                                Some(c) => c.push(&d),
+                            };
+                            for v in verdicts {
+                                if let Some(m) = apply_verdict(v, &focus, &mut text, &mut first_delta, |t| emit(&speaker, t)) {
+                                    made = Some(m);
+                                    return Ok(());
+                                }
+                            }
                         }
                         Some(Ok(LlmEvent::ToolCall(call))) if is_server_call(&call.name) => server_calls.push(call),
                         Some(Ok(LlmEvent::ToolCall(call))) => {
@@ -687,6 +847,15 @@ pub(crate) async fn run(
                                 usage.drafted_tokens = u.drafted_tokens;
                             }
                             finish = f;
+                            if let Some(v) = check.as_mut().and_then(Check::finish) {
+                                if let Some(m) = apply_verdict(v, &focus, &mut text, &mut first_delta, |t| emit(&speaker, t)) {
+                                    made = Some(m);
+                                    return Ok(());
+                                }
+                            }
+                            if calls.is_empty() && made.is_none() && !text.is_empty() {
+                                made = Some(if check.is_some() { "checked" } else { "model" });
+                            }
                             break;
                         }
                         Some(Err(e)) => return Err(Stop::Failed(e)),
@@ -736,6 +905,11 @@ pub(crate) async fn run(
     }
     .await;
 
+    // An answer no model wrote (the passage's sentence, "I don't know") still has an output
+    // length, in the model's tokens.
+    if matches!(made, Some("extractive" | "refused")) {
+        usage.completion_tokens = answering.llm.count_tokens(&text);
+    }
     let (status, details) = match &outcome {
         // Cut by max_output_tokens.
         Ok(()) if finish == FinishReason::Length => (
@@ -865,16 +1039,35 @@ pub(crate) async fn run(
     span.record("output_tokens", usage.completion_tokens as i64);
     let m = crate::metrics::global();
     m.responses.inc(status);
+    if let Some(made) = made {
+        m.answers.inc(made);
+    }
+    if results.as_ref().is_some_and(|r| !r.grounded) {
+        m.uncited.inc();
+    }
+    // How much of the answer its passages hold (the same measure `voxd eval` reports).
+    let groundedness = results
+        .as_ref()
+        .filter(|r| r.grounded && !text.trim().is_empty() && made != Some("refused"))
+        .map(|r| {
+            let passages: Vec<&str> = r.passages.iter().map(|p| p.text.as_str()).collect();
+            grounding::support::groundedness(&text, &passages)
+        });
+    if let Some(g) = groundedness {
+        m.groundedness.observe(g);
+    }
     if results.is_some() {
         m.retrieval.observe_ms(retrieval_ms);
     }
-    if let Some(f) = first_delta {
+    // The LLM's own figures, when it was asked.
+    let by_model = !matches!(made, Some("extractive" | "refused"));
+    if let (Some(f), true) = (first_delta, by_model) {
         m.llm_queue_wait.observe_ms(usage.queue_ms);
         m.llm_first_token.observe_ms(ms(started, f));
         m.llm_tokens_per_second.observe(usage.tokens_per_second);
-        if let Some(s) = speech_stopped_at {
-            m.stopped_to_first_token.observe_ms(ms(s, f));
-        }
+    }
+    if let (Some(f), Some(s)) = (first_delta, speech_stopped_at) {
+        m.stopped_to_first_token.observe_ms(ms(s, f));
     }
     if let (Some(s), Some(a)) = (speech_stopped_at, first_audio) {
         m.stopped_to_first_audio.observe_ms(ms(s, a));
@@ -912,6 +1105,9 @@ pub(crate) async fn run(
         &params,
         Some((&usage, &results, timing)),
     );
+    // voxd's addition: how the answer was made and how much of it its passages hold.
+    response["voxd"]["answer"] = json!(made);
+    response["voxd"]["groundedness"] = json!(groundedness);
     // voxd's addition: the server tools it ran for this answer.
     response["voxd"]["tool_calls"] = Value::Array(server_log);
     out.send(ServerEvent::ResponseDone { response });

@@ -741,19 +741,25 @@ impl Responses {
                 } else {
                     None
                 };
+                let focus = answer::focus(answering.kb.as_ref(), &question, &query, &results).await;
                 let _ = tx
                     .send(Prepared {
                         question: query,
                         results: results.clone(),
+                        focus: focus.clone(),
                     })
                     .await;
-                if answer::answers_without_model(&answering, &params, &results, &question) {
+                if answer::answers_without_model(&answering, &params, &results, &focus, &question)
+                    || answer::answer_mode(&answering, &params, &results, &focus, &question)
+                        == crate::grounding::AnswerMode::Extractive
+                {
                     return;
                 }
                 let msgs = answer::messages(
                     &answering,
                     &params.instructions,
                     &results,
+                    &focus,
                     &history,
                     &question,
                 );
