@@ -198,6 +198,13 @@ struct EvalArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "eval.json")]
     out: PathBuf,
+    /// Instead of the suite's questions, fuzz prompt injection: attacks of several families
+    /// (override, role play, false authority, fake delimiters, chat-template tokens, other
+    /// languages, encodings) planted in new documents and in the user's turn before the suite's
+    /// own questions; reports attack success per family. With --url only the user-turn attacks
+    /// run (a running server's knowledge base is left alone).
+    #[arg(long)]
+    fuzz: bool,
     /// Where to write the self-contained HTML report (tables, bars per category, first token by
     /// turn, every answer) [default: the JSON report's path with `.html`].
     #[arg(long)]
@@ -949,6 +956,11 @@ async fn eval(args: EvalArgs) -> Result<bool> {
     let suite = Suite::load(&args.suite)?;
     let baseline = args.baseline.as_deref().map(Report::read).transpose()?;
     let kb_dir = tempfile::tempdir()?;
+    let suite = if args.fuzz {
+        eval::fuzz::suite(&suite, kb_dir.path(), args.url.is_none())?
+    } else {
+        suite
+    };
     let (_server, url) = match &args.url {
         Some(u) => (None, u.clone()),
         None => {
@@ -1014,6 +1026,9 @@ async fn eval(args: EvalArgs) -> Result<bool> {
     std::fs::write(&html, eval::html::render(&report))
         .with_context(|| format!("writing {}", html.display()))?;
     print!("{}", report.table());
+    if args.fuzz {
+        print!("{}", eval::fuzz::summary(&report));
+    }
     println!("wrote {} and {}", args.out.display(), html.display());
     let Some(baseline) = baseline else {
         return Ok(false);

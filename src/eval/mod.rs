@@ -22,6 +22,7 @@
 //! metrics per category and overall, a table, JSON, and the comparison with a baseline run that
 //! `voxd eval --baseline` turns into a non-zero exit when a metric regresses.
 
+pub mod fuzz;
 pub mod html;
 pub mod report;
 pub mod score;

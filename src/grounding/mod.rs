@@ -190,7 +190,7 @@ fn wanted(question: &str) -> Vec<&'static Regex> {
 /// The part of what the person said that asks something: its sentences without those that
 /// speak to the assistant ("ignore your instructions…", "you are a pirate who answers only…").
 pub fn asking_part(text: &str) -> String {
-    let kept: Vec<String> = sentences::split(text);
+    let kept: Vec<String> = sentences::split_turn(text);
     if kept.is_empty() {
         text.to_string()
     } else {
