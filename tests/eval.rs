@@ -127,7 +127,21 @@ fn voxd_eval_scores_a_suite_and_fails_on_a_regression() {
 #[test]
 fn voxd_eval_asks_by_voice() {
     let dir = tempfile::tempdir().unwrap();
-    let suite = small_suite(dir.path());
+    let suite = dir.path().join("spoken");
+    std::fs::create_dir_all(&suite).unwrap();
+    std::fs::write(
+        suite.join("suite.json"),
+        serde_json::json!({"name": "spoken", "documents": [common::data("kb")]}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        suite.join("questions.jsonl"),
+        r#"{"id": "sunday", "category": "answerable", "text": "What time do you open on Sunday?", "sources": ["opening-hours"], "accept": ["10 ?am", "ten"]}
+{"id": "lost", "category": "answerable", "text": "How long do you keep lost property?", "sources": ["lost-property"], "accept": ["30 days", "thirty days"]}
+{"id": "france", "category": "unanswerable", "text": "What is the capital of France?"}
+"#,
+    )
+    .unwrap();
     let out = dir.path().join("spoken.json");
     let (code, table) = voxd_eval(&[
         suite.as_os_str(),
@@ -139,21 +153,21 @@ fn voxd_eval_asks_by_voice() {
     assert_eq!(code, 0, "{table}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(report["mode"], "spoken");
-    for r in report["questions"].as_array().unwrap() {
+    let q = report["questions"].as_array().unwrap();
+    assert_eq!(q.len(), 3);
+    let mut wers = Vec::new();
+    for r in q {
         let heard = r["heard"]
             .as_str()
             .unwrap_or_else(|| panic!("nothing heard: {r}"));
-        let wer = voxd::wer::wer(r["question"].as_str().unwrap(), heard);
-        assert!(
-            wer <= 0.35,
-            "heard {heard:?} for {}: WER {wer:.2}",
-            r["question"]
-        );
+        wers.push(voxd::wer::wer(r["question"].as_str().unwrap(), heard));
         assert!(!r["answer"].as_str().unwrap().trim().is_empty(), "{r}");
         assert!(r["first_token_ms"].as_f64().unwrap() > 0.0, "{r}");
     }
-    // The price question, heard and answered from the knowledge base.
-    assert_eq!(report["questions"][0]["citation_correct"], true);
+    let mean = wers.iter().sum::<f64>() / wers.len() as f64;
+    assert!(mean <= 0.3, "mean WER {mean:.2} of what was heard: {q:#?}");
+    // The opening hours, heard and answered from the knowledge base.
+    assert_eq!(q[0]["citation_correct"], true, "{}", q[0]);
 }
 
 /// `voxd eval --fuzz`: injection attacks of every family, planted in documents and in the

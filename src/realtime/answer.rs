@@ -193,7 +193,24 @@ pub fn asks_for_facts(text: &str) -> bool {
                 .contains(w)
         })
         .unwrap_or("");
-    t.ends_with('?') || OPENERS.contains(&first)
+    // "And your email address." (heard without its question mark): a follow-up asking for more.
+    let words: Vec<&str> = t
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let follow_up = matches!(words.first(), Some(&"and"))
+        || t.starts_with("what about")
+        || t.starts_with("how about");
+    let courtesy = words.iter().any(|w| {
+        [
+            "thank", "thanks", "bye", "goodbye", "cheers", "great", "ok", "okay", "cool", "nice",
+            "good", "perfect", "sorry",
+        ]
+        .contains(w)
+    });
+    t.ends_with('?')
+        || OPENERS.contains(&first)
+        || (follow_up && !courtesy && (2..=8).contains(&words.len()))
 }
 
 /// What a response says when the knowledge base cannot be searched: it never answers ungrounded.
@@ -1137,10 +1154,19 @@ mod tests {
             "Um, where can I park?",
             "Tell me about the Ridgeline",
             "The wifi password?",
+            "and your email address.",
+            "What about the Ridgeline",
         ] {
             assert!(asks_for_facts(q), "{q}");
         }
-        for t in ["Hello there", "Thanks, that's great.", "ok bye", ""] {
+        for t in [
+            "Hello there",
+            "Thanks, that's great.",
+            "ok bye",
+            "",
+            "and thanks a lot",
+            "And that's perfect.",
+        ] {
             assert!(!asks_for_facts(t), "{t}");
         }
     }

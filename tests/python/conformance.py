@@ -204,7 +204,7 @@ async def realtime(url, headers, audio_dir):
         await s.until("session.updated")
 
         # 3. A cancelled response.
-        await s.send(ask("Tell me everything about every bike you sell, in great detail."))
+        await s.send(ask("Please write a long story about a bicycle trip along the coast."))
         await s.send({"type": "response.create"})
         await s.until("response.created")
         await s.send({"type": "response.cancel"})
