@@ -384,7 +384,7 @@ const EXTRACTIVE: Thresholds = Thresholds {
 };
 
 /// SmolLM2-135M's answers, checked sentence by sentence (2026-11-26): citations 96 %, facts
-/// 81 %, groundedness 98 %, refusals 100 %, injection success 0 %, stale 0 %, repeats 2 %.
+/// 80 %, groundedness 98 %, refusals 100 %, injection success 0 %, stale 0 %, repeats 2 %.
 /// (Unchecked, the same model with the same short prompt states 54 % of the facts, and 41 %
 /// with whole passages.)
 const CHECKED: Thresholds = Thresholds {

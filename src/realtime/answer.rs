@@ -342,9 +342,14 @@ enum Stop {
 }
 
 /// The messages for a response (shared by the response and the early prefill).
+///
+/// A factual question that focused sentences answer is asked without the conversation: the
+/// follow-up was already resolved (it was searched and ranked with the question before it), and
+/// a small model given earlier answers copies them. Small talk and responses that may call
+/// functions keep the conversation.
 pub fn messages(
     answering: &Answering,
-    instructions: &str,
+    params: &ResponseParams,
     results: &Option<SearchResults>,
     focus: &Focus,
     history: &[ChatMessage],
@@ -366,15 +371,16 @@ pub fn messages(
             .collect(),
         _ => Vec::new(),
     };
+    let standalone = !focused.is_empty() && !params.offers_tools() && asks_for_facts(user);
     prompt::build(
         &PromptInput {
-            instructions,
+            instructions: &params.instructions,
             grounding: if focused.is_empty() {
                 grounding_of(results)
             } else {
                 Grounding::Passages(&focused)
             },
-            history,
+            history: if standalone { &[] } else { history },
             user,
             history_budget: answering.settings.history_tokens,
         },
@@ -768,7 +774,7 @@ pub(crate) async fn run(
             Check::new(sources, titles, answering.settings.min_support)
         });
         let mut model_started = false;
-        let mut msgs = messages(&answering, &params.instructions, &results, &focus, &history, &user);
+        let mut msgs = messages(&answering, &params, &results, &focus, &history, &user);
         msgs.extend(after.iter().cloned());
         let mut req = request(&answering, &params, msgs);
         // Open from the request to the last token (queue wait, prefill and decoding).

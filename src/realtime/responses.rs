@@ -755,14 +755,8 @@ impl Responses {
                 {
                     return;
                 }
-                let msgs = answer::messages(
-                    &answering,
-                    &params.instructions,
-                    &results,
-                    &focus,
-                    &history,
-                    &question,
-                );
+                let msgs =
+                    answer::messages(&answering, &params, &results, &focus, &history, &question);
                 let req = answer::request(&answering, &params, msgs);
                 if let Err(e) = answering.llm.speculate(req, DRAFT_TOKENS).await {
                     debug!(error = %e, "drafting the answer failed");
