@@ -67,6 +67,20 @@ fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, key: &st
         - before.get(key).copied().unwrap_or(0.0)
 }
 
+/// Waits for the next `response.done` and returns its response.
+async fn response_done(rx: &mut client::Receiver) -> serde_json::Value {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        while let Some(msg) = rx.next().await {
+            if let Incoming::Event(ServerEvent::ResponseDone { response }) = msg.unwrap() {
+                return response;
+            }
+        }
+        panic!("the session ended without an answer");
+    })
+    .await
+    .expect("hang guard")
+}
+
 #[tokio::test]
 async fn metrics_move_after_one_spoken_turn() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,16 +120,7 @@ async fn metrics_move_after_one_spoken_turn() {
     });
     let during = scrape(&http).await;
     assert_eq!(during["voxd_live_sessions"], 1.0);
-    let done = tokio::time::timeout(Duration::from_secs(300), async {
-        while let Some(msg) = rx.next().await {
-            if let Incoming::Event(ServerEvent::ResponseDone { response }) = msg.unwrap() {
-                return response;
-            }
-        }
-        panic!("the session ended without an answer");
-    })
-    .await
-    .expect("hang guard");
+    let done = response_done(&mut rx).await;
     assert_eq!(done["status"], "completed", "{done}");
     let mut tx = sender.await.unwrap();
     tx.close().await.unwrap();
@@ -264,16 +269,7 @@ async fn metrics_move_after_one_spoken_turn() {
     tx.send_text(json!({"type": "response.create"}).to_string())
         .await
         .unwrap();
-    let done = tokio::time::timeout(Duration::from_secs(300), async {
-        while let Some(msg) = rx.next().await {
-            if let Incoming::Event(ServerEvent::ResponseDone { response }) = msg.unwrap() {
-                return response;
-            }
-        }
-        panic!("the session ended without an answer");
-    })
-    .await
-    .expect("hang guard");
+    let done = response_done(&mut rx).await;
     assert_eq!(done["voxd"]["answer"], "refused", "{done}");
     let after = scrape(&http).await;
     assert_eq!(delta(&before, &after, "voxd_refusals_total"), 1.0);
