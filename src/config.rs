@@ -137,6 +137,11 @@ pub struct KbArgs {
     /// Knowledge-base database file [default: <home>/kb.sqlite].
     #[arg(long = "kb", env = "VOXD_KB")]
     pub kb_path: Option<PathBuf>,
+    /// Keep the knowledge base (and the tool audit trail) in PostgreSQL with pgvector instead of
+    /// the SQLite file, shared by every replica given the same URL:
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DB.
+    #[arg(long, env = "VOXD_KB_URL", hide_env_values = true)]
+    pub kb_url: Option<String>,
     /// Embedding model: a manifest name (all-minilm-l6-v2) or a folder with model.safetensors,
     /// config.json and tokenizer.json; with --embed-url, the remote model's name.
     #[arg(long, env = "VOXD_EMBED_MODEL")]
@@ -314,6 +319,7 @@ impl LlmConfig {
 #[serde(deny_unknown_fields)]
 struct FileKb {
     path: Option<PathBuf>,
+    url: Option<String>,
     embed_model: Option<String>,
     embed_url: Option<String>,
     embed_api_key: Option<String>,
@@ -329,6 +335,8 @@ struct FileKb {
 #[derive(Debug, Clone)]
 pub struct KbConfig {
     pub path: PathBuf,
+    /// A PostgreSQL database (`postgres://…`) that replaces the file at `path`.
+    pub url: Option<String>,
     /// `None`: the manifest's default embedding model (or, with `embed_url`, an error).
     pub embed_model: Option<String>,
     pub embed_url: Option<String>,
@@ -731,7 +739,17 @@ impl Config {
                 message: "--embed-url needs --embed-model, the remote model's name".into(),
             });
         }
+        let kb_url = kb.kb_url.clone().or(fk.url).filter(|u| !u.is_empty());
+        if let Some(u) = &kb_url {
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid {
+                    setting: "kb_url",
+                    message: "expected postgres://USER@HOST:PORT/DB".into(),
+                });
+            }
+        }
         let kb_config = KbConfig {
+            url: kb_url,
             path: kb
                 .kb_path
                 .clone()

@@ -422,7 +422,7 @@ fn run(cli: Cli) -> Result<()> {
                 &kb,
             )?;
             voxd::telemetry::init(cfg.log_format);
-            let log = voxd::tools::AuditLog::open(&cfg.kb.path)?;
+            let log = voxd::tools::AuditLog::for_kb(&cfg.kb.path, cfg.kb.url.as_deref())?;
             let rows = log.query(&voxd::tools::AuditQuery {
                 session,
                 key_id,
@@ -560,7 +560,7 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
             },
         }));
         // Tool calls are recorded in the knowledge base's database.
-        match voxd::tools::AuditLog::open(&cfg.kb.path) {
+        match voxd::tools::AuditLog::for_kb(&cfg.kb.path, cfg.kb.url.as_deref()) {
             Ok(log) => state.set_audit(log),
             Err(e) => tracing::warn!(error = %e, "no audit trail of tool calls"),
         }
@@ -613,17 +613,44 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
         let kb_cfg = cfg.kb.clone();
         let kb_models = store.clone();
         tokio::spawn(async move {
-            match voxd::rag::open::open(&kb_cfg, &kb_models).await {
-                Ok(kb) => {
-                    if let Err(e) = kb.check_model().await {
-                        error!(error = %e, "the knowledge base needs re-indexing");
+            // A shared database may come up after the replica: keep trying (readiness says why
+            // meanwhile). A file that cannot be opened will not open later.
+            let mut pause = std::time::Duration::from_millis(500);
+            let kb = loop {
+                match voxd::rag::open::open(&kb_cfg, &kb_models).await {
+                    Ok(kb) => break Arc::new(kb),
+                    Err(
+                        e @ voxd::rag::KbError::Store(
+                            voxd::rag::store::StoreError::Unavailable { .. },
+                        ),
+                    ) => {
+                        error!(error = %e, retry_in_ms = pause.as_millis() as u64, "the knowledge-base database is unreachable");
+                        kb_state.set_kb_retrying(e.to_string());
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_secs(10));
                     }
-                    kb_state.set_kb(Arc::new(kb))
+                    Err(e) => {
+                        error!(error = %e, "opening the knowledge base failed");
+                        kb_state.set_kb_error(e.to_string());
+                        return;
+                    }
                 }
-                Err(e) => {
-                    error!(error = %e, "opening the knowledge base failed");
-                    kb_state.set_kb_error(e.to_string());
+            };
+            if let Err(e) = kb.check_model().await {
+                error!(error = %e, "the knowledge base needs re-indexing");
+            }
+            kb_state.set_kb(kb.clone());
+            // Readiness follows the store: checked every 2 s (and on every use).
+            let mut was_up = true;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let up = kb.check_health().await;
+                match (&up, was_up) {
+                    (Err(e), true) => error!(error = %e, "the knowledge base stopped answering"),
+                    (Ok(()), false) => info!("the knowledge base answers again"),
+                    _ => {}
                 }
+                was_up = up.is_ok();
             }
         });
         let loader_state = state.clone();

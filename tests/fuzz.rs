@@ -13,7 +13,7 @@ use voxd::audio::{decode_bytes, decode_bytes_at, ChannelSelect, DecodeLimits};
 use voxd::protocol::{parse_client_event, ClientEvent, InputFormat, SessionConfig, SessionKind};
 use voxd::rag::chunk::{chunk, ChunkParams};
 use voxd::rag::extract::{extract, Format};
-use voxd::rag::store::{SqliteStore, Store};
+use voxd::rag::store::SqliteStore;
 
 /// Turns fuzzer bytes into choices.
 struct Choices<'a>(&'a [u8]);

@@ -1,16 +1,19 @@
-//! The knowledge base with the real embedding model and a real SQLite file: vectors against an
-//! independent reference, retrieval quality on a fixture knowledge base, versions and expiry,
-//! re-adding, removal, re-indexing after a model change, and prompt safety end to end.
+//! The knowledge base with the real embedding model on both stores (a real SQLite file, and a real
+//! PostgreSQL + pgvector server): vectors against an independent reference, retrieval quality on a
+//! fixture knowledge base, versions and expiry, re-adding, removal, re-indexing after a model
+//! change, concurrent writes and searches, and prompt safety end to end. Every store test runs
+//! on both (`sqlite::…` and `postgres::…`).
 
 mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use common::{Backend, StoreFixture};
 use serde_json::Value;
 use voxd::prompt::{self, Grounding, PromptInput};
 use voxd::rag::embed::{dot, Embedder, LocalEmbedder};
-use voxd::rag::store::{SqliteStore, WriteOutcome};
+use voxd::rag::store::WriteOutcome;
 use voxd::rag::{DocumentInput, KbError, KbSettings, KnowledgeBase, SearchRequest};
 
 #[tokio::test]
@@ -51,8 +54,8 @@ async fn local_vectors_match_an_independent_reference() {
 }
 
 /// The fixture knowledge base (tests/data/kb), added through the same path as `voxd kb add`.
-async fn fixture_kb(dir: &std::path::Path) -> KnowledgeBase {
-    let kb = common::knowledge_base(dir);
+async fn fixture_kb(store: &StoreFixture) -> KnowledgeBase {
+    let kb = store.kb();
     let mut paths: Vec<_> = std::fs::read_dir(common::data("kb"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -79,10 +82,9 @@ fn questions() -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test]
-async fn retrieval_finds_the_answering_document_and_never_a_superseded_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let kb = fixture_kb(dir.path()).await;
+async fn retrieval_finds_the_answering_document_and_never_a_superseded_version(backend: Backend) {
+    let store = StoreFixture::new(backend);
+    let kb = fixture_kb(&store).await;
     let docs = kb.list().await.unwrap();
     assert_eq!(docs.len(), 32);
     // Versions: documents whose source has a newer version.
@@ -154,10 +156,9 @@ async fn retrieval_finds_the_answering_document_and_never_a_superseded_version()
     );
 }
 
-#[tokio::test]
-async fn versions_expiry_and_filters_decide_what_is_searchable() {
-    let dir = tempfile::tempdir().unwrap();
-    let kb = common::knowledge_base(dir.path());
+async fn versions_expiry_and_filters_decide_what_is_searchable(backend: Backend) {
+    let store = StoreFixture::new(backend);
+    let kb = store.kb();
     let day = 86_400;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -226,11 +227,10 @@ async fn versions_expiry_and_filters_decide_what_is_searchable() {
     assert!(!res.grounded, "{:?}", res.passages);
 }
 
-#[tokio::test]
-async fn re_adding_is_a_no_op_a_change_replaces_and_remove_deletes() {
-    let dir = tempfile::tempdir().unwrap();
-    let kb = common::knowledge_base(dir.path());
-    let file = dir.path().join("hours.md");
+async fn re_adding_is_a_no_op_a_change_replaces_and_remove_deletes(backend: Backend) {
+    let store = StoreFixture::new(backend);
+    let kb = store.kb();
+    let file = store.dir.path().join("hours.md");
     std::fs::write(&file, "# Hours\nWe open at nine on weekdays.\n").unwrap();
     let first = kb.add_file(&file).await.unwrap();
     assert_eq!(first.status, WriteOutcome::Created);
@@ -286,15 +286,9 @@ async fn re_adding_is_a_no_op_a_change_replaces_and_remove_deletes() {
     ));
 }
 
-#[tokio::test]
-async fn a_new_embedding_model_requires_a_reindex_instead_of_mixing_vectors() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kb.sqlite");
-    let kb = KnowledgeBase::new(
-        Arc::new(SqliteStore::open(&path).unwrap()),
-        common::embedder(),
-        KbSettings::default(),
-    );
+async fn a_new_embedding_model_requires_a_reindex_instead_of_mixing_vectors(backend: Backend) {
+    let store = StoreFixture::new(backend);
+    let kb = store.kb();
     kb.add(DocumentInput::text(
         "Bells",
         "The harbour bell rings at noon.",
@@ -305,11 +299,7 @@ async fn a_new_embedding_model_requires_a_reindex_instead_of_mixing_vectors() {
 
     // The same weights under another name stand in for a different model.
     let other = LocalEmbedder::load(&common::embed_model_dir(), "minilm-renamed", 1).unwrap();
-    let kb = KnowledgeBase::new(
-        Arc::new(SqliteStore::open(&path).unwrap()),
-        Arc::new(other),
-        KbSettings::default(),
-    );
+    let kb = store.kb_with(Arc::new(other), KbSettings::default());
     let err = kb
         .search(SearchRequest::new("when does the bell ring"))
         .await
@@ -339,11 +329,9 @@ async fn a_new_embedding_model_requires_a_reindex_instead_of_mixing_vectors() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn bad_documents_and_searches_are_refused_and_nothing_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let kb = KnowledgeBase::new(
-        Arc::new(SqliteStore::open(&dir.path().join("kb.sqlite")).unwrap()),
+async fn bad_documents_and_searches_are_refused_and_nothing_is_written(backend: Backend) {
+    let store = StoreFixture::new(backend);
+    let kb = store.kb_with(
         common::embedder(),
         KbSettings {
             max_document_bytes: 1000,
@@ -363,13 +351,13 @@ async fn bad_documents_and_searches_are_refused_and_nothing_is_written() {
     for (result, code) in codes {
         assert_eq!(result.unwrap_err().code(), code);
     }
-    let bad_utf8 = dir.path().join("bad.txt");
+    let bad_utf8 = store.dir.path().join("bad.txt");
     std::fs::write(&bad_utf8, b"caf\xe9 au lait").unwrap();
     assert_eq!(
         kb.add_file(&bad_utf8).await.unwrap_err().code(),
         "invalid_utf8"
     );
-    let pdf = dir.path().join("menu.pdf");
+    let pdf = store.dir.path().join("menu.pdf");
     std::fs::write(&pdf, b"%PDF-1.4").unwrap();
     assert_eq!(
         kb.add_file(&pdf).await.unwrap_err().code(),
@@ -400,10 +388,9 @@ async fn bad_documents_and_searches_are_refused_and_nothing_is_written() {
     assert_eq!(kb.search(req).await.unwrap_err().code(), "invalid_filter");
 }
 
-#[tokio::test]
-async fn searches_keep_working_while_a_large_document_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let kb = Arc::new(common::knowledge_base(dir.path()));
+async fn searches_keep_working_while_a_large_document_is_written(backend: Backend) {
+    let store = StoreFixture::new(backend);
+    let kb = Arc::new(store.kb());
     kb.add(DocumentInput::text(
         "Bells",
         "The harbour bell rings at noon.",
@@ -437,6 +424,15 @@ async fn searches_keep_working_while_a_large_document_is_written() {
         .unwrap();
     assert_eq!(res.passages[0].citation.title, "Knots");
 }
+
+crate::on_both_stores!(
+    retrieval_finds_the_answering_document_and_never_a_superseded_version,
+    versions_expiry_and_filters_decide_what_is_searchable,
+    re_adding_is_a_no_op_a_change_replaces_and_remove_deletes,
+    a_new_embedding_model_requires_a_reindex_instead_of_mixing_vectors,
+    bad_documents_and_searches_are_refused_and_nothing_is_written,
+    searches_keep_working_while_a_large_document_is_written,
+);
 
 #[tokio::test]
 async fn an_injected_document_does_not_change_the_system_section() {

@@ -2,7 +2,7 @@
 //! embedder's workers, SQLite work on blocking threads; nothing here blocks the async executor.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -11,9 +11,11 @@ use sha2::{Digest, Sha256};
 use super::chunk::{chunk, ChunkParams};
 use super::embed::Embedder;
 use super::extract::{self, Format};
-use super::index::{Eligibility, VectorIndex};
+use super::index::Eligibility;
 use super::search::{self, Citation, Passage, SearchRequest, SearchResults};
-use super::store::{DocumentInfo, EmbeddingModel, NewChunk, NewDocument, Store, WriteOutcome};
+use super::store::{
+    DocumentInfo, EmbeddingModel, NewChunk, NewDocument, Probe, Store, StoreError, WriteOutcome,
+};
 use super::KbError;
 
 /// Knowledge-base settings.
@@ -79,13 +81,13 @@ pub struct AddOutcome {
     pub document: DocumentInfo,
 }
 
-/// The knowledge base: a store, an embedder and the in-memory vector index.
+/// The knowledge base: a store and an embedder.
 pub struct KnowledgeBase {
     store: Arc<dyn Store>,
     embedder: Arc<dyn Embedder>,
     settings: KbSettings,
-    index: RwLock<Option<Arc<VectorIndex>>>,
-    reload: Mutex<()>,
+    /// Why the store last failed to answer (`None`: it answered), for `/readyz`.
+    health: Arc<Mutex<Option<String>>>,
 }
 
 fn now() -> i64 {
@@ -122,9 +124,47 @@ impl KnowledgeBase {
             store,
             embedder,
             settings,
-            index: RwLock::new(None),
-            reload: Mutex::new(()),
+            health: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Where the documents are stored (a file, or a database without its password).
+    pub fn describe_store(&self) -> String {
+        self.store.describe()
+    }
+
+    /// `Err(reason)` when the store could not be reached on its last use or check.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.health.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(reason) => Err(reason.clone()),
+        }
+    }
+
+    /// Checks that the store answers now, and records the outcome for [`KnowledgeBase::health`].
+    pub async fn check_health(&self) -> Result<(), KbError> {
+        let store = self.store.clone();
+        self.store_call(move || store.ping()).await
+    }
+
+    /// Runs a store method on a blocking thread, recording whether the store could be reached.
+    async fn store_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, KbError> {
+        let health = self.health.clone();
+        blocking(move || {
+            let out = f();
+            let down = match &out {
+                Err(e @ StoreError::Unavailable { .. }) => {
+                    Some(format!("the knowledge base is unavailable: {e}"))
+                }
+                _ => None,
+            };
+            *health.lock().unwrap_or_else(|p| p.into_inner()) = down;
+            Ok(out?)
+        })
+        .await
     }
 
     pub fn settings(&self) -> &KbSettings {
@@ -146,7 +186,7 @@ impl KnowledgeBase {
     /// Fails with `reindex_required` when the stored vectors were made by another model.
     pub async fn check_model(&self) -> Result<(), KbError> {
         let store = self.store.clone();
-        let stored = blocking(move || Ok(store.embedding_model()?)).await?;
+        let stored = self.store_call(move || store.embedding_model()).await?;
         match stored {
             Some(s) if s != self.model() => Err(KbError::ReindexRequired {
                 stored: s.to_string(),
@@ -219,7 +259,7 @@ impl KnowledgeBase {
         // Unchanged: nothing to embed.
         let store = self.store.clone();
         let key2 = key.clone();
-        if let Some(existing) = blocking(move || Ok(store.find_by_key(&key2)?)).await? {
+        if let Some(existing) = self.store_call(move || store.find_by_key(&key2)).await? {
             if existing.content_hash == content_hash {
                 return Ok(AddOutcome {
                     status: WriteOutcome::Unchanged,
@@ -277,8 +317,9 @@ impl KnowledgeBase {
         };
         let model = self.model();
         let store = self.store.clone();
-        let (status, document) =
-            blocking(move || Ok(store.upsert(&doc, &chunks, &vectors, &model)?)).await?;
+        let (status, document) = self
+            .store_call(move || store.upsert(&doc, &chunks, &vectors, &model))
+            .await?;
         tracing::info!(
             id = %document.id, title = %document.title, chunks = document.chunks, ?status,
             ms = t0.elapsed().as_millis() as u64, "knowledge-base document written"
@@ -331,14 +372,16 @@ impl KnowledgeBase {
 
     pub async fn list(&self) -> Result<Vec<DocumentInfo>, KbError> {
         let store = self.store.clone();
-        blocking(move || Ok(store.list()?)).await
+        self.store_call(move || store.list()).await
     }
 
     pub async fn get(&self, id: &str) -> Result<DocumentInfo, KbError> {
         let store = self.store.clone();
         let id = id.to_string();
         let id2 = id.clone();
-        blocking(move || store.get(&id2)?.ok_or(KbError::NotFound(id))).await
+        self.store_call(move || store.get(&id2))
+            .await?
+            .ok_or(KbError::NotFound(id))
     }
 
     /// Removes a document and its chunks.
@@ -346,7 +389,7 @@ impl KnowledgeBase {
         let store = self.store.clone();
         let id = id.to_string();
         let id2 = id.clone();
-        if blocking(move || Ok(store.remove(&id2)?)).await? {
+        if self.store_call(move || store.remove(&id2)).await? {
             tracing::info!(%id, "knowledge-base document removed");
             Ok(())
         } else {
@@ -361,7 +404,9 @@ impl KnowledgeBase {
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<usize, KbError> {
         let store = self.store.clone();
-        let rows = blocking(move || Ok(store.chunks_for_embedding()?)).await?;
+        let rows = self
+            .store_call(move || store.chunks_for_embedding())
+            .await?;
         let total = rows.len();
         let mut vectors = Vec::with_capacity(total);
         for batch in rows.chunks(64) {
@@ -375,47 +420,16 @@ impl KnowledgeBase {
         }
         let model = self.model();
         let store = self.store.clone();
-        blocking(move || Ok(store.replace_embeddings(&model, &vectors)?)).await?;
+        self.store_call(move || store.replace_embeddings(&model, &vectors))
+            .await?;
         tracing::info!(chunks = total, model = %self.model(), "knowledge base re-indexed");
         Ok(total)
     }
 
-    /// The vector index, reloaded from the store if anything was written since it was read.
-    async fn index(&self) -> Result<Arc<VectorIndex>, KbError> {
-        let store = self.store.clone();
-        let revision = blocking(move || Ok(store.revision()?)).await?;
-        if let Some(ix) = self
-            .index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            if ix.revision() == revision {
-                return Ok(ix.clone());
-            }
-        }
-        let store = self.store.clone();
-        let snap = blocking(move || Ok(store.snapshot()?)).await?;
-        let ix = Arc::new(VectorIndex::new(snap));
-        let _guard = self.reload.lock().unwrap_or_else(|p| p.into_inner());
-        let mut slot = self.index.write().unwrap_or_else(|p| p.into_inner());
-        if slot
-            .as_ref()
-            .is_none_or(|old| old.revision() <= ix.revision())
-        {
-            *slot = Some(ix.clone());
-        }
-        tracing::debug!(
-            chunks = ix.len(),
-            revision = ix.revision(),
-            "vector index loaded"
-        );
-        Ok(ix)
-    }
-
     /// Number of searchable chunks (0: nothing to ground answers in).
     pub async fn chunk_count(&self) -> Result<usize, KbError> {
-        Ok(self.index().await?.len())
+        let store = self.store.clone();
+        self.store_call(move || store.chunk_count()).await
     }
 
     /// Finds the passages that best answer `request.query`.
@@ -457,22 +471,13 @@ impl KnowledgeBase {
         };
 
         let t0 = Instant::now();
-        let index = self.index().await?;
-        if index.is_empty() {
+        if self.chunk_count().await? == 0 {
             return Ok(SearchResults {
                 grounded: false,
                 passages: Vec::new(),
                 embed_ms: 0.0,
                 search_ms: t0.elapsed().as_secs_f64() * 1e3,
             });
-        }
-        if let Some(stored) = index.model() {
-            if *stored != self.model() {
-                return Err(KbError::ReindexRequired {
-                    stored: stored.to_string(),
-                    configured: self.model().to_string(),
-                });
-            }
         }
         let t_embed = Instant::now();
         let qv = self
@@ -485,74 +490,73 @@ impl KnowledgeBase {
 
         let t_search = Instant::now();
         let store = self.store.clone();
-        let passages = blocking(move || {
-            let eligible = index.eligible(&eligibility);
-            let depth = (top_k * 4).max(20);
-            let by_vector: Vec<i64> = index
-                .top_k(&qv, depth, &eligible)
-                .into_iter()
-                .map(|(row, _)| index.chunk_id(row))
-                .collect();
-            let fts = search::keyword_query(&query);
-            let by_keyword: Vec<i64> = store
-                .keyword_search(&fts, depth * 3)?
-                .into_iter()
-                .filter_map(|(id, _)| {
-                    index
-                        .row(id)
-                        .filter(|&r| index.row_eligible(r, &eligible))
-                        .map(|_| id)
-                })
-                .take(depth)
-                .collect();
-            let fused = search::fuse([&by_vector, &by_keyword]);
-            let mut picked = Vec::new();
-            for (id, score, [vr, kr]) in fused {
-                let Some(row) = index.row(id) else { continue };
-                let similarity = index.similarity(row, &qv);
-                // A passage the keyword search also found needs a little less similarity.
-                let needed = if kr.is_some() {
-                    floor - search::KEYWORD_FLOOR_RELIEF
-                } else {
-                    floor
+        let model = self.model();
+        let passages = self
+            .store_call(move || {
+                let words = search::keywords(&query);
+                let candidates = store.candidates(&Probe {
+                    vector: &qv,
+                    model: &model,
+                    words: &words,
+                    depth: (top_k * 4).max(20),
+                    eligibility: &eligibility,
+                })?;
+                let ids = |list: &[(i64, f32)]| list.iter().map(|c| c.0).collect::<Vec<_>>();
+                let fused =
+                    search::fuse([&ids(&candidates.by_vector), &ids(&candidates.by_keyword)]);
+                let similarity = |id: i64| {
+                    candidates
+                        .by_vector
+                        .iter()
+                        .chain(&candidates.by_keyword)
+                        .find(|c| c.0 == id)
+                        .map_or(f32::MIN, |c| c.1)
                 };
-                if similarity < needed {
-                    continue;
+                let mut picked = Vec::new();
+                for (id, score, [vr, kr]) in fused {
+                    let similarity = similarity(id);
+                    // A passage the keyword search also found needs a little less similarity.
+                    let needed = if kr.is_some() {
+                        floor - search::KEYWORD_FLOOR_RELIEF
+                    } else {
+                        floor
+                    };
+                    if similarity < needed {
+                        continue;
+                    }
+                    picked.push((id, score, similarity, vr, kr));
+                    if picked.len() == top_k {
+                        break;
+                    }
                 }
-                picked.push((id, row, score, similarity, vr, kr));
-                if picked.len() == top_k {
-                    break;
+                let records = store.chunks(&picked.iter().map(|p| p.0).collect::<Vec<_>>())?;
+                let mut out = Vec::with_capacity(picked.len());
+                for (id, score, similarity, vector_rank, keyword_rank) in picked {
+                    // A chunk removed since the rankings were read is left out.
+                    let Some(rec) = records.iter().find(|r| r.chunk_id == id) else {
+                        continue;
+                    };
+                    out.push(Passage {
+                        text: rec.text.clone(),
+                        score,
+                        similarity,
+                        vector_rank,
+                        keyword_rank,
+                        citation: Citation {
+                            document_id: rec.document_id.clone(),
+                            title: rec.title.clone(),
+                            uri: rec.uri.clone(),
+                            source: rec.source.clone(),
+                            chunk_id: id,
+                            heading: rec.heading.clone(),
+                            char_start: rec.char_start,
+                            char_end: rec.char_end,
+                        },
+                    });
                 }
-            }
-            let ids: Vec<i64> = picked.iter().map(|p| p.0).collect();
-            let records = store.chunks(&ids)?;
-            let mut out = Vec::with_capacity(picked.len());
-            for (id, row, score, similarity, vector_rank, keyword_rank) in picked {
-                let Some(rec) = records.iter().find(|r| r.chunk_id == id) else {
-                    continue;
-                };
-                let doc = index.doc(row);
-                out.push(Passage {
-                    text: rec.text.clone(),
-                    score,
-                    similarity,
-                    vector_rank,
-                    keyword_rank,
-                    citation: Citation {
-                        document_id: doc.id.clone(),
-                        title: doc.title.clone(),
-                        uri: doc.uri.clone(),
-                        source: doc.source.clone(),
-                        chunk_id: id,
-                        heading: rec.heading.clone(),
-                        char_start: rec.char_start,
-                        char_end: rec.char_end,
-                    },
-                });
-            }
-            Ok(out)
-        })
-        .await?;
+                Ok(out)
+            })
+            .await?;
         Ok(SearchResults {
             grounded: !passages.is_empty(),
             passages,

@@ -84,6 +84,9 @@ impl KbError {
             KbError::Store(StoreError::Full { .. }) => {
                 "the knowledge base is full: delete documents or raise --kb-max-mb".into()
             }
+            KbError::Store(StoreError::Unavailable { .. }) => {
+                "the knowledge base's database is unreachable; try again shortly".into()
+            }
             KbError::Store(_) | KbError::Io { .. } | KbError::Internal(_) => {
                 "the knowledge base failed on this request (the server logged the detail)".into()
             }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::embed::{EmbedError, Embedder, LocalEmbedder, RemoteEmbedder, RemoteEmbedderConfig};
-use super::store::SqliteStore;
+use super::store::{PgStore, SqliteStore, Store};
 use super::{KbError, KbSettings, KnowledgeBase};
 use crate::config::KbConfig;
 use crate::models::{ModelStore, Role};
@@ -56,16 +56,32 @@ pub async fn embedder(cfg: &KbConfig, models: &ModelStore) -> Result<Arc<dyn Emb
     Ok(Arc::new(local))
 }
 
+/// Opens the store the configuration names: the PostgreSQL database at `url` (migrated), else
+/// the SQLite file at `path`.
+pub async fn store(cfg: &KbConfig) -> Result<Arc<dyn Store>, KbError> {
+    let (path, max_bytes, url) = (cfg.path.clone(), cfg.max_bytes, cfg.url.clone());
+    tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, KbError> {
+        Ok(match url {
+            Some(url) => {
+                if max_bytes.is_some() {
+                    tracing::warn!("--kb-max-mb applies to the SQLite file only; PostgreSQL's size is the database's to limit");
+                }
+                Arc::new(PgStore::open(&url)?)
+            }
+            None => Arc::new(SqliteStore::open_limited(&path, max_bytes)?),
+        })
+    })
+    .await
+    .map_err(|e| KbError::Internal(e.to_string()))?
+}
+
 /// Opens the store and the embedder.
 pub async fn open(cfg: &KbConfig, models: &ModelStore) -> Result<KnowledgeBase, KbError> {
     let embedder = embedder(cfg, models).await?;
-    let (path, max_bytes) = (cfg.path.clone(), cfg.max_bytes);
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open_limited(&path, max_bytes))
-        .await
-        .map_err(|e| KbError::Internal(e.to_string()))??;
-    tracing::info!(path = %cfg.path.display(), model = embedder.model_name(), "knowledge base open");
+    let store = store(cfg).await?;
+    tracing::info!(store = %store.describe(), model = embedder.model_name(), "knowledge base open");
     Ok(KnowledgeBase::new(
-        Arc::new(store),
+        store,
         embedder,
         KbSettings {
             min_score: cfg.min_score,

@@ -121,9 +121,10 @@ const STOPWORDS: &[&str] = &[
     "okay", "ok", "hi", "hello", "hey", "there's", "what's", "i'm", "it's",
 ];
 
-/// An FTS5 query for a free-text question: its distinctive words, each quoted (so no word is
-/// read as FTS syntax), joined with OR. Empty when the question has no such word.
-pub fn keyword_query(question: &str) -> String {
+/// The distinctive words of a free-text question, lowercased, without stop words or
+/// apostrophes (at most 32): only letters and digits, so no word is read as query syntax by
+/// either store's full-text engine.
+pub fn keywords(question: &str) -> Vec<String> {
     let mut words: Vec<String> = Vec::new();
     for raw in question.split(|c: char| !(c.is_alphanumeric() || c == '\'')) {
         let w = raw.trim_matches('\'').to_lowercase();
@@ -134,10 +135,23 @@ pub fn keyword_query(question: &str) -> String {
         if !words.contains(&w) {
             words.push(w);
         }
+        if words.len() == 32 {
+            break;
+        }
     }
     words
+}
+
+/// An FTS5 query for a free-text question: its [`keywords`], each quoted, joined with OR.
+/// Empty when the question has no such word.
+pub fn keyword_query(question: &str) -> String {
+    fts5_query(&keywords(question))
+}
+
+/// An FTS5 query matching any of `words`.
+pub fn fts5_query(words: &[String]) -> String {
+    words
         .iter()
-        .take(32)
         .map(|w| format!("\"{w}\""))
         .collect::<Vec<_>>()
         .join(" OR ")

@@ -33,7 +33,8 @@ impl From<KbError> for ApiError {
             KbError::Store(crate::rag::store::StoreError::Full { .. }) => {
                 StatusCode::INSUFFICIENT_STORAGE
             }
-            KbError::Embed(crate::rag::embed::EmbedError::Pool(_)) => {
+            KbError::Embed(crate::rag::embed::EmbedError::Pool(_))
+            | KbError::Store(crate::rag::store::StoreError::Unavailable { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             KbError::Embed(crate::rag::embed::EmbedError::Remote { .. }) => StatusCode::BAD_GATEWAY,

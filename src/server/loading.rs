@@ -38,7 +38,14 @@ impl<T: Clone> Loading<T> {
 
     pub fn set(&self, value: T) {
         let _ = self.value.set(value);
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.pending.store(false, Ordering::SeqCst);
+    }
+
+    /// The last try failed and another will follow: readiness waits, with this reason.
+    pub fn retrying(&self, message: String) {
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+        self.pending.store(true, Ordering::SeqCst);
     }
 
     pub fn fail(&self, message: String) {
@@ -82,16 +89,12 @@ impl<T: Clone> Loading<T> {
             s["status"] = json!("ready");
             return Ok(s);
         }
-        if let Some(e) = self
-            .error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            return Ok(json!({ "status": "unavailable", "reason": e }));
-        }
-        if self.pending.load(Ordering::SeqCst) {
-            return Err(format!("{} is still loading", self.what));
+        let error = self.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match (error, self.pending.load(Ordering::SeqCst)) {
+            (Some(e), true) => return Err(format!("{} is unavailable ({e}); retrying", self.what)),
+            (Some(e), false) => return Ok(json!({ "status": "unavailable", "reason": e })),
+            (None, true) => return Err(format!("{} is still loading", self.what)),
+            (None, false) => {}
         }
         Ok(json!({ "status": "not_configured" }))
     }

@@ -295,6 +295,12 @@ impl AppState {
         self.kb.fail(message);
     }
 
+    /// Records that opening the knowledge base failed and will be tried again (`/readyz` is 503
+    /// meanwhile: a replica that cannot reach the shared database should get no traffic).
+    pub fn set_kb_retrying(&self, message: String) {
+        self.kb.retrying(message);
+    }
+
     /// The knowledge base, if it is open.
     pub fn knowledge_base(&self) -> Option<Arc<KnowledgeBase>> {
         self.kb.get()
@@ -472,10 +478,17 @@ fn readiness(state: &AppState) -> (StatusCode, serde_json::Value) {
     let parts = (
         state
             .kb
-            .status(|kb| json!({ "embedding_model": kb.model() })),
+            .status(|kb| json!({ "embedding_model": kb.model(), "store": kb.describe_store() })),
         state.llm.status(|l| json!({ "model": l.model_name() })),
         state.tts.status(|t| json!({ "voice": t.describe() })),
     );
+    // An open knowledge base whose database stopped answering makes the replica not ready.
+    if let Some(Err(reason)) = state.kb.get().map(|kb| kb.health()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "not_ready", "reason": reason }),
+        );
+    }
     let (kb, llm, tts) = match parts {
         (Ok(kb), Ok(llm), Ok(tts)) => (kb, llm, tts),
         (Err(reason), _, _) | (_, Err(reason), _) | (_, _, Err(reason)) => {

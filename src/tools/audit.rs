@@ -1,5 +1,5 @@
 //! The audit trail: every tool call, appended to the `tool_audit` table of the knowledge-base
-//! database (SQLite). A row holds when, who (session, API key id), which response, the tool, its
+//! database (the SQLite file, or the PostgreSQL database replicas share). A row holds when, who (session, API key id), which response, the tool, its
 //! arguments with sensitive parts redacted, whether they were valid, how the call ended and how
 //! long it took. Read it with `GET /v1/audit` (admin key) or `voxd audit`.
 
@@ -9,11 +9,15 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
+use crate::rag::store::pool::{PgPool, PoolOptions};
+
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("audit log {path}: {message}")]
     Sqlite { path: PathBuf, message: String },
+    #[error("audit log {db}: {message}")]
+    Postgres { db: String, message: String },
     #[error("invalid audit query: {0}")]
     Invalid(String),
 }
@@ -59,12 +63,24 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
-/// The audit log: one connection, writes off the async threads.
+/// The audit log: writes off the async threads.
 #[derive(Clone)]
 pub struct AuditLog {
-    path: PathBuf,
-    conn: Arc<Mutex<Connection>>,
+    backend: Arc<Backend>,
 }
+
+enum Backend {
+    /// One connection to the SQLite file.
+    Sqlite {
+        path: PathBuf,
+        conn: Mutex<Connection>,
+    },
+    /// A small pool on the shared database (whose migrations create the table).
+    Postgres(Box<PgPool>),
+}
+
+const PG_COLUMNS: &str = "id, at, session, key_id, response, tool, kind, call_id, arguments, \
+    validation, status, latency_ms, error";
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tool_audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -101,15 +117,46 @@ impl AuditLog {
             .map_err(fail)?;
         conn.execute_batch(SCHEMA).map_err(fail)?;
         Ok(AuditLog {
-            path: path.to_path_buf(),
-            conn: Arc::new(Mutex::new(conn)),
+            backend: Arc::new(Backend::Sqlite {
+                path: path.to_path_buf(),
+                conn: Mutex::new(conn),
+            }),
         })
     }
 
-    fn err(&self, e: rusqlite::Error) -> AuditError {
-        AuditError::Sqlite {
-            path: self.path.clone(),
+    /// The audit trail in the knowledge base's database: PostgreSQL when `url` is set (the
+    /// `tool_audit` table comes with the knowledge base's migrations; nothing connects until the
+    /// first row), else the SQLite file at `path`.
+    pub fn for_kb(path: &Path, url: Option<&str>) -> Result<Self, AuditError> {
+        let Some(url) = url else {
+            return Self::open(path);
+        };
+        let pool = PgPool::lazy(
+            url,
+            PoolOptions {
+                max_connections: 2,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| AuditError::Postgres {
+            db: "postgres".into(),
             message: e.to_string(),
+        })?;
+        Ok(AuditLog {
+            backend: Arc::new(Backend::Postgres(Box::new(pool))),
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> AuditError {
+        match &*self.backend {
+            Backend::Sqlite { path, .. } => AuditError::Sqlite {
+                path: path.clone(),
+                message: e.to_string(),
+            },
+            Backend::Postgres(pool) => AuditError::Postgres {
+                db: pool.name().to_string(),
+                message: e.to_string(),
+            },
         }
     }
 
@@ -118,7 +165,36 @@ impl AuditLog {
         if row.at.is_empty() {
             row.at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         }
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = match &*self.backend {
+            Backend::Sqlite { conn, .. } => conn,
+            Backend::Postgres(pool) => {
+                return pool
+                    .run(|c| {
+                        Ok(c.query_one(
+                            "INSERT INTO tool_audit (at, session, key_id, response, tool, kind,
+                             call_id, arguments, validation, status, latency_ms, error)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                            &[
+                                &row.at,
+                                &row.session,
+                                &row.key_id,
+                                &row.response,
+                                &row.tool,
+                                &row.kind,
+                                &row.call_id,
+                                &row.arguments,
+                                &row.validation,
+                                &row.status,
+                                &row.latency_ms,
+                                &row.error,
+                            ],
+                        )?
+                        .get(0))
+                    })
+                    .map_err(|e| self.err(e));
+            }
+        };
+        let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
         conn.execute(
             "INSERT INTO tool_audit (at, session, key_id, response, tool, kind, call_id, arguments,
              validation, status, latency_ms, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -158,7 +234,52 @@ impl AuditLog {
         if !(1..=1000).contains(&limit) {
             return Err(AuditError::Invalid("limit must be 1..=1000".into()));
         }
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = match &*self.backend {
+            Backend::Sqlite { conn, .. } => conn,
+            Backend::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT {PG_COLUMNS} FROM tool_audit
+                     WHERE id > $1 AND ($2::text IS NULL OR session = $2)
+                       AND ($3::text IS NULL OR key_id = $3) AND ($4::text IS NULL OR tool = $4)
+                       AND ($5::text IS NULL OR status = $5)
+                     ORDER BY id LIMIT $6"
+                );
+                return pool
+                    .run(|c| {
+                        let rows = c.query(
+                            &sql,
+                            &[
+                                &q.after.unwrap_or(0),
+                                &q.session,
+                                &q.key_id,
+                                &q.tool,
+                                &q.status,
+                                &(limit as i64),
+                            ],
+                        )?;
+                        Ok(rows
+                            .iter()
+                            .map(|r| AuditRow {
+                                id: r.get(0),
+                                at: r.get(1),
+                                session: r.get(2),
+                                key_id: r.get(3),
+                                response: r.get(4),
+                                tool: r.get(5),
+                                kind: r.get(6),
+                                call_id: r.get(7),
+                                arguments: r.get(8),
+                                validation: r.get(9),
+                                status: r.get(10),
+                                latency_ms: r.get(11),
+                                error: r.get(12),
+                            })
+                            .collect())
+                    })
+                    .map_err(|e| self.err(e));
+            }
+        };
+        let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
         let mut stmt = conn
             .prepare(
                 "SELECT id, at, session, key_id, response, tool, kind, call_id, arguments,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bomb;
+pub mod pg;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -160,6 +161,101 @@ pub fn knowledge_base(dir: &std::path::Path) -> voxd::rag::KnowledgeBase {
         embedder(),
         voxd::rag::KbSettings::default(),
     )
+}
+
+/// Which store a knowledge-base test runs on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty store of either kind for one test: a SQLite file in a temporary folder, or a
+/// database on a PostgreSQL server of its own.
+pub struct StoreFixture {
+    pub dir: tempfile::TempDir,
+    pub pg: Option<pg::Postgres>,
+    pub url: Option<String>,
+}
+
+/// Runs blocking database code on a plain thread (the `postgres` client cannot block inside an
+/// async runtime's thread).
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap())
+}
+
+impl StoreFixture {
+    pub fn new(backend: Backend) -> Self {
+        off_runtime(|| Self::start(backend))
+    }
+
+    fn start(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (pg, url) = match backend {
+            Backend::Sqlite => (None, None),
+            Backend::Postgres => {
+                let pg = pg::Postgres::start();
+                let url = pg.database("kb");
+                (Some(pg), Some(url))
+            }
+        };
+        StoreFixture { dir, pg, url }
+    }
+
+    /// A new store on this fixture's database (as another process would open it).
+    pub fn open(&self) -> Arc<dyn voxd::rag::store::Store> {
+        off_runtime(|| self.open_here())
+    }
+
+    fn open_here(&self) -> Arc<dyn voxd::rag::store::Store> {
+        match &self.url {
+            Some(url) => Arc::new(voxd::rag::store::PgStore::open(url).unwrap()),
+            None => Arc::new(
+                voxd::rag::store::SqliteStore::open(&self.dir.path().join("kb.sqlite")).unwrap(),
+            ),
+        }
+    }
+
+    /// A knowledge base on a new store, with the shared local embedder.
+    pub fn kb(&self) -> voxd::rag::KnowledgeBase {
+        self.kb_with(embedder(), voxd::rag::KbSettings::default())
+    }
+
+    pub fn kb_with(
+        &self,
+        embedder: Arc<dyn voxd::rag::embed::Embedder>,
+        settings: voxd::rag::KbSettings,
+    ) -> voxd::rag::KnowledgeBase {
+        voxd::rag::KnowledgeBase::new(self.open(), embedder, settings)
+    }
+
+    /// `voxd serve`/`voxd kb` arguments that select this store.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        match &self.url {
+            Some(url) => vec!["--kb-url".into(), url.into()],
+            None => vec!["--kb".into(), self.dir.path().join("kb.sqlite").into()],
+        }
+    }
+}
+
+/// Runs each named `async fn name(backend: Backend)` as a test on SQLite (`sqlite::name`) and on
+/// PostgreSQL (`postgres::name`): one behaviour, two stores.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::Backend::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::Backend::Postgres).await
+            })*
+        }
+    };
 }
 
 /// Starts the real server with `settings` and a knowledge base (no speech model); returns its

@@ -1,20 +1,40 @@
-//! Where the knowledge base lives: the [`Store`] trait and its embedded SQLite implementation
-//! ([`sqlite::SqliteStore`]). A server database can implement the same trait.
+//! Where the knowledge base lives: the [`Store`] trait and its two implementations, the embedded
+//! SQLite file ([`sqlite::SqliteStore`], an exact in-memory vector scan and FTS5) and a shared
+//! PostgreSQL database ([`postgres::PgStore`], a pgvector HNSW index and Postgres full text), which
+//! several voxd replicas can use at once.
 //!
 //! The store keeps documents (with their full text, so passages can be cited and re-embedded),
 //! their chunks, one vector per chunk tagged with the embedding model, and a keyword index over
 //! chunk text. Every write is one transaction: readers see the previous version of a document
-//! or the new one, never a mix.
+//! or the new one, never a mix. Both stores apply the same eligibility (newest version of a
+//! source, expiry, filters); the fusion of the two rankings and the relevance floor are the
+//! knowledge base's, so both stores answer alike.
 
+pub mod pool;
+pub mod postgres;
 pub mod sqlite;
 
 use serde::Serialize;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+pub use super::index::Eligibility;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("knowledge base {path}: {source}")]
+    Postgres {
+        /// The database, without its password.
+        path: String,
+        #[source]
+        source: ::postgres::Error,
+    },
+    #[error("the knowledge-base database {path} is unreachable: {reason}")]
+    Unavailable { path: String, reason: String },
+    #[error("invalid knowledge-base URL: {0}")]
+    InvalidUrl(String),
     #[error("knowledge base {path}: {source}")]
     Sqlite {
         path: String,
@@ -108,7 +128,7 @@ pub enum WriteOutcome {
     Unchanged,
 }
 
-/// A stored chunk.
+/// A stored chunk, with what a citation needs of its document.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChunkRecord {
     pub chunk_id: i64,
@@ -118,6 +138,30 @@ pub struct ChunkRecord {
     pub text: String,
     pub char_start: usize,
     pub char_end: usize,
+    pub title: String,
+    pub uri: Option<String>,
+    pub source: String,
+}
+
+/// What a search asks of the store.
+#[derive(Debug, Clone)]
+pub struct Probe<'a> {
+    /// The question's vector, made by `model`.
+    pub vector: &'a [f32],
+    pub model: &'a EmbeddingModel,
+    /// The question's distinctive words (lowercase letters and digits), any of which may match.
+    pub words: &'a [String],
+    /// How deep each ranking goes.
+    pub depth: usize,
+    pub eligibility: &'a Eligibility,
+}
+
+/// The two rankings of a search, each `(chunk id, cosine similarity to the question)`, best
+/// first, over eligible documents only.
+#[derive(Debug, Clone, Default)]
+pub struct Candidates {
+    pub by_vector: Vec<(i64, f32)>,
+    pub by_keyword: Vec<(i64, f32)>,
 }
 
 /// What the vector index needs about a document.
@@ -157,6 +201,10 @@ pub struct ChunkForEmbedding {
 /// Storage for documents, chunks, vectors and the keyword index. Methods block: call them from
 /// a blocking thread.
 pub trait Store: Send + Sync {
+    /// Where it is (a file, or a database without its password), for logs and errors.
+    fn describe(&self) -> String;
+    /// Checks that the store can be reached now (for `/readyz`).
+    fn ping(&self) -> Result<(), StoreError>;
     /// The model the stored vectors were made with (`None` while empty).
     fn embedding_model(&self) -> Result<Option<EmbeddingModel>, StoreError>;
     /// A number that changes whenever anything is written (by any process).
@@ -176,11 +224,12 @@ pub trait Store: Send + Sync {
     fn list(&self) -> Result<Vec<DocumentInfo>, StoreError>;
     /// Removes a document and everything derived from it; false if there was none.
     fn remove(&self, id: &str) -> Result<bool, StoreError>;
-    /// Everything the vector index needs, read consistently.
-    fn snapshot(&self) -> Result<Snapshot, StoreError>;
-    /// Full-text search: `(chunk id, score)`, best first (score: higher is better).
-    fn keyword_search(&self, query: &str, limit: usize) -> Result<Vec<(i64, f64)>, StoreError>;
-    /// The chunks with these ids (any order).
+    /// Number of chunks with vectors (0: nothing to ground answers in).
+    fn chunk_count(&self) -> Result<usize, StoreError>;
+    /// The vector and keyword rankings for a question. Fails with
+    /// [`StoreError::ModelMismatch`] when the stored vectors were made by another model.
+    fn candidates(&self, probe: &Probe<'_>) -> Result<Candidates, StoreError>;
+    /// The chunks with these ids (any order; ids no longer stored are left out).
     fn chunks(&self, ids: &[i64]) -> Result<Vec<ChunkRecord>, StoreError>;
     /// Every chunk, for re-embedding.
     fn chunks_for_embedding(&self) -> Result<Vec<ChunkForEmbedding>, StoreError>;

@@ -2,14 +2,16 @@
 //! while a document is being written, FTS5 for keywords, versioned migrations.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
-    ChunkForEmbedding, ChunkRecord, DocMeta, DocumentInfo, EmbeddingModel, NewChunk, NewDocument,
-    Snapshot, Store, StoreError, WriteOutcome,
+    Candidates, ChunkForEmbedding, ChunkRecord, DocMeta, DocumentInfo, EmbeddingModel, NewChunk,
+    NewDocument, Probe, Snapshot, Store, StoreError, WriteOutcome,
 };
+use crate::rag::index::VectorIndex;
+use crate::rag::search::fts5_query;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -58,11 +60,15 @@ const MIGRATIONS: &[&str] = &[
 /// Column weights for BM25: title, heading, text.
 const BM25: &str = "bm25(chunks_fts, 2.0, 1.5, 1.0)";
 
-/// The SQLite store. One writer connection; readers come from a small pool.
+/// The SQLite store. One writer connection; readers come from a small pool. Vectors are searched
+/// exactly in memory: the index is read once and read again whenever the store's revision moves
+/// (a write by this process or another).
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    index: RwLock<Option<Arc<VectorIndex>>>,
+    reload: Mutex<()>,
 }
 
 fn now() -> i64 {
@@ -126,6 +132,8 @@ impl SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(Connection::open_in_memory().map_err(|e| Self::err(path, e))?),
             readers: Mutex::new(Vec::new()),
+            index: RwLock::new(None),
+            reload: Mutex::new(()),
         };
         let mut conn = store.connect()?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -236,6 +244,106 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Everything the vector index needs, read consistently.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.read(|c| {
+            let tx = c.transaction()?;
+            let mut snap = Snapshot {
+                revision: tx.query_row(
+                    "SELECT CAST(value AS INTEGER) FROM kb_meta WHERE key = 'revision'",
+                    [],
+                    |r| r.get(0),
+                )?,
+                model: Self::model_in(&tx)?,
+                ..Default::default()
+            };
+            let mut doc_index = std::collections::HashMap::new();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT id, source, title, uri, version_at, expires_at FROM documents ORDER BY id",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let meta = DocMeta {
+                        id: r.get(0)?,
+                        source: r.get(1)?,
+                        title: r.get(2)?,
+                        uri: r.get(3)?,
+                        version_at: r.get(4)?,
+                        expires_at: r.get(5)?,
+                    };
+                    doc_index.insert(meta.id.clone(), snap.docs.len() as u32);
+                    snap.docs.push(meta);
+                }
+                let mut stmt = tx.prepare(
+                    "SELECT c.id, c.document_id, e.vector FROM chunks c
+                     JOIN embeddings e ON e.chunk_id = c.id ORDER BY c.id",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let doc: String = r.get(1)?;
+                    let Some(&d) = doc_index.get(&doc) else { continue };
+                    snap.chunk_ids.push(r.get(0)?);
+                    snap.chunk_doc.push(d);
+                    from_blob(r.get_ref(2)?.as_blob()?, &mut snap.vectors);
+                }
+            }
+            tx.commit()?;
+            Ok(snap)
+        })
+    }
+
+    /// Full-text search: `(chunk id, score)`, best first (higher is better).
+    pub fn keyword_search(&self, query: &str, limit: usize) -> Result<Vec<(i64, f64)>, StoreError> {
+        if query.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT rowid, {BM25} FROM chunks_fts WHERE chunks_fts MATCH ?1 ORDER BY {BM25} LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![query, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, -r.get::<_, f64>(1)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The vector index, read again if anything was written since it was read.
+    fn index(&self) -> Result<Arc<VectorIndex>, StoreError> {
+        let revision = self.revision()?;
+        if let Some(ix) = self
+            .index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if ix.revision() == revision {
+                return Ok(ix.clone());
+            }
+        }
+        // One reload at a time; a search that waited finds the fresh index.
+        let _guard = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ix) = self
+            .index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if ix.revision() >= revision {
+                return Ok(ix.clone());
+            }
+        }
+        let ix = Arc::new(VectorIndex::new(self.snapshot()?));
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = Some(ix.clone());
+        tracing::debug!(
+            chunks = ix.len(),
+            revision = ix.revision(),
+            "vector index loaded"
+        );
+        Ok(ix)
+    }
+
     fn model_in(conn: &Connection) -> rusqlite::Result<Option<EmbeddingModel>> {
         let name: Option<String> = conn
             .query_row(
@@ -290,6 +398,55 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite {}", self.path.display())
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.revision().map(|_| ())
+    }
+
+    fn chunk_count(&self) -> Result<usize, StoreError> {
+        Ok(self.index()?.len())
+    }
+
+    fn candidates(&self, probe: &Probe<'_>) -> Result<Candidates, StoreError> {
+        let index = self.index()?;
+        if index.is_empty() {
+            return Ok(Candidates::default());
+        }
+        if let Some(stored) = index.model() {
+            if stored != probe.model {
+                return Err(StoreError::ModelMismatch {
+                    stored: stored.to_string(),
+                    configured: probe.model.to_string(),
+                });
+            }
+        }
+        let eligible = index.eligible(probe.eligibility);
+        let by_vector = index
+            .top_k(probe.vector, probe.depth, &eligible)
+            .into_iter()
+            .map(|(row, s)| (index.chunk_id(row), s))
+            .collect();
+        // Ineligible chunks are dropped after the keyword search, so it looks deeper.
+        let by_keyword = self
+            .keyword_search(&fts5_query(probe.words), probe.depth * 3)?
+            .into_iter()
+            .filter_map(|(id, _)| {
+                let row = index.row(id)?;
+                index
+                    .row_eligible(row, &eligible)
+                    .then(|| (id, index.similarity(row, probe.vector)))
+            })
+            .take(probe.depth)
+            .collect();
+        Ok(Candidates {
+            by_vector,
+            by_keyword,
+        })
+    }
+
     fn embedding_model(&self) -> Result<Option<EmbeddingModel>, StoreError> {
         self.read(|c| Self::model_in(c))
     }
@@ -436,74 +593,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        self.read(|c| {
-            let tx = c.transaction()?;
-            let mut snap = Snapshot {
-                revision: tx.query_row(
-                    "SELECT CAST(value AS INTEGER) FROM kb_meta WHERE key = 'revision'",
-                    [],
-                    |r| r.get(0),
-                )?,
-                model: Self::model_in(&tx)?,
-                ..Default::default()
-            };
-            let mut doc_index = std::collections::HashMap::new();
-            {
-                let mut stmt = tx.prepare(
-                    "SELECT id, source, title, uri, version_at, expires_at FROM documents ORDER BY id",
-                )?;
-                let mut rows = stmt.query([])?;
-                while let Some(r) = rows.next()? {
-                    let meta = DocMeta {
-                        id: r.get(0)?,
-                        source: r.get(1)?,
-                        title: r.get(2)?,
-                        uri: r.get(3)?,
-                        version_at: r.get(4)?,
-                        expires_at: r.get(5)?,
-                    };
-                    doc_index.insert(meta.id.clone(), snap.docs.len() as u32);
-                    snap.docs.push(meta);
-                }
-                let mut stmt = tx.prepare(
-                    "SELECT c.id, c.document_id, e.vector FROM chunks c
-                     JOIN embeddings e ON e.chunk_id = c.id ORDER BY c.id",
-                )?;
-                let mut rows = stmt.query([])?;
-                while let Some(r) = rows.next()? {
-                    let doc: String = r.get(1)?;
-                    let Some(&d) = doc_index.get(&doc) else { continue };
-                    snap.chunk_ids.push(r.get(0)?);
-                    snap.chunk_doc.push(d);
-                    from_blob(r.get_ref(2)?.as_blob()?, &mut snap.vectors);
-                }
-            }
-            tx.commit()?;
-            Ok(snap)
-        })
-    }
-
-    fn keyword_search(&self, query: &str, limit: usize) -> Result<Vec<(i64, f64)>, StoreError> {
-        if query.trim().is_empty() {
-            return Ok(Vec::new());
-        }
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT rowid, {BM25} FROM chunks_fts WHERE chunks_fts MATCH ?1 ORDER BY {BM25} LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(params![query, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, -r.get::<_, f64>(1)?))
-            })?;
-            rows.collect()
-        })
-    }
-
     fn chunks(&self, ids: &[i64]) -> Result<Vec<ChunkRecord>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, document_id, position, heading, text, char_start, char_end
-                 FROM chunks WHERE id = ?1",
+                "SELECT c.id, c.document_id, c.position, c.heading, c.text, c.char_start,
+                        c.char_end, d.title, d.uri, d.source
+                 FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ?1",
             )?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
@@ -517,6 +612,9 @@ impl Store for SqliteStore {
                             text: r.get(4)?,
                             char_start: r.get::<_, i64>(5)? as usize,
                             char_end: r.get::<_, i64>(6)? as usize,
+                            title: r.get(7)?,
+                            uri: r.get(8)?,
+                            source: r.get(9)?,
                         })
                     })
                     .optional()?;
