@@ -75,6 +75,22 @@ pub struct AsrArgs {
     /// Encoder window: auto (trim to the audio), full, or 1..1500 positions [default: auto].
     #[arg(long, env = "VOXD_AUDIO_CTX")]
     pub audio_ctx: Option<String>,
+    /// Transcribe on an OpenAI-compatible engine (base URL with /v1: another voxd, speaches,
+    /// vLLM) instead of the embedded whisper.cpp; voice detection, partials and turns stay local.
+    #[arg(long, env = "VOXD_ASR_URL")]
+    pub asr_url: Option<String>,
+    /// API key for --asr-url.
+    #[arg(long, env = "VOXD_ASR_API_KEY", hide_env_values = true)]
+    pub asr_api_key: Option<String>,
+    /// Model name sent to --asr-url [default: whisper-1].
+    #[arg(long, env = "VOXD_ASR_REMOTE_MODEL")]
+    pub asr_remote_model: Option<String>,
+    /// Longest wait for --asr-url per transcription, in seconds [default: 30].
+    #[arg(long, env = "VOXD_ASR_TIMEOUT")]
+    pub asr_timeout: Option<u64>,
+    /// Also send partial (interim) transcriptions to --asr-url [default: finals only].
+    #[arg(long, env = "VOXD_ASR_REMOTE_PARTIALS")]
+    pub asr_remote_partials: bool,
 }
 
 /// HTTP server settings.
@@ -431,6 +447,11 @@ struct FileKey {
 #[serde(deny_unknown_fields)]
 struct FileAsr {
     model: Option<String>,
+    url: Option<String>,
+    api_key: Option<String>,
+    remote_model: Option<String>,
+    timeout: Option<u64>,
+    remote_partials: Option<bool>,
     pool: Option<usize>,
     threads: Option<usize>,
     language: Option<String>,
@@ -450,6 +471,8 @@ pub struct AsrConfig {
     pub prompt: Option<String>,
     pub audio_ctx: AudioCtx,
     pub beam: usize,
+    /// Transcribe on this OpenAI-compatible engine instead of in-process.
+    pub remote: Option<crate::asr::RemoteAsrConfig>,
 }
 
 /// Server configuration.
@@ -945,6 +968,44 @@ impl Config {
             message: e.to_string(),
         })?;
 
+        let remote = match asr
+            .asr_url
+            .clone()
+            .or(file.asr.url)
+            .filter(|u| !u.is_empty())
+        {
+            None => None,
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ConfigError::Invalid {
+                        setting: "asr_url",
+                        message: "expected an http:// or https:// base URL (with /v1)".into(),
+                    });
+                }
+                let timeout = asr.asr_timeout.or(file.asr.timeout).unwrap_or(30);
+                if !(1..=600).contains(&timeout) {
+                    return Err(ConfigError::Invalid {
+                        setting: "asr_timeout",
+                        message: format!("{timeout} is outside 1..=600 seconds"),
+                    });
+                }
+                Some(crate::asr::RemoteAsrConfig {
+                    base_url: url,
+                    api_key: asr
+                        .asr_api_key
+                        .clone()
+                        .or(file.asr.api_key)
+                        .filter(|k| !k.is_empty()),
+                    model: asr
+                        .asr_remote_model
+                        .clone()
+                        .or(file.asr.remote_model)
+                        .unwrap_or_else(|| "whisper-1".into()),
+                    timeout: std::time::Duration::from_secs(timeout),
+                    partials: asr.asr_remote_partials || file.asr.remote_partials.unwrap_or(false),
+                })
+            }
+        };
         Ok(Config {
             tools: file.tools.clone(),
             home,
@@ -961,6 +1022,7 @@ impl Config {
                 prompt,
                 audio_ctx,
                 beam,
+                remote,
             },
             server: ServerConfig {
                 addr,

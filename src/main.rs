@@ -526,9 +526,16 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
             }
         }
     }
-    let model_path = store.resolve(Role::Asr, cfg.asr.model.as_deref())?;
-    // Check the file now so a bad model stops the start with a clear message.
-    voxd::models::ggml::validate_whisper(&model_path)?;
+    // With a remote engine there is no speech model to load here.
+    let model_path = match &cfg.asr.remote {
+        Some(_) => None,
+        None => {
+            let path = store.resolve(Role::Asr, cfg.asr.model.as_deref())?;
+            // Check the file now so a bad model stops the start with a clear message.
+            voxd::models::ggml::validate_whisper(&path)?;
+            Some(path)
+        }
+    };
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let served = runtime.block_on(async move {
@@ -653,15 +660,27 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
                 was_up = up.is_ok();
             }
         });
-        let loader_state = state.clone();
-        let wcfg = whisper_config(&cfg, model_path);
-        tokio::task::spawn_blocking(move || match WhisperPool::load(wcfg) {
-            Ok(pool) => loader_state.set_asr(Arc::new(pool)),
-            Err(e) => {
-                error!(error = %e, "loading the speech model failed");
-                loader_state.set_load_error(e.to_string());
+        match (cfg.asr.remote.clone(), model_path) {
+            (Some(remote), _) => match voxd::asr::RemoteAsr::new(remote) {
+                Ok(asr) => {
+                    info!(asr = %asr.describe(), "transcribing on a remote engine");
+                    state.set_asr(Arc::new(asr))
+                }
+                Err(e) => state.set_load_error(e.to_string()),
+            },
+            (None, Some(model_path)) => {
+                let loader_state = state.clone();
+                let wcfg = whisper_config(&cfg, model_path);
+                tokio::task::spawn_blocking(move || match WhisperPool::load(wcfg) {
+                    Ok(pool) => loader_state.set_asr(Arc::new(pool)),
+                    Err(e) => {
+                        error!(error = %e, "loading the speech model failed");
+                        loader_state.set_load_error(e.to_string());
+                    }
+                });
             }
-        });
+            (None, None) => unreachable!("a local speech model is resolved when there is no remote one"),
+        }
         server::serve(listener, state, server::shutdown_signal()).await?;
         Ok(())
     });
@@ -1216,6 +1235,13 @@ async fn client(args: ClientArgs) -> Result<()> {
                         ),
                         None => println!("[final] {transcript}{timing}"),
                     }
+                }
+                done += 1;
+            }
+            ServerEvent::TranscriptionFailed { error, .. } => {
+                // A turn that could not be transcribed is finished too.
+                if !args.json {
+                    eprintln!("\n[transcription failed] {}", error.message);
                 }
                 done += 1;
             }

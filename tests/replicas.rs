@@ -360,3 +360,117 @@ async fn a_database_that_goes_away_makes_the_replica_unready_until_it_returns() 
     search(&base, "when does the ferry leave").await;
     assert!(!a.log_tail().contains("panicked"), "{}", a.log_tail());
 }
+
+/// Streams `file` to a realtime URL with `voxd client --json`; returns its events.
+async fn stream(url: &str, file: &str) -> Vec<Value> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxd"))
+        .args(["client", "--json", "--url", url, "--rate", "16000"])
+        .arg(common::data(file))
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect()
+}
+
+async fn upload(base: &str, file: &str) -> reqwest::Response {
+    let bytes = std::fs::read(common::data(file)).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(file.to_string()),
+        )
+        .text("model", "whisper-1");
+    reqwest::Client::new()
+        .post(format!("{base}/v1/audio/transcriptions"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_asr_transcribes_on_another_voxd_and_a_failing_engine_is_a_typed_error() {
+    // A transcribes with its embedded whisper. B detects voice and turns itself and sends each
+    // final turn's audio to A.
+    let no_extras = ["--no-tts", "--no-turn-models", "--llm-model", "none"];
+    let args = |extra: &[String]| -> Vec<std::ffi::OsString> {
+        no_extras
+            .iter()
+            .map(Into::into)
+            .chain(extra.iter().map(Into::into))
+            .collect()
+    };
+    let start = |extra: &[String]| {
+        let a = args(extra);
+        let refs: Vec<&std::ffi::OsStr> = a.iter().map(|s| s.as_os_str()).collect();
+        common::ServeProcess::start(&refs)
+    };
+    let mut a = start(&[]);
+    let b = start(&["--asr-url".into(), format!("http://{}/v1", a.addr)]);
+    for s in [&a, &b] {
+        wait_readyz(&format!("http://{}", s.addr), 200).await;
+    }
+    let ready: Value = reqwest::get(format!("http://{}/readyz", b.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ready["asr"].as_str().unwrap().starts_with("remote"),
+        "{ready}"
+    );
+
+    // Realtime on B: the turn is found locally and transcribed on A.
+    let file = "LDC93S1_pcms16le_1_16000.wav";
+    let reference = common::reference(file, "");
+    let events = stream(&format!("ws://{}/v1/realtime", b.addr), file).await;
+    let completed = events
+        .iter()
+        .find(|e| e["type"] == "conversation.item.input_audio_transcription.completed")
+        .unwrap_or_else(|| panic!("no final transcript: {events:?}"));
+    let heard = completed["transcript"].as_str().unwrap();
+    assert!(voxd::wer::wer(&reference, heard) <= 0.2, "{heard}");
+    // The HTTP route on B goes to A too.
+    let r = upload(&format!("http://{}", b.addr), file).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        voxd::wer::wer(&reference, body["text"].as_str().unwrap()) <= 0.2,
+        "{body}"
+    );
+
+    // A goes away: each turn on B fails with a typed event, and the session and server go on.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let events = stream(&format!("ws://{}/v1/realtime", b.addr), file).await;
+    let failed = events
+        .iter()
+        .find(|e| e["type"] == "conversation.item.input_audio_transcription.failed")
+        .unwrap_or_else(|| panic!("no failure event: {events:?}"));
+    assert_eq!(failed["error"]["code"], "transcription_failed", "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("remote"),
+        "{failed}"
+    );
+    let r = upload(&format!("http://{}", b.addr), file).await;
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "asr_failed", "{body}");
+    let r = reqwest::get(format!("http://{}/healthz", b.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -1,9 +1,11 @@
-//! Speech recognition: the [`Asr`] trait every backend implements, and the embedded whisper.cpp
-//! backend ([`whisper::WhisperPool`]).
+//! Speech recognition: the [`Asr`] trait every backend implements, the embedded whisper.cpp
+//! backend ([`whisper::WhisperPool`]) and an OpenAI-compatible remote engine
+//! ([`remote::RemoteAsr`], `--asr-url`).
 //!
 //! Requests carry a [`Priority`]: a turn's final transcript goes before partial re-transcriptions,
 //! and when the pool is saturated partials are dropped before finals are delayed.
 
+pub mod remote;
 pub mod whisper;
 
 use std::time::Duration;
@@ -13,6 +15,7 @@ use serde::Serialize;
 
 use crate::models::ModelError;
 
+pub use remote::{RemoteAsr, RemoteAsrConfig};
 pub use whisper::{
     check_language, check_prompt, AudioCtx, WhisperConfig, WhisperPool, MAX_PROMPT_BYTES,
 };
@@ -92,6 +95,8 @@ pub enum AsrError {
     NoAudio,
     #[error("transcription failed: {0}")]
     Engine(String),
+    #[error("the remote speech recogniser failed: {0}")]
+    Remote(String),
     #[error("invalid prompt: {0}")]
     InvalidPrompt(String),
     #[error("invalid language: {0}")]

@@ -113,6 +113,9 @@ impl From<AsrError> for ApiError {
             AsrError::InvalidLanguage(_) => {
                 ApiError::bad_request("invalid_language", e.to_string()).with_param("language")
             }
+            AsrError::Remote(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "asr_failed", e.to_string())
+            }
             _ => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "asr_failed",
