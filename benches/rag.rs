@@ -6,12 +6,17 @@
 //! - `search/<chunks>/total`: `KnowledgeBase::search` end to end (embed + vector scan + BM25 +
 //!   fusion + fetching passages).
 //! - `search/<chunks>/scan`: the exact vector scan alone (top 20 of every chunk).
+//! - `search/<chunks>/pgvector-total` and `search/<chunks>/pgvector-probe`: the same search on the
+//!   PostgreSQL + pgvector store (HNSW), end to end and the database's part alone (vector and
+//!   keyword rankings in one read-only transaction). Before each size it prints the recall@3 of
+//!   the HNSW vector ranking against the exact scan over the fixture questions.
 //!
 //! The filler chunks have random unit vectors and text drawn from a word list, so they weigh on
 //! the scan and the keyword index like real chunks but rarely compete for the answer: the quality
 //! figures show what scale costs in speed more than in accuracy.
 //!
-//! Needs the default models (`voxd models pull`). Run: `cargo bench --bench rag`.
+//! Needs the default models (`voxd models pull`) and PostgreSQL + pgvector from `bash scripts/deps
+//! --test` (started here on a free loopback port). Run: `cargo bench --bench rag`.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -21,7 +26,13 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use voxd::models::{Manifest, ModelStore, Role};
 use voxd::rag::embed::{Embedder, LocalEmbedder};
-use voxd::rag::store::{EmbeddingModel, NewChunk, NewDocument, SqliteStore, Store};
+use voxd::rag::store::{
+    Eligibility, EmbeddingModel, NewChunk, NewDocument, PgStore, Probe, SqliteStore, Store,
+};
+
+#[allow(dead_code)]
+#[path = "../tests/common/pg.rs"]
+mod pg;
 use voxd::rag::{KbSettings, KnowledgeBase, SearchRequest};
 
 fn data(name: &str) -> PathBuf {
@@ -62,13 +73,7 @@ const WORDS: &[&str] = &[
 ];
 
 /// Adds filler documents of 100 chunks each until the store holds `target` chunks.
-fn pad(
-    store: &SqliteStore,
-    model: &EmbeddingModel,
-    have: &mut usize,
-    target: usize,
-    rng: &mut Rng,
-) {
+fn pad(store: &dyn Store, model: &EmbeddingModel, have: &mut usize, target: usize, rng: &mut Rng) {
     while *have < target {
         let n = (target - *have).min(100);
         let mut chunks = Vec::with_capacity(n);
@@ -141,6 +146,16 @@ fn rag(c: &mut Criterion) {
             have += kb.add_file(f).await.unwrap().document.chunks;
         }
     });
+    // The same knowledge base on PostgreSQL + pgvector.
+    let server = pg::Postgres::start();
+    let pg_store: Arc<PgStore> = Arc::new(PgStore::open(&server.database("kb")).unwrap());
+    let pg_kb = KnowledgeBase::new(pg_store.clone(), embedder.clone(), KbSettings::default());
+    let mut pg_have = 0;
+    runtime.block_on(async {
+        for f in &files {
+            pg_have += pg_kb.add_file(f).await.unwrap().document.chunks;
+        }
+    });
 
     c.bench_function("embed/query", |b| {
         b.to_async(&runtime).iter(|| async {
@@ -155,13 +170,58 @@ fn rag(c: &mut Criterion) {
 
     let model = kb.model();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut pg_rng = Rng(0x9e37_79b9_7f4a_7c15);
     let qs = questions();
+    let query_vectors = runtime
+        .block_on(embedder.embed(qs.iter().map(|(q, _)| q.clone()).collect()))
+        .unwrap();
+    let everything = Eligibility {
+        now: i64::MAX / 2,
+        ..Default::default()
+    };
+    // The top 3 of a store's vector ranking (depth 20, as a search asks), as chunk texts.
+    let top3 = |store: &dyn Store, v: &[f32]| -> Vec<String> {
+        let c = store
+            .candidates(&Probe {
+                vector: v,
+                model: &model,
+                words: &[],
+                depth: 20,
+                eligibility: &everything,
+            })
+            .unwrap();
+        let ids: Vec<i64> = c.by_vector.iter().take(3).map(|x| x.0).collect();
+        let recs = store.chunks(&ids).unwrap();
+        ids.iter()
+            .filter_map(|id| recs.iter().find(|r| r.chunk_id == *id))
+            .map(|r| format!("{}\n{}", r.title, r.text))
+            .collect()
+    };
     let mut group = c.benchmark_group("search");
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(8));
     for target in [1_000usize, 10_000, 100_000] {
-        pad(&store, &model, &mut have, target, &mut rng);
+        pad(&*store, &model, &mut have, target, &mut rng);
+        let t0 = std::time::Instant::now();
+        pad(&*pg_store, &model, &mut pg_have, target, &mut pg_rng);
+        eprintln!(
+            "pgvector: {} chunks written in {:.1} s (HNSW index kept up to date)",
+            pg_have,
+            t0.elapsed().as_secs_f64()
+        );
+        // HNSW against the exact scan, on the same vectors.
+        let (mut agree, mut total) = (0, 0);
+        for v in &query_vectors {
+            let exact = top3(&*store, v);
+            let approx = top3(&*pg_store, v);
+            total += exact.len();
+            agree += exact.iter().filter(|t| approx.contains(t)).count();
+        }
+        eprintln!(
+            "pgvector HNSW recall@3 against the exact scan at {pg_have} chunks: {:.3} ({agree} of {total})",
+            agree as f64 / total.max(1) as f64
+        );
         // Quality at this size (also warms the index).
         let (mut r1, mut r3, mut rr, mut search_ms) = (0, 0, 0.0, Vec::new());
         runtime.block_on(async {
@@ -213,6 +273,32 @@ fn rag(c: &mut Criterion) {
             .unwrap();
         group.bench_function(format!("{target}/scan"), |b| {
             b.iter(|| black_box(snapshot.top_k(black_box(&query), 20, &eligible)))
+        });
+        group.bench_function(format!("{target}/pgvector-total"), |b| {
+            b.to_async(&runtime).iter(|| async {
+                black_box(
+                    pg_kb
+                        .search(SearchRequest::new("how much does a full service cost"))
+                        .await
+                        .unwrap(),
+                )
+            })
+        });
+        let words = voxd::rag::search::keywords("how much does a full service cost");
+        group.bench_function(format!("{target}/pgvector-probe"), |b| {
+            b.iter(|| {
+                black_box(
+                    pg_store
+                        .candidates(&Probe {
+                            vector: &query,
+                            model: &model,
+                            words: &words,
+                            depth: 20,
+                            eligibility: &everything,
+                        })
+                        .unwrap(),
+                )
+            })
         });
     }
     group.finish();

@@ -425,7 +425,50 @@ async fn searches_keep_working_while_a_large_document_is_written(backend: Backen
     assert_eq!(res.passages[0].citation.title, "Knots");
 }
 
+async fn hostile_text_is_stored_and_searched_or_refused_with_a_typed_error(backend: Backend) {
+    let store = StoreFixture::new(backend);
+    let kb = store.kb();
+    // NUL characters (which PostgreSQL text cannot hold), quotes, SQL and tsquery syntax, other
+    // scripts and emoji: stored, and the character spans still quote the passage.
+    let text = "Ferry \0times: the 8 am boat; ' OR 1=1 -- $$ \\ & | ! ( ) : * <-> 渡し船 🚢 ²½";
+    let out = kb
+        .add(DocumentInput::text("Ferry '\0\\ times", text))
+        .await
+        .unwrap();
+    assert_eq!(out.document.chars, text.chars().count());
+    let again = kb
+        .add(DocumentInput::text("Ferry '\0\\ times", text))
+        .await
+        .unwrap();
+    assert_eq!(again.status, WriteOutcome::Unchanged);
+    for q in [
+        "when is the ferry",
+        "' OR 1=1 --",
+        "a & b | !c <-> d:* ( )",
+        "渡し船 🚢 ²½ ³",
+        "\0\0\0 ferry",
+        "$$; DROP TABLE kb_chunks; $$",
+        &"ferry ".repeat(300),
+    ] {
+        match kb.search(SearchRequest::new(q)).await {
+            Ok(res) => {
+                for p in &res.passages {
+                    assert!(p.citation.char_end <= text.chars().count());
+                }
+            }
+            Err(e) => assert_eq!(e.code(), "invalid_query", "{q:?}: {e}"),
+        }
+    }
+    let res = kb
+        .search(SearchRequest::new("when does the ferry boat leave"))
+        .await
+        .unwrap();
+    assert!(res.grounded, "{res:?}");
+    assert_eq!(kb.list().await.unwrap().len(), 1);
+}
+
 crate::on_both_stores!(
+    hostile_text_is_stored_and_searched_or_refused_with_a_typed_error,
     retrieval_finds_the_answering_document_and_never_a_superseded_version,
     versions_expiry_and_filters_decide_what_is_searchable,
     re_adding_is_a_no_op_a_change_replaces_and_remove_deletes,

@@ -205,7 +205,9 @@ impl KnowledgeBase {
                 limit: self.settings.max_document_bytes,
             });
         }
-        let text = input.text.trim_end().to_string();
+        // A NUL character becomes a space (neither store keeps it well: SQLite's length() stops
+        // at it, PostgreSQL's text refuses it), which keeps every character offset.
+        let text = input.text.trim_end().replace('\0', " ");
         if text.trim().is_empty() {
             return Err(KbError::invalid(
                 "empty_document",
@@ -214,6 +216,8 @@ impl KnowledgeBase {
         }
         let title = input
             .title
+            .map(|t| t.replace('\0', " "));
+        let title = title
             .as_deref()
             .map(str::trim)
             .filter(|t| !t.is_empty())
