@@ -1162,8 +1162,8 @@ async fn client(args: ClientArgs) -> Result<()> {
     let mut answer_started = false;
     let mut streaming_done = false;
     let mut sender = Some(sender);
-    // An answer may take a while to start on a busy CPU.
-    let idle_limit = std::time::Duration::from_secs(if args.answer { 60 } else { 10 });
+    // An answer, or a transcript from a remote engine, may take a while on a busy CPU.
+    let idle_limit = std::time::Duration::from_secs(if args.answer { 60 } else { 30 });
     while done < expected_turns || (args.answer && answered < done) {
         let msg = tokio::select! {
             m = rx.next() => m,

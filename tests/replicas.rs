@@ -469,6 +469,35 @@ async fn remote_asr_transcribes_on_another_voxd_and_a_failing_engine_is_a_typed_
     assert_eq!(r.status(), 502);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "asr_failed", "{body}");
+    // An engine that accepts and never answers: the turn fails when --asr-timeout runs out.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            open.push(socket);
+        }
+    });
+    let c = start(&[
+        "--asr-url".into(),
+        format!("http://{hung_addr}/v1"),
+        "--asr-timeout".into(),
+        "2".into(),
+    ]);
+    wait_readyz(&format!("http://{}", c.addr), 200).await;
+    let events = stream(&format!("ws://{}/v1/realtime", c.addr), file).await;
+    let failed = events
+        .iter()
+        .find(|e| e["type"] == "conversation.item.input_audio_transcription.failed")
+        .unwrap_or_else(|| panic!("no failure event: {events:?}"));
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within"),
+        "{failed}"
+    );
+    held.abort();
     let r = reqwest::get(format!("http://{}/healthz", b.addr))
         .await
         .unwrap();

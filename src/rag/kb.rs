@@ -214,9 +214,7 @@ impl KnowledgeBase {
                 "the document has no text",
             ));
         }
-        let title = input
-            .title
-            .map(|t| t.replace('\0', " "));
+        let title = input.title.map(|t| t.replace('\0', " "));
         let title = title
             .as_deref()
             .map(str::trim)

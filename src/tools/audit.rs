@@ -246,7 +246,8 @@ impl AuditLog {
                 );
                 return pool
                     .run(|c| {
-                        let rows = c.query(
+                        // A database no voxd has migrated yet has no calls to show.
+                        let rows = match c.query(
                             &sql,
                             &[
                                 &q.after.unwrap_or(0),
@@ -256,7 +257,15 @@ impl AuditLog {
                                 &q.status,
                                 &(limit as i64),
                             ],
-                        )?;
+                        ) {
+                            Err(e)
+                                if e.code()
+                                    == Some(&postgres::error::SqlState::UNDEFINED_TABLE) =>
+                            {
+                                return Ok(Vec::new())
+                            }
+                            other => other?,
+                        };
                         Ok(rows
                             .iter()
                             .map(|r| AuditRow {

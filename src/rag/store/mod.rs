@@ -24,10 +24,12 @@ pub use super::index::Eligibility;
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("knowledge base {path}: {source}")]
+    #[error("knowledge base {path}: {message}")]
     Postgres {
         /// The database, without its password.
         path: String,
+        /// The database's own message (the error's Display alone says only "db error").
+        message: String,
         #[source]
         source: ::postgres::Error,
     },

@@ -153,8 +153,13 @@ impl PgPool {
                 reason: source.to_string(),
             };
         }
+        let message = match source.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => source.to_string(),
+        };
         StoreError::Postgres {
             path: self.name.clone(),
+            message,
             source,
         }
     }
@@ -168,8 +173,11 @@ impl PgPool {
                 reason: e.to_string(),
             })?;
         let ms = self.options.statement_timeout.as_millis();
+        // Notices (a query of stop words only, an object that already exists) are not errors.
         client
-            .batch_execute(&format!("SET statement_timeout = {ms}"))
+            .batch_execute(&format!(
+                "SET statement_timeout = {ms}; SET client_min_messages = warning"
+            ))
             .map_err(|e| self.error(e))?;
         Ok(client)
     }
