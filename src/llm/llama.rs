@@ -373,7 +373,7 @@ fn attention(
 }
 
 /// `x · Wᵀ` over the last dimension of `x`.
-fn linear(w: &Matrix, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn linear(w: &Matrix, x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&Linear(w))
 }
 

@@ -28,10 +28,7 @@ impl LocalEmbedder {
             (0..workers.max(1)).map(|_| model.clone()).collect(),
             QUEUE,
         );
-        crate::metrics::model_memory(
-            "embeddings",
-            crate::metrics::file_bytes(&dir.join("model.safetensors")),
-        );
+        crate::metrics::model_memory("embeddings", model.weight_bytes() as u64);
         tracing::info!(model = name, dir = %dir.display(), dims = model.dimensions(), "embedding model loaded");
         Ok(LocalEmbedder {
             model,

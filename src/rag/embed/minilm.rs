@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use super::bert8::Bert8;
 use super::EmbedError;
 
 /// The longest input, in word pieces including `[CLS]` and `[SEP]`: sentence-transformers'
@@ -19,9 +20,17 @@ pub const MAX_TOKENS: usize = 256;
 /// Texts per forward pass when embedding many (ingestion).
 const BATCH: usize = 16;
 
+/// The encoder: 8-bit when its widths fit the kernels, else candle's f32 BERT.
+enum Encoder {
+    Eight(Box<Bert8>),
+    F32(Box<BertModel>),
+}
+
 /// A loaded BERT sentence-embedding model.
 pub struct MiniLm {
-    model: BertModel,
+    model: Encoder,
+    /// Bytes of weights held.
+    bytes: usize,
     tokenizer: Tokenizer,
     dim: usize,
     device: Device,
@@ -58,14 +67,32 @@ impl MiniLm {
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
             .map_err(|e| fail(weights_path.clone(), e.to_string()))?;
-        let model = BertModel::load(vb, &config)
-            .map_err(|e| fail(weights_path.clone(), format!("not a BERT model: {e}")))?;
+        let not_bert =
+            |e: candle_core::Error| fail(weights_path.clone(), format!("not a BERT model: {e}"));
+        let eight_bit = Bert8::fits(&config) && std::env::var_os("VOXD_EMBED_F32").is_none();
+        let (model, bytes) = if eight_bit {
+            let m = Bert8::load(vb, &config).map_err(not_bert)?;
+            let bytes = m.bytes();
+            (Encoder::Eight(Box::new(m)), bytes)
+        } else {
+            let m = BertModel::load(vb, &config).map_err(not_bert)?;
+            let bytes = std::fs::metadata(&weights_path)
+                .map(|m| m.len() as usize)
+                .unwrap_or(0);
+            (Encoder::F32(Box::new(m)), bytes)
+        };
         Ok(MiniLm {
             model,
+            bytes,
             tokenizer,
             dim: config.hidden_size,
             device,
         })
+    }
+
+    /// Bytes of weights held (8-bit matrices, or the f32 file).
+    pub fn weight_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Length of the vectors.
@@ -111,13 +138,18 @@ impl MiniLm {
             ids.extend_from_slice(e.get_ids());
             mask.extend_from_slice(e.get_attention_mask());
         }
-        let ids = Tensor::from_vec(ids, (rows, cols), &self.device).map_err(compute)?;
+        let hidden = match &self.model {
+            Encoder::Eight(m) => m.forward(&ids, &mask, rows, cols).map_err(compute)?,
+            Encoder::F32(m) => {
+                let ids =
+                    Tensor::from_vec(ids.clone(), (rows, cols), &self.device).map_err(compute)?;
+                let mask =
+                    Tensor::from_vec(mask.clone(), (rows, cols), &self.device).map_err(compute)?;
+                let type_ids = ids.zeros_like().map_err(compute)?;
+                m.forward(&ids, &type_ids, Some(&mask)).map_err(compute)?
+            }
+        }; // (rows, cols, dim)
         let mask = Tensor::from_vec(mask, (rows, cols), &self.device).map_err(compute)?;
-        let type_ids = ids.zeros_like().map_err(compute)?;
-        let hidden = self
-            .model
-            .forward(&ids, &type_ids, Some(&mask))
-            .map_err(compute)?; // (rows, cols, dim)
         let mask = mask
             .to_dtype(DType::F32)
             .map_err(compute)?

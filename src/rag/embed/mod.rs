@@ -4,6 +4,7 @@
 //!
 //! Vectors are L2-normalised, so cosine similarity is a dot product.
 
+pub mod bert8;
 pub mod local;
 pub mod minilm;
 pub mod remote;
