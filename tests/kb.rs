@@ -41,9 +41,8 @@ async fn local_vectors_match_an_independent_reference() {
         assert_eq!(single[0].len(), 384);
         for (how, got) in [("batched", &batched[i]), ("single", &single[0])] {
             let cos = dot(got, &want);
-            // 8-bit weights and activations: 0.9992–0.9997 on sentences, 0.998 on the empty
-            // text (f32: ≥ 0.99999).
-            assert!(cos >= 0.998, "{how} `{}`: cosine {cos}", texts[i]);
+            // The 8-bit word table keeps 0.99999.
+            assert!(cos >= 0.999, "{how} `{}`: cosine {cos}", texts[i]);
             assert!((dot(got, got) - 1.0).abs() < 1e-4, "unit length");
         }
         assert_eq!(
