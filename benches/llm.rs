@@ -1,4 +1,4 @@
-//! The embedded LLM (SmolLM2-135M-Instruct Q4_1, candle, this machine's cores):
+//! The embedded LLM (SmolLM2-135M-Instruct Q4_1, voxd's kernels, this machine's cores):
 //!
 //! - `llm/first_token/300`: time to the first token for a ~300-token prompt, nothing cached.
 //! - `llm/first_token/300_prefix_cached`: the same prompt when everything but the question is in
@@ -6,8 +6,8 @@
 //! - `llm/first_token/300_instructions_cached`: only the instructions cached (what every turn
 //!   gets without early prefill).
 //! - `llm/decode/32`: 32 tokens after the first (tokens/s = 31 / time).
-//! - `q8/matmul_1536x576/{1,354}`: voxd's 8-bit kernel alone on the model's widest layer, for one
-//!   token and for a 354-token prompt.
+//! - `q8/matmul_1536x576/{1,354}` and `q4_1/…`: voxd's kernel alone on the model's widest layer,
+//!   with Q8_0 and with Q4_1 weights, for one token and for a 354-token prompt.
 //!
 //! Needs the default models (`voxd models pull`). Run: `cargo bench --bench llm`.
 
@@ -146,8 +146,9 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// voxd's Q8_0 kernel alone, on SmolLM2's widest layer (1536 × 576): one token (decoding) and a
-/// 354-token prompt (prefill). Time per block product = time / (rows × tokens × 18 blocks).
+/// voxd's kernels alone, on SmolLM2's widest layer (1536 × 576), with Q8_0 weights and with Q4_1
+/// weights (the format SmolLM2's GGUF ships): one token (decoding) and a 354-token prompt
+/// (prefill). Time per block product = time / (rows × tokens × 18 blocks).
 fn kernel(c: &mut Criterion) {
     let (rows, cols) = (1536, 576);
     let values = |n: usize, seed: usize| -> Vec<f32> {
@@ -156,15 +157,28 @@ fn kernel(c: &mut Criterion) {
             .collect()
     };
     let w = voxd_q8::Matrix::quantize(rows, cols, &values(rows * cols, 7919)).unwrap();
-    let mut group = c.benchmark_group("q8");
-    for m in [1usize, 354] {
-        let x = values(m * cols, 104_729);
-        let mut out = vec![0f32; m * rows];
-        group.bench_function(format!("matmul_1536x576/{m}"), |b| {
-            b.iter(|| w.matmul(&x, m, &mut out).unwrap())
-        });
+    // Q4_1 blocks: scale 0.01, minimum −0.08, nibbles cycling through 0–15.
+    let q4: Vec<u8> = (0..rows * cols / 32)
+        .flat_map(|i| {
+            let mut b = Vec::with_capacity(20);
+            b.extend(half::f16::from_f32(0.01).to_le_bytes());
+            b.extend(half::f16::from_f32(-0.08).to_le_bytes());
+            b.extend((0..16).map(|j| (((i + j) % 16) | (((i + 3 * j) % 16) << 4)) as u8));
+            b
+        })
+        .collect();
+    let w4 = voxd_q8::Matrix::from_gguf_q4_1_bytes(rows, cols, &q4).unwrap();
+    for (name, w) in [("q8", &w), ("q4_1", &w4)] {
+        let mut group = c.benchmark_group(name);
+        for m in [1usize, 354] {
+            let x = values(m * cols, 104_729);
+            let mut out = vec![0f32; m * rows];
+            group.bench_function(format!("matmul_1536x576/{m}"), |b| {
+                b.iter(|| w.matmul(&x, m, &mut out).unwrap())
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, bench, kernel);

@@ -305,6 +305,10 @@ enum ModelsAction {
         src: PathBuf,
         /// The ggml file to write.
         out: PathBuf,
+        /// How to store the attention and MLP matrices: f16 (as the source), or q8_0 (half the
+        /// memory; what `voxd models pull` makes).
+        #[arg(long, default_value = "q8_0", value_parser = ["f16", "q8_0"])]
+        weights: String,
     },
     /// Re-check the SHA-256 of every cached file.
     Verify {
@@ -754,8 +758,12 @@ fn models(cfg: Config, action: ModelsAction) -> Result<()> {
             println!("cache: {}", store.root().display());
             Ok(())
         }
-        ModelsAction::Convert { src, out } => {
-            voxd::models::whisper_convert::convert(&src, &out, "whisper", false)?;
+        ModelsAction::Convert { src, out, weights } => {
+            let weights = match weights.as_str() {
+                "f16" => voxd::models::whisper_convert::Weights::F16,
+                _ => voxd::models::whisper_convert::Weights::Q8_0,
+            };
+            voxd::models::whisper_convert::convert(&src, &out, weights, "whisper", false)?;
             let summary = voxd::models::ggml::validate_whisper(&out)?;
             println!(
                 "wrote {} ({} tensors, {:.1} MB)",

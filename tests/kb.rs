@@ -41,7 +41,7 @@ async fn local_vectors_match_an_independent_reference() {
         assert_eq!(single[0].len(), 384);
         for (how, got) in [("batched", &batched[i]), ("single", &single[0])] {
             let cos = dot(got, &want);
-            // The 8-bit word table keeps 0.99999.
+            // 8-bit weights, expanded to f32 for each product (f32 weights: ≥ 0.99999).
             assert!(cos >= 0.999, "{how} `{}`: cosine {cos}", texts[i]);
             assert!((dot(got, got) - 1.0).abs() < 1e-4, "unit length");
         }

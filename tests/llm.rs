@@ -287,13 +287,14 @@ fn the_own_forward_pass_gives_candles_logits() {
     let path = common::llm_model();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
-    // candle's model, over the weights re-quantized to Q8_0 the way voxd's loader does.
+    // candle's model, over the weights voxd's loader holds: Q8_0 and Q4_1 as stored, Q5_0 and
+    // Q5_1 re-quantized to Q8_0.
     let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
     names.sort();
     let mut tensors = Vec::new();
     for name in &names {
         let t = content.tensor(&mut file, name, &Device::Cpu).unwrap();
-        let t = if [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1].contains(&t.dtype())
+        let t = if [GgmlDType::Q5_0, GgmlDType::Q5_1].contains(&t.dtype())
             && t.shape().dims().last().is_some_and(|d| d % 32 == 0)
         {
             QTensor::quantize(&t.dequantize(&Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap()
@@ -329,10 +330,47 @@ fn the_own_forward_pass_gives_candles_logits() {
         "the default model runs on voxd's kernels"
     );
     assert!(candle.weight_bytes().is_none());
-    // ~145 MB of 8-bit weights, the embeddings included (candle keeps those as 113 MB of f32).
+    // ~97 MB: the layers' 4-bit weights (66 MB) and the 8-bit embeddings (30 MB; candle keeps
+    // those as 113 MB of f32).
     let mb = own.weight_bytes().unwrap() / 1_000_000;
-    assert!((100..200).contains(&mb), "{mb} MB of weights");
+    assert!((90..105).contains(&mb), "{mb} MB of weights");
 
+    // The same model, not the same bits: over Q4_1 the integer sums are exact and only the order
+    // of float additions differs from candle's scalar Q4_1 code, but SmolLM2's activations have
+    // outliers, so a last-bit difference can move an activation across a rounding boundary of
+    // its 8-bit quantization in a later layer (measured after 30 tokens: r 0.998, mean |diff|
+    // 0.11 against a spread of 2.3; the Q4_1 layers re-quantized to Q8_0, as voxd did before,
+    // were further from candle's Q4_1 model: r 0.997, 0.15). What must hold is the model's
+    // judgement: the logits correlate, and greedy decoding picks the same tokens. A wrong nibble order, scale or minimum leaves no correlation (tested in voxd-q8
+    // against the formula; here the whole model).
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        let n = a.len() as f64;
+        let (ma, mb) = (
+            a.iter().map(|&v| v as f64).sum::<f64>() / n,
+            b.iter().map(|&v| v as f64).sum::<f64>() / n,
+        );
+        let (mut sab, mut saa, mut sbb, mut mad) = (0f64, 0f64, 0f64, 0f64);
+        for (&x, &y) in a.iter().zip(b) {
+            let (x, y) = (x as f64 - ma, y as f64 - mb);
+            sab += x * y;
+            saa += x * x;
+            sbb += y * y;
+            mad += (x - y).abs();
+        }
+        let r = sab / (saa * sbb).sqrt();
+        let spread = (sbb / n).sqrt();
+        eprintln!(
+            "{what}: r {r:.6}, mean |diff| {:.4} (sd {spread:.3})",
+            mad / n
+        );
+        assert!(r >= 0.995, "{what}: logits correlate only {r}");
+        assert!(
+            mad / n <= 0.1 * spread,
+            "{what}: mean difference {} (sd {spread})",
+            mad / n
+        );
+        assert_eq!(argmax(a), argmax(b), "{what}: the greedy token");
+    };
     let prompt: Vec<u32> = (0..40).map(|i| (i * 997 + 13) % 49_000).collect();
     let logits = |m: &mut Model, tokens: &[u32], pos: usize| -> Vec<f32> {
         let t = Tensor::new(tokens, &Device::Cpu)
@@ -353,11 +391,13 @@ fn the_own_forward_pass_gives_candles_logits() {
             logits(&mut own, chunk, pos),
             logits(&mut candle, chunk, pos),
         );
-        assert_eq!(
-            a,
-            b,
-            "logits after the prompt's tokens up to {}",
-            pos + chunk.len()
+        close(
+            &a,
+            &b,
+            &format!(
+                "logits after the prompt's tokens up to {}",
+                pos + chunk.len()
+            ),
         );
         pos += chunk.len();
         next = argmax(&a);
@@ -367,7 +407,7 @@ fn the_own_forward_pass_gives_candles_logits() {
             logits(&mut own, &[next], pos),
             logits(&mut candle, &[next], pos),
         );
-        assert_eq!(a, b, "logits at greedy step {step}");
+        close(&a, &b, &format!("logits at greedy step {step}"));
         pos += 1;
         next = argmax(&a);
     }

@@ -46,7 +46,8 @@ fn converted_tiny_en_has_whisper_cpp_structure() {
             h.n_mels,
             h.ftype
         ],
-        [448, 384, 6, 4, 80, 1]
+        // GGML_FTYPE_MOSTLY_Q8_0, with quantisation version 2 × 1000 as ggml's tools write it.
+        [448, 384, 6, 4, 80, 2007]
     );
     assert_eq!((s.n_mel_filters, s.n_fft), (80, 201));
     // The GPT-2 byte-level tokens, decoded to raw bytes: 220 is a space, 198 a newline.
@@ -72,16 +73,19 @@ fn converted_tiny_en_has_whisper_cpp_structure() {
     );
     assert!(!names.iter().any(|n| n.ends_with("key.bias")));
 
-    // Shapes (innermost first) and types: matrices f16; vectors, conv biases and positions f32.
+    // Shapes (innermost first) and types, as whisper.cpp creates them for a Q8_0 model: the
+    // attention and MLP matrices and the token embedding Q8_0 (8), the conv kernels f16 (1),
+    // vectors, conv biases and positions f32 (0).
     let expected: &[(&str, &[u64], u32)] = &[
         ("encoder.conv1.weight", &[3, 80, 384], 1),
+        ("encoder.conv2.weight", &[3, 384, 384], 1),
         ("encoder.conv1.bias", &[1, 384], 0),
         ("encoder.positional_embedding", &[384, 1500], 0),
         ("decoder.positional_embedding", &[384, 448], 0),
-        ("decoder.token_embedding.weight", &[384, 51864], 1),
-        ("encoder.blocks.0.attn.query.weight", &[384, 384], 1),
+        ("decoder.token_embedding.weight", &[384, 51864], 8),
+        ("encoder.blocks.0.attn.query.weight", &[384, 384], 8),
         ("decoder.blocks.3.cross_attn.value.bias", &[384], 0),
-        ("encoder.blocks.2.mlp.0.weight", &[384, 1536], 1),
+        ("encoder.blocks.2.mlp.0.weight", &[384, 1536], 8),
     ];
     for &(name, dims, ttype) in expected {
         let t = s.tensor(name).unwrap();
@@ -94,14 +98,16 @@ fn converted_tiny_en_has_whisper_cpp_structure() {
             || tensor.name.ends_with("conv2.bias")
         {
             0
-        } else {
+        } else if tensor.name.contains(".conv") {
             1
+        } else {
+            8
         };
         assert_eq!(tensor.ttype, expect, "{}", tensor.name);
     }
-    // About 77.7 MB, as whisper.cpp's own tiny.en.
+    // About 43.6 MB, as whisper.cpp's own tiny.en-q8_0 (77.7 MB in f16).
     assert!(
-        (77_000_000..78_500_000).contains(&s.file_size),
+        (43_000_000..44_500_000).contains(&s.file_size),
         "{}",
         s.file_size
     );
@@ -153,12 +159,12 @@ fn verify_catches_a_changed_byte() {
     .unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0x55;
-    std::fs::write(dir.join("ggml-tiny.en.bin"), &bytes).unwrap();
+    std::fs::write(dir.join("ggml-tiny.en-q8_0.bin"), &bytes).unwrap();
     let out = voxd(&["models", "verify", "whisper-tiny.en"], home.path());
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.contains("checksum mismatch") && err.contains("ggml-tiny.en.bin"),
+        err.contains("checksum mismatch") && err.contains("ggml-tiny.en-q8_0.bin"),
         "{err}"
     );
 }

@@ -396,6 +396,8 @@ pub fn validate_whisper(path: &Path) -> Result<GgmlSummary, ModelError> {
 pub enum Data<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
+    /// GGML Q8_0 blocks (32 values each), for the matrices of an 8-bit model.
+    Q8_0(&'a [voxd_q8::Block]),
 }
 
 /// Writes the parts of a ggml Whisper file in order.
@@ -464,6 +466,7 @@ impl<W: Write> Writer<W> {
         let (ttype, len) = match &data {
             Data::F32(d) => (0, d.len()),
             Data::F16(d) => (1, d.len()),
+            Data::Q8_0(b) => (8, b.len() * voxd_q8::BLOCK),
         };
         assert_eq!(
             shape.iter().product::<usize>(),
@@ -485,6 +488,10 @@ impl<W: Write> Writer<W> {
             Data::F16(d) => d
                 .iter()
                 .for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
+            Data::Q8_0(blocks) => blocks.iter().for_each(|b| {
+                buf.extend_from_slice(&b.d.to_le_bytes());
+                buf.extend(b.qs.iter().map(|&q| q as u8));
+            }),
         }
         self.put(&buf)
     }

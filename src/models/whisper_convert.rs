@@ -5,6 +5,11 @@
 //! (whisper has no key bias, so that third of the bias is dropped), and cross-attention
 //! `linear_1` holds k and v. One-dimensional tensors, the conv biases (as `[d, 1]`) and both
 //! positional embeddings are stored as f32, matrices as f16, as whisper.cpp's own converter does.
+//!
+//! With [`Weights::Q8_0`] the matrices whisper.cpp creates in the model's weight type (every
+//! attention and MLP matrix, and the decoder's token embedding) are written as GGML Q8_0 blocks
+//! instead, as whisper.cpp's `quantize` tool would: half the memory of f16. The conv kernels stay
+//! f16 (whisper.cpp keeps them 16-bit in every quantised model) and everything else f32.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -17,9 +22,33 @@ use super::ct2::{Ct2Model, DType};
 use super::ggml::{Data, WhisperHparams, Writer};
 use super::{progress, ModelError};
 
+/// How the big matrices are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    F16,
+    Q8_0,
+}
+
+impl Weights {
+    /// The ggml file type whisper.cpp reads from the header (GGML_FTYPE_MOSTLY_*, with the
+    /// quantisation version × 1000 for a quantised file, as ggml's tools write it).
+    fn ftype(self) -> i32 {
+        match self {
+            Weights::F16 => 1,
+            Weights::Q8_0 => 7 + 2 * 1000,
+        }
+    }
+}
+
 /// Converts `model.bin` + `vocabulary.txt` in `src_dir` into the ggml file `dest`.
 /// Writes to a temporary name first, so an interrupted conversion leaves no half file at `dest`.
-pub fn convert(src_dir: &Path, dest: &Path, label: &str, quiet: bool) -> Result<(), ModelError> {
+pub fn convert(
+    src_dir: &Path,
+    dest: &Path,
+    weights: Weights,
+    label: &str,
+    quiet: bool,
+) -> Result<(), ModelError> {
     let model_path = src_dir.join("model.bin");
     let model = Ct2Model::open(&model_path)?;
     if model.spec != "WhisperSpec" {
@@ -41,7 +70,7 @@ pub fn convert(src_dir: &Path, dest: &Path, label: &str, quiet: bool) -> Result<
     let bar = progress::bytes(total, "convert", label, quiet);
     let file = File::create(&part).map_err(|e| ModelError::io(&part, e))?;
     let mut w = Writer::new(BufWriter::with_capacity(1 << 20, file));
-    let result = write_model(&model, &vocab, &mut w, &bar).and_then(|()| w.finish());
+    let result = write_model(&model, &vocab, weights, &mut w, &bar).and_then(|()| w.finish());
     bar.finish();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&part);
@@ -143,6 +172,7 @@ fn count_layers(model: &Ct2Model, prefix: &str) -> usize {
 
 struct Emitter<'a, 'b, W: std::io::Write> {
     model: &'a Ct2Model,
+    weights: Weights,
     w: &'b mut Writer<W>,
     bar: &'b indicatif::ProgressBar,
 }
@@ -200,6 +230,42 @@ impl<W: std::io::Write> Emitter<'_, '_, W> {
         Ok(())
     }
 
+    /// A matrix in the model's weight type: f16, or Q8_0 blocks of each row.
+    fn weight(
+        &mut self,
+        src: &str,
+        dst: &str,
+        rows: Option<std::ops::Range<usize>>,
+    ) -> std::io::Result<()> {
+        if self.weights == Weights::F16 {
+            return self.matrix(src, dst, rows);
+        }
+        let rows = match rows {
+            Some(r) => r,
+            None => 0..self.rows_of(src)?,
+        };
+        let (shape, data) = self.f16_rows(src, rows)?;
+        let values: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
+        let cols = *shape.last().unwrap_or(&0);
+        if cols % voxd_q8::BLOCK != 0 {
+            return Err(std::io::Error::other(format!(
+                "{src}: rows of {cols} values cannot be stored as Q8_0 blocks of {}",
+                voxd_q8::BLOCK
+            )));
+        }
+        let mut blocks = vec![
+            voxd_q8::Block {
+                d: 0,
+                qs: [0; voxd_q8::BLOCK]
+            };
+            values.len() / voxd_q8::BLOCK
+        ];
+        voxd_q8::quantize(&values, &mut blocks);
+        self.w.tensor(dst, &shape, Data::Q8_0(&blocks))?;
+        self.bar.inc(data.len() as u64 * 2);
+        Ok(())
+    }
+
     /// A vector or embedding table as f32, optionally a slice of its rows, in the given shape.
     fn f32(
         &mut self,
@@ -239,7 +305,7 @@ impl<W: std::io::Write> Emitter<'_, '_, W> {
         rows: Option<std::ops::Range<usize>>,
         bias: bool,
     ) -> std::io::Result<()> {
-        self.matrix(
+        self.weight(
             &format!("{src}/weight"),
             &format!("{dst}.weight"),
             rows.clone(),
@@ -350,10 +416,14 @@ pub fn hparams(model: &Ct2Model) -> Result<WhisperHparams, ModelError> {
 fn write_model<W: std::io::Write>(
     model: &Ct2Model,
     vocab: &[Vec<u8>],
+    weights: Weights,
     w: &mut Writer<W>,
     bar: &indicatif::ProgressBar,
 ) -> std::io::Result<()> {
-    let hp = hparams(model).map_err(std::io::Error::other)?;
+    let hp = WhisperHparams {
+        ftype: weights.ftype(),
+        ..hparams(model).map_err(std::io::Error::other)?
+    };
     w.header(&hp)?;
     let n_fft = 400;
     w.mel_filters(
@@ -365,7 +435,12 @@ fn write_model<W: std::io::Write>(
 
     let d_audio = hp.n_audio_state as usize;
     let d_text = hp.n_text_state as usize;
-    let mut e = Emitter { model, w, bar };
+    let mut e = Emitter {
+        model,
+        weights,
+        w,
+        bar,
+    };
     e.f32(
         "encoder/position_encodings/encodings",
         "encoder.positional_embedding",
@@ -393,7 +468,7 @@ fn write_model<W: std::io::Write>(
     }
     e.layer_norm("encoder/layer_norm", "encoder.ln_post")?;
 
-    e.matrix(
+    e.weight(
         "decoder/embeddings/weight",
         "decoder.token_embedding.weight",
         None,

@@ -20,7 +20,7 @@ pub const MAX_TOKENS: usize = 256;
 /// Texts per forward pass when embedding many (ingestion).
 const BATCH: usize = 16;
 
-/// The encoder: with an 8-bit word table when its width fits the blocks, else candle's f32 BERT.
+/// The encoder: with 8-bit weights when its widths fit the blocks, else candle's f32 BERT.
 enum Encoder {
     Eight(Box<Bert8>),
     F32(Box<BertModel>),
@@ -90,7 +90,7 @@ impl MiniLm {
         })
     }
 
-    /// Bytes of weights held (with the 8-bit word table, or the f32 file).
+    /// Bytes of weights held (8-bit, or the f32 file).
     pub fn weight_bytes(&self) -> usize {
         self.bytes
     }
