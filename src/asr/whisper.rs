@@ -6,8 +6,8 @@
 //! oneshot reply. Partials are served first come, first served across sessions (each session
 //! keeps at most one queued), are skipped once they have waited [`PARTIAL_MAX_WAIT`] (a newer one
 //! of the same speech is coming) and, beyond `max_queue`, the oldest is dropped. Finals are never
-//! skipped; beyond `max_queue` waiting finals, new ones get [`AsrError::Busy`]. A final that
-//! starts while no other job runs or waits uses every core instead of `threads`.
+//! skipped; beyond `max_queue` waiting finals, new ones get [`AsrError::Busy`]. A final of 6.4 s
+//! or more that starts while no other job runs or waits uses every core instead of `threads`.
 //!
 //! Partials give way to finals: while a final waits for a worker, or runs on every core, a
 //! running partial is aborted (whisper.cpp's abort callback, checked between graph nodes and
@@ -104,6 +104,9 @@ const CTX_MARGIN: i32 = 64;
 /// The smallest trimmed window. Below about 220 positions (4.4 s) tiny.en falls into repetition
 /// loops on short clips (measured on LDC93S1: 210 loops, 224 does not); 320 leaves a margin.
 const CTX_FLOOR: i32 = 320;
+/// Audio from which a final with the pool idle runs on every core (6.4 s: beyond it the encoder's
+/// window grows past its floor and the encoder dominates).
+const WIDE_MIN_SAMPLES: usize = 16_000 * 64 / 10;
 /// A partial that waited longer than this is stale: skipped with [`AsrError::Superseded`].
 pub const PARTIAL_MAX_WAIT: Duration = Duration::from_millis(1500);
 
@@ -382,14 +385,19 @@ fn worker(shared: Arc<Shared>, mut state: WhisperState, cfg: WhisperConfig, mode
                     return;
                 }
                 if let Some(j) = q.finals.pop_front() {
-                    // A final with the pool otherwise idle takes every core: it is what the
+                    // A long final with the pool otherwise idle takes every core: it is what the
                     // person waits for. (Not while a partial runs, even though that partial
                     // would give way: with the LLM busy too, more threads than cores make
                     // whisper.cpp's spinning threads wait on each other; measured 2x slower.)
+                    // A short one keeps its own thread: the decoder dominates it, so a second
+                    // thread gains little (tiny.en Q8_0, 2.9 s: 205 against 225 ms), and the
+                    // end-of-turn model and the LLM run beside it in the pause (measured: 2
+                    // threads next to Smart Turn took 276–388 ms).
                     let wide = q.busy == 0
                         && q.finals.is_empty()
                         && q.partials.is_empty()
-                        && cores > cfg.threads;
+                        && cores > cfg.threads
+                        && j.request.samples.len() >= WIDE_MIN_SAMPLES;
                     let threads = if wide {
                         q.wide_finals += 1;
                         cores

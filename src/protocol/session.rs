@@ -361,7 +361,7 @@ impl SessionConfig {
             partial_interval_ms: 500,
             min_speech_ms: 200,
             interrupt_min_speech_ms: 600,
-            speculative_after_ms: Some(100),
+            speculative_after_ms: Some(0),
             output_modalities: vec!["text".into()],
             output_format: InputFormat::Pcm16 { rate: 24_000 },
             voice: "alloy".into(),
