@@ -676,7 +676,15 @@ async fn conversation_and_response_mistakes_get_typed_errors() {
         "conversation_already_has_active_response"
     );
     let events = read_until(&mut rx, |e| response_done(e).is_some()).await;
-    assert_eq!(response_done(&events).unwrap()["status"], "completed");
+    // The first answer runs to its end, untouched by the refused request: complete, or cut at
+    // the output limit if the model talks that long about bicycles.
+    let done = response_done(&events).unwrap();
+    assert!(
+        done["status"] == "completed"
+            || (done["status"] == "incomplete"
+                && done["status_details"]["reason"] == "max_output_tokens"),
+        "{done}"
+    );
     // Truncating the answer to what was heard is acknowledged.
     let item_id = response_done(&events).unwrap()["output"][0]["id"]
         .as_str()
