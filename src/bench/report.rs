@@ -222,6 +222,9 @@ impl Report {
                     a.live_sessions, b.live_sessions, b.errors - a.errors
                 );
             }
+            for line in self.by_recording(l.sessions) {
+                let _ = writeln!(out, "{:>15} {line}", "");
+            }
             if l.drafted > 0 {
                 let _ = writeln!(
                     out,
@@ -238,6 +241,55 @@ impl Report {
             }
         }
         out
+    }
+
+    /// With more than one recording, the p50 of each stage per recording at one level: their
+    /// ends differ (a clean stop, or a slow fade that one voice detector hears as speech and
+    /// another does not), and a median over both can hide either.
+    fn by_recording(&self, sessions: usize) -> Vec<String> {
+        let mut names: Vec<&str> = Vec::new();
+        for t in self.turns.iter().filter(|t| t.sessions == sessions) {
+            if !names.contains(&t.recording.as_str()) {
+                names.push(&t.recording);
+            }
+        }
+        if names.len() < 2 {
+            return Vec::new();
+        }
+        names
+            .iter()
+            .filter_map(|name| {
+                let turns: Vec<&TurnRecord> = self
+                    .turns
+                    .iter()
+                    .filter(|t| t.sessions == sessions && t.recording == *name)
+                    .filter(|t| t.status == "completed")
+                    .collect();
+                let cells: Vec<String> = STAGES
+                    .iter()
+                    .filter(|(stage, _)| *stage != "done")
+                    .filter_map(|(stage, _)| {
+                        let values: Vec<f64> = turns
+                            .iter()
+                            .filter_map(|t| match *stage {
+                                "speech_stopped" => t.speech_stopped,
+                                "transcript" => t.transcript,
+                                "first_token" => t.first_token,
+                                _ => t.first_audio,
+                            })
+                            .collect();
+                        Stats::of(&values).map(|s| format!("{stage} {:.0}", s.p50))
+                    })
+                    .collect();
+                (!turns.is_empty()).then(|| {
+                    format!(
+                        "p50, {name} ({} completed): {}",
+                        turns.len(),
+                        cells.join(", ")
+                    )
+                })
+            })
+            .collect()
     }
 
     /// This run against an earlier one: new p50/p95 and the ratio new/old (above 1 is slower).
@@ -384,5 +436,45 @@ mod tests {
         assert_eq!((s.p50, s.p95, s.p99, s.max), (50.0, 95.0, 99.0, 100.0));
         assert_eq!(Stats::of(&[7.0]).unwrap().p99, 7.0);
         assert!(Stats::of(&[]).is_none());
+    }
+
+    #[test]
+    fn the_table_gives_each_recordings_medians_when_there_are_several() {
+        let turn = |recording: &str, transcript: f64, status: &str| TurnRecord {
+            sessions: 1,
+            recording: recording.into(),
+            speech_stopped: Some(transcript - 20.0),
+            transcript: Some(transcript),
+            first_token: Some(transcript + 200.0),
+            status: status.into(),
+            ..Default::default()
+        };
+        let turns = vec![
+            turn("clean.wav", 340.0, "completed"),
+            turn("clean.wav", 420.0, "completed"),
+            turn("clean.wav", 330.0, "completed"),
+            turn("fade.wav", 0.0, "completed"),
+            turn("fade.wav", 0.0, "merged"),
+        ];
+        let mut report = Report {
+            recordings: vec!["clean.wav".into(), "fade.wav".into()],
+            levels: vec![Level::from_turns(1, &turns, 10.0)],
+            turns,
+            ..Default::default()
+        };
+        let table = report.table();
+        assert!(
+            table.contains(
+                "p50, clean.wav (3 completed): speech_stopped 320, transcript 340, first_token 540"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("p50, fade.wav (1 completed): speech_stopped -20, transcript 0"),
+            "{table}"
+        );
+        // One recording: the level's own medians say it all.
+        report.turns.retain(|t| t.recording == "clean.wav");
+        assert!(!report.table().contains("p50, "), "{}", report.table());
     }
 }
