@@ -205,6 +205,33 @@ impl<S> Drop for WorkerPool<S> {
     }
 }
 
+/// Work that someone is waiting on for the start of an answer (a turn's final transcript, a new
+/// question's prefill), counted while it is queued or running. Background work (synthesis of an
+/// answer that has seconds of audio buffered) defers to it: on two cores, what is already playing
+/// can wait a moment, and the next person's first word should not.
+static OPENING_WORK: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one piece of opening work while it lives.
+pub struct OpeningWork(());
+
+impl OpeningWork {
+    pub fn begin() -> Self {
+        OPENING_WORK.fetch_add(1, Ordering::AcqRel);
+        OpeningWork(())
+    }
+}
+
+impl Drop for OpeningWork {
+    fn drop(&mut self) {
+        OPENING_WORK.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether opening work is queued or running.
+pub fn opening_work_pending() -> bool {
+    OPENING_WORK.load(Ordering::Acquire) > 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

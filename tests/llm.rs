@@ -46,51 +46,88 @@ async fn a_greedy_answer_streams_and_reports_usage() {
     assert!(finish == FinishReason::Stop || finish == FinishReason::Length);
 }
 
+/// An LLM of the test's own (the shared one's cache holds the other tests' prompts).
+fn own_llm(cache_entries: usize) -> voxd::llm::LocalLlm {
+    voxd::llm::LocalLlm::load(voxd::llm::LocalLlmConfig {
+        path: common::llm_model(),
+        name: "smollm2-135m-instruct".into(),
+        cache_entries,
+    })
+    .expect("the default LLM loads")
+}
+
 #[tokio::test]
 async fn a_cached_prefix_gives_the_same_answer_faster() {
-    let llm = common::llm();
+    // `plain` caches nothing: its answers are the reference.
+    let plain = own_llm(0);
+    let llm = own_llm(4);
     let system = "You are the assistant of Brightwater Bikes, a bicycle shop in Larkhaven. \
         Answer questions about the shop briefly and politely. If you do not know, say so.";
-    let ask = |q: &str, points: Vec<usize>| {
-        let mut r = GenerateRequest::new(chat(system, q));
+    let request = |messages: Vec<ChatMessage>| {
+        let mut r = GenerateRequest::new(messages);
         r.max_tokens = 24;
-        r.cache_points = points;
+        r.cache_points = vec![1];
         r
     };
-    // Without any cache.
-    let (plain, _, u0) = complete(llm.as_ref(), ask("Do you repair bikes?", vec![]))
-        .await
-        .unwrap();
-    // The first cached request stores the system prefix; the second starts from it.
-    let (first, _, u1) = complete(llm.as_ref(), ask("Do you repair bikes?", vec![1]))
-        .await
-        .unwrap();
-    let (second, _, u2) = complete(llm.as_ref(), ask("Do you repair bikes?", vec![1]))
-        .await
-        .unwrap();
-    eprintln!("no cache {u0:?}\nstoring {u1:?}\nhit {u2:?}");
+    let ask = |q: &str| request(chat(system, q));
+    let (reference, _, u0) = complete(&plain, ask("Do you repair bikes?")).await.unwrap();
     assert_eq!(u0.cached_tokens, 0);
+    // The first request stores the system prefix (and its answer's state); the same question
+    // again starts from them.
+    let (first, _, u1) = complete(&llm, ask("Do you repair bikes?")).await.unwrap();
+    let (second, _, u2) = complete(&llm, ask("Do you repair bikes?")).await.unwrap();
+    eprintln!("no cache {u0:?}\nstoring {u1:?}\nhit {u2:?}");
     assert_eq!(u1.cached_tokens, 0);
-    assert!(
-        u2.cached_tokens > 20,
-        "the system prompt came from the cache: {u2:?}"
-    );
-    assert!(u2.cached_tokens < u2.prompt_tokens);
     assert_eq!(
-        plain, first,
-        "storing the prefix does not change the answer"
+        u2.cached_tokens,
+        u2.prompt_tokens - 1,
+        "all but the last prompt token came from the cache: {u2:?}"
     );
     assert_eq!(
-        plain, second,
-        "starting from the cached prefix does not change the answer"
+        reference, first,
+        "storing states does not change the answer"
     );
-    // A different question with the same system prompt also starts from the cache.
-    let (_, _, u3) = complete(llm.as_ref(), ask("Where is the shop?", vec![1]))
+    assert_eq!(
+        reference, second,
+        "starting from the cached state does not change the answer"
+    );
+
+    // A question that parts from a cached one after a few words starts where they part: the
+    // cached state is cut back to the shared words, and the answer is the uncached one.
+    let (reference, _, _) = complete(&plain, ask("Do you repair scooters?"))
         .await
         .unwrap();
-    assert_eq!(u3.cached_tokens, u2.cached_tokens);
+    let (parted, _, u3) = complete(&llm, ask("Do you repair scooters?"))
+        .await
+        .unwrap();
+    assert!(
+        u3.cached_tokens > u1.prompt_tokens - 10 && u3.cached_tokens < u1.prompt_tokens - 1,
+        "the system prompt and `Do you repair` came from the cache: {u3:?} (first {u1:?})"
+    );
+    assert_eq!(reference, parted);
 
-    // Warming a prefix ahead of time (what the realtime session does while the person talks).
+    // The next turn of the conversation quotes the answer: it starts from the state after the
+    // answer, and runs only the new question.
+    let mut conversation = chat(system, "Do you repair bikes?");
+    conversation.push(ChatMessage::new(Role::Assistant, first.trim()));
+    conversation.push(ChatMessage::new(Role::User, "How long does it take?"));
+    // (The answer itself may differ from an uncached one in its wording: the answer's state was
+    // computed a token at a time, a fresh prompt's in one pass, and the float sums round
+    // differently; `a_state_cut_back_continues_as_a_fresh_pass` bounds the difference.)
+    let (_, _, u) = complete(&plain, request(conversation.clone()))
+        .await
+        .unwrap();
+    let (follow_up, _, u4) = complete(&llm, request(conversation)).await.unwrap();
+    eprintln!("follow-up {follow_up:?} {u4:?}");
+    assert!(
+        u4.cached_tokens >= u1.prompt_tokens,
+        "the first turn and its answer came from the cache: {u4:?} (first turn {u1:?})"
+    );
+    assert!(u4.prompt_tokens - u4.cached_tokens < 20, "{u4:?}");
+    assert_eq!(u.prompt_tokens, u4.prompt_tokens);
+    assert!(!follow_up.trim().is_empty());
+
+    // Warming a prefix ahead of time.
     let mut messages = chat(system, "Do you sell e-bikes?");
     messages.insert(
         1,
@@ -99,8 +136,8 @@ async fn a_cached_prefix_gives_the_same_answer_faster() {
     llm.prefill(messages[..2].to_vec()).await.unwrap();
     let mut r = GenerateRequest::new(messages);
     r.max_tokens = 8;
-    let (_, _, u4) = complete(llm.as_ref(), r).await.unwrap();
-    assert!(u4.cached_tokens > u2.cached_tokens, "{u4:?}");
+    let (_, _, u5) = complete(&llm, r).await.unwrap();
+    assert!(u5.cached_tokens > u3.cached_tokens + 8, "{u5:?}");
 }
 
 #[tokio::test]
@@ -275,9 +312,9 @@ async fn the_gguf_tokenizer_round_trips_and_knows_the_chat_markers() {
     assert_eq!(err.code(), "context_length_exceeded", "{err}");
 }
 
-/// voxd's own forward pass (its 8-bit kernels, embeddings kept 8-bit) computes exactly what
-/// candle's quantized llama computes over the same Q8_0 weights: the logits of a prompt run in two
-/// chunks (the second after a cached prefix) and of five greedy steps are bit for bit the same.
+/// voxd's own forward pass (its 8-bit kernels, embeddings kept 8-bit) computes what candle's
+/// quantized llama computes over the same weights: the logits of a prompt run in two chunks (the
+/// second after a cached prefix) and of five greedy steps correlate, and pick the same tokens.
 #[test]
 fn the_own_forward_pass_gives_candles_logits() {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
@@ -417,6 +454,72 @@ fn the_own_forward_pass_gives_candles_logits() {
         .unsqueeze(0)
         .unwrap();
     assert!(own.forward(&bad, pos).is_err());
+}
+
+/// The state the cache keeps after an answer (prompt in one pass, then a token at a time) cut back
+/// to where the next prompt parts from it, and continued: the logits are a fresh pass's over the
+/// same tokens, up to float rounding. A wrong position or a state cut at the wrong place would
+/// leave them unrelated.
+#[test]
+fn a_state_cut_back_continues_as_a_fresh_pass() {
+    use candle_core::quantized::gguf_file;
+    use candle_core::{Device, Tensor};
+    use voxd::llm::llama::{self, Model};
+
+    let path = common::llm_model();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let weights = llama::load(content, &mut file).unwrap();
+    let tokens: Vec<u32> = (0..56).map(|i| (i * 7919 + 101) % 49_000).collect();
+    let logits = |m: &mut Model, tokens: &[u32], pos: usize| -> Vec<f32> {
+        let t = Tensor::new(tokens, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        m.forward(&t, pos)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let mut fresh = weights.clone();
+    let expected = logits(&mut fresh, &tokens, 0);
+
+    let mut cached = weights.clone();
+    assert_eq!(cached.positions(), Some(0));
+    logits(&mut cached, &tokens[..30], 0);
+    for (i, &t) in tokens[30..40].iter().enumerate() {
+        logits(&mut cached, &[t], 30 + i);
+    }
+    // What the earlier answer went on with, which the next prompt does not quote.
+    logits(&mut cached, &[5, 6, 7, 8], 40);
+    assert_eq!(cached.positions(), Some(44));
+    assert!(cached.truncate(40));
+    assert_eq!(cached.positions(), Some(40));
+    let got = logits(&mut cached, &tokens[40..], 40);
+    assert!(!cached.truncate(57), "a state cannot grow by cutting");
+
+    let n = got.len() as f64;
+    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let (ma, mb) = (mean(&got), mean(&expected));
+    let (mut sab, mut saa, mut sbb, mut mad) = (0f64, 0f64, 0f64, 0f64);
+    for (&x, &y) in got.iter().zip(&expected) {
+        let (x, y) = (x as f64 - ma, y as f64 - mb);
+        sab += x * y;
+        saa += x * x;
+        sbb += y * y;
+        mad += (x - y).abs();
+    }
+    let r = sab / (saa * sbb).sqrt();
+    let spread = (sbb / n).sqrt();
+    eprintln!(
+        "cut back and continued: r {r:.6}, mean |diff| {:.4} (sd {spread:.3})",
+        mad / n
+    );
+    assert!(r >= 0.995, "logits correlate only {r}");
+    assert!(mad / n <= 0.1 * spread, "mean difference {}", mad / n);
+    assert_eq!(argmax(&got), argmax(&expected));
 }
 
 fn argmax(v: &[f32]) -> u32 {

@@ -322,8 +322,15 @@ impl Asr for WhisperPool {
         if request.samples.is_empty() {
             return Box::pin(async { Err(AsrError::NoAudio) });
         }
+        // A final transcript is what a turn's answer waits for (partials are not).
+        let opening =
+            (request.priority == Priority::Final).then(crate::workers::OpeningWork::begin);
         let rx = self.submit(request);
-        Box::pin(async move { rx.await.unwrap_or(Err(AsrError::ShuttingDown)) })
+        Box::pin(async move {
+            let result = rx.await.unwrap_or(Err(AsrError::ShuttingDown));
+            drop(opening);
+            result
+        })
     }
 
     fn describe(&self) -> String {

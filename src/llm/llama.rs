@@ -66,6 +66,29 @@ impl Model {
         }
     }
 
+    /// Forgets the attention state past the first `len` positions, so the next forward pass
+    /// continues at `len` (a cached prompt shared up to there, then different). False when it
+    /// cannot: candle's model keeps its state to itself.
+    pub fn truncate(&mut self, len: usize) -> bool {
+        match self {
+            Model::Own(m) => m.truncate(len).is_ok(),
+            Model::Candle(_) => false,
+        }
+    }
+
+    /// Positions the attention state covers (`None` for candle's model, which does not say).
+    pub fn positions(&self) -> Option<usize> {
+        match self {
+            Model::Own(m) => Some(
+                m.kv.first()
+                    .and_then(|kv| kv.as_ref())
+                    .and_then(|(k, _)| k.dim(2).ok())
+                    .unwrap_or(0),
+            ),
+            Model::Candle(_) => None,
+        }
+    }
+
     /// Which forward pass runs (for the log).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -288,6 +311,21 @@ impl Llama {
                 neg_inf: Tensor::new(f32::NEG_INFINITY, &Device::Cpu)?,
             }),
         })
+    }
+
+    /// Keeps the keys and values of the first `len` positions only (views of the same
+    /// tensors: the next pass's concatenation copies them into its own).
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        for kv in self.kv.iter_mut() {
+            if let Some((k, v)) = kv.as_ref() {
+                let have = k.dim(2)?;
+                if len > have {
+                    candle_core::bail!("cannot keep {len} of {have} positions");
+                }
+                *kv = Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?));
+            }
+        }
+        Ok(())
     }
 
     /// Runs `tokens` (`[1, n]`) at positions `pos..pos + n`; the logits after the last one.

@@ -9,7 +9,9 @@
 //!
 //! Answers take turns: a generation decodes for [`SLICE`] at most while other generations wait,
 //! then goes to the back of the queue with its state, so answers in progress do not hold back a
-//! new question's first token (they slow down instead; greedy answers are unchanged).
+//! new question's first token (they slow down instead; greedy answers are unchanged). New
+//! questions and answers still on their first phrase queue ahead of longer answers
+//! ([`OPENING_TOKENS`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +42,10 @@ const MAX_POSITIONS: usize = llama::MAX_POSITIONS;
 const PREFILL_CHUNK: usize = 512;
 /// Requests that may wait for the model.
 const QUEUE: usize = 64;
+/// An answer with fewer tokens than this goes ahead of longer ones when it queues for the model:
+/// new questions and answers still on their first phrase (what a listener is waiting for) before
+/// answers whose speech is already playing (the voice keeps seconds of it ahead).
+const OPENING_TOKENS: usize = 16;
 /// How long one generation decodes while other generations wait before it lets them in. Answers
 /// take turns on the one worker, so a new question gets its first token after its prefill and at
 /// most one slice of each answer in progress, instead of after those answers have finished.
@@ -253,23 +259,35 @@ impl Engine {
             .map_err(|e| LlmError::Compute(format!("tokenizer: {e}")))
     }
 
-    /// The cached state with the longest token prefix of `tokens` (strictly shorter, so at least
-    /// one token is left to run), as a fresh model and the number of tokens it covers.
+    /// The cached state sharing the longest token prefix with `tokens` (at most all but the
+    /// last token, so at least one is left to run), as a fresh model and the number of tokens it
+    /// covers. An entry that goes on differently (an earlier answer's state, whose text the
+    /// next prompt quotes with another ending; a question drafted from a partial transcript) is
+    /// cut back to where they part, when the model allows it.
     fn start_from(&mut self, tokens: &[u32]) -> (Model, usize) {
         self.clock += 1;
         let clock = self.clock;
+        let limit = tokens.len().saturating_sub(1);
         let best = self
             .cache
             .iter_mut()
-            .filter(|e| e.tokens.len() < tokens.len() && tokens.starts_with(&e.tokens))
-            .max_by_key(|e| e.tokens.len());
-        match best {
-            Some(e) => {
+            .map(|e| {
+                let shared = common_prefix(&e.tokens, tokens).min(limit);
+                (e, shared)
+            })
+            .filter(|(e, shared)| {
+                *shared >= MIN_SHARED_PREFIX
+                    && (*shared == e.tokens.len() || matches!(e.model, Model::Own(_)))
+            })
+            .max_by_key(|(_, shared)| *shared);
+        if let Some((e, shared)) = best {
+            let mut model = e.model.clone();
+            if shared == e.tokens.len() || model.truncate(shared) {
                 e.used = clock;
-                (e.model.clone(), e.tokens.len())
+                return (model, shared);
             }
-            None => (self.weights.clone(), 0),
         }
+        (self.weights.clone(), 0)
     }
 
     fn remember(&mut self, tokens: &[u32], model: &Model) {
@@ -500,6 +518,7 @@ impl Engine {
                 req.top_p.map(f64::from),
             ),
             prompt_len: tokens.len(),
+            prompt: tokens,
             cached,
             max_tokens: req.max_tokens,
             repeat_penalty: req.repeat_penalty,
@@ -813,7 +832,25 @@ impl Engine {
             "generation done"
         );
         let _ = tx.blocking_send(Ok(LlmEvent::Done { finish, usage }));
+        if g.call.is_none() && finish != FinishReason::ToolCalls {
+            self.remember_answer(&g);
+        }
         Ok(Slice::Finished)
+    }
+
+    /// Keeps the state after an answer: the next turn's prompt quotes the answer after this
+    /// prompt, so it needs to run only what follows (the end of the answer and the new question)
+    /// instead of the whole conversation again.
+    fn remember_answer(&mut self, g: &Generation) {
+        let Some(len) = g.model.positions() else {
+            return;
+        };
+        let mut tokens = g.prompt.clone();
+        tokens.extend_from_slice(&g.generated);
+        if len > g.prompt.len() && len <= tokens.len() {
+            tokens.truncate(len);
+            self.remember(&tokens, &g.model);
+        }
     }
 }
 
@@ -837,6 +874,8 @@ struct Generation {
     logits: Tensor,
     sampler: LogitsProcessor,
     prompt_len: usize,
+    /// The prompt's tokens (with the generated ones, what the state covers at the end).
+    prompt: Vec<u32>,
     cached: usize,
     max_tokens: usize,
     repeat_penalty: f32,
@@ -869,6 +908,18 @@ struct Prompt {
     /// The call it must make, begun at the prompt's end.
     call: Option<CallWriter>,
     unwrap_result: bool,
+}
+
+/// The fewest tokens a cached state must share with a prompt to be used. Reusing a few tokens
+/// saves little (~3 ms each) and, like any change of how the prompt is cut into passes, moves the
+/// logits by float rounding: a prompt whose first token is a near tie (measured: a 0.08 margin
+/// for "What is the capital of France?" after "You are a helpful assistant.") can then start
+/// differently, so a state is not reused for the opening words of an unrelated system prompt.
+const MIN_SHARED_PREFIX: usize = 16;
+
+/// How many tokens `a` and `b` share from their start.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Drafts kept: one per session that is pausing is plenty; older ones are dropped.
@@ -1001,24 +1052,31 @@ impl Llm for LocalLlm {
                 };
                 let (t, w) = (job_tx.clone(), others_waiting.clone());
                 let queued = Waiting::new(&waiting);
+                // A new question goes ahead of the answers already under way (see OPENING_TOKENS).
+                let opening = crate::workers::OpeningWork::begin();
                 let mut result = pool
-                    .run(move |engine: &mut Engine| {
+                    .run_urgent(move |engine: &mut Engine| {
                         drop(queued);
                         engine.generate(request, &t, submitted, &w)
                     })
                     .await;
+                drop(opening);
                 let err = loop {
                     match result {
                         Ok(Ok(Slice::Finished)) => return,
                         Ok(Ok(Slice::Paused(g))) => {
+                            let opening = g.generated.len() < OPENING_TOKENS;
                             let (t, w) = (job_tx.clone(), others_waiting.clone());
                             let queued = Waiting::new(&waiting);
-                            result = pool
-                                .run(move |engine: &mut Engine| {
-                                    drop(queued);
-                                    engine.decode(*g, &t, &w)
-                                })
-                                .await;
+                            let job = move |engine: &mut Engine| {
+                                drop(queued);
+                                engine.decode(*g, &t, &w)
+                            };
+                            result = if opening {
+                                pool.run_urgent(job).await
+                            } else {
+                                pool.run(job).await
+                            };
                         }
                         Ok(Err(e)) => break e,
                         Err(e) => break LlmError::Pool(e),

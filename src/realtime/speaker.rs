@@ -34,6 +34,8 @@ pub const MAX_LEAD: Duration = Duration::from_secs(8);
 /// new work on the voice's queue, so playback does not run dry. Above it, a new answer's first
 /// piece may go first.
 pub const URGENT_LEAD: Duration = Duration::from_secs(3);
+/// How often a piece that defers to opening work looks again.
+const OPENING_POLL: Duration = Duration::from_millis(20);
 /// Audio per `response.output_audio.delta`.
 const DELTA_MS: u64 = 500;
 
@@ -181,6 +183,22 @@ async fn run(
             if ahead > MAX_LEAD {
                 tokio::time::sleep(ahead - MAX_LEAD).await;
                 ahead = MAX_LEAD;
+            }
+        }
+        // An answer with audio to spare lets the start of another answer go first (its final
+        // transcript, its prefill): on two cores that is the difference for the next person's
+        // first word, and this one's playback loses nothing.
+        if count > 0 {
+            if let Some(c) = clock {
+                while crate::workers::opening_work_pending()
+                    && Duration::from_millis(sent_ms).saturating_sub(c.elapsed()) > URGENT_LEAD
+                {
+                    tokio::time::sleep(OPENING_POLL).await;
+                    if target.silence.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                ahead = Duration::from_millis(sent_ms).saturating_sub(c.elapsed());
             }
         }
         let request = SpeakRequest {

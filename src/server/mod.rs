@@ -196,9 +196,25 @@ impl AppState {
     }
 
     /// Installs the loaded language model.
+    /// Installs the loaded language model, and computes the state of the default instructions
+    /// (the prompt prefix every session starts with unless it sets its own) ahead of the first
+    /// question: a cold first answer paid ~130 ms more for it.
     pub fn set_llm(&self, llm: Arc<dyn Llm>) {
-        self.llm.set(llm);
+        self.llm.set(llm.clone());
         crate::metrics::release_freed_memory();
+        let instructions = self.answer.instructions.trim().to_string();
+        if instructions.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let system =
+                    crate::prompt::ChatMessage::new(crate::prompt::Role::System, instructions);
+                if let Err(e) = llm.prefill(vec![system]).await {
+                    tracing::debug!(error = %e, "warming the instructions failed");
+                }
+            });
+        }
     }
 
     /// Records that the language model could not be loaded.
