@@ -380,47 +380,7 @@ fn the_own_forward_pass_gives_candles_logits() {
     // were further from candle's Q4_1 model: r 0.997, 0.15). What must hold is the model's
     // judgement: the logits correlate, and greedy decoding picks the same tokens. A wrong nibble order, scale or minimum leaves no correlation (tested in voxd-q8
     // against the formula; here the whole model).
-    let close = |a: &[f32], b: &[f32], what: &str| {
-        let n = a.len() as f64;
-        let (ma, mb) = (
-            a.iter().map(|&v| v as f64).sum::<f64>() / n,
-            b.iter().map(|&v| v as f64).sum::<f64>() / n,
-        );
-        let (mut sab, mut saa, mut sbb, mut mad) = (0f64, 0f64, 0f64, 0f64);
-        for (&x, &y) in a.iter().zip(b) {
-            let (x, y) = (x as f64 - ma, y as f64 - mb);
-            sab += x * y;
-            saa += x * x;
-            sbb += y * y;
-            mad += (x - y).abs();
-        }
-        let r = sab / (saa * sbb).sqrt();
-        let spread = (sbb / n).sqrt();
-        eprintln!(
-            "{what}: r {r:.6}, mean |diff| {:.4} (sd {spread:.3})",
-            mad / n
-        );
-        assert!(r >= 0.995, "{what}: logits correlate only {r}");
-        assert!(
-            mad / n <= 0.1 * spread,
-            "{what}: mean difference {} (sd {spread})",
-            mad / n
-        );
-        assert_eq!(argmax(a), argmax(b), "{what}: the greedy token");
-    };
     let prompt: Vec<u32> = (0..40).map(|i| (i * 997 + 13) % 49_000).collect();
-    let logits = |m: &mut Model, tokens: &[u32], pos: usize| -> Vec<f32> {
-        let t = Tensor::new(tokens, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        m.forward(&t, pos)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
     let mut pos = 0;
     let mut next = 0u32;
     for chunk in [&prompt[..30], &prompt[30..]] {
@@ -428,7 +388,7 @@ fn the_own_forward_pass_gives_candles_logits() {
             logits(&mut own, chunk, pos),
             logits(&mut candle, chunk, pos),
         );
-        close(
+        assert_close(
             &a,
             &b,
             &format!(
@@ -444,7 +404,7 @@ fn the_own_forward_pass_gives_candles_logits() {
             logits(&mut own, &[next], pos),
             logits(&mut candle, &[next], pos),
         );
-        close(&a, &b, &format!("logits at greedy step {step}"));
+        assert_close(&a, &b, &format!("logits at greedy step {step}"));
         pos += 1;
         next = argmax(&a);
     }
@@ -463,26 +423,13 @@ fn the_own_forward_pass_gives_candles_logits() {
 #[test]
 fn a_state_cut_back_continues_as_a_fresh_pass() {
     use candle_core::quantized::gguf_file;
-    use candle_core::{Device, Tensor};
-    use voxd::llm::llama::{self, Model};
+    use voxd::llm::llama;
 
     let path = common::llm_model();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let weights = llama::load(content, &mut file).unwrap();
     let tokens: Vec<u32> = (0..56).map(|i| (i * 7919 + 101) % 49_000).collect();
-    let logits = |m: &mut Model, tokens: &[u32], pos: usize| -> Vec<f32> {
-        let t = Tensor::new(tokens, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        m.forward(&t, pos)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
     let mut fresh = weights.clone();
     let expected = logits(&mut fresh, &tokens, 0);
 
@@ -500,11 +447,34 @@ fn a_state_cut_back_continues_as_a_fresh_pass() {
     let got = logits(&mut cached, &tokens[40..], 40);
     assert!(!cached.truncate(57), "a state cannot grow by cutting");
 
-    let n = got.len() as f64;
-    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let (ma, mb) = (mean(&got), mean(&expected));
+    assert_close(&got, &expected, "cut back and continued");
+}
+
+/// Runs `tokens` at positions `pos..` after `m`'s state; the logits after the last one.
+fn logits(m: &mut voxd::llm::llama::Model, tokens: &[u32], pos: usize) -> Vec<f32> {
+    use candle_core::{Device, Tensor};
+    let t = Tensor::new(tokens, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    m.forward(&t, pos)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// The same model's judgement up to float rounding: the logits correlate (r ≥ 0.995), differ
+/// by at most a tenth of their spread on average, and pick the same greedy token.
+fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    let n = a.len() as f64;
+    let (ma, mb) = (
+        a.iter().map(|&v| v as f64).sum::<f64>() / n,
+        b.iter().map(|&v| v as f64).sum::<f64>() / n,
+    );
     let (mut sab, mut saa, mut sbb, mut mad) = (0f64, 0f64, 0f64, 0f64);
-    for (&x, &y) in got.iter().zip(&expected) {
+    for (&x, &y) in a.iter().zip(b) {
         let (x, y) = (x as f64 - ma, y as f64 - mb);
         sab += x * y;
         saa += x * x;
@@ -514,12 +484,16 @@ fn a_state_cut_back_continues_as_a_fresh_pass() {
     let r = sab / (saa * sbb).sqrt();
     let spread = (sbb / n).sqrt();
     eprintln!(
-        "cut back and continued: r {r:.6}, mean |diff| {:.4} (sd {spread:.3})",
+        "{what}: r {r:.6}, mean |diff| {:.4} (sd {spread:.3})",
         mad / n
     );
-    assert!(r >= 0.995, "logits correlate only {r}");
-    assert!(mad / n <= 0.1 * spread, "mean difference {}", mad / n);
-    assert_eq!(argmax(&got), argmax(&expected));
+    assert!(r >= 0.995, "{what}: logits correlate only {r}");
+    assert!(
+        mad / n <= 0.1 * spread,
+        "{what}: mean difference {} (sd {spread})",
+        mad / n
+    );
+    assert_eq!(argmax(a), argmax(b), "{what}: the greedy token");
 }
 
 fn argmax(v: &[f32]) -> u32 {
