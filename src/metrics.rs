@@ -462,7 +462,7 @@ impl Metrics {
         labelled(
             &mut out,
             "voxd_llm_drafts_total",
-            "Answers drafted while the person paused (made), and drafts a response used (used).",
+            "Answers drafted while the person paused (made), drafts a response used (used), and drafts not made because their answer had already begun (late).",
             "outcome",
             &self.llm_drafts,
         );

@@ -507,6 +507,100 @@ fn argmax(v: &[f32]) -> u32 {
 /// An answer drafted ahead of time (`speculate`) is the same answer: the request that matches it
 /// gets the draft's tokens at once and the rest from where the draft stopped; a request that
 /// differs (the person said more) is answered from scratch.
+/// Every conversation keeps the state of its last answer, with as many conversations as the
+/// cache has entries: a state that another extends (the shared instructions, a conversation's
+/// earlier turn) does not take an entry of its own.
+#[tokio::test]
+async fn each_conversation_keeps_its_answer_state() {
+    let llm = own_llm(6);
+    let system = "You are the assistant of Brightwater Bikes, a bicycle shop in Larkhaven. \
+        Answer questions about the shop briefly and politely.";
+    let questions = [
+        "Do you repair bikes?",
+        "Do you sell helmets?",
+        "Are you open on Sundays?",
+        "Can I rent a tandem?",
+        "Do you fit child seats?",
+        "Where can I park?",
+    ];
+    let request = |messages: Vec<ChatMessage>| {
+        let mut r = GenerateRequest::new(messages);
+        r.max_tokens = 8;
+        r.cache_points = vec![1];
+        r
+    };
+    let mut firsts = Vec::new();
+    for q in questions {
+        let (answer, _, u) = complete(&llm, request(chat(system, q))).await.unwrap();
+        firsts.push((q, answer, u.prompt_tokens));
+    }
+    // Two turns of one conversation: the second extends the first's state, which is dropped.
+    for (q, answer, first_prompt) in firsts {
+        let mut messages = chat(system, q);
+        messages.push(ChatMessage::new(Role::Assistant, answer.trim()));
+        messages.push(ChatMessage::new(Role::User, "Thanks. How much is it?"));
+        let (_, _, u) = complete(&llm, request(messages)).await.unwrap();
+        assert!(
+            u.cached_tokens > first_prompt,
+            "{q}: the follow-up ran {} of {} tokens, the first turn's prompt had {first_prompt}",
+            u.prompt_tokens - u.cached_tokens,
+            u.prompt_tokens
+        );
+    }
+}
+
+/// Under load a draft can reach the model after its own answer (which queues ahead of drafts)
+/// has begun: it is not made then, since nothing would use it.
+#[tokio::test]
+async fn a_draft_that_comes_after_its_answer_is_not_made() {
+    let llm = std::sync::Arc::new(own_llm(4));
+    let system = "You are a helpful assistant. Answer in one sentence.";
+    let request = |q: &str, max_tokens: usize| {
+        let mut r = GenerateRequest::new(chat(system, q));
+        r.max_tokens = max_tokens;
+        r
+    };
+    // A long answer holds the model while the draft and then its answer queue for it. It is
+    // past its opening (answers under way let a draft queued before them go first).
+    let long = request("Tell me a long story about a lighthouse keeper.", 128);
+    let mut stream = llm.generate(long).await.unwrap();
+    let mut deltas = 0;
+    while deltas < 24 {
+        match stream.next().await {
+            Some(Ok(LlmEvent::Delta(_))) => deltas += 1,
+            other => panic!("the long answer ended early: {other:?}"),
+        }
+    }
+    let busy = tokio::spawn(async move { while stream.next().await.is_some() {} });
+    let draft = {
+        let llm = llm.clone();
+        tokio::spawn(async move { llm.speculate(request("Say yes.", 24), 6).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !busy.is_finished(),
+        "the long answer should still be running"
+    );
+    let (first, _, u) = complete(llm.as_ref(), request("Say yes.", 24))
+        .await
+        .unwrap();
+    assert_eq!(u.drafted_tokens, 0, "the draft had not run yet: {u:?}");
+    draft.await.unwrap().unwrap();
+    // Had the late draft been made, this request would start from it.
+    let (again, _, u) = complete(llm.as_ref(), request("Say yes.", 24))
+        .await
+        .unwrap();
+    assert_eq!(u.drafted_tokens, 0, "a late draft was made: {u:?}");
+    assert_eq!(again, first);
+    busy.await.unwrap();
+    // A draft asked for after an answer to the same prompt is made and used as before.
+    llm.speculate(request("Say yes.", 24), 6).await.unwrap();
+    let (_, _, u) = complete(llm.as_ref(), request("Say yes.", 24))
+        .await
+        .unwrap();
+    assert!(u.drafted_tokens > 0, "{u:?}");
+}
+
 #[tokio::test]
 async fn a_drafted_answer_is_the_same_answer_sooner() {
     let llm = common::llm();

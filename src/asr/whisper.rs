@@ -12,7 +12,10 @@
 //! Partials give way to finals: while a final waits for a worker, or runs on every core, a
 //! running partial is aborted (whisper.cpp's abort callback, checked between graph nodes and
 //! decoder steps) and answered with [`AsrError::Superseded`]. The final transcript is what the
-//! person waits for; a newer partial follows anyway.
+//! person waits for; a newer partial follows anyway. A partial also waits (up to
+//! [`PARTIAL_YIELD_MAX`]) before it starts while other opening work is pending anywhere in the
+//! server ([`crate::workers::OpeningWork`]: a final, a new question's prefill, an end-of-turn
+//! check), so that under load the previews thin out before the answers slow down.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -109,6 +112,12 @@ const CTX_FLOOR: i32 = 320;
 const WIDE_MIN_SAMPLES: usize = 16_000 * 64 / 10;
 /// A partial that waited longer than this is stale: skipped with [`AsrError::Superseded`].
 pub const PARTIAL_MAX_WAIT: Duration = Duration::from_millis(1500);
+
+/// A partial waits at most this long for opening work (a final transcript, a new question's
+/// prefill) to clear before it starts anyway.
+const PARTIAL_YIELD_MAX: Duration = Duration::from_millis(700);
+/// How often a deferred partial checks whether the opening work has cleared.
+const OPENING_POLL: Duration = Duration::from_millis(20);
 
 /// whisper.cpp skips inputs shorter than one second: pad up to this many samples.
 const MIN_SAMPLES: usize = 16_000 + 1_600;
@@ -414,6 +423,21 @@ fn worker(shared: Arc<Shared>, mut state: WhisperState, cfg: WhisperConfig, mode
                     q.busy += 1;
                     shared.update_preempt(&q);
                     break (j, threads);
+                }
+                // A partial lets opening work elsewhere (a final, a new question's prefill, an
+                // end-of-turn check) have the cores first: it is what a person is waiting for,
+                // and a partial is only a preview. It waits at most PARTIAL_YIELD_MAX.
+                if let Some(j) = q.partials.front() {
+                    if crate::workers::opening_work_pending()
+                        && j.enqueued.elapsed() < PARTIAL_YIELD_MAX
+                    {
+                        q = shared
+                            .ready
+                            .wait_timeout(q, OPENING_POLL)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                        continue;
+                    }
                 }
                 if let Some(j) = q.partials.pop_front() {
                     q.busy += 1;

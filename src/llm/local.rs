@@ -1,9 +1,11 @@
 //! The embedded LLM: a GGUF llama-architecture model (default SmolLM2-135M-Instruct, Q4_1) run
 //! with [`super::llama`] (voxd's 8-bit kernels) on a dedicated worker thread.
 //!
-//! Prefix caching: the attention (KV) state after a prompt prefix is kept (a few entries, least
-//! recently used dropped first). A request whose tokens start with a cached prefix clones that
-//! state (tensors are shared, not copied) and only runs the rest of its prompt. Callers mark
+//! Prefix caching: the attention (KV) state after a prompt prefix is kept (up to 16 entries and
+//! [`CACHE_TOKENS`] tokens between them, least recently used dropped first; a state that another
+//! extends is dropped, so a conversation holds one entry). A request whose tokens start with a
+//! cached prefix clones that state (tensors are shared, not copied) and only runs the rest of its
+//! prompt. Callers mark
 //! useful prefixes with [`GenerateRequest::cache_points`] or warm one ahead of time with
 //! [`Llm::prefill`] (the realtime session does this while the person is still talking).
 //!
@@ -46,6 +48,11 @@ const QUEUE: usize = 64;
 /// new questions and answers still on their first phrase (what a listener is waiting for) before
 /// answers whose speech is already playing (the voice keeps seconds of it ahead).
 const OPENING_TOKENS: usize = 16;
+/// Tokens the prefix cache's states may hold between them (~45 KB of attention state per token
+/// for SmolLM2-135M: ~190 MB at most).
+const CACHE_TOKENS: usize = 4096;
+/// Answers begun whose prompts are remembered, so that a late draft of one is not made.
+const BEGUN_KEPT: usize = 16;
 /// How long one generation decodes while other generations wait before it lets them in. Answers
 /// take turns on the one worker, so a new question gets its first token after its prefill and at
 /// most one slice of each answer in progress, instead of after those answers have finished.
@@ -76,6 +83,9 @@ struct Engine {
     cache: Vec<CacheEntry>,
     /// Answers begun ahead of time ([`Llm::speculate`]), newest last.
     drafts: Vec<Draft>,
+    /// The prompts of the latest answers begun (hashed) and when, newest last: a draft that
+    /// reaches the worker after its answer has begun is not made.
+    begun: std::collections::VecDeque<(u64, Instant)>,
     cache_entries: usize,
     clock: u64,
     generated: Arc<std::sync::atomic::AtomicU64>,
@@ -155,6 +165,7 @@ impl Engine {
             context,
             cache: Vec::new(),
             drafts: Vec::new(),
+            begun: std::collections::VecDeque::new(),
             cache_entries: cfg.cache_entries,
             clock: 0,
             generated: Default::default(),
@@ -290,12 +301,32 @@ impl Engine {
         (self.weights.clone(), 0)
     }
 
+    /// Keeps `model`'s state after `tokens`. With voxd's own forward pass a kept state serves
+    /// every prefix of its tokens ([`Engine::start_from`] cuts it back), so a state that is a
+    /// prefix of the new one is dropped, and a new one that is a prefix of a kept one is not
+    /// kept: one entry per conversation, however many turns it has had. Least recently used
+    /// entries go first once there are `cache_entries` or [`CACHE_TOKENS`] tokens between them.
     fn remember(&mut self, tokens: &[u32], model: &Model) {
-        if self.cache_entries == 0 || self.cache.iter().any(|e| e.tokens == tokens) {
+        if self.cache_entries == 0 || tokens.len() > CACHE_TOKENS {
             return;
         }
+        let cuttable = |m: &Model| matches!(m, Model::Own(_));
+        let covered = self
+            .cache
+            .iter()
+            .any(|e| e.tokens == tokens || (cuttable(&e.model) && e.tokens.starts_with(tokens)));
+        if covered {
+            return;
+        }
+        if cuttable(model) {
+            self.cache.retain(|e| !tokens.starts_with(&e.tokens));
+        }
         self.clock += 1;
-        if self.cache.len() >= self.cache_entries {
+        while !self.cache.is_empty()
+            && (self.cache.len() >= self.cache_entries
+                || self.cache.iter().map(|e| e.tokens.len()).sum::<usize>() + tokens.len()
+                    > CACHE_TOKENS)
+        {
             if let Some(oldest) = self
                 .cache
                 .iter()
@@ -414,6 +445,11 @@ impl Engine {
             crate::metrics::global().llm_drafts.inc("used");
             return self.resume(draft, tx, submitted, others_waiting);
         }
+        if self.begun.len() >= BEGUN_KEPT {
+            self.begun.pop_front();
+        }
+        self.begun
+            .push_back((prompt_hash(&prompt.tokens, &key), Instant::now()));
         if !self.drafts.is_empty() {
             tracing::debug!(
                 drafts = self.drafts.len(),
@@ -423,9 +459,12 @@ impl Engine {
             );
         }
         let cancelled = || tx.is_closed();
-        let Some(generation) = self.begin(req, prompt, submitted, started, &cancelled)? else {
+        let Some(mut generation) = self.begin(req, prompt, submitted, started, &cancelled)? else {
             return Ok(Slice::Finished);
         };
+        // The first slice ends at OPENING_TOKENS, so that the rest queues as an answer under
+        // way (and stops counting as opening work) even when no other answer waits.
+        generation.pause_after = Some(OPENING_TOKENS);
         self.decode(generation, tx, others_waiting)
     }
 
@@ -544,6 +583,7 @@ impl Engine {
         &mut self,
         req: GenerateRequest,
         tokens: usize,
+        requested: Instant,
         given_up: &dyn Fn() -> bool,
         answers_waiting: &dyn Fn() -> bool,
     ) -> Result<(), LlmError> {
@@ -555,6 +595,17 @@ impl Engine {
             .iter()
             .any(|d| d.tokens == prompt.tokens && d.key == key)
         {
+            return Ok(());
+        }
+        // Under load a draft can queue behind its own answer, which went ahead of it: too late.
+        let hash = prompt_hash(&prompt.tokens, &key);
+        if self
+            .begun
+            .iter()
+            .any(|&(h, at)| h == hash && at >= requested)
+        {
+            tracing::debug!("the answer began before its draft; not drafting");
+            crate::metrics::global().llm_drafts.inc("late");
             return Ok(());
         }
         let prompt_tokens = prompt.tokens.clone();
@@ -827,7 +878,9 @@ impl Engine {
             prompt = usage.prompt_tokens,
             cached = usage.cached_tokens,
             completion = usage.completion_tokens,
+            queue_ms = usage.queue_ms as u64,
             prefill_ms = usage.prefill_ms as u64,
+            first_token_ms = usage.first_token_ms as u64,
             tps = usage.tokens_per_second as u64,
             "generation done"
         );
@@ -929,7 +982,7 @@ const MAX_DRAFT_TOKENS: usize = 4096;
 
 /// What besides the prompt decides a generation's tokens: a draft serves only a request with
 /// the same.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DraftKey {
     max_tokens: usize,
     temperature: u32,
@@ -939,6 +992,15 @@ struct DraftKey {
     repeat_penalty: u32,
     tool_choice: String,
     tools: Vec<String>,
+}
+
+/// A prompt and its generation settings, hashed.
+fn prompt_hash(tokens: &[u32], key: &DraftKey) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tokens.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
 }
 
 impl DraftKey {
@@ -1064,7 +1126,8 @@ impl Llm for LocalLlm {
                 let err = loop {
                     match result {
                         Ok(Ok(Slice::Finished)) => return,
-                        Ok(Ok(Slice::Paused(g))) => {
+                        Ok(Ok(Slice::Paused(mut g))) => {
+                            g.pause_after = None;
                             let opening = g.generated.len() < OPENING_TOKENS;
                             let (t, w) = (job_tx.clone(), others_waiting.clone());
                             let queued = Waiting::new(&waiting);
@@ -1139,6 +1202,7 @@ impl Llm for LocalLlm {
             let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let _guard = SetOnDrop(dropped.clone());
             let waiting = self.answers_waiting.clone();
+            let requested = Instant::now();
             self.pool
                 .run(move |engine: &mut Engine| {
                     let given_up = || dropped.load(std::sync::atomic::Ordering::Acquire);
@@ -1146,7 +1210,7 @@ impl Llm for LocalLlm {
                         return Ok(());
                     }
                     let answers_waiting = || waiting.load(std::sync::atomic::Ordering::Acquire) > 0;
-                    engine.speculate(request, tokens, &given_up, &answers_waiting)
+                    engine.speculate(request, tokens, requested, &given_up, &answers_waiting)
                 })
                 .await?
         })

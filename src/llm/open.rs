@@ -46,7 +46,7 @@ pub async fn open(cfg: &LlmConfig, models: &ModelStore) -> Result<Arc<dyn Llm>, 
         LocalLlm::load(LocalLlmConfig {
             path,
             name,
-            cache_entries: 4,
+            cache_entries: 16,
         })
     })
     .await

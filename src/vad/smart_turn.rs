@@ -109,6 +109,8 @@ fn judge(worker: &mut Worker, audio: &[f32]) -> Result<f32, TurnModelError> {
 
 impl EndOfTurn for SmartTurn {
     fn check_blocking(&self, audio: Vec<f32>) -> Result<Verdict, TurnModelError> {
+        // The turn's end waits on this: partials give way to it.
+        let _opening = crate::workers::OpeningWork::begin();
         let (probability, compute) = self.pool.run_blocking(move |w| {
             let t = Instant::now();
             judge(w, &audio).map(|p| (p, t.elapsed()))
