@@ -396,6 +396,75 @@ async fn a_text_turn_calls_the_function_and_answers_from_its_result() {
     assert_eq!(errors(&ev)[0].0, "invalid_tool_choice");
 }
 
+/// A client that sends a call's output as soon as the call is complete (on
+/// `response.output_item.done`, before `response.done`), and one that sends it the moment
+/// `response.done` arrives: both are accepted, in order, and answered from.
+#[tokio::test]
+async fn a_call_output_sent_before_or_just_after_response_done_is_accepted() {
+    let _heavy = HEAVY.lock().await;
+    let (url, _) = common::start_full(ServerSettings::default(), None, Some(common::llm())).await;
+    for early in [true, false] {
+        let (mut tx, mut rx, _) = open(
+            &url,
+            json!({"type": "realtime", "output_modalities": ["text"], "tools": realtime_tools(),
+                   "tool_choice": {"type": "function", "name": "book_table"}}),
+        )
+        .await;
+        send(
+            &mut tx,
+            json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "Book a table for two at 20:00."}]}}),
+        )
+        .await;
+        send(&mut tx, json!({"type": "response.create"})).await;
+        let until = if early {
+            "response.output_item.done"
+        } else {
+            "response.done"
+        };
+        let events = read_until(&mut rx, |e| count(e, until) == 1).await;
+        let call_id = events
+            .iter()
+            .find_map(|e| match e {
+                ServerEvent::OutputItemDone { item, .. } if item.kind == "function_call" => {
+                    item.call_id.clone()
+                }
+                _ => None,
+            })
+            .expect("the forced call");
+        // The output and the next response.create go out back to back, without waiting.
+        send(
+            &mut tx,
+            json!({"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": call_id, "output": BOOKED}}),
+        )
+        .await;
+        send(
+            &mut tx,
+            json!({"type": "response.create", "response": {"tool_choice": "none"}}),
+        )
+        .await;
+        let rest = read_until(&mut rx, |e| {
+            count(e, "response.done") == if early { 2 } else { 1 }
+        })
+        .await;
+        assert!(
+            errors(&rest).is_empty(),
+            "early {early}: {:?}",
+            errors(&rest)
+        );
+        assert!(
+            rest.iter().any(|e| matches!(e, ServerEvent::ItemDone { item, .. } if item.kind == "function_call_output" && item.call_id.as_deref() == Some(call_id.as_str()))),
+            "early {early}: the output joined the conversation"
+        );
+        let answer = response_done(&rest);
+        assert_eq!(answer["status"], "completed", "early {early}: {answer}");
+        assert_eq!(
+            answer["output"][0]["type"], "message",
+            "early {early}: {answer}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_spoken_turn_calls_the_function_and_speaks_the_answer() {
     let _heavy = HEAVY.lock().await;

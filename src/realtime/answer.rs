@@ -156,6 +156,9 @@ pub struct ResponseJob {
     pub speech_stopped_at: Option<Instant>,
     /// Set when the response is cancelled: its voice stops before the next delta.
     pub silence: Arc<std::sync::atomic::AtomicBool>,
+    /// Set just before `response.done` goes out: the session then applies the answer to the
+    /// conversation before the client's next command (which may refer to its function calls).
+    pub ending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn grounding_of(results: &Option<SearchResults>) -> Grounding<'_> {
@@ -576,6 +579,7 @@ pub(crate) async fn run(
         prepared,
         speech_stopped_at,
         silence,
+        ending,
     } = job;
     let rid = response_id.as_str();
     let mut speaker = match (&params.speech, &answering.tts) {
@@ -1133,6 +1137,7 @@ pub(crate) async fn run(
     response["voxd"]["groundedness"] = json!(groundedness);
     // voxd's addition: the server tools it ran for this answer.
     response["voxd"]["tool_calls"] = Value::Array(server_log);
+    ending.store(true, std::sync::atomic::Ordering::SeqCst);
     out.send(ServerEvent::ResponseDone { response });
     tracing::info!(response = %response_id, status, chars = text.len(), "response finished");
     let _ = done

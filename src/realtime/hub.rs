@@ -113,7 +113,17 @@ pub(super) struct Hub {
     /// A `conversation.item.truncate` of the answer still being generated: applied when it
     /// ends and joins the conversation (a client stops playback, then truncates, then cancels).
     deferred_truncate: Option<Command>,
+    /// Client commands held until the running response ends: an output for one of its function
+    /// calls (sent on `response.output_item.done`, before `response.done`), and every command
+    /// after it, in order (a cancel excepted).
+    deferred: std::collections::VecDeque<Command>,
 }
+
+/// Longest wait for an ending response's items before a client command goes ahead anyway
+/// (they follow `response.done` at once; this only bounds a response task that died between).
+const ENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Client commands held at most while a response ends (beyond, they run at once).
+const MAX_DEFERRED: usize = 64;
 
 impl Hub {
     pub(super) fn new(
@@ -133,6 +143,7 @@ impl Hub {
             audio,
             told_responding: false,
             deferred_truncate: None,
+            deferred: std::collections::VecDeque::new(),
         }
     }
 
@@ -142,7 +153,19 @@ impl Hub {
         loop {
             let ok = tokio::select! {
                 s = signals.recv(), if signals_open => match s {
-                    Some(AudioSignal::Client(c)) => self.command(c),
+                    Some(AudioSignal::Client(c)) => {
+                        // The client may have seen `response.done` before the session has the
+                        // answer's items: take them first (they follow at once).
+                        if self.responses.ending() {
+                            let next = self.responses.finished.recv();
+                            if let Ok(Some(f)) = tokio::time::timeout(ENDING_WAIT, next).await {
+                                if !self.on_finished(f) {
+                                    return;
+                                }
+                            }
+                        }
+                        self.client_command(c)
+                    }
                     Some(s) => {
                         let heard = self.turns.signal(s);
                         self.heard(heard)
@@ -153,19 +176,7 @@ impl Hub {
                     let heard = self.turns.result(r);
                     self.heard(heard)
                 }
-                Some(f) = self.responses.finished.recv() => {
-                    self.responses.finished(f, &mut self.conversation);
-                    if let Some(c) = self.deferred_truncate.take() {
-                        if !self.command(c) {
-                            return;
-                        }
-                    }
-                    if let Some(audio) = self.audio.upgrade() {
-                        // The idle timeout counts from the end of the answer.
-                        let _ = audio.try_send(AudioInput::ResetIdle);
-                    }
-                    true
-                }
+                Some(f) = self.responses.finished.recv() => self.on_finished(f),
                 Some(p) = self.responses.prepared_rx.recv() => {
                     self.responses.set_prepared(p);
                     true
@@ -189,6 +200,53 @@ impl Hub {
                 return;
             }
         }
+    }
+
+    /// A response ended: its items join the conversation; false when the client is gone.
+    fn on_finished(&mut self, f: super::answer::Finished) -> bool {
+        self.responses.finished(f, &mut self.conversation);
+        if let Some(c) = self.deferred_truncate.take() {
+            if !self.command(c) {
+                return false;
+            }
+        }
+        if let Some(audio) = self.audio.upgrade() {
+            // The idle timeout counts from the end of the answer.
+            let _ = audio.try_send(AudioInput::ResetIdle);
+        }
+        for c in std::mem::take(&mut self.deferred) {
+            if !self.client_command(c) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A client's command, held while an earlier one waits for the running response to end.
+    fn client_command(&mut self, c: Command) -> bool {
+        let cancel = matches!(c, Command::Cancel { .. });
+        if self.deferred.len() < MAX_DEFERRED
+            && !cancel
+            && (!self.deferred.is_empty() || self.output_of_a_running_call(&c))
+        {
+            self.deferred.push_back(c);
+            return true;
+        }
+        self.command(c)
+    }
+
+    /// Whether `c` adds the output of a call that is not in the conversation while a response
+    /// runs: that response's own call, which joins the conversation when it ends.
+    fn output_of_a_running_call(&self, c: &Command) -> bool {
+        let Command::CreateItem { item, .. } = c else {
+            return false;
+        };
+        self.responses.active_item().is_some()
+            && parse_item(item).is_ok_and(|(m, _)| {
+                m.tool_call_id
+                    .as_ref()
+                    .is_some_and(|id| !self.conversation.has_call(id))
+            })
     }
 
     /// Acts on what the turns heard, then on every turn whose transcript is ready; false when

@@ -281,6 +281,8 @@ struct ActiveResponse {
     cancel: Option<oneshot::Sender<&'static str>>,
     /// Set at a cancel, before anything else: the answer's voice sends nothing more.
     silence: Arc<AtomicBool>,
+    /// Set when its `response.done` is about to go out (see [`Responses::ending`]).
+    ending: Arc<AtomicBool>,
 }
 
 /// A session's responses.
@@ -347,6 +349,15 @@ impl Responses {
     /// The message item of the response being generated.
     pub(super) fn active_item(&self) -> Option<&str> {
         self.active.as_ref().map(|a| a.item_id.as_str())
+    }
+
+    /// True once the running response has sent (or is sending) `response.done`, until the
+    /// session has its [`Finished`]: a client command that follows `response.done` must wait
+    /// for it, since it may name the answer's items (a function call's output).
+    pub(super) fn ending(&self) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|a| a.ending.load(Ordering::SeqCst))
     }
 
     /// True while a response runs or waits.
@@ -638,6 +649,7 @@ impl Responses {
         let prepared = self.prepared.take().filter(|p| p.question == query);
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let silence = Arc::new(AtomicBool::new(false));
+        let ending = Arc::new(AtomicBool::new(false));
         let response_id = new_id("resp");
         let in_conversation = !r.out_of_band;
         if in_conversation {
@@ -654,6 +666,7 @@ impl Responses {
             answers: w.answers.clone(),
             cancel: Some(cancel_tx),
             silence: silence.clone(),
+            ending: ending.clone(),
         });
         // Follow one turn's answer through the logs: session id (outer span), response id and
         // the user item it answers.
@@ -684,6 +697,7 @@ impl Responses {
             prepared,
             speech_stopped_at: w.stopped_at,
             silence,
+            ending,
         };
         tokio::spawn(
             answer::run(
