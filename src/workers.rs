@@ -26,10 +26,18 @@ pub enum PoolError {
     Panicked { pool: &'static str, message: String },
 }
 
-/// The jobs waiting for a worker: urgent ones first, each kind in order of arrival.
+/// How soon a job runs: every waiting `First` job before any `Urgent` one, every `Urgent` job
+/// before any `Normal` one; in order of arrival within each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    First = 0,
+    Urgent = 1,
+    Normal = 2,
+}
+
+/// The jobs waiting for a worker, one queue per [`Lane`].
 struct Queue<S> {
-    urgent: VecDeque<Job<S>>,
-    normal: VecDeque<Job<S>>,
+    lanes: [VecDeque<Job<S>>; 3],
     open: bool,
 }
 
@@ -60,8 +68,7 @@ impl<S: Send + 'static> WorkerPool<S> {
     pub fn start(name: &'static str, states: Vec<S>, capacity: usize) -> Self {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
-                urgent: VecDeque::new(),
-                normal: VecDeque::new(),
+                lanes: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
                 open: true,
             }),
             ready: Condvar::new(),
@@ -77,8 +84,7 @@ impl<S: Send + 'static> WorkerPool<S> {
                     let job = {
                         let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
                         loop {
-                            if let Some(job) = q.urgent.pop_front().or_else(|| q.normal.pop_front())
-                            {
+                            if let Some(job) = q.lanes.iter_mut().find_map(VecDeque::pop_front) {
                                 break job;
                             }
                             if !q.open {
@@ -113,11 +119,11 @@ impl<S: Send + 'static> WorkerPool<S> {
         self.queued.load(Ordering::SeqCst)
     }
 
-    /// Queues `f` (ahead of every normal job when `urgent`) and returns a receiver for its result.
+    /// Queues `f` in `lane` and returns a receiver for its result.
     fn submit<R, F>(
         &self,
         f: F,
-        urgent: bool,
+        lane: Lane,
     ) -> Result<oneshot::Receiver<Result<R, PoolError>>, PoolError>
     where
         R: Send + 'static,
@@ -150,11 +156,7 @@ impl<S: Send + 'static> WorkerPool<S> {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(PoolError::ShutDown { pool: name });
         }
-        if urgent {
-            q.urgent.push_back(job);
-        } else {
-            q.normal.push_back(job);
-        }
+        q.lanes[lane as usize].push_back(job);
         self.shared.ready.notify_one();
         Ok(done_rx)
     }
@@ -165,7 +167,7 @@ impl<S: Send + 'static> WorkerPool<S> {
         R: Send + 'static,
         F: FnOnce(&mut S) -> R + Send + 'static,
     {
-        let rx = self.submit(f, false)?;
+        let rx = self.submit(f, Lane::Normal)?;
         rx.await
             .unwrap_or(Err(PoolError::ShutDown { pool: self.name }))
     }
@@ -177,7 +179,20 @@ impl<S: Send + 'static> WorkerPool<S> {
         R: Send + 'static,
         F: FnOnce(&mut S) -> R + Send + 'static,
     {
-        let rx = self.submit(f, true)?;
+        let rx = self.submit(f, Lane::Urgent)?;
+        rx.await
+            .unwrap_or(Err(PoolError::ShutDown { pool: self.name }))
+    }
+
+    /// Like [`WorkerPool::run_urgent`], but ahead of urgent jobs too: for the start of work that
+    /// someone waits on with nothing yet (a new question's first token), which goes before the
+    /// next slice of work already under way.
+    pub async fn run_first<R, F>(&self, f: F) -> Result<R, PoolError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut S) -> R + Send + 'static,
+    {
+        let rx = self.submit(f, Lane::First)?;
         rx.await
             .unwrap_or(Err(PoolError::ShutDown { pool: self.name }))
     }
@@ -188,7 +203,7 @@ impl<S: Send + 'static> WorkerPool<S> {
         R: Send + 'static,
         F: FnOnce(&mut S) -> R + Send + 'static,
     {
-        let rx = self.submit(f, false)?;
+        let rx = self.submit(f, Lane::Normal)?;
         rx.blocking_recv()
             .unwrap_or(Err(PoolError::ShutDown { pool: self.name }))
     }
@@ -203,6 +218,23 @@ impl<S> Drop for WorkerPool<S> {
     fn drop(&mut self) {
         self.shared.close();
     }
+}
+
+/// Lowers the calling thread's scheduling priority to `nice`, for threads that only do
+/// background work (Linux: nice values are per thread). Elsewhere, or if the kernel refuses, the
+/// thread keeps its priority.
+pub fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority only reads its integer arguments; `who` 0 is the calling thread.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        if r != 0 {
+            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "could not lower a thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// Work that someone is waiting on for the start of an answer (a turn's final transcript, a new
@@ -268,7 +300,7 @@ mod tests {
                     started_tx.send(()).unwrap();
                     hold_rx.recv().unwrap();
                 },
-                false,
+                Lane::Normal,
             )
             .unwrap();
         started_rx.recv().unwrap();
@@ -280,10 +312,10 @@ mod tests {
         let pool = WorkerPool::start("busy", vec![()], 1);
         let (first, hold_tx) = occupy(&pool);
         // One job may wait…
-        let second = pool.submit(|_| 2, false).unwrap();
+        let second = pool.submit(|_| 2, Lane::Normal).unwrap();
         // …the next is refused.
         assert!(matches!(
-            pool.submit(|_| 3, false).unwrap_err(),
+            pool.submit(|_| 3, Lane::Normal).unwrap_err(),
             PoolError::Busy { .. }
         ));
         hold_tx.send(()).unwrap();
@@ -297,19 +329,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn urgent_jobs_overtake_waiting_ones() {
+    async fn jobs_run_by_lane_then_by_arrival() {
         let pool = WorkerPool::start("order", vec![Vec::<u32>::new()], 8);
         let (first, hold_tx) = occupy(&pool);
-        let normal = pool
-            .submit(|seen: &mut Vec<u32>| seen.push(1), false)
-            .unwrap();
-        let urgent = pool
-            .submit(|seen: &mut Vec<u32>| seen.push(2), true)
-            .unwrap();
+        let mut waiting = Vec::new();
+        for (n, lane) in [
+            (1, Lane::Normal),
+            (2, Lane::Urgent),
+            (3, Lane::First),
+            (4, Lane::Urgent),
+            (5, Lane::First),
+            (6, Lane::Normal),
+        ] {
+            waiting.push(
+                pool.submit(move |seen: &mut Vec<u32>| seen.push(n), lane)
+                    .unwrap(),
+            );
+        }
         hold_tx.send(()).unwrap();
-        for rx in [first, normal, urgent] {
+        first.await.unwrap().unwrap();
+        for rx in waiting {
             rx.await.unwrap().unwrap();
         }
-        assert_eq!(pool.run(|seen| seen.clone()).await.unwrap(), vec![2, 1]);
+        assert_eq!(
+            pool.run(|seen| seen.clone()).await.unwrap(),
+            vec![3, 5, 2, 4, 1, 6]
+        );
     }
 }

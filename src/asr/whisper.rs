@@ -1,21 +1,26 @@
 //! The embedded Whisper backend: one whisper.cpp model shared by a fixed pool of worker threads,
 //! each owning its own decoding state.
 //!
-//! Work arrives on two queues (finals, partials) guarded by one mutex; workers take finals first.
-//! The compute runs on these dedicated threads, never on the async executor; callers await a
-//! oneshot reply. Partials are served first come, first served across sessions (each session
-//! keeps at most one queued), are skipped once they have waited [`PARTIAL_MAX_WAIT`] (a newer one
-//! of the same speech is coming) and, beyond `max_queue`, the oldest is dropped. Finals are never
-//! skipped; beyond `max_queue` waiting finals, new ones get [`AsrError::Busy`]. A final of 6.4 s
-//! or more that starts while no other job runs or waits uses every core instead of `threads`.
+//! Work arrives on two queues (finals, partials) guarded by one mutex. `pool_size` workers take
+//! finals; one more worker, at a lower scheduling priority ([`PARTIAL_NICE`] on Linux), takes
+//! partials. The compute runs on these dedicated threads, never on the async executor; callers
+//! await a oneshot reply. Partials are served first come, first served across sessions (each
+//! session keeps at most one queued), are skipped once they have waited [`PARTIAL_MAX_WAIT`] (a
+//! newer one of the same speech is coming) and, beyond `max_queue`, the oldest is dropped. Finals
+//! are never skipped; beyond `max_queue` waiting finals, new ones get [`AsrError::Busy`]. A final
+//! of 6.4 s or more that starts while the recogniser is otherwise idle uses every core instead of
+//! `threads`.
 //!
-//! Partials give way to finals: while a final waits for a worker, or runs on every core, a
-//! running partial is aborted (whisper.cpp's abort callback, checked between graph nodes and
-//! decoder steps) and answered with [`AsrError::Superseded`]. The final transcript is what the
-//! person waits for; a newer partial follows anyway. A partial also waits (up to
-//! [`PARTIAL_YIELD_MAX`]) before it starts while other opening work is pending anywhere in the
-//! server ([`crate::workers::OpeningWork`]: a final, a new question's prefill, an end-of-turn
-//! check), so that under load the previews thin out before the answers slow down.
+//! Partials are previews; finals, prefills and the voice are what people wait for. So partials
+//! only get the CPU the rest leaves: their worker runs at a lower priority, so the kernel gives
+//! the cores to the other stages first and under load the previews thin out (they wait, go
+//! stale and are skipped) instead of slowing the answers down. Measured at 8 sessions, partials
+//! at the same priority took half of the recogniser's CPU and a third of it was thrown away by
+//! aborts. While a final runs on every core, a running partial is aborted (whisper.cpp's abort
+//! callback, checked between graph nodes and decoder steps) and answered with
+//! [`AsrError::Superseded`]. A partial also waits (up to [`PARTIAL_YIELD_MAX`]) before it starts
+//! while other opening work is pending anywhere in the server ([`crate::workers::OpeningWork`]:
+//! a final, a new question's prefill, an end-of-turn check).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -118,6 +123,9 @@ pub const PARTIAL_MAX_WAIT: Duration = Duration::from_millis(1500);
 const PARTIAL_YIELD_MAX: Duration = Duration::from_millis(700);
 /// How often a deferred partial checks whether the opening work has cleared.
 const OPENING_POLL: Duration = Duration::from_millis(20);
+/// The partial worker's nice value (Linux): against a busy thread of normal priority it gets
+/// about a tenth of a core (CFS weights 110 against 1024), and all of an idle one.
+pub const PARTIAL_NICE: i32 = 10;
 
 /// whisper.cpp skips inputs shorter than one second: pad up to this many samples.
 const MIN_SAMPLES: usize = 16_000 + 1_600;
@@ -152,8 +160,10 @@ struct Job {
 struct Queues {
     finals: VecDeque<Job>,
     partials: VecDeque<Job>,
-    /// Workers running a job.
+    /// Final workers running a job.
     busy: usize,
+    /// The partial worker is running a job.
+    partial_busy: bool,
     /// Finals running with every core.
     wide_finals: usize,
     shutdown: bool,
@@ -162,19 +172,20 @@ struct Queues {
 struct Shared {
     queues: Mutex<Queues>,
     ready: Condvar,
-    /// Workers able to take jobs (a worker whose state could not be rebuilt after a panic exits).
+    /// Final workers able to take jobs (a worker whose state could not be rebuilt after a panic
+    /// exits).
     alive: AtomicUsize,
     /// Set when the pool stops: running transcriptions are aborted.
     stopping: AtomicBool,
-    /// Running partials should stop: set (under the queue lock) while a final waits or a final
-    /// runs on every core; read by whisper.cpp's abort callback.
+    /// Running partials should stop: set (under the queue lock) while a final runs on every
+    /// core; read by whisper.cpp's abort callback.
     preempt_partials: Arc<AtomicBool>,
 }
 
 impl Shared {
     /// Recomputes [`Shared::preempt_partials`]; call with the queue lock held, after a change.
     fn update_preempt(&self, q: &Queues) {
-        let preempt = !q.finals.is_empty() || q.wide_finals > 0;
+        let preempt = q.wide_finals > 0;
         self.preempt_partials.store(preempt, Ordering::Release);
     }
 }
@@ -188,8 +199,8 @@ pub struct WhisperPool {
 }
 
 impl WhisperPool {
-    /// Checks and loads the model, and starts `pool_size` workers. Blocking: call it from a
-    /// blocking context.
+    /// Checks and loads the model, and starts `pool_size` final workers and the partial
+    /// worker. Blocking: call it from a blocking context.
     pub fn load(config: WhisperConfig) -> Result<Self, AsrError> {
         // whisper.cpp trusts its input; check the file first so a bad one is an error, not a crash.
         let summary = ggml::validate_whisper(&config.model_path)?;
@@ -219,8 +230,13 @@ impl WhisperPool {
         });
         let ctx = Arc::new(ctx);
         let pool_size = config.pool_size.max(1);
-        let mut workers = Vec::with_capacity(pool_size);
-        for i in 0..pool_size {
+        let mut workers = Vec::with_capacity(pool_size + 1);
+        for i in 0..=pool_size {
+            let role = if i < pool_size {
+                Role::Finals
+            } else {
+                Role::Partials
+            };
             let state = ctx.create_state().map_err(|e| AsrError::Load {
                 path: config.model_path.clone(),
                 reason: format!("creating decoder state: {e}"),
@@ -232,10 +248,21 @@ impl WhisperPool {
                 n_audio_ctx: model_ctx,
                 multilingual,
             };
-            shared.alive.fetch_add(1, Ordering::SeqCst);
+            if role == Role::Finals {
+                shared.alive.fetch_add(1, Ordering::SeqCst);
+            }
+            let name = match role {
+                Role::Finals => format!("voxd-asr-{i}"),
+                Role::Partials => "voxd-asr-part".to_string(),
+            };
             let handle = std::thread::Builder::new()
-                .name(format!("voxd-asr-{i}"))
-                .spawn(move || worker(shared, state, cfg, model))
+                .name(name)
+                .spawn(move || {
+                    if role == Role::Partials {
+                        crate::workers::lower_thread_priority(PARTIAL_NICE);
+                    }
+                    worker(shared, state, cfg, model, role)
+                })
                 .map_err(|e| AsrError::Engine(format!("cannot start worker thread: {e}")))?;
             workers.push(handle);
         }
@@ -251,7 +278,7 @@ impl WhisperPool {
             shared,
             workers,
             description: format!(
-                "whisper.cpp {name} ({pool_size} workers x {} threads)",
+                "whisper.cpp {name} ({pool_size} workers x {} threads, 1 for partials)",
                 config.threads
             ),
             config,
@@ -321,7 +348,8 @@ impl WhisperPool {
             }
         }
         drop(q);
-        self.shared.ready.notify_one();
+        // Finals and partials have their own workers: wake them all, the right one takes it.
+        self.shared.ready.notify_all();
         rx
     }
 }
@@ -388,7 +416,20 @@ struct Model {
     multilingual: bool,
 }
 
-fn worker(shared: Arc<Shared>, mut state: WhisperState, cfg: WhisperConfig, model: Model) {
+/// What a worker takes from the queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Finals,
+    Partials,
+}
+
+fn worker(
+    shared: Arc<Shared>,
+    mut state: WhisperState,
+    cfg: WhisperConfig,
+    model: Model,
+    role: Role,
+) {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -397,19 +438,27 @@ fn worker(shared: Arc<Shared>, mut state: WhisperState, cfg: WhisperConfig, mode
             let mut q = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if q.shutdown {
-                    shared.alive.fetch_sub(1, Ordering::SeqCst);
+                    if role == Role::Finals {
+                        shared.alive.fetch_sub(1, Ordering::SeqCst);
+                    }
                     return;
                 }
-                if let Some(j) = q.finals.pop_front() {
-                    // A long final with the pool otherwise idle takes every core: it is what the
-                    // person waits for. (Not while a partial runs, even though that partial
-                    // would give way: with the LLM busy too, more threads than cores make
-                    // whisper.cpp's spinning threads wait on each other; measured 2x slower.)
+                let final_job = match role {
+                    Role::Finals => q.finals.pop_front(),
+                    Role::Partials => None,
+                };
+                if let Some(j) = final_job {
+                    // A long final with the recogniser otherwise idle takes every core: it is
+                    // what the person waits for. (Not beside other transcriptions, even a
+                    // partial that would give way: that means other sessions are talking, and
+                    // with the LLM busy too, more threads than cores make whisper.cpp's spinning
+                    // threads wait on each other; measured 2x slower.)
                     // A short one keeps its own thread: the decoder dominates it, so a second
                     // thread gains little (tiny.en Q8_0, 2.9 s: 205 against 225 ms), and the
                     // end-of-turn model and the LLM run beside it in the pause (measured: 2
                     // threads next to Smart Turn took 276–388 ms).
                     let wide = q.busy == 0
+                        && !q.partial_busy
                         && q.finals.is_empty()
                         && q.partials.is_empty()
                         && cores > cfg.threads
@@ -423,6 +472,10 @@ fn worker(shared: Arc<Shared>, mut state: WhisperState, cfg: WhisperConfig, mode
                     q.busy += 1;
                     shared.update_preempt(&q);
                     break (j, threads);
+                }
+                if role == Role::Finals {
+                    q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+                    continue;
                 }
                 // A partial lets opening work elsewhere (a final, a new question's prefill, an
                 // end-of-turn check) have the cores first: it is what a person is waiting for,
@@ -440,7 +493,7 @@ fn worker(shared: Arc<Shared>, mut state: WhisperState, cfg: WhisperConfig, mode
                     }
                 }
                 if let Some(j) = q.partials.pop_front() {
-                    q.busy += 1;
+                    q.partial_busy = true;
                     break (j, cfg.threads);
                 }
                 q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
@@ -450,7 +503,11 @@ fn worker(shared: Arc<Shared>, mut state: WhisperState, cfg: WhisperConfig, mode
         let wide = is_final && threads > cfg.threads;
         let outcome = run_job(&mut state, &shared, &cfg, job, threads, &model);
         let mut q = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
-        q.busy -= 1;
+        if is_final {
+            q.busy -= 1;
+        } else {
+            q.partial_busy = false;
+        }
         if wide {
             q.wide_finals -= 1;
         }
@@ -465,7 +522,9 @@ fn worker(shared: Arc<Shared>, mut state: WhisperState, cfg: WhisperConfig, mode
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "a whisper worker could not rebuild its state and stops");
-                    shared.alive.fetch_sub(1, Ordering::SeqCst);
+                    if role == Role::Finals {
+                        shared.alive.fetch_sub(1, Ordering::SeqCst);
+                    }
                     return;
                 }
             }
@@ -556,6 +615,15 @@ fn run_job(
         t.queue_wait = queue_wait;
         t
     });
+    debug!(
+        kind = if is_final { "final" } else { "partial" },
+        audio_ms = job.request.samples.len() / 16,
+        threads,
+        queue_ms = queue_wait.as_millis() as u64,
+        run_ms = (job.enqueued.elapsed() - queue_wait).as_millis() as u64,
+        ok = result.is_ok(),
+        "transcription done"
+    );
     match &result {
         Err(AsrError::Superseded) | Err(AsrError::Internal) | Ok(_) => {}
         Err(e) => warn!(error = %e, "transcription failed"),

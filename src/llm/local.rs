@@ -12,8 +12,8 @@
 //! Answers take turns: a generation decodes for [`SLICE`] at most while other generations wait,
 //! then goes to the back of the queue with its state, so answers in progress do not hold back a
 //! new question's first token (they slow down instead; greedy answers are unchanged). New
-//! questions and answers still on their first phrase queue ahead of longer answers
-//! ([`OPENING_TOKENS`]).
+//! questions queue first, then answers still on their first phrase ([`OPENING_TOKENS`]), then
+//! longer answers.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1114,10 +1114,11 @@ impl Llm for LocalLlm {
                 };
                 let (t, w) = (job_tx.clone(), others_waiting.clone());
                 let queued = Waiting::new(&waiting);
-                // A new question goes ahead of the answers already under way (see OPENING_TOKENS).
+                // A new question goes ahead of the answers already under way, even those still on
+                // their first phrase (see OPENING_TOKENS): its person has nothing yet.
                 let opening = crate::workers::OpeningWork::begin();
                 let mut result = pool
-                    .run_urgent(move |engine: &mut Engine| {
+                    .run_first(move |engine: &mut Engine| {
                         drop(queued);
                         engine.generate(request, &t, submitted, &w)
                     })
