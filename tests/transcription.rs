@@ -217,6 +217,39 @@ async fn a_final_is_not_held_up_by_partials() {
     assert!(e <= 0.25, "WER {e:.2}: {order:?}");
 }
 
+#[tokio::test]
+async fn a_partial_gives_way_to_a_final_on_every_core() {
+    use voxd::asr::{AsrError, Priority};
+    // One final worker on a 2-core machine: a long final with the recogniser idle takes every
+    // core, and a partial that comes meanwhile is not run beside it (it waits up to 700 ms for
+    // the final, then gives way). 55 s of audio keeps the final busy well past that.
+    let pool = one_worker_pool().await;
+    let jfk = audio::decode_file(&common::data("jfk.wav"), ChannelSelect::Mix)
+        .unwrap()
+        .samples;
+    let long: Vec<f32> = std::iter::repeat_n(&jfk, 5).flatten().copied().collect();
+    // Queued on the call; then taken by the worker.
+    let fin = pool.transcribe(Request::new(long));
+    while pool.queue_depth() != (0, 0) {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let partial = pool
+        .transcribe(Request {
+            priority: Priority::Partial,
+            ..Request::new(jfk)
+        })
+        .await;
+    let fin = fin.await.unwrap();
+    assert!(
+        matches!(partial, Err(AsrError::Superseded)),
+        "the partial should have given way: {partial:?}; the final took {:?}",
+        fin.compute
+    );
+    let reference = common::reference("jfk.wav", "");
+    let e = wer(&[reference.as_str(); 5].join(" "), &fin.text);
+    assert!(e <= 0.15, "WER {e:.2}: {}", fin.text);
+}
+
 #[test]
 fn partials_run_at_a_lower_priority_than_finals() {
     // The kernel gives the cores to finals, prefills and the voice first: partials get what
