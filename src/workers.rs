@@ -167,9 +167,7 @@ impl<S: Send + 'static> WorkerPool<S> {
         R: Send + 'static,
         F: FnOnce(&mut S) -> R + Send + 'static,
     {
-        let rx = self.submit(f, Lane::Normal)?;
-        rx.await
-            .unwrap_or(Err(PoolError::ShutDown { pool: self.name }))
+        self.run_in(Lane::Normal, f).await
     }
 
     /// Like [`WorkerPool::run`], but ahead of every job queued with `run`: for work that
@@ -179,9 +177,7 @@ impl<S: Send + 'static> WorkerPool<S> {
         R: Send + 'static,
         F: FnOnce(&mut S) -> R + Send + 'static,
     {
-        let rx = self.submit(f, Lane::Urgent)?;
-        rx.await
-            .unwrap_or(Err(PoolError::ShutDown { pool: self.name }))
+        self.run_in(Lane::Urgent, f).await
     }
 
     /// Like [`WorkerPool::run_urgent`], but ahead of urgent jobs too: for the start of work that
@@ -192,7 +188,16 @@ impl<S: Send + 'static> WorkerPool<S> {
         R: Send + 'static,
         F: FnOnce(&mut S) -> R + Send + 'static,
     {
-        let rx = self.submit(f, Lane::First)?;
+        self.run_in(Lane::First, f).await
+    }
+
+    /// Queues `f` in `lane` and awaits its result.
+    async fn run_in<R, F>(&self, lane: Lane, f: F) -> Result<R, PoolError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut S) -> R + Send + 'static,
+    {
+        let rx = self.submit(f, lane)?;
         rx.await
             .unwrap_or(Err(PoolError::ShutDown { pool: self.name }))
     }
