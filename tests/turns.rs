@@ -98,10 +98,7 @@ fn silero_finds_the_turns_webrtc_finds() {
 
 async fn server() -> String {
     let (url, state) = common::start_realtime(ServerSettings::default()).await;
-    state.set_turn_models(
-        common::turn_models(),
-        voxd::protocol::session::VadEngine::WebRtc,
-    );
+    state.set_turn_models(common::turn_models(), voxd::vad::VadEngine::WebRtc);
     url
 }
 

@@ -5,6 +5,7 @@
 //! Requests carry a [`Priority`]: a turn's final transcript goes before partial re-transcriptions,
 //! and when the pool is saturated partials are dropped before finals are delayed.
 
+pub mod config;
 pub mod remote;
 pub mod whisper;
 
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use crate::models::ModelError;
 
+pub use config::{AsrArgs, AsrConfig};
 pub use remote::{RemoteAsr, RemoteAsrConfig};
 pub use whisper::{
     check_language, check_prompt, AudioCtx, WhisperConfig, WhisperPool, MAX_PROMPT_BYTES,

@@ -6,6 +6,7 @@
 //! and usage. Dropping the stream cancels the generation: the embedded model's loop stops at the
 //! next token, the remote HTTP stream is closed.
 
+pub mod config;
 pub mod constrain;
 pub mod gguf_tokenizer;
 pub mod llama;
@@ -25,6 +26,7 @@ use crate::prompt::ChatMessage;
 use crate::tools::{ToolCall, ToolChoice, ToolError, ToolSet};
 use crate::workers::PoolError;
 
+pub use config::{LlmArgs, LlmConfig};
 pub use local::{LocalLlm, LocalLlmConfig};
 pub use remote::{RemoteLlm, RemoteLlmConfig};
 

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::LlmConfig;
 use super::{Llm, LlmError, LocalLlm, LocalLlmConfig, RemoteLlm, RemoteLlmConfig};
-use crate::config::LlmConfig;
 use crate::models::{ModelStore, Role};
 
 /// Loads (or connects to) the configured model.

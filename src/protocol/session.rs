@@ -31,7 +31,7 @@ pub fn check_model_text(value: &str, max: usize, param: &str) -> Result<(), Prot
     }
     Ok(())
 }
-use crate::vad::VadParams;
+use crate::vad::{TurnModelsAvailable, VadEngine, VadParams};
 
 /// `session.type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,31 +118,6 @@ pub enum TurnKind {
     Semantic(Eagerness),
 }
 
-/// The voice detector under turn detection (a voxd extension, `session.voxd.vad`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VadEngine {
-    #[default]
-    WebRtc,
-    Silero,
-}
-
-impl VadEngine {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VadEngine::WebRtc => "webrtc",
-            VadEngine::Silero => "silero",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "webrtc" => Some(VadEngine::WebRtc),
-            "silero" => Some(VadEngine::Silero),
-            _ => None,
-        }
-    }
-}
-
 /// Turn detection settings (`server_vad` or `semantic_vad`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TurnDetection {
@@ -222,13 +197,6 @@ pub struct SessionConfig {
     /// What the last `session.update` asked for that voxd does not do, each with the reason
     /// (shown in `session.updated` as `voxd.ignored`, never silently accepted).
     pub ignored: Vec<Ignored>,
-}
-
-/// The turn-taking models a server has loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TurnModelsAvailable {
-    pub silero: bool,
-    pub end_of_turn: bool,
 }
 
 /// A setting voxd received but does not apply.

@@ -14,6 +14,7 @@
 //!   realtime session.
 
 pub mod chunk;
+pub mod config;
 pub mod embed;
 pub mod extract;
 pub mod index;
@@ -22,6 +23,7 @@ pub mod open;
 pub mod search;
 pub mod store;
 
+pub use config::{KbArgs, KbConfig};
 pub use kb::{AddOutcome, DocumentInput, KbSettings, KnowledgeBase};
 pub use search::{Citation, Filter, Passage, SearchRequest, SearchResults};
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::embed::{EmbedError, Embedder, LocalEmbedder, RemoteEmbedder, RemoteEmbedderConfig};
 use super::store::{PgStore, SqliteStore, Store};
+use super::KbConfig;
 use super::{KbError, KbSettings, KnowledgeBase};
-use crate::config::KbConfig;
 use crate::models::{ModelStore, Role};
 
 /// The embedder the configuration names.

@@ -62,6 +62,24 @@ impl Default for AnswerSettings {
     }
 }
 
+impl AnswerSettings {
+    /// The server's answer settings from the language model's configuration (instructions,
+    /// token limit, temperature, the not-found rule, the answer mode); the rest at defaults.
+    pub fn from_config(cfg: &crate::llm::LlmConfig) -> Self {
+        AnswerSettings {
+            instructions: cfg
+                .instructions
+                .clone()
+                .unwrap_or_else(|| DEFAULT_INSTRUCTIONS.into()),
+            max_tokens: cfg.max_tokens,
+            temperature: cfg.temperature,
+            refuse_unfound: !cfg.answer_unfound,
+            mode: cfg.answer_mode,
+            ..Default::default()
+        }
+    }
+}
+
 /// The default system instructions.
 pub const DEFAULT_INSTRUCTIONS: &str = "You are a helpful voice assistant. Your answers are \
 spoken aloud, so answer in one to three short sentences of plain text, without lists or markdown.";

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use super::hub::Command;
 use crate::audio::{StreamResampler, MODEL_RATE};
 use crate::protocol::server::EndOfTurnTiming;
-use crate::protocol::session::VadEngine;
+use crate::vad::VadEngine;
 use crate::vad::{SemanticParams, TurnDetector, TurnEvent, TurnModels, VadParams};
 
 /// Settings of the audio stage, derived from the session configuration.

@@ -92,7 +92,7 @@ pub struct Shared {
     /// The turn-taking models (Silero VAD, the end-of-turn model), when loaded.
     pub turn_models: crate::vad::TurnModels,
     /// The voice detector sessions start with.
-    pub default_vad: crate::protocol::session::VadEngine,
+    pub default_vad: crate::vad::VadEngine,
     /// The session's place under the server's cap, held until the session ends.
     _slot: SessionSlot,
     shutdown: tokio::sync::watch::Receiver<bool>,

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod chat;
+pub mod config;
 pub mod error;
 pub mod guard;
 pub mod kb;
@@ -109,7 +110,7 @@ pub struct AppState {
     /// Where every tool call is recorded.
     audit: OnceLock<crate::tools::AuditLog>,
     /// Turn-taking models and the voice detector sessions start with.
-    turns: std::sync::RwLock<(crate::vad::TurnModels, crate::protocol::session::VadEngine)>,
+    turns: std::sync::RwLock<(crate::vad::TurnModels, crate::vad::VadEngine)>,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Set when the server stops: long computations on behalf of requests give up.
     stopping: Arc<AtomicBool>,
@@ -244,13 +245,13 @@ impl AppState {
     pub fn set_turn_models(
         &self,
         models: crate::vad::TurnModels,
-        default_vad: crate::protocol::session::VadEngine,
+        default_vad: crate::vad::VadEngine,
     ) {
         *self.turns.write().unwrap_or_else(|p| p.into_inner()) = (models, default_vad);
     }
 
     /// The turn-taking models and the default voice detector.
-    pub fn turn_models(&self) -> (crate::vad::TurnModels, crate::protocol::session::VadEngine) {
+    pub fn turn_models(&self) -> (crate::vad::TurnModels, crate::vad::VadEngine) {
         self.turns.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

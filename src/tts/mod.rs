@@ -7,6 +7,7 @@
 //! what the client asked for. Requests marked `urgent` (the next piece of an answer already
 //! playing) are computed before new work, so playback does not starve under load.
 
+pub mod config;
 pub mod espeak;
 pub mod open;
 pub mod piper;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+pub use config::{TtsArgs, TtsConfig};
 pub use piper::{PiperTts, VoiceConfig};
 pub use remote::RemoteTts;
 

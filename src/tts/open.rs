@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::TtsConfig;
 use super::{PiperTts, RemoteTts, Tts, TtsError};
-use crate::config::TtsConfig;
 use crate::models::{ModelStore, Role};
 
 /// Opens the synthesiser `cfg` describes (blocking: loading a voice takes about a second).

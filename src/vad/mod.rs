@@ -18,6 +18,7 @@
 //! webrtc-vad's `Vad` holds a raw pointer and is not `Send`: a detector lives on one thread (the
 //! realtime session gives the VAD stage its own).
 
+pub mod config;
 pub mod features;
 pub mod open;
 pub mod silero;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 use webrtc_vad::{SampleRate, Vad, VadMode};
 
+pub use config::{TurnsArgs, TurnsConfig};
 pub use silero::{SileroModel, SileroVad};
 pub use smart_turn::{EndOfTurn, SmartTurn, TurnModelError, Verdict};
 
@@ -38,6 +40,38 @@ const SILERO_HYSTERESIS: f32 = 0.15;
 enum Classifier {
     WebRtc(Vad),
     Silero(Box<SileroVad>),
+}
+
+/// The voice detector under turn detection (a voxd extension, `session.voxd.vad`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VadEngine {
+    #[default]
+    WebRtc,
+    Silero,
+}
+
+impl VadEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VadEngine::WebRtc => "webrtc",
+            VadEngine::Silero => "silero",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "webrtc" => Some(VadEngine::WebRtc),
+            "silero" => Some(VadEngine::Silero),
+            _ => None,
+        }
+    }
+}
+
+/// The turn-taking models a server has loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TurnModelsAvailable {
+    pub silero: bool,
+    pub end_of_turn: bool,
 }
 
 /// Frame length fed to webrtc-vad.
@@ -138,8 +172,8 @@ pub struct TurnModels {
 
 impl TurnModels {
     /// What sessions can ask for.
-    pub fn available(&self) -> crate::protocol::session::TurnModelsAvailable {
-        crate::protocol::session::TurnModelsAvailable {
+    pub fn available(&self) -> TurnModelsAvailable {
+        TurnModelsAvailable {
             silero: self.silero.is_some(),
             end_of_turn: self.end_of_turn.is_some(),
         }

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::TurnsConfig;
+use super::VadEngine;
 use super::{SileroModel, SmartTurn, TurnModelError, TurnModels};
-use crate::config::TurnsConfig;
 use crate::models::{ModelStore, Role};
-use crate::protocol::session::VadEngine;
 
 /// Loads what `cfg` asks for (blocking: a few hundred milliseconds). A model the configuration
 /// names, or Silero when it is the default detector, must load; the default models are skipped

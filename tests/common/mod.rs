@@ -335,7 +335,7 @@ pub async fn start_speaking(
     }
     // As `voxd serve` does by default: Smart Turn for semantic_vad, Silero VAD on request.
     let models = tokio::task::spawn_blocking(turn_models).await.unwrap();
-    state.set_turn_models(models, voxd::protocol::session::VadEngine::WebRtc);
+    state.set_turn_models(models, voxd::vad::VadEngine::WebRtc);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

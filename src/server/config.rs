@@ -1,0 +1,272 @@
+//! The HTTP server's settings: its flags (address, keys, limits, telemetry export), its
+//! `[server]` table with `[[server.keys]]`, and the validated [`ServerConfig`] that
+//! [`ServerSettings::from_config`] turns into the running server's settings.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+use serde::Deserialize;
+
+use super::guard::ApiKey;
+use super::ServerSettings;
+use crate::setting::{in_range, non_empty, ConfigError};
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "VOXD_ADDR")]
+    pub addr: Option<String>,
+    /// Largest accepted upload in MiB [default: 25].
+    #[arg(long, env = "VOXD_MAX_UPLOAD_MB")]
+    pub max_upload_mb: Option<u64>,
+    /// Require this API key on every API route (Bearer header, or the browser subprotocol).
+    #[arg(long, env = "VOXD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Browser origins (scheme://host[:port]) allowed to call the API, comma-separated; `*` for
+    /// any [default: the server's own origin and loopback origins].
+    #[arg(long, env = "VOXD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Host names (Host header, without the port) the server answers to, comma-separated; `*`
+    /// for any [default: the bind address, localhost and loopback addresses].
+    #[arg(long, env = "VOXD_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Allow listening on a non-loopback address without an API key (anyone who can reach the
+    /// port can use every API).
+    #[arg(long, env = "VOXD_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Longest audio accepted by the transcription endpoint, in minutes [default: 30].
+    #[arg(long, env = "VOXD_MAX_AUDIO_MINUTES")]
+    pub max_audio_minutes: Option<u64>,
+    /// Uploads decoded or transcribed at once; more get 503 [default: 4].
+    #[arg(long, env = "VOXD_MAX_TRANSCRIPTIONS")]
+    pub max_transcriptions: Option<usize>,
+    /// Concurrent realtime sessions; more get 503 [default: 64].
+    #[arg(long, env = "VOXD_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Longest realtime session in minutes [default: 60].
+    #[arg(long, env = "VOXD_MAX_SESSION_MINUTES")]
+    pub max_session_minutes: Option<u64>,
+    /// Export traces to this OpenTelemetry collector (OTLP/HTTP base URL, e.g.
+    /// http://localhost:4318); OTEL_EXPORTER_OTLP_ENDPOINT works too [default: off].
+    #[arg(long, env = "VOXD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// The file's `[server]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    addr: Option<String>,
+    max_upload_mb: Option<u64>,
+    api_key: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
+    insecure_no_auth: Option<bool>,
+    max_audio_minutes: Option<u64>,
+    max_transcriptions: Option<usize>,
+    max_sessions: Option<usize>,
+    max_session_minutes: Option<u64>,
+    otlp_endpoint: Option<String>,
+    #[serde(default)]
+    keys: Vec<FileKey>,
+}
+
+/// An API key in the configuration file: the key itself, or the environment variable that
+/// holds it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKey {
+    id: String,
+    key: Option<String>,
+    key_env: Option<String>,
+    role: Option<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    pub max_upload_bytes: usize,
+    pub api_key: Option<String>,
+    /// Browser origins allowed besides the server's own and loopback ones (`*`: any).
+    pub allowed_origins: Vec<String>,
+    /// Host names accepted besides the bind address and loopback names (`*`: any).
+    pub allowed_hosts: Vec<String>,
+    /// Listen on a non-loopback address without an API key.
+    pub insecure_no_auth: bool,
+    /// Longest audio the transcription endpoint accepts, in seconds.
+    pub max_audio_seconds: f64,
+    /// Uploads decoded or transcribed at once.
+    pub max_transcriptions: usize,
+    pub max_sessions: usize,
+    pub max_session_minutes: u64,
+    /// OTLP/HTTP collector base URL; `None`: no export unless the OTEL_* variables ask for it.
+    pub otlp_endpoint: Option<String>,
+    /// API keys with ids and roles (the file's `[[server.keys]]`), besides `api_key`.
+    pub keys: Vec<ApiKey>,
+}
+
+impl ServerConfig {
+    /// Flags over the file over the defaults, validated.
+    pub fn resolve(args: &ServerArgs, file: FileServer) -> Result<Self, ConfigError> {
+        let addr_text = args
+            .addr
+            .clone()
+            .or(file.addr)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let addr = addr_text
+            .parse()
+            .map_err(|e| ConfigError::invalid("addr", format!("`{addr_text}`: {e}")))?;
+        let max_upload_mb = in_range(
+            "max_upload_mb",
+            args.max_upload_mb.or(file.max_upload_mb).unwrap_or(25),
+            1..=4096,
+        )?;
+        let max_audio_minutes = in_range(
+            "max_audio_minutes",
+            args.max_audio_minutes
+                .or(file.max_audio_minutes)
+                .unwrap_or(30),
+            1..=1440,
+        )?;
+        let max_sessions = in_range(
+            "max_sessions",
+            args.max_sessions.or(file.max_sessions).unwrap_or(64),
+            1..=100_000,
+        )?;
+        let max_session_minutes = in_range(
+            "max_session_minutes",
+            args.max_session_minutes
+                .or(file.max_session_minutes)
+                .unwrap_or(60),
+            1..=100_000,
+        )?;
+        let max_transcriptions = in_range(
+            "max_transcriptions",
+            args.max_transcriptions
+                .or(file.max_transcriptions)
+                .unwrap_or(4),
+            1..=100_000,
+        )?;
+        let otlp_endpoint = args
+            .otlp_endpoint
+            .clone()
+            .or(file.otlp_endpoint)
+            .filter(|u| !u.trim().is_empty());
+        if let Some(url) = &otlp_endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    "otlp_endpoint",
+                    format!("`{url}` is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        Ok(ServerConfig {
+            addr,
+            max_upload_bytes: (max_upload_mb * 1024 * 1024) as usize,
+            api_key: non_empty(args.api_key.clone().or(file.api_key)),
+            allowed_origins: args
+                .allowed_origins
+                .clone()
+                .or(file.allowed_origins)
+                .unwrap_or_default(),
+            allowed_hosts: args
+                .allowed_hosts
+                .clone()
+                .or(file.allowed_hosts)
+                .unwrap_or_default(),
+            insecure_no_auth: args.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
+            max_audio_seconds: max_audio_minutes as f64 * 60.0,
+            max_transcriptions,
+            max_sessions,
+            max_session_minutes,
+            otlp_endpoint,
+            keys: keys(&file.keys)?,
+        })
+    }
+
+    /// Refuses to serve every API to the network unprotected: a non-loopback address needs an
+    /// API key, or `--insecure-no-auth` (which logs a warning).
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.addr.ip().is_loopback() || self.api_key.is_some() || !self.keys.is_empty() {
+            return Ok(());
+        }
+        if self.insecure_no_auth {
+            tracing::warn!(addr = %self.addr, "serving every API without an API key on a non-loopback address (--insecure-no-auth)");
+            return Ok(());
+        }
+        Err(ConfigError::invalid(
+            "addr",
+            format!(
+                "{} is reachable from other machines and no API key is set: pass --api-key (or VOXD_API_KEY), listen on 127.0.0.1, or accept the risk with --insecure-no-auth",
+                self.addr
+            ),
+        ))
+    }
+}
+
+/// The file's API keys, each read from the file or its environment variable and checked.
+fn keys(file: &[FileKey]) -> Result<Vec<ApiKey>, ConfigError> {
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for (i, k) in file.iter().enumerate() {
+        let key = match (&k.key, &k.key_env) {
+            (Some(key), None) => key.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                ConfigError::invalid(
+                    "server.keys",
+                    format!("key `{}`: the environment variable {var} is not set", k.id),
+                )
+            })?,
+            _ => {
+                return Err(ConfigError::invalid(
+                    "server.keys",
+                    format!(
+                        "key #{i} (`{}`) needs exactly one of `key` and `key_env`",
+                        k.id
+                    ),
+                ))
+            }
+        };
+        if key.len() < 16 || k.id.is_empty() || keys.iter().any(|o| o.id == k.id) {
+            return Err(ConfigError::invalid(
+                "server.keys",
+                format!(
+                    "key #{i} (`{}`): ids must be unique and non-empty, keys at least 16 characters",
+                    k.id
+                ),
+            ));
+        }
+        keys.push(ApiKey {
+            id: k.id.clone(),
+            key,
+            role: k.role.clone().unwrap_or_else(|| "default".into()),
+            admin: k.admin,
+        });
+    }
+    Ok(keys)
+}
+
+impl ServerSettings {
+    /// The running server's settings from its validated configuration, with how sessions answer.
+    pub fn from_config(cfg: &ServerConfig, answer: crate::realtime::AnswerSettings) -> Self {
+        ServerSettings {
+            max_upload_bytes: cfg.max_upload_bytes,
+            api_key: cfg.api_key.clone(),
+            keys: cfg.keys.clone(),
+            allowed_origins: cfg.allowed_origins.clone(),
+            allowed_hosts: cfg.allowed_hosts.clone(),
+            bind: Some(cfg.addr),
+            max_audio_seconds: cfg.max_audio_seconds,
+            max_transcriptions: cfg.max_transcriptions,
+            max_sessions: cfg.max_sessions,
+            limits: crate::realtime::Limits {
+                max_session: std::time::Duration::from_secs(cfg.max_session_minutes * 60),
+                ..Default::default()
+            },
+            answer,
+        }
+    }
+}
