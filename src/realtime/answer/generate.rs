@@ -1,0 +1,386 @@
+//! Step three of an answer: the model writes it. In the checked mode each sentence is sent once
+//! the passages support it (else the passage's own sentence, or the answer ends). The model may
+//! call functions: the client's go out as items, the server's run here and their results go back
+//! to the model for another round (at most [`MAX_SERVER_ROUNDS`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use serde_json::json;
+use tracing::Instrument;
+
+use super::audit::Auditor;
+use super::choose::{answer_mode, messages, request};
+use super::{Answer, Cancel, Ctx, Stop, MAX_SERVER_ROUNDS};
+use crate::grounding::{AnswerMode, Check, Focus, Verdict};
+use crate::llm::{LlmError, LlmEvent, Usage};
+use crate::prompt::ChatMessage;
+use crate::protocol::{ErrorBody, ServerEvent};
+use crate::tools::{ToolCall, ToolChoice};
+
+/// How one round of the model's stream ended.
+enum Round {
+    /// The answer is complete (or was ended by the check).
+    Done,
+    /// The model asked for server tools: run them and ask again.
+    ServerCalls(Vec<ToolCall>),
+}
+
+/// The model's part of one answer, across its rounds.
+struct Generation<'c, 'a> {
+    ctx: &'c Ctx<'a>,
+    /// In the checked mode: the check each sentence passes before it is sent.
+    check: Option<Check>,
+    /// Open from the request to the last token (queue wait, prefill and decoding).
+    span: tracing::Span,
+    generating: Instant,
+    model_started: bool,
+    audit: Auditor,
+    rounds: usize,
+}
+
+/// Writes the answer with the model, through rounds of server tools.
+pub(super) async fn generate(
+    ctx: &Ctx<'_>,
+    answer: &mut Answer,
+    cancel: &mut Cancel,
+) -> Result<(), Stop> {
+    let (answering, params) = (ctx.answering, ctx.params);
+    let mode = answer_mode(answering, params, &answer.results, &answer.focus, ctx.user);
+    let check = (mode == AnswerMode::Checked).then(|| {
+        let sources: Vec<String> = answer.focus.texts().into_iter().map(String::from).collect();
+        let titles = answer
+            .results
+            .as_ref()
+            .map(|r| {
+                r.passages
+                    .iter()
+                    .map(|p| p.citation.title.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Check::new(sources, titles, answering.settings.min_support)
+    });
+    let mut msgs = messages(
+        answering,
+        params,
+        &answer.results,
+        &answer.focus,
+        ctx.history,
+        ctx.user,
+    );
+    msgs.extend(ctx.after.iter().cloned());
+    let mut req = request(answering, params, msgs);
+    let mut gen = Generation {
+        ctx,
+        check,
+        span: tracing::info_span!("llm", first_token_ms = tracing::field::Empty),
+        generating: Instant::now(),
+        model_started: false,
+        audit: Auditor::new(answering, params, ctx.response_id),
+        rounds: 0,
+    };
+    let checks = gen.checks();
+    loop {
+        let generating = crate::tools::checked::generate_with(
+            answering.llm.clone(),
+            req.clone(),
+            checks.clone(),
+        )
+        .instrument(gen.span.clone());
+        let stream = cancel.or(generating).await?.map_err(Stop::Failed)?;
+        let server_calls = match gen.stream(stream, answer, cancel).await? {
+            Round::Done => return Ok(()),
+            Round::ServerCalls(calls) => calls,
+        };
+        let Some(server) = answering.server_tools.as_ref() else {
+            return Ok(());
+        };
+        for call in server_calls {
+            let outcome = cancel
+                .or(server.call(&call, &answering.caller, answering.kb.as_ref()))
+                .await?;
+            gen.record_server_call(&call, &outcome, answer);
+            req.messages
+                .push(ChatMessage::calls("", vec![call.clone()]));
+            req.messages
+                .push(ChatMessage::tool_result(call.id.clone(), outcome.output));
+        }
+        gen.rounds += 1;
+        // After a few rounds of server tools, the model must answer.
+        req.tool_choice = if gen.rounds >= MAX_SERVER_ROUNDS {
+            ToolChoice::None
+        } else {
+            ToolChoice::Auto
+        };
+    }
+}
+
+impl Generation<'_, '_> {
+    /// How calls are checked: server tools this caller may not use are refused (not retried),
+    /// and invalid calls are audited.
+    fn checks(&self) -> crate::tools::checked::Checks {
+        let params = self.ctx.params;
+        let audit = self.audit.clone();
+        crate::tools::checked::Checks {
+            refused: self
+                .ctx
+                .answering
+                .server_tools
+                .as_ref()
+                .map(|s| {
+                    s.definitions()
+                        .iter()
+                        .filter(|t| params.tools.get(&t.name).is_none())
+                        .map(|t| t.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            on_invalid: Some(Arc::new(
+                move |call: &ToolCall, e: &crate::tools::ToolError, retried: bool| {
+                    let validation = if retried {
+                        "invalid_retried"
+                    } else {
+                        "invalid"
+                    };
+                    audit.record(
+                        call,
+                        "client",
+                        validation,
+                        "rejected",
+                        0.0,
+                        Some(e.to_string()),
+                    );
+                },
+            )),
+        }
+    }
+
+    /// Whether `name` is a server tool (and not one of the client's own).
+    fn is_server_call(&self, name: &str) -> bool {
+        self.ctx.params.client_tools.get(name).is_none()
+            && self
+                .ctx
+                .answering
+                .server_tools
+                .as_ref()
+                .is_some_and(|s| s.contains(name))
+    }
+
+    fn first_token(&mut self) {
+        self.span.record(
+            "first_token_ms",
+            self.generating.elapsed().as_secs_f64() * 1e3,
+        );
+    }
+
+    /// Reads one round of the model's stream to its end.
+    async fn stream(
+        &mut self,
+        mut stream: crate::llm::LlmStream,
+        answer: &mut Answer,
+        cancel: &mut Cancel,
+    ) -> Result<Round, Stop> {
+        let mut server_calls = Vec::new();
+        loop {
+            let event = match cancel.or(stream.next()).await? {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => return Err(Stop::Failed(e)),
+                None => {
+                    return Err(Stop::Failed(LlmError::Compute(
+                        "the generation ended without finishing".into(),
+                    )))
+                }
+            };
+            match event {
+                LlmEvent::Delta(d) => {
+                    if !self.model_started {
+                        self.model_started = true;
+                        self.first_token();
+                    }
+                    let verdicts = match self.check.as_mut() {
+                        None => vec![Verdict::Send(d)],
+                        Some(c) => c.push(&d),
+                    };
+                    for v in verdicts {
+                        if self.apply(v, answer) {
+                            return Ok(Round::Done);
+                        }
+                    }
+                }
+                LlmEvent::ToolCall(call) if self.is_server_call(&call.name) => {
+                    server_calls.push(call)
+                }
+                LlmEvent::ToolCall(call) => self.call_for_client(call, answer),
+                LlmEvent::Done { usage, finish } => {
+                    add_usage(&mut answer.usage, &usage, self.rounds == 0);
+                    answer.finish = finish;
+                    if let Some(v) = self.check.as_mut().and_then(Check::finish) {
+                        if self.apply(v, answer) {
+                            return Ok(Round::Done);
+                        }
+                    }
+                    if answer.calls.is_empty() && answer.made.is_none() && !answer.text.is_empty() {
+                        answer.made = Some(if self.check.is_some() {
+                            "checked"
+                        } else {
+                            "model"
+                        });
+                    }
+                    if server_calls.is_empty() {
+                        return Ok(Round::Done);
+                    }
+                    return Ok(Round::ServerCalls(server_calls));
+                }
+            }
+        }
+    }
+
+    /// Acts on a checked sentence; true when the answer must stop here.
+    fn apply(&self, verdict: Verdict, answer: &mut Answer) -> bool {
+        let writer = self.ctx.writer;
+        match apply_verdict(
+            verdict,
+            &answer.focus,
+            &mut answer.text,
+            &mut answer.first_delta,
+            |t| writer.emit(t),
+        ) {
+            Some(made) => {
+                answer.made = Some(made);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A function call for the client: sent as its own item, after the message or the calls
+    /// before it.
+    fn call_for_client(&mut self, call: ToolCall, answer: &mut Answer) {
+        if answer.first_delta.is_none() {
+            answer.first_delta = Some(Instant::now());
+            self.first_token();
+        }
+        let writer = self.ctx.writer;
+        let previous = match answer.calls.last() {
+            Some((id, _)) => Some(id.clone()),
+            None if writer.opened() => Some(self.ctx.item_id.to_string()),
+            None => self.ctx.params.conversation.clone().flatten(),
+        };
+        tracing::info!(tool = %call.name, call_id = %call.id, arguments = %self.audit.redact(&call), "function call for the client");
+        crate::metrics::global()
+            .tool_calls
+            .inc_pair(&call.name, "sent");
+        self.audit
+            .record(&call, "client", "valid", "sent", 0.0, None);
+        let (id, item) = writer.send_call(&call, answer.calls.len(), previous);
+        answer.call_items.push(item);
+        answer.calls.push((id, call));
+    }
+
+    /// Logs, counts and audits a server tool's call; a refused one is also told to the client.
+    fn record_server_call(
+        &self,
+        call: &ToolCall,
+        outcome: &crate::tools::server::Outcome,
+        answer: &mut Answer,
+    ) {
+        tracing::info!(tool = %call.name, call_id = %call.id, arguments = %self.audit.redact(call), status = outcome.status, latency_ms = outcome.latency_ms, "server tool call");
+        let shown = if outcome.sensitive {
+            crate::tools::schema::REDACTED
+        } else {
+            outcome.output.as_str()
+        };
+        tracing::debug!(tool = %call.name, output = %shown, "server tool result");
+        let m = crate::metrics::global();
+        m.tool_calls.inc_pair(&call.name, outcome.status);
+        if outcome.status != "refused" {
+            m.tool_seconds.observe_ms(outcome.latency_ms);
+        }
+        let error = (outcome.status != "ok").then(|| outcome.output.clone());
+        let validation = if outcome.status == "refused" {
+            "not_checked"
+        } else {
+            "valid"
+        };
+        self.audit.record(
+            call,
+            "server",
+            validation,
+            outcome.status,
+            outcome.latency_ms,
+            error,
+        );
+        if outcome.status == "refused" {
+            self.ctx.out.send(ServerEvent::Error {
+                error: ErrorBody {
+                    kind: "invalid_request_error".into(),
+                    code: Some("tool_not_allowed".into()),
+                    message: format!(
+                        "this API key may not use the tool `{}`; the model was told so",
+                        call.name
+                    ),
+                    param: None,
+                    event_id: None,
+                },
+            });
+        }
+        answer.server_log.push(json!({"call_id": call.id, "name": call.name, "status": outcome.status, "latency_ms": outcome.latency_ms}));
+    }
+}
+
+/// Adds a round's token counts; the first round's timings are the answer's.
+fn add_usage(total: &mut Usage, round: &Usage, first: bool) {
+    total.prompt_tokens += round.prompt_tokens;
+    total.completion_tokens += round.completion_tokens;
+    total.cached_tokens += round.cached_tokens;
+    if first {
+        total.queue_ms = round.queue_ms;
+        total.prefill_ms = round.prefill_ms;
+        total.first_token_ms = round.first_token_ms;
+        total.tokens_per_second = round.tokens_per_second;
+        total.drafted_tokens = round.drafted_tokens;
+    }
+}
+
+/// Acts on a checked sentence: sends it, says the extractive answer instead, or ends the
+/// answer. Returns how the answer was made when it must stop here.
+fn apply_verdict(
+    verdict: Verdict,
+    focus: &Focus,
+    text: &mut String,
+    first: &mut Option<Instant>,
+    emit: impl Fn(String),
+) -> Option<&'static str> {
+    let mut say = |t: String| {
+        if t.is_empty() {
+            return;
+        }
+        first.get_or_insert_with(Instant::now);
+        text.push_str(&t);
+        emit(t);
+    };
+    match verdict {
+        Verdict::Send(t) => {
+            say(t);
+            None
+        }
+        Verdict::Replace { unsupported } => {
+            tracing::debug!(%unsupported, "the model's answer is not supported by the passages; saying the passage's own sentence");
+            say(focus.best().map(|b| b.text.clone()).unwrap_or_default());
+            Some("replaced")
+        }
+        Verdict::End { reason } => {
+            tracing::debug!(
+                reason,
+                "the answer ends before a sentence the passages do not support"
+            );
+            Some(if reason == "repeat" {
+                "cut_repeat"
+            } else {
+                "cut_unsupported"
+            })
+        }
+    }
+}

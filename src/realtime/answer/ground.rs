@@ -1,0 +1,194 @@
+//! Step one of an answer: ground it. Search the knowledge base for the question (or take what
+//! was retrieved while the person was still talking), and rank the found passages' sentences
+//! against it. Also what a response says when there is nothing to ground it in.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::Instrument;
+
+use super::{Answer, Cancel, Prepared, Stop};
+use crate::grounding::{self, Focus};
+use crate::prompt::Grounding;
+use crate::rag::{KnowledgeBase, SearchRequest, SearchResults};
+
+/// Fills `answer`'s passages and focus: nothing when the response does not use the knowledge
+/// base, the prepared retrieval when it was for this query, else a search now (which a cancel
+/// interrupts). Fails closed when the knowledge base cannot be searched.
+pub(super) async fn ground(
+    kb: Option<&Arc<KnowledgeBase>>,
+    use_kb: bool,
+    prepared: Option<Prepared>,
+    user: &str,
+    query: &str,
+    answer: &mut Answer,
+    cancel: &mut Cancel,
+) -> Result<(), Stop> {
+    let t = Instant::now();
+    (answer.results, answer.focus) = match (use_kb, prepared) {
+        (false, _) => (None, Focus::default()),
+        (true, Some(p)) if p.question == query => (p.results, p.focus),
+        (true, _) => {
+            let search = async {
+                let r = retrieve(kb, query).await?;
+                let f = focus(kb, user, query, &r).await;
+                Ok::<_, RetrievalFailed>((r, f))
+            };
+            cancel
+                .or(search.instrument(tracing::info_span!("retrieval")))
+                .await?
+                .map_err(|_| Stop::Ungrounded)?
+        }
+    };
+    answer.retrieval_ms = t.elapsed().as_secs_f64() * 1e3;
+    Ok(())
+}
+
+pub(super) fn grounding_of(results: &Option<SearchResults>) -> Grounding<'_> {
+    match results {
+        None => Grounding::None,
+        Some(r) if r.grounded => Grounding::Passages(&r.passages),
+        Some(_) => Grounding::NothingFound,
+    }
+}
+
+/// The knowledge base could not be searched (its detail is in the server log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrievalFailed;
+
+/// What a response says to a factual question the knowledge base has nothing on.
+pub const NOT_FOUND: &str = "I'm sorry, I don't know that: it isn't in what I can look up.";
+
+/// Whether `text` asks for facts (a question word or auxiliary first, or a question mark),
+/// rather than being small talk such as a greeting or thanks.
+pub fn asks_for_facts(text: &str) -> bool {
+    const OPENERS: &[&str] = &[
+        "what", "what's", "whats", "when", "where", "where's", "who", "who's", "whom", "whose",
+        "which", "why", "how", "how's", "is", "are", "was", "were", "do", "does", "did", "can",
+        "could", "will", "would", "should", "shall", "may", "might", "have", "has", "had", "tell",
+        "list", "explain", "describe", "give",
+    ];
+    let t = text.trim().to_lowercase();
+    let first = t
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .find(|w| {
+            !w.is_empty()
+                && ![
+                    "and", "so", "but", "um", "uh", "hey", "ok", "okay", "please",
+                ]
+                .contains(w)
+        })
+        .unwrap_or("");
+    // "And your email address." (heard without its question mark): a follow-up asking for more.
+    let words: Vec<&str> = t
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let follow_up = matches!(words.first(), Some(&"and"))
+        || t.starts_with("what about")
+        || t.starts_with("how about");
+    let courtesy = words.iter().any(|w| {
+        [
+            "thank", "thanks", "bye", "goodbye", "cheers", "great", "ok", "okay", "cool", "nice",
+            "good", "perfect", "sorry",
+        ]
+        .contains(w)
+    });
+    t.ends_with('?')
+        || OPENERS.contains(&first)
+        || (follow_up && !courtesy && (2..=8).contains(&words.len()))
+}
+
+/// What a response says when the knowledge base cannot be searched: it never answers ungrounded.
+pub const CANNOT_LOOK_UP: &str =
+    "Sorry, I can't look that up right now. Please try again in a moment.";
+
+/// Searches the knowledge base for `question`: `Ok(None)` when there is none or it is empty,
+/// `Err` when it could not be searched.
+pub async fn retrieve(
+    kb: Option<&Arc<KnowledgeBase>>,
+    question: &str,
+) -> Result<Option<SearchResults>, RetrievalFailed> {
+    let Some(kb) = kb else {
+        return Ok(None);
+    };
+    match kb.chunk_count().await {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "knowledge base unavailable; the answer says so");
+            return Err(RetrievalFailed);
+        }
+    }
+    // Words meant for the assistant ("ignore your instructions…") are not what to look up.
+    let question = grounding::asking_part(question);
+    match kb.search(SearchRequest::new(question)).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => {
+            tracing::error!(error = %e, "retrieval failed; the answer says so");
+            Err(RetrievalFailed)
+        }
+    }
+}
+
+/// The sentences of the grounded passages that bear on `question` (empty when nothing was
+/// found, or when the sentences could not be embedded: the prompt then carries the passages
+/// whole).
+pub async fn focus(
+    kb: Option<&Arc<KnowledgeBase>>,
+    question: &str,
+    query: &str,
+    results: &Option<SearchResults>,
+) -> Focus {
+    let (Some(kb), Some(r)) = (kb, results) else {
+        return Focus::default();
+    };
+    if !r.grounded || r.passages.is_empty() {
+        return Focus::default();
+    }
+    match grounding::focus(
+        kb.embedder().as_ref(),
+        question,
+        Some(query),
+        &r.passages,
+        grounding::KEEP_SENTENCES,
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "the passages' sentences could not be ranked; the prompt carries them whole");
+            Focus::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn factual_questions_are_told_from_small_talk() {
+        for q in [
+            "What's the capital of France?",
+            "how much is a full service",
+            "Um, where can I park?",
+            "Tell me about the Ridgeline",
+            "The wifi password?",
+            "and your email address.",
+            "What about the Ridgeline",
+        ] {
+            assert!(asks_for_facts(q), "{q}");
+        }
+        for t in [
+            "Hello there",
+            "Thanks, that's great.",
+            "ok bye",
+            "",
+            "and thanks a lot",
+            "And that's perfect.",
+        ] {
+            assert!(!asks_for_facts(t), "{t}");
+        }
+    }
+}
