@@ -55,6 +55,7 @@ pub mod config;
 pub mod eval;
 #[cfg(feature = "server")]
 pub mod grounding;
+pub mod ids;
 #[cfg(feature = "server")]
 pub mod llm;
 #[cfg(feature = "server")]
@@ -84,6 +85,7 @@ pub mod tools;
 pub mod tts;
 #[cfg(feature = "server")]
 pub mod vad;
+pub mod wav;
 pub mod wer;
 #[cfg(feature = "server")]
 pub mod workers;

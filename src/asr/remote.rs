@@ -60,7 +60,7 @@ struct AnswerSegment {
 fn wav(samples: &[f32]) -> Vec<u8> {
     let data = samples.len() * 2;
     let mut out = Vec::with_capacity(44 + data);
-    out.extend_from_slice(&crate::client::wav::header(16_000, data as u32));
+    out.extend_from_slice(&crate::wav::header(16_000, data as u32));
     for s in samples {
         out.extend_from_slice(&((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
     }
@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn the_audio_goes_as_a_16_khz_wav_file() {
         let w = wav(&[0.0, 0.5, -1.0, 2.0]);
-        let parsed = crate::client::wav::parse(&w).unwrap();
+        let parsed = crate::wav::parse(&w).unwrap();
         assert_eq!(parsed.sample_rate, 16_000);
         assert_eq!(w.len(), 44 + 8);
         assert_eq!(i16::from_le_bytes([w[46], w[47]]), 16383);

@@ -6,7 +6,8 @@
 //! See `examples/stream_file.rs`: connect, configure, stream a WAV file, print the transcript and
 //! the answer.
 
-pub mod wav;
+/// WAV reading and writing (also `voxd::wav`).
+pub use crate::wav;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //!
 //! The grammars are built by `llguidance` from JSON Schemas, over the model's own vocabulary
 //! (each token's bytes, read from the GGUF byte-level BPE vocabulary). A call is written in the
-//! `<tool_call>` convention ([`crate::tools::prompt`]) in two constrained phases, with the text
+//! `<tool_call>` convention ([`crate::llm::tool_prompt`]) in two constrained phases, with the text
 //! between them forced:
 //!
 //! ```text
@@ -15,7 +15,7 @@
 //! With a named `tool_choice` the name is forced too. Each phase's schema is the root of its
 //! own grammar, so local references (`#/$defs/…`) in a tool's schema resolve as written. A
 //! schema the grammar compiler cannot handle is decoded without a mask; the arguments are then
-//! checked (and retried) like a remote model's ([`crate::tools::checked`]).
+//! checked (and retried) like a remote model's ([`crate::llm::checked`]).
 
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Value};
 
-use crate::tools::prompt::{call_prefix, ARGUMENTS_KEY};
+use crate::llm::tool_prompt::{call_prefix, ARGUMENTS_KEY};
 use crate::tools::{ToolChoice, ToolSet};
 
 /// GPT-2's byte-level alphabet: the character each byte is written as in the vocabulary.

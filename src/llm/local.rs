@@ -32,8 +32,8 @@ use super::llama::{self, Model};
 use super::stop::StopScanner;
 use super::template::{ChatTemplate, CHATML};
 use super::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, LlmStream, Usage};
+use crate::llm::tool_prompt::{CALL_OPEN, RESULT_CLOSE, RESULT_OPEN};
 use crate::prompt::ChatMessage;
-use crate::tools::prompt::{CALL_OPEN, RESULT_CLOSE, RESULT_OPEN};
 use crate::tools::{new_call_id, ToolCall, ToolChoice, ToolSet};
 use crate::workers::WorkerPool;
 

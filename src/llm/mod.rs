@@ -5,7 +5,13 @@
 //! A generation is a stream of [`LlmEvent`]s: text deltas, then one `Done` with the finish reason
 //! and usage. Dropping the stream cancels the generation: the embedded model's loop stops at the
 //! next token, the remote HTTP stream is closed.
+//!
+//! Tool calling, the model's side: [`tool_prompt`] (how tools and calls are written into a prompt
+//! for a model whose chat template does not know them, the `<tool_call>` convention) and
+//! [`checked`] (a generation wrapped so that only schema-valid calls come out: one retry with the
+//! validation error fed back, then a typed `invalid_tool_arguments` failure).
 
+pub mod checked;
 pub mod config;
 pub mod constrain;
 pub mod gguf_tokenizer;
@@ -15,6 +21,7 @@ pub mod open;
 pub mod remote;
 pub mod stop;
 pub mod template;
+pub mod tool_prompt;
 
 use std::pin::Pin;
 

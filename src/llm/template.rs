@@ -4,8 +4,9 @@
 
 use minijinja::{context, Environment, Error, ErrorKind};
 
+use super::tool_prompt;
 use crate::prompt::{defuse, ChatMessage};
-use crate::tools::{prompt as tool_prompt, ToolChoice, ToolSet};
+use crate::tools::{ToolChoice, ToolSet};
 
 /// A compiled chat template.
 pub struct ChatTemplate {

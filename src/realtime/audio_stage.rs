@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::hub::Command;
+use super::command::Command;
 use crate::audio::{StreamResampler, MODEL_RATE};
 use crate::protocol::server::EndOfTurnTiming;
 use crate::vad::VadEngine;

@@ -29,9 +29,11 @@
 
 pub mod answer;
 pub mod audio_stage;
+mod command;
 mod conversation;
 mod hub;
 mod input;
+mod options;
 mod out;
 pub mod partials;
 mod responses;

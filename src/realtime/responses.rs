@@ -22,7 +22,7 @@ use tracing::{debug, Instrument};
 
 use super::answer::{self, Answering, Finished, Prepared, ResponseJob, ResponseParams};
 use super::conversation::{self, parse_item, ConvItem, Conversation};
-use super::hub::SessionOptions;
+use super::options::SessionOptions;
 use super::out::Out;
 use super::speaker::SpeechParams;
 use crate::prompt::{ChatMessage, Role};

@@ -11,8 +11,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use super::audio_stage::{self, AudioInput, StageConfig};
-use super::hub::{Command, Hub, SessionOptions};
+use super::command::Command;
+use super::hub::Hub;
 use super::input::{decode_audio, send_audio, too_large};
+use super::options::SessionOptions;
 use super::out::{writer, Out, GOING_AWAY, NORMAL, TOO_BIG, TRY_AGAIN_LATER};
 use super::Shared;
 use crate::protocol::session::Eagerness;

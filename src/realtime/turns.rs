@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn, Instrument};
 
 use super::audio_stage::AudioSignal;
-use super::hub::SessionOptions;
+use super::options::SessionOptions;
 use super::out::Out;
 use super::partials::Partials;
 use crate::asr::{Asr, AsrError, Priority, Request, Transcript};

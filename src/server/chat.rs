@@ -327,11 +327,11 @@ pub async fn completions(
         .as_ref()
         .is_some_and(|o| o.include_usage);
     let req = request(body, state.answer.max_tokens)?;
-    let id = crate::protocol::new_id("chatcmpl");
+    let id = crate::ids::new_id("chatcmpl");
     let model = llm.model_name().to_string();
     let created = now();
     // Errors before the first token are HTTP errors in both modes.
-    let mut events = crate::tools::checked::generate(llm.clone(), req).await?;
+    let mut events = crate::llm::checked::generate(llm.clone(), req).await?;
     let first = match events.next().await {
         Some(Ok(ev)) => ev,
         Some(Err(e)) => return Err(e.into()),

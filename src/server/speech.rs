@@ -163,7 +163,7 @@ pub async fn speech(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     let mut head = speak(tts.clone(), first, false, voice.clone()).await?;
     if format == Format::Wav {
         // The length is not known yet: "to the end of the stream".
-        let mut wav = crate::client::wav::header(OUTPUT_RATE, u32::MAX).to_vec();
+        let mut wav = crate::wav::header(OUTPUT_RATE, u32::MAX).to_vec();
         wav.extend_from_slice(&head);
         head = wav;
     }

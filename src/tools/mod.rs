@@ -4,17 +4,15 @@
 //! - [`schema`]: tool definitions as clients send them (OpenAI's `function` tools), checked
 //!   once (name, JSON Schema) and compiled into validators; arguments are validated against
 //!   them; `"x-sensitive": true` parts are redacted for logs.
-//! - [`prompt`]: how tools and calls are written into a prompt for a model whose chat template
-//!   does not know them (the `<tool_call>` convention).
-//! - [`checked`]: a generation wrapped so that only schema-valid calls come out: one retry with
-//!   the validation error fed back, then a typed `invalid_tool_arguments` failure.
 //! - [`server`]: tools the server runs itself (built-ins and HTTP tools from the configuration),
 //!   and who may call them.
 //! - [`audit`]: the audit trail of every call.
+//!
+//! The model's side of calling (the `<tool_call>` prompt convention and the checked generation
+//! that retries invalid calls) lives in [`crate::llm`]: calls go one way, realtime -> llm -> these
+//! types.
 
 pub mod audit;
-pub mod checked;
-pub mod prompt;
 pub mod schema;
 pub mod server;
 
@@ -150,5 +148,5 @@ pub struct ToolCall {
 
 /// A fresh call id.
 pub fn new_call_id() -> String {
-    crate::protocol::new_id("call")
+    crate::ids::new_id("call")
 }

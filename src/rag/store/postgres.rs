@@ -426,7 +426,7 @@ impl Store for PgStore {
                          chars = excluded.chars
                      RETURNING id",
                     &[
-                        &crate::protocol::new_id("doc"),
+                        &crate::ids::new_id("doc"),
                         &key,
                         &clean(&doc.source),
                         &title,

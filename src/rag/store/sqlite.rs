@@ -504,7 +504,7 @@ impl Store for SqliteStore {
                  version_at = excluded.version_at, updated_at = excluded.updated_at,
                  expires_at = excluded.expires_at, metadata = excluded.metadata",
                 params![
-                    crate::protocol::new_id("doc"),
+                    crate::ids::new_id("doc"),
                     doc.key,
                     doc.source,
                     doc.title,

@@ -83,12 +83,9 @@ pub(super) async fn generate(
     };
     let checks = gen.checks();
     loop {
-        let generating = crate::tools::checked::generate_with(
-            answering.llm.clone(),
-            req.clone(),
-            checks.clone(),
-        )
-        .instrument(gen.span.clone());
+        let generating =
+            crate::llm::checked::generate_with(answering.llm.clone(), req.clone(), checks.clone())
+                .instrument(gen.span.clone());
         let stream = cancel.or(generating).await?.map_err(Stop::Failed)?;
         let server_calls = match gen.stream(stream, answer, cancel).await? {
             Round::Done => return Ok(()),
@@ -120,10 +117,10 @@ pub(super) async fn generate(
 impl Generation<'_, '_> {
     /// How calls are checked: server tools this caller may not use are refused (not retried),
     /// and invalid calls are audited.
-    fn checks(&self) -> crate::tools::checked::Checks {
+    fn checks(&self) -> crate::llm::checked::Checks {
         let params = self.ctx.params;
         let audit = self.audit.clone();
-        crate::tools::checked::Checks {
+        crate::llm::checked::Checks {
             refused: self
                 .ctx
                 .answering

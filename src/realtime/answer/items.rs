@@ -116,7 +116,7 @@ impl Writer {
         index: usize,
         previous: Option<String>,
     ) -> (String, Item) {
-        let call_item_id = crate::protocol::new_id("item");
+        let call_item_id = crate::ids::new_id("item");
         let output_index = (index + usize::from(self.opened())) as u32;
         let adding = Item::function_call(&call_item_id, &call.id, &call.name, "", "in_progress");
         self.out.send(ServerEvent::OutputItemAdded {

@@ -8,8 +8,8 @@
 
 use serde_json::{json, Value};
 
-use super::{FunctionTool, ToolCall, ToolChoice, ToolSet};
 use crate::prompt::{ChatMessage, Role};
+use crate::tools::{FunctionTool, ToolCall, ToolChoice, ToolSet};
 
 /// The tag that opens a call.
 pub const CALL_OPEN: &str = "<tool_call>";

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{ToolCall, ToolChoice, ToolError};
-use crate::llm::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, LlmStream, Usage};
+use super::{FinishReason, GenerateRequest, Llm, LlmError, LlmEvent, LlmStream, Usage};
 use crate::prompt::ChatMessage;
+use crate::tools::{ToolCall, ToolChoice, ToolError};
 
 /// Told of each call that failed validation: the call, the error, and whether the model gets
 /// a retry (the audit trail records these).
