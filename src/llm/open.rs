@@ -30,18 +30,7 @@ pub async fn open(cfg: &LlmConfig, models: &ModelStore) -> Result<Arc<dyn Llm>, 
             path: value.unwrap_or("<default language model>").to_string(),
             reason: e.to_string(),
         })?;
-    let name = match value {
-        Some(v) if models.manifest().get(v).is_some() => v.to_string(),
-        Some(_) => path
-            .file_stem()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "custom".into()),
-        None => models
-            .manifest()
-            .default_for(Role::Llm)
-            .map(|e| e.name.clone())
-            .unwrap_or_else(|| "default".into()),
-    };
+    let name = models.display_name(Role::Llm, value, &path);
     let local = tokio::task::spawn_blocking(move || {
         LocalLlm::load(LocalLlmConfig {
             path,

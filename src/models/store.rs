@@ -296,6 +296,29 @@ impl ModelStore {
         Ok(())
     }
 
+    /// The name a model is served and logged by: its manifest name (the role's default when
+    /// `value` is `None`), or for a user's own file or folder at `path`, that file's name without
+    /// its extension, or that folder's name.
+    pub fn display_name(&self, role: Role, value: Option<&str>, path: &Path) -> String {
+        match value {
+            Some(v) if self.manifest.get(v).is_some() => v.to_string(),
+            Some(_) => {
+                let name = if path.is_dir() {
+                    path.file_name()
+                } else {
+                    path.file_stem()
+                };
+                name.map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "custom".into())
+            }
+            None => self
+                .manifest
+                .default_for(role)
+                .map(|e| e.name.clone())
+                .unwrap_or_else(|| "default".into()),
+        }
+    }
+
     /// Resolves a `--*-model` value: a manifest name gives the installed model's main file; any
     /// other value is taken as a path to the user's own file. `None` gives the role's default.
     pub fn resolve(&self, role: Role, value: Option<&str>) -> Result<PathBuf, ModelError> {

@@ -37,18 +37,7 @@ pub async fn embedder(cfg: &KbConfig, models: &ModelStore) -> Result<Arc<dyn Emb
     } else {
         path.parent().map(|p| p.to_path_buf()).unwrap_or_default()
     };
-    let name = match value {
-        Some(v) if models.manifest().get(v).is_some() => v.to_string(),
-        Some(_) => dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "custom".into()),
-        None => models
-            .manifest()
-            .default_for(Role::Embeddings)
-            .map(|e| e.name.clone())
-            .unwrap_or_else(|| "default".into()),
-    };
+    let name = models.display_name(Role::Embeddings, value, &dir);
     let workers = cfg.embed_workers;
     let local = tokio::task::spawn_blocking(move || LocalEmbedder::load(&dir, &name, workers))
         .await
