@@ -255,7 +255,7 @@ fn a_suite_with_mistakes_is_refused_with_the_line() {
 }
 
 /// The fixture suite, pinned. The thresholds sit a little below the figures measured with the
-/// default models (README, "voxd eval"), so a change that makes answers worse fails here.
+/// default models (docs/answers.md), so a change that makes answers worse fails here.
 #[tokio::test]
 async fn the_fixture_suite_pins_answer_quality() {
     pin(AnswerMode::Extractive, &EXTRACTIVE).await;

@@ -1,7 +1,7 @@
 //! Fuzz targets (bolero, stable Rust) for everything a client's bytes reach before a model does.
 //!
 //! Under `cargo test` each target replays its checked-in corpus (`tests/__fuzz__/<target>/corpus`)
-//! and then runs random inputs for one second. The long runs are README's (Security: fuzzing):
+//! and then runs random inputs for one second. The long runs are in docs/security.md (fuzzing):
 //! the same targets, run for millions of inputs with `BOLERO_RANDOM_ITERATIONS`.
 //!
 //! Each target asserts more than "no panic" where the code promises more: the stop scanner passes

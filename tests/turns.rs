@@ -2,7 +2,7 @@
 //! this voice?) on ONNX Runtime, alone and in realtime sessions over a loopback socket.
 //!
 //! The recordings are people (jfk.wav, LDC93S1): Smart Turn judges prosody, and on synthetic
-//! voices it misjudges pauses in the middle of phrases (see README, "Turn-taking").
+//! voices it misjudges pauses in the middle of phrases (see docs/turn-taking.md).
 
 mod common;
 

@@ -22,7 +22,7 @@ pub use session::{InputFormat, SessionConfig, SessionKind, TurnDetection};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ProtocolError {
-    /// Stable machine-readable code (see README's catalogue).
+    /// Stable machine-readable code (see docs/realtime-api.md).
     pub code: &'static str,
     pub message: String,
     /// The offending field, if any.
