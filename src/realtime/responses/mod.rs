@@ -16,252 +16,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, Instrument};
 
-use super::answer::{self, Answering, Finished, Prepared, ResponseJob, ResponseParams};
-use super::conversation::{self, parse_item, ConvItem, Conversation};
+use super::answer::{self, Answering, Finished, Prepared, ResponseJob};
+use super::conversation::{self, ConvItem, Conversation};
 use super::options::SessionOptions;
 use super::out::Out;
-use super::speaker::SpeechParams;
 use crate::prompt::{ChatMessage, Role};
-use crate::protocol::session::{check_model_text, tool_error, MAX_INSTRUCTIONS_BYTES};
+use crate::protocol::session::tool_error;
 use crate::protocol::{new_id, ProtocolError, ServerEvent};
-use crate::tools::{ToolChoice, ToolSet};
+
+mod context;
+mod request;
+
+pub use context::is_follow_up;
+use context::{context_in_conversation, response_params, Context};
+use request::{InputItem, ResponseRequest};
 
 /// Responses that may wait behind the running one.
 pub const MAX_WAITING: usize = 4;
-/// `metadata`: at most 16 pairs, keys up to 64 characters, values up to 512 (as OpenAI).
-const MAX_METADATA_PAIRS: usize = 16;
-
-/// What the user is asked when they have said nothing for the session's `idle_timeout_ms`.
-const IDLE_NUDGE: &str = "The user has not said anything for a while. In one short sentence, \
-ask whether they are still there or whether there is anything else you can help with.";
-
-/// A `response.create`, read and checked.
-#[derive(Debug, Clone, Default)]
-pub(super) struct ResponseRequest {
-    pub event_id: Option<String>,
-    /// `conversation: "none"`: the answer stays out of the conversation.
-    pub out_of_band: bool,
-    /// `input`: the context to answer instead of the conversation.
-    pub input: Option<Vec<InputItem>>,
-    pub metadata: Option<Map<String, Value>>,
-    pub instructions: Option<String>,
-    pub max_tokens: Option<usize>,
-    /// Ask whether the person is still there (the idle timeout), rather than answer.
-    pub nudge: bool,
-    /// `output_modalities`: `Some(true)` to speak, `Some(false)` for text.
-    pub speak: Option<bool>,
-    /// `audio.output.voice`.
-    pub voice: Option<String>,
-    /// `audio.output.format`.
-    pub output_format: Option<crate::protocol::InputFormat>,
-    /// `tools`: this response's own (instead of the session's).
-    pub tools: Option<ToolSet>,
-    /// `tool_choice`: this response's own.
-    pub tool_choice: Option<ToolChoice>,
-}
-
-/// How a response is spoken: the session's settings with the response's own over them; `None`
-/// for text (asked for, or the server has no voice).
-fn speech_of(opts: &SessionOptions, r: &ResponseRequest) -> Option<SpeechParams> {
-    let speak = r.speak.unwrap_or(opts.speech.is_some()) && !opts.voices.is_empty();
-    if !speak {
-        return None;
-    }
-    let mut params = opts.speech.clone().unwrap_or(SpeechParams {
-        format: crate::protocol::InputFormat::Pcm16 { rate: 24_000 },
-        voice: opts.voices[0].clone(),
-        speed: 1.0,
-        binary: false,
-    });
-    if let Some(v) = &r.voice {
-        params.voice = v.clone();
-    }
-    if let Some(f) = r.output_format {
-        params.format = f;
-    }
-    Some(params)
-}
-
-/// One item of a response's `input`.
-#[derive(Debug, Clone)]
-pub(super) enum InputItem {
-    Message(ChatMessage),
-    /// An item of the conversation, by id.
-    Reference(String),
-}
-
-fn bad(param: &str, message: impl Into<String>, event_id: &Option<String>) -> ProtocolError {
-    ProtocolError::new("invalid_response_config", message)
-        .param(param)
-        .event(event_id.clone())
-}
-
-impl ResponseRequest {
-    /// Reads the `response` object of a `response.create` (absent: all defaults).
-    pub(super) fn parse(
-        response: Option<&Value>,
-        event_id: Option<String>,
-        voices: &[String],
-    ) -> Result<Self, ProtocolError> {
-        let mut r = ResponseRequest {
-            event_id: event_id.clone(),
-            ..Default::default()
-        };
-        let Some(v) = response else { return Ok(r) };
-        let obj = v
-            .as_object()
-            .ok_or_else(|| bad("response", "`response` must be an object", &event_id))?;
-        match obj.get("conversation") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(c)) if c == "auto" => {}
-            Some(Value::String(c)) if c == "none" => r.out_of_band = true,
-            Some(_) => {
-                return Err(bad(
-                    "response.conversation",
-                    "must be \"auto\" or \"none\"",
-                    &event_id,
-                ))
-            }
-        }
-        if let Some(text) = obj.get("instructions").filter(|v| !v.is_null()) {
-            let text = text
-                .as_str()
-                .ok_or_else(|| bad("response.instructions", "must be a string", &event_id))?;
-            check_model_text(text, MAX_INSTRUCTIONS_BYTES, "response.instructions")
-                .map_err(|e| e.event(event_id.clone()))?;
-            if !text.trim().is_empty() {
-                r.instructions = Some(text.to_string());
-            }
-        }
-        match obj
-            .get("max_output_tokens")
-            .or(obj.get("max_response_output_tokens"))
-        {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s == "inf" => {}
-            Some(v) => match v.as_u64() {
-                Some(n @ 1..=4096) => r.max_tokens = Some(n as usize),
-                _ => {
-                    return Err(bad(
-                        "response.max_output_tokens",
-                        "must be an integer from 1 to 4096, or \"inf\"",
-                        &event_id,
-                    ))
-                }
-            },
-        }
-        if let Some(m) = obj.get("metadata").filter(|v| !v.is_null()) {
-            let map = m.as_object().ok_or_else(|| {
-                bad(
-                    "response.metadata",
-                    "must be an object of strings",
-                    &event_id,
-                )
-            })?;
-            if map.len() > MAX_METADATA_PAIRS {
-                return Err(bad(
-                    "response.metadata",
-                    format!("may hold at most {MAX_METADATA_PAIRS} pairs"),
-                    &event_id,
-                ));
-            }
-            for (k, v) in map {
-                let ok =
-                    k.chars().count() <= 64 && v.as_str().is_some_and(|s| s.chars().count() <= 512);
-                if !ok {
-                    return Err(bad(
-                        "response.metadata",
-                        "keys must be at most 64 characters and values strings of at most 512",
-                        &event_id,
-                    ));
-                }
-            }
-            r.metadata = Some(map.clone());
-        }
-        if let Some(list) = obj.get("input").filter(|v| !v.is_null()) {
-            let list = list
-                .as_array()
-                .ok_or_else(|| bad("response.input", "must be an array of items", &event_id))?;
-            if list.len() > conversation::MAX_ITEMS {
-                return Err(bad(
-                    "response.input",
-                    format!("may hold at most {} items", conversation::MAX_ITEMS),
-                    &event_id,
-                ));
-            }
-            let mut items = Vec::with_capacity(list.len());
-            for (i, item) in list.iter().enumerate() {
-                let param = format!("response.input[{i}]");
-                if item.get("type").and_then(Value::as_str) == Some("item_reference") {
-                    let id = item
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| bad(&param, "an item_reference needs `id`", &event_id))?;
-                    items.push(InputItem::Reference(id.to_string()));
-                } else {
-                    let (message, _) = parse_item(item).map_err(|m| bad(&param, m, &event_id))?;
-                    items.push(InputItem::Message(message));
-                }
-            }
-            r.input = Some(items);
-        }
-        if let Some(m) = obj.get("output_modalities").filter(|v| !v.is_null()) {
-            let list = m
-                .as_array()
-                .ok_or_else(|| bad("response.output_modalities", "must be an array", &event_id))?;
-            let mut speak = false;
-            for m in list {
-                match m.as_str() {
-                    Some("audio") => speak = true,
-                    Some("text") => {}
-                    _ => {
-                        return Err(bad(
-                            "response.output_modalities",
-                            "may contain only \"text\" and \"audio\"",
-                            &event_id,
-                        ))
-                    }
-                }
-            }
-            r.speak = Some(speak);
-        }
-        if let Some(output) = obj
-            .get("audio")
-            .and_then(|a| a.get("output"))
-            .filter(|v| !v.is_null())
-        {
-            if let Some(v) = output.get("voice") {
-                r.voice = Some(
-                    crate::protocol::session::check_voice(v, voices, "response.audio.output.voice")
-                        .map_err(|e| e.event(event_id.clone()))?,
-                );
-            }
-            if let Some(v) = output.get("format") {
-                r.output_format = Some(
-                    crate::protocol::session::parse_format(v, "response.audio.output.format")
-                        .map_err(|e| e.event(event_id.clone()))?,
-                );
-            }
-        }
-        if let Some(t) = obj.get("tools").filter(|v| !v.is_null()) {
-            r.tools = Some(
-                ToolSet::parse(t, "response.tools")
-                    .map_err(|e| tool_error(e).event(event_id.clone()))?,
-            );
-        }
-        if let Some(c) = obj.get("tool_choice").filter(|v| !v.is_null()) {
-            r.tool_choice = Some(
-                ToolChoice::parse(c, "response.tool_choice")
-                    .map_err(|e| tool_error(e).event(event_id.clone()))?,
-            );
-        }
-        Ok(r)
-    }
-}
 
 /// A response asked for and not started yet.
 struct Waiting {
@@ -573,73 +348,20 @@ impl Responses {
         };
         let opts = self.opts.borrow().clone();
         let r = &w.request;
-        // What it answers: (earlier turns, the user's words, the item answered), and what
-        // followed the user's words (function calls and their results).
-        let mut after: Vec<ChatMessage> = Vec::new();
-        let mut after_items = 0;
-        let (history, user, previous_item_id) = match (&r.input, &w.answers) {
-            (Some(input), _) => {
-                let mut msgs: Vec<ChatMessage> = Vec::new();
-                for item in input {
-                    match item {
-                        InputItem::Message(m) => msgs.push(m.clone()),
-                        InputItem::Reference(id) => match conversation.get(id) {
-                            Some(i) if !i.text.trim().is_empty() || i.is_tool_item() => {
-                                msgs.extend(conversation::history(std::slice::from_ref(i)))
-                            }
-                            Some(_) => {}
-                            None => {
-                                self.out.error(
-                                    &ProtocolError::new(
-                                        "invalid_item_reference",
-                                        format!("there is no item `{id}` in the conversation"),
-                                    )
-                                    .param("response.input")
-                                    .event(r.event_id.clone()),
-                                );
-                                return;
-                            }
-                        },
-                    }
-                }
-                let Some(pos) = msgs.iter().rposition(|m| m.role == Role::User) else {
-                    self.out.error(
-                        &ProtocolError::new(
-                            "response_needs_input",
-                            "the response's input has no user message to respond to",
-                        )
-                        .param("response.input")
-                        .event(r.event_id.clone()),
-                    );
-                    return;
-                };
-                let user = msgs.remove(pos).content;
-                after = msgs.split_off(pos);
-                (msgs, user, conversation.items.last().map(|i| i.id.clone()))
-            }
-            (None, Some(id)) => {
-                let pos = conversation
-                    .items
-                    .iter()
-                    .position(|i| &i.id == id)
-                    .expect("checked by pump");
-                // Function calls made for this question and their results follow it.
-                let rest = &conversation.items[pos + 1..];
-                let mut previous = id.clone();
-                if rest.iter().any(ConvItem::is_tool_item) {
-                    after = conversation::history(rest);
-                    after_items = rest.len();
-                    previous = rest.last().map_or(previous, |i| i.id.clone());
-                }
-                let history = conversation::history(&conversation.items[..pos]);
-                let user = if r.nudge {
-                    format!("[{IDLE_NUDGE}]")
-                } else {
-                    conversation.items[pos].text.clone()
-                };
-                (history, user, Some(previous))
-            }
-            (None, None) => return,
+        let context = match (&r.input, &w.answers) {
+            (Some(input), _) => self.context_of_input(input, conversation, r),
+            (None, Some(id)) => Some(context_in_conversation(id, conversation, r.nudge)),
+            (None, None) => None,
+        };
+        let Some(Context {
+            history,
+            user,
+            after,
+            after_items,
+            previous_item_id,
+        }) = context
+        else {
+            return;
         };
         // A follow-up ("how much does it cost?") is searched with the question before it.
         let query = match history.iter().rev().find(|m| m.role == Role::User) {
@@ -709,6 +431,60 @@ impl Responses {
             )
             .instrument(span),
         );
+    }
+
+    /// The context of a response with its own `input`: its messages up to the last user
+    /// message, and what followed it. `None` (the error sent) when a reference is unknown or no
+    /// user message is there.
+    fn context_of_input(
+        &self,
+        input: &[InputItem],
+        conversation: &Conversation,
+        r: &ResponseRequest,
+    ) -> Option<Context> {
+        let mut msgs: Vec<ChatMessage> = Vec::new();
+        for item in input {
+            match item {
+                InputItem::Message(m) => msgs.push(m.clone()),
+                InputItem::Reference(id) => match conversation.get(id) {
+                    Some(i) if !i.text.trim().is_empty() || i.is_tool_item() => {
+                        msgs.extend(conversation::history(std::slice::from_ref(i)))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.out.error(
+                            &ProtocolError::new(
+                                "invalid_item_reference",
+                                format!("there is no item `{id}` in the conversation"),
+                            )
+                            .param("response.input")
+                            .event(r.event_id.clone()),
+                        );
+                        return None;
+                    }
+                },
+            }
+        }
+        let Some(pos) = msgs.iter().rposition(|m| m.role == Role::User) else {
+            self.out.error(
+                &ProtocolError::new(
+                    "response_needs_input",
+                    "the response's input has no user message to respond to",
+                )
+                .param("response.input")
+                .event(r.event_id.clone()),
+            );
+            return None;
+        };
+        let user = msgs.remove(pos).content;
+        let after = msgs.split_off(pos);
+        Some(Context {
+            history: msgs,
+            user,
+            after,
+            after_items: 0,
+            previous_item_id: conversation.items.last().map(|i| i.id.clone()),
+        })
     }
 
     /// While the person pauses: retrieves for what they seem to have asked and drafts the first
@@ -788,96 +564,9 @@ impl Responses {
     }
 }
 
-/// A response's parameters: the request's own settings over the session's over the server's.
-/// `after`: what followed the user's words (function calls and their results); `conversation`:
-/// the item the answer follows, `None` for an out-of-band response. The response and the
-/// speculation in the pause both build theirs here, so a draft matches its response exactly.
-fn response_params(
-    opts: &SessionOptions,
-    r: &ResponseRequest,
-    answering: &Answering,
-    after: &[ChatMessage],
-    conversation: Option<Option<String>>,
-) -> ResponseParams {
-    let mut instructions = r
-        .instructions
-        .clone()
-        .or_else(|| Some(opts.instructions.clone()).filter(|s| !s.trim().is_empty()))
-        .unwrap_or_else(|| answering.settings.instructions.clone());
-    if r.nudge {
-        instructions = format!("{instructions}\n\n{IDLE_NUDGE}");
-    }
-    let max_tokens = r
-        .max_tokens
-        .or(opts.max_output_tokens.map(|n| n as usize))
-        .unwrap_or(answering.settings.max_tokens);
-    ResponseParams {
-        instructions,
-        max_tokens,
-        use_kb: opts.knowledge_base && !r.nudge,
-        citations_event: opts.citations_event,
-        metadata: r.metadata.clone(),
-        conversation,
-        speech: speech_of(opts, r),
-        client_tools: r.tools.clone().unwrap_or_else(|| opts.tools.clone()),
-        tools: r
-            .tools
-            .clone()
-            .unwrap_or_else(|| opts.tools.clone())
-            .merged(
-                &answering
-                    .server_tools
-                    .as_ref()
-                    .map(|s| s.offered_to(&answering.caller))
-                    .unwrap_or_default(),
-            ),
-        session_id: opts.session_id.clone(),
-        tool_choice: match r
-            .tool_choice
-            .clone()
-            .unwrap_or_else(|| opts.tool_choice.clone())
-        {
-            // The call this turn had to make was made and answered: now the model
-            // answers from the result rather than call again forever (as the Agents SDK
-            // resets a forced choice after a call). A `response.create` that sets its
-            // own `tool_choice` gets exactly that.
-            ToolChoice::Required | ToolChoice::Function(_)
-                if r.tool_choice.is_none() && after.iter().any(|m| m.tool_call_id.is_some()) =>
-            {
-                ToolChoice::None
-            }
-            c => c,
-        },
-    }
-}
-
 /// Tokens of an answer drafted while the person pauses: enough for the first phrase to speak. A
 /// response that comes for the model meanwhile cuts the draft short and takes what there is.
 const DRAFT_TOKENS: usize = 8;
-
-/// Whether a short question leans on the one before it: it names its subject with a pronoun
-/// ("how much does it cost?", "how long are they valid?"), is "and" with at most three words
-/// ("and your email?"), or starts with "what about".
-pub fn is_follow_up(text: &str) -> bool {
-    const LEANING: &[&str] = &[
-        "it", "its", "it's", "they", "them", "their", "that", "those", "this", "these", "he",
-        "she", "him", "her", "his",
-    ];
-    let words: Vec<String> = text
-        .to_lowercase()
-        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-        .filter(|w| !w.is_empty())
-        .map(str::to_string)
-        .collect();
-    if words.is_empty() || words.len() > 10 {
-        return false;
-    }
-    // "And your email?" leans on the question before; "and where is the shop?" does not.
-    (words[0] == "and" && words.len() <= 4)
-        || text.to_lowercase().trim_start().starts_with("what about")
-        || text.to_lowercase().trim_start().starts_with("how about")
-        || words.iter().any(|w| LEANING.contains(&w.as_str()))
-}
 
 #[cfg(test)]
 mod tests {
