@@ -365,19 +365,19 @@ pub(crate) async fn run(
         ending,
         ..
     } = job;
-    let speaker = match (&params.speech, &answering.tts) {
-        (Some(speech), Some(tts)) => Some(Speaker::start(
-            tts.clone(),
-            speech.clone(),
-            out.clone(),
-            Target {
+    // A spoken answer's voice: it sends the answer's transcript with its audio.
+    let speaker = params
+        .speech
+        .clone()
+        .zip(answering.tts.clone())
+        .map(|(speech, tts)| {
+            let target = Target {
                 response_id: response_id.clone(),
                 item_id: item_id.clone(),
                 silence,
-            },
-        )),
-        _ => None,
-    };
+            };
+            Speaker::start(tts, speech, out.clone(), target)
+        });
     let mut writer = Writer::new(
         out.clone(),
         &response_id,
@@ -399,7 +399,7 @@ pub(crate) async fn run(
         writer.open_message();
     }
     let mut cancel = Cancel(cancel);
-    let mut made = Answer::default();
+    let mut answer = Answer::default();
     let ctx = Ctx {
         answering: &answering,
         params: &params,
@@ -411,62 +411,38 @@ pub(crate) async fn run(
         user: &user,
         after: &after,
     };
-    let outcome = answer(&ctx, prepared, &query, &mut made, &mut cancel).await;
-    let mut answer = made;
-
-    // An answer no model wrote (the passage's sentence, "I don't know") still has an output
-    // length, in the model's tokens.
-    if matches!(answer.made, Some("extractive" | "refused")) {
-        answer.usage.completion_tokens = answering.llm.count_tokens(&answer.text);
-    }
-    let (mut status, mut details) = report::status(&outcome, answer.finish);
-    match &outcome {
-        Err(Stop::Ungrounded) => {
-            answer.text = CANNOT_LOOK_UP.to_string();
-            writer.emit(answer.text.clone());
-        }
-        Err(Stop::Failed(e)) => {
-            tracing::warn!(error = %e, code = e.code(), "response failed");
-            out.send(ServerEvent::Error {
-                error: report::error_body(e),
-            });
-        }
-        _ => {}
-    }
-    let finishing = matches!(&outcome, Ok(()) | Err(Stop::Ungrounded));
-    if let Some(reason) = finish_speech(&mut writer, finishing, &mut cancel, &mut answer).await {
-        status = "cancelled";
-        details = json!({ "type": "cancelled", "reason": reason });
+    let outcome = self::answer(&ctx, prepared, &query, &mut answer, &mut cancel).await;
+    let (status, details) = settle(
+        &outcome,
+        &answering,
+        &out,
+        &mut writer,
+        &mut cancel,
+        &mut answer,
+    )
+    .await;
+    // A failure or cancel before anything was said still closes with a (empty) message.
+    if answer.calls.is_empty() {
+        writer.open_message();
     }
     let item_status = if status == "completed" {
         "completed"
     } else {
         "incomplete"
     };
-    // A failure or cancel before anything was said still closes with a (empty) message.
-    if answer.calls.is_empty() {
-        writer.open_message();
-    }
     let mut output: Vec<Item> = writer
         .close_message(&answer.text, item_status)
         .into_iter()
         .collect();
     output.append(&mut answer.call_items);
-    let groundedness = report::record(&answer, status, &clock);
-    let timing = report::timing(&answer, &clock);
-    let mut response = report::response_object(
+    let response = report::finished(
         &response_id,
-        status,
-        details,
+        (status, details),
         output,
         &params,
-        Some((&answer.usage, &answer.results, timing)),
+        &mut answer,
+        &clock,
     );
-    // voxd's addition: how the answer was made and how much of it its passages hold.
-    response["voxd"]["answer"] = json!(answer.made);
-    response["voxd"]["groundedness"] = json!(groundedness);
-    // voxd's addition: the server tools it ran for this answer.
-    response["voxd"]["tool_calls"] = Value::Array(std::mem::take(&mut answer.server_log));
     ending.store(true, std::sync::atomic::Ordering::SeqCst);
     out.send(ServerEvent::ResponseDone { response });
     tracing::info!(response = %response_id, status, chars = answer.text.len(), "response finished");
@@ -481,4 +457,41 @@ pub(crate) async fn run(
             calls: answer.calls,
         })
         .await;
+}
+
+/// How the response ends after its steps: its status, what a failure says (the knowledge base
+/// could not be searched) or reports (a model error), and the end of its speech.
+async fn settle(
+    outcome: &Result<(), Stop>,
+    answering: &Answering,
+    out: &Out,
+    writer: &mut Writer,
+    cancel: &mut Cancel,
+    answer: &mut Answer,
+) -> (&'static str, Value) {
+    // An answer no model wrote (the passage's sentence, "I don't know") still has an output
+    // length, in the model's tokens.
+    if matches!(answer.made, Some("extractive" | "refused")) {
+        answer.usage.completion_tokens = answering.llm.count_tokens(&answer.text);
+    }
+    let (mut status, mut details) = report::status(outcome, answer.finish);
+    match outcome {
+        Err(Stop::Ungrounded) => {
+            answer.text = CANNOT_LOOK_UP.to_string();
+            writer.emit(answer.text.clone());
+        }
+        Err(Stop::Failed(e)) => {
+            tracing::warn!(error = %e, code = e.code(), "response failed");
+            out.send(ServerEvent::Error {
+                error: report::error_body(e),
+            });
+        }
+        _ => {}
+    }
+    let finishing = matches!(outcome, Ok(()) | Err(Stop::Ungrounded));
+    if let Some(reason) = finish_speech(writer, finishing, cancel, answer).await {
+        status = "cancelled";
+        details = json!({ "type": "cancelled", "reason": reason });
+    }
+    (status, details)
 }

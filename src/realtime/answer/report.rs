@@ -100,6 +100,33 @@ pub(super) fn record(answer: &Answer, status: &'static str, clock: &Clock) -> Op
     groundedness
 }
 
+/// The `response` object of `response.done`, with voxd's additions: how the answer was made,
+/// how much of it its passages hold, the server tools it ran, and its timing. Records the
+/// answer's figures on the way.
+pub(super) fn finished(
+    id: &str,
+    (status, details): (&'static str, Value),
+    output: Vec<Item>,
+    params: &ResponseParams,
+    answer: &mut Answer,
+    clock: &Clock,
+) -> Value {
+    let groundedness = record(answer, status, clock);
+    let timing = timing(answer, clock);
+    let mut response = response_object(
+        id,
+        status,
+        details,
+        output,
+        params,
+        Some((&answer.usage, &answer.results, timing)),
+    );
+    response["voxd"]["answer"] = json!(answer.made);
+    response["voxd"]["groundedness"] = json!(groundedness);
+    response["voxd"]["tool_calls"] = Value::Array(std::mem::take(&mut answer.server_log));
+    response
+}
+
 /// The `voxd_timing` extension of `response.done`.
 pub(super) fn timing(answer: &Answer, clock: &Clock) -> Value {
     let usage = &answer.usage;
