@@ -324,121 +324,12 @@ impl Hub {
                 event_id,
                 item,
                 previous_item_id,
-            } => match parse_item(&item) {
-                Ok((message, id)) => {
-                    let id = id.unwrap_or_else(|| new_id("item"));
-                    if let Some(call_id) = &message.tool_call_id {
-                        if !self.conversation.has_call(call_id) {
-                            return self.out.error(
-                                &ProtocolError::new(
-                                    "invalid_item",
-                                    format!("there is no function call `{call_id}` in the conversation for this output"),
-                                )
-                                .param("item.call_id")
-                                .event(event_id),
-                            );
-                        }
-                    }
-                    if self.conversation.get(&id).is_some() {
-                        return self.out.error(
-                            &ProtocolError::new(
-                                "item_id_in_use",
-                                format!("the conversation already has an item `{id}`"),
-                            )
-                            .param("item.id")
-                            .event(event_id),
-                        );
-                    }
-                    let item = ConvItem::from_message(id, message);
-                    let wire = item.to_item();
-                    let previous_item_id = match previous_item_id {
-                        None => self.conversation.push(item),
-                        Some(after) => match self.conversation.insert_after(&after, item) {
-                            Some(previous) => previous,
-                            None => {
-                                return self.out.error(
-                                    &ProtocolError::new(
-                                        "item_create_invalid_previous_item_id",
-                                        format!("there is no item `{after}` to insert after"),
-                                    )
-                                    .param("previous_item_id")
-                                    .event(event_id),
-                                )
-                            }
-                        },
-                    };
-                    self.out.send(ServerEvent::ItemAdded {
-                        previous_item_id: previous_item_id.clone(),
-                        item: wire.clone(),
-                    }) && self.out.send(ServerEvent::ItemDone {
-                        previous_item_id,
-                        item: wire,
-                    })
-                }
-                Err(message) => self.out.error(
-                    &ProtocolError::new("invalid_item", message)
-                        .param("item")
-                        .event(event_id),
-                ),
-            },
+            } => self.create_item(event_id, &item, previous_item_id),
             Command::Truncate {
                 event_id,
                 item_id,
                 audio_end_ms,
-            } => {
-                if self.conversation.get(&item_id).is_none()
-                    && self.responses.active_item() == Some(item_id.as_str())
-                {
-                    // Its answer is still being generated: truncate it once it ends. A later
-                    // truncate of it replaces this one.
-                    self.deferred_truncate = Some(Command::Truncate {
-                        event_id,
-                        item_id,
-                        audio_end_ms,
-                    });
-                    return true;
-                }
-                let Some(item) = self
-                    .conversation
-                    .get_mut(&item_id)
-                    .filter(|i| i.role == Role::Assistant && i.call.is_none())
-                else {
-                    return self.out.error(
-                        &ProtocolError::new(
-                            "item_truncate_invalid_item_id",
-                            format!("no assistant message `{item_id}` to truncate"),
-                        )
-                        .param("item_id")
-                        .event(event_id),
-                    );
-                };
-                item.text = match &item.audio {
-                    // A spoken answer: cut at the word that was playing.
-                    Some(pieces) => {
-                        let length = pieces.last().map_or(0, |p| p.end_ms);
-                        if audio_end_ms > length {
-                            return self.out.error(
-                                &ProtocolError::new(
-                                    "invalid_audio_end_ms",
-                                    format!(
-                                        "audio_end_ms {audio_end_ms} is beyond the item's audio ({length} ms)"
-                                    ),
-                                )
-                                .param("audio_end_ms")
-                                .event(event_id),
-                            );
-                        }
-                        super::speaker::heard(pieces, audio_end_ms)
-                    }
-                    // A text answer (no audio was sent): an estimate of what was read aloud.
-                    None => truncate_spoken(&item.text, audio_end_ms),
-                };
-                self.out.send(ServerEvent::ItemTruncated {
-                    item_id,
-                    content_index: 0,
-                    audio_end_ms,
-                })
-            }
+            } => self.truncate(event_id, item_id, audio_end_ms),
             Command::Retrieve { event_id, item_id } => match self.conversation.get(&item_id) {
                 Some(item) => self.out.send(ServerEvent::ItemRetrieved {
                     item: item.to_item(),
@@ -453,5 +344,130 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// `conversation.item.create`: a message or a function call's output, appended or inserted
+    /// after `previous_item_id`.
+    fn create_item(
+        &mut self,
+        event_id: Option<String>,
+        item: &serde_json::Value,
+        previous_item_id: Option<String>,
+    ) -> bool {
+        match parse_item(item) {
+            Ok((message, id)) => {
+                let id = id.unwrap_or_else(|| new_id("item"));
+                if let Some(call_id) = &message.tool_call_id {
+                    if !self.conversation.has_call(call_id) {
+                        let message = format!(
+                            "there is no function call `{call_id}` in the conversation for this output"
+                        );
+                        return self.out.error(
+                            &ProtocolError::new("invalid_item", message)
+                                .param("item.call_id")
+                                .event(event_id),
+                        );
+                    }
+                }
+                if self.conversation.get(&id).is_some() {
+                    return self.out.error(
+                        &ProtocolError::new(
+                            "item_id_in_use",
+                            format!("the conversation already has an item `{id}`"),
+                        )
+                        .param("item.id")
+                        .event(event_id),
+                    );
+                }
+                let item = ConvItem::from_message(id, message);
+                let wire = item.to_item();
+                let previous_item_id = match previous_item_id {
+                    None => self.conversation.push(item),
+                    Some(after) => match self.conversation.insert_after(&after, item) {
+                        Some(previous) => previous,
+                        None => {
+                            return self.out.error(
+                                &ProtocolError::new(
+                                    "item_create_invalid_previous_item_id",
+                                    format!("there is no item `{after}` to insert after"),
+                                )
+                                .param("previous_item_id")
+                                .event(event_id),
+                            )
+                        }
+                    },
+                };
+                self.out.send(ServerEvent::ItemAdded {
+                    previous_item_id: previous_item_id.clone(),
+                    item: wire.clone(),
+                }) && self.out.send(ServerEvent::ItemDone {
+                    previous_item_id,
+                    item: wire,
+                })
+            }
+            Err(message) => self.out.error(
+                &ProtocolError::new("invalid_item", message)
+                    .param("item")
+                    .event(event_id),
+            ),
+        }
+    }
+
+    /// `conversation.item.truncate`: an assistant message cut at what was heard (a spoken
+    /// answer at the word that was playing); the answer still being generated is truncated
+    /// once it ends.
+    fn truncate(&mut self, event_id: Option<String>, item_id: String, audio_end_ms: u64) -> bool {
+        if self.conversation.get(&item_id).is_none()
+            && self.responses.active_item() == Some(item_id.as_str())
+        {
+            // Its answer is still being generated: truncate it once it ends. A later
+            // truncate of it replaces this one.
+            self.deferred_truncate = Some(Command::Truncate {
+                event_id,
+                item_id,
+                audio_end_ms,
+            });
+            return true;
+        }
+        let Some(item) = self
+            .conversation
+            .get_mut(&item_id)
+            .filter(|i| i.role == Role::Assistant && i.call.is_none())
+        else {
+            return self.out.error(
+                &ProtocolError::new(
+                    "item_truncate_invalid_item_id",
+                    format!("no assistant message `{item_id}` to truncate"),
+                )
+                .param("item_id")
+                .event(event_id),
+            );
+        };
+        item.text = match &item.audio {
+            // A spoken answer: cut at the word that was playing.
+            Some(pieces) => {
+                let length = pieces.last().map_or(0, |p| p.end_ms);
+                if audio_end_ms > length {
+                    return self.out.error(
+                        &ProtocolError::new(
+                            "invalid_audio_end_ms",
+                            format!(
+                                "audio_end_ms {audio_end_ms} is beyond the item's audio ({length} ms)"
+                            ),
+                        )
+                        .param("audio_end_ms")
+                        .event(event_id),
+                    );
+                }
+                super::speaker::heard(pieces, audio_end_ms)
+            }
+            // A text answer (no audio was sent): an estimate of what was read aloud.
+            None => truncate_spoken(&item.text, audio_end_ms),
+        };
+        self.out.send(ServerEvent::ItemTruncated {
+            item_id,
+            content_index: 0,
+            audio_end_ms,
+        })
     }
 }
