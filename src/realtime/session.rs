@@ -99,7 +99,44 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
     );
 
     let limits = shared.limits.clone();
-    let mut shutdown = shared.shutdown.clone();
+    let (close, graceful) = read_client(
+        &mut ws_rx,
+        &mut config,
+        &audio_tx,
+        &opts_tx,
+        &out,
+        &limits,
+        shared.shutdown.clone(),
+    )
+    .await;
+
+    // Stop the audio stage; at shutdown let in-flight turns finish first.
+    drop(audio_tx);
+    if graceful {
+        match tokio::time::timeout(limits.shutdown_grace, hub).await {
+            Ok(_) => {}
+            Err(_) => warn!("in-flight turns did not finish before the shutdown deadline"),
+        }
+    } else {
+        hub.abort();
+    }
+    let _ = close_tx.send(close);
+    drain(writer, &mut ws_rx).await;
+    info!(code = close.0, "session closed");
+}
+
+/// The client's side of the session: reads its frames until the session must close; returns
+/// the close code and reason, and whether the close is the server's shutdown (in-flight turns
+/// may then finish).
+async fn read_client(
+    ws_rx: &mut futures::stream::SplitStream<WebSocket>,
+    config: &mut SessionConfig,
+    audio_tx: &mpsc::Sender<AudioInput>,
+    opts_tx: &watch::Sender<SessionOptions>,
+    out: &Out,
+    limits: &super::Limits,
+    mut shutdown: watch::Receiver<bool>,
+) -> ((u16, &'static str), bool) {
     let expires = tokio::time::sleep(limits.max_session);
     tokio::pin!(expires);
     let close: (u16, &'static str);
@@ -126,25 +163,9 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
                     }
                     Ok(Some(Ok(m))) => m,
                 };
-                match msg {
-                    Message::Text(text) => {
-                        if !handle_text(text.as_str(), &mut config, &audio_tx, &opts_tx, &out, &limits).await {
-                            close = (NORMAL, "");
-                            break;
-                        }
-                    }
-                    Message::Binary(bytes) => {
-                        if bytes.len() > limits.max_append_bytes {
-                            out.error(&too_large(limits.max_append_bytes, None));
-                            continue;
-                        }
-                        match decode_audio(&bytes, config.input_format) {
-                            Ok(samples) => if !send_audio(&audio_tx, samples).await { close = (NORMAL, ""); break; },
-                            Err(e) => { out.error(&e); }
-                        }
-                    }
-                    Message::Close(_) => { close = (NORMAL, ""); break; }
-                    Message::Ping(_) | Message::Pong(_) => {}
+                if !on_message(msg, config, audio_tx, opts_tx, out, limits).await {
+                    close = (NORMAL, "");
+                    break;
                 }
             }
             _ = &mut expires => {
@@ -163,22 +184,47 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
             }
         }
     }
+    (close, graceful)
+}
 
-    // Stop the audio stage; at shutdown let in-flight turns finish first.
-    drop(audio_tx);
-    if graceful {
-        match tokio::time::timeout(limits.shutdown_grace, hub).await {
-            Ok(_) => {}
-            Err(_) => warn!("in-flight turns did not finish before the shutdown deadline"),
+/// Handles one frame; false when the session must end.
+async fn on_message(
+    msg: Message,
+    config: &mut SessionConfig,
+    audio_tx: &mpsc::Sender<AudioInput>,
+    opts_tx: &watch::Sender<SessionOptions>,
+    out: &Out,
+    limits: &super::Limits,
+) -> bool {
+    match msg {
+        Message::Text(text) => {
+            handle_text(text.as_str(), config, audio_tx, opts_tx, out, limits).await
         }
-    } else {
-        hub.abort();
+        Message::Binary(bytes) => {
+            if bytes.len() > limits.max_append_bytes {
+                out.error(&too_large(limits.max_append_bytes, None));
+                return true;
+            }
+            match decode_audio(&bytes, config.input_format) {
+                Ok(samples) => send_audio(audio_tx, samples).await,
+                Err(e) => {
+                    out.error(&e);
+                    true
+                }
+            }
+        }
+        Message::Close(_) => false,
+        Message::Ping(_) | Message::Pong(_) => true,
     }
-    let _ = close_tx.send(close);
-    // Keep reading (and dropping) what the client sends until the writer has sent the close
-    // frame and the client has answered it: a socket closed with unread input is reset, and the
-    // reset would destroy the events and close frame still waiting in the client's buffers.
-    let mut writer = writer;
+}
+
+/// Keeps reading (and dropping) what the client sends until the writer has sent the close
+/// frame and the client has answered it: a socket closed with unread input is reset, and the
+/// reset would destroy the events and close frame still waiting in the client's buffers.
+async fn drain(
+    mut writer: tokio::task::JoinHandle<()>,
+    ws_rx: &mut futures::stream::SplitStream<WebSocket>,
+) {
     let mut writer_done = false;
     let deadline = tokio::time::sleep(Duration::from_secs(35));
     tokio::pin!(deadline);
@@ -197,7 +243,6 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
             }
         }
     }
-    info!(code = close.0, "session closed");
 }
 
 /// Handles one text frame; false when the session must end.
