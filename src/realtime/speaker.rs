@@ -155,12 +155,20 @@ async fn run(
     // An OpenAI voice name means the voice's default.
     let voice = crate::tts::resolve_voice(tts.as_ref(), Some(&params.voice))
         .unwrap_or_else(|_| tts.voices().first().cloned().unwrap_or_default());
+    let mut speaking = Speaking {
+        tts,
+        params,
+        out,
+        target,
+        timeline,
+        voice,
+        sent_ms: 0,
+        clock: None,
+        count: 0,
+    };
     let mut splitter = Splitter::new();
     let mut pending: VecDeque<String> = VecDeque::new();
     let mut open = true;
-    let mut sent_ms: u64 = 0;
-    let mut clock: Option<Instant> = None;
-    let mut count = 0usize;
     loop {
         let piece = match pending.pop_front() {
             Some(p) => p,
@@ -176,66 +184,130 @@ async fn run(
             }
             None => break,
         };
-        // Stay within MAX_LEAD of playback.
-        let mut ahead = Duration::ZERO;
-        if let Some(c) = clock {
-            ahead = Duration::from_millis(sent_ms).saturating_sub(c.elapsed());
-            if ahead > MAX_LEAD {
-                tokio::time::sleep(ahead - MAX_LEAD).await;
-                ahead = MAX_LEAD;
-            }
+        if !speaking.say(piece).await {
+            return;
+        }
+    }
+}
+
+/// A spoken answer in progress: where its audio stands against playback.
+struct Speaking {
+    tts: Arc<dyn Tts>,
+    params: SpeechParams,
+    out: Out,
+    target: Target,
+    timeline: Arc<Mutex<Timeline>>,
+    voice: String,
+    /// Audio sent so far, and when its first audio went out (playback's clock).
+    sent_ms: u64,
+    clock: Option<Instant>,
+    /// Pieces sent.
+    count: usize,
+}
+
+impl Speaking {
+    fn silenced(&self) -> bool {
+        self.target.silence.load(Ordering::SeqCst)
+    }
+
+    /// Audio sent ahead of playback.
+    fn ahead(&self) -> Duration {
+        self.clock.map_or(Duration::ZERO, |c| {
+            Duration::from_millis(self.sent_ms).saturating_sub(c.elapsed())
+        })
+    }
+
+    /// Waits until the next piece may be synthesised: within MAX_LEAD of playback, and, with
+    /// audio to spare, after other answers' opening work. Returns how far ahead playback is, or
+    /// `None` when the answer was silenced meanwhile.
+    async fn pace(&self) -> Option<Duration> {
+        let mut ahead = self.ahead();
+        if ahead > MAX_LEAD {
+            tokio::time::sleep(ahead - MAX_LEAD).await;
+            ahead = MAX_LEAD;
         }
         // An answer with audio to spare lets the start of another answer go first (its final
         // transcript, its prefill): on two cores that is the difference for the next person's
         // first word, and this one's playback loses nothing.
-        if count > 0 {
-            if let Some(c) = clock {
-                while crate::workers::opening_work_pending()
-                    && Duration::from_millis(sent_ms).saturating_sub(c.elapsed()) > URGENT_LEAD
-                {
-                    tokio::time::sleep(OPENING_POLL).await;
-                    if target.silence.load(Ordering::SeqCst) {
-                        return;
-                    }
+        if self.count > 0 && self.clock.is_some() {
+            while crate::workers::opening_work_pending() && self.ahead() > URGENT_LEAD {
+                tokio::time::sleep(OPENING_POLL).await;
+                if self.silenced() {
+                    return None;
                 }
-                ahead = Duration::from_millis(sent_ms).saturating_sub(c.elapsed());
             }
+            ahead = self.ahead();
         }
+        Some(ahead)
+    }
+
+    /// Speaks one piece: its transcript, then its audio in deltas. False when the answer was
+    /// silenced (a barge-in).
+    async fn say(&mut self, piece: String) -> bool {
+        let Some(ahead) = self.pace().await else {
+            return false;
+        };
         let request = SpeakRequest {
             text: piece.clone(),
-            voice: voice.clone(),
-            speed: params.speed,
+            voice: self.voice.clone(),
+            speed: self.params.speed,
             // Playback is about to run dry: this piece goes first.
-            urgent: count > 0 && ahead < URGENT_LEAD,
+            urgent: self.count > 0 && ahead < URGENT_LEAD,
         };
-        let spoken = tts.speak(request).await;
-        if target.silence.load(Ordering::SeqCst) {
-            return;
+        let spoken = self.tts.speak(request).await;
+        if self.silenced() {
+            return false;
         }
-        let delta = if count == 0 {
+        let delta = if self.count == 0 {
             piece.clone()
         } else {
             format!(" {piece}")
         };
-        count += 1;
-        out.send(ServerEvent::OutputAudioTranscriptDelta {
-            response_id: target.response_id.clone(),
-            item_id: target.item_id.clone(),
+        self.count += 1;
+        self.out.send(ServerEvent::OutputAudioTranscriptDelta {
+            response_id: self.target.response_id.clone(),
+            item_id: self.target.item_id.clone(),
             output_index: 0,
             content_index: 0,
             delta,
         });
-        let audio = match spoken.and_then(|s| {
-            encode(&s.samples, s.sample_rate, params.format)
-                .map_err(|e| TtsError::Engine(e.to_string()))
+        let audio = self.encoded(spoken);
+        let bytes_per_ms =
+            self.params.format.rate() as u64 * self.params.format.sample_bytes() as u64 / 1000;
+        let piece_ms = audio.len() as u64 / bytes_per_ms.max(1);
+        {
+            let mut t = self.timeline.lock().unwrap_or_else(|p| p.into_inner());
+            t.pieces.push(Spoken {
+                text: piece,
+                start_ms: self.sent_ms,
+                end_ms: self.sent_ms + piece_ms,
+            });
+            if !audio.is_empty() && t.first_audio.is_none() {
+                t.first_audio = Some(Instant::now());
+            }
+        }
+        if !audio.is_empty() && self.clock.is_none() {
+            self.clock = Some(Instant::now());
+        }
+        self.sent_ms += piece_ms;
+        self.send_audio(&audio, (bytes_per_ms * DELTA_MS) as usize)
+            .await
+    }
+
+    /// The piece's audio in the session's format; nothing when it could not be spoken (the
+    /// first failure is reported, and the answer goes on as text).
+    fn encoded(&self, spoken: Result<crate::tts::Speech, TtsError>) -> Vec<u8> {
+        let format = self.params.format;
+        match spoken.and_then(|s| {
+            encode(&s.samples, s.sample_rate, format).map_err(|e| TtsError::Engine(e.to_string()))
         }) {
             Ok(a) => a,
             Err(TtsError::Empty) => Vec::new(),
             Err(e) => {
-                let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
+                let mut t = self.timeline.lock().unwrap_or_else(|p| p.into_inner());
                 if t.error.is_none() {
                     tracing::warn!(error = %e, "speech synthesis failed; the answer goes on as text");
-                    out.send(ServerEvent::server_error(
+                    self.out.send(ServerEvent::server_error(
                         "tts_failed",
                         format!("the answer could not be spoken: {e}"),
                     ));
@@ -243,35 +315,21 @@ async fn run(
                 }
                 Vec::new()
             }
-        };
-        let bytes_per_ms = params.format.rate() as u64 * params.format.sample_bytes() as u64 / 1000;
-        let piece_ms = audio.len() as u64 / bytes_per_ms.max(1);
-        {
-            let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
-            t.pieces.push(Spoken {
-                text: piece,
-                start_ms: sent_ms,
-                end_ms: sent_ms + piece_ms,
-            });
-            if !audio.is_empty() && t.first_audio.is_none() {
-                t.first_audio = Some(Instant::now());
-            }
         }
-        if !audio.is_empty() && clock.is_none() {
-            clock = Some(Instant::now());
-        }
-        sent_ms += piece_ms;
-        let chunk = (bytes_per_ms * DELTA_MS) as usize;
+    }
+
+    /// Sends the audio in deltas of `chunk` bytes; false when silenced between two.
+    async fn send_audio(&self, audio: &[u8], chunk: usize) -> bool {
         for part in audio.chunks(chunk.max(2)) {
-            if target.silence.load(Ordering::SeqCst) {
-                return;
+            if self.silenced() {
+                return false;
             }
-            if params.binary {
-                out.send_audio(part.to_vec());
+            if self.params.binary {
+                self.out.send_audio(part.to_vec());
             } else {
-                out.send(ServerEvent::OutputAudioDelta {
-                    response_id: target.response_id.clone(),
-                    item_id: target.item_id.clone(),
+                self.out.send(ServerEvent::OutputAudioDelta {
+                    response_id: self.target.response_id.clone(),
+                    item_id: self.target.item_id.clone(),
                     output_index: 0,
                     content_index: 0,
                     delta: base64::engine::general_purpose::STANDARD.encode(part),
@@ -280,6 +338,7 @@ async fn run(
             // A point where a barge-in's stop takes effect between deltas.
             tokio::task::yield_now().await;
         }
+        true
     }
 }
 
