@@ -371,20 +371,29 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, gauges: Gauges) -> String {
         let mut out = String::with_capacity(8 * 1024);
+        self.render_sessions(&mut out, &gauges);
+        self.render_counters(&mut out);
+        self.render_histograms(&mut out);
+        render_process(&mut out);
+        out
+    }
+
+    /// Sessions and the work queues.
+    fn render_sessions(&self, out: &mut String, gauges: &Gauges) {
         counter(
-            &mut out,
+            out,
             "voxd_sessions_total",
             "Realtime sessions opened.",
             self.sessions.get() as f64,
         );
         gauge(
-            &mut out,
+            out,
             "voxd_live_sessions",
             "Realtime sessions open now.",
             gauges.live_sessions as f64,
         );
         gauge(
-            &mut out,
+            out,
             "voxd_max_sessions",
             "The session limit (--max-sessions).",
             gauges.max_sessions as f64,
@@ -399,7 +408,7 @@ impl Metrics {
         }
         if let Some(n) = gauges.tts_queue {
             gauge(
-                &mut out,
+                out,
                 "voxd_tts_queue_depth",
                 "Pieces of speech waiting for a voice worker.",
                 n as f64,
@@ -407,78 +416,86 @@ impl Metrics {
         }
         if let Some(n) = gauges.llm_queue {
             gauge(
-                &mut out,
+                out,
                 "voxd_llm_queue_depth",
                 "Jobs waiting for the embedded LLM (answers, paused answers, early prefills).",
                 n as f64,
             );
         }
+    }
+
+    /// Turns, responses, answers, errors, checks, drafts, tool calls and audio in.
+    fn render_counters(&self, out: &mut String) {
         counter(
-            &mut out,
+            out,
             "voxd_turns_total",
             "Turns transcribed.",
             self.turns.get() as f64,
         );
         labelled(
-            &mut out,
+            out,
             "voxd_responses_total",
             "Responses finished, by status.",
             "status",
             &self.responses,
         );
         counter(
-            &mut out,
+            out,
             "voxd_refusals_total",
             "Factual questions answered \"I don't know\" because no passage of the knowledge base supports an answer.",
             self.refusals.get() as f64,
         );
         labelled(
-            &mut out,
+            out,
             "voxd_answers_total",
             "Answers by how they were made: model, checked (every sentence supported by the passages), replaced (the model's unsupported answer replaced by the passage's own sentence), cut_repeat and cut_unsupported (a later sentence dropped), extractive, refused.",
             "outcome",
             &self.answers,
         );
         counter(
-            &mut out,
+            out,
             "voxd_responses_uncited_total",
             "Responses the knowledge base was searched for that rest on no passage.",
             self.uncited.get() as f64,
         );
         labelled(
-            &mut out,
+            out,
             "voxd_errors_total",
             "Errors sent to clients (realtime error events and HTTP errors), by code.",
             "code",
             &self.errors,
         );
         labelled(
-            &mut out,
+            out,
             "voxd_turn_checks_total",
             "End-of-turn model checks at a pause (semantic_vad), by verdict: complete, incomplete, error.",
             "verdict",
             &self.turn_checks,
         );
         labelled(
-            &mut out,
+            out,
             "voxd_llm_drafts_total",
             "Answers drafted while the person paused (made), drafts a response used (used), and drafts not made because their answer had already begun (late).",
             "outcome",
             &self.llm_drafts,
         );
         labelled_pairs(
-            &mut out,
+            out,
             "voxd_tool_calls_total",
             "Tool calls by tool and outcome (ok, invalid_retried, invalid_arguments, refused, error, timeout).",
             ["tool", "status"],
             &self.tool_calls,
         );
         counter(
-            &mut out,
+            out,
             "voxd_audio_bytes_in_total",
             "Audio bytes received on realtime sessions (decoded from base64).",
             self.audio_bytes_in.get() as f64,
         );
+    }
+
+    /// The latency and quality histograms, and each model's memory.
+    fn render_histograms(&self, out: &mut String) {
         let hists: [(&Histogram, &str, &str); 14] = [
             (
                 &self.groundedness,
@@ -552,7 +569,7 @@ impl Metrics {
             ),
         ];
         for (h, name, help) in hists {
-            h.render(&mut out, name, help);
+            h.render(out, name, help);
         }
         let models = self.model_memory.snapshot();
         if !models.is_empty() {
@@ -565,35 +582,38 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{model=\"{model}\"}} {bytes}");
             }
         }
-        if let Some((rss, cpu)) = process_usage() {
-            gauge(
-                &mut out,
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-                rss as f64,
-            );
-            counter(
-                &mut out,
-                "process_cpu_seconds_total",
-                "User and system CPU time spent in seconds.",
-                cpu,
-            );
-        }
-        if let Some((fds, threads)) = process_handles() {
-            gauge(
-                &mut out,
-                "process_open_fds",
-                "Number of open file descriptors.",
-                fds as f64,
-            );
-            gauge(
-                &mut out,
-                "process_threads",
-                "Number of OS threads.",
-                threads as f64,
-            );
-        }
-        out
+    }
+}
+
+/// The process's memory, CPU, file descriptors and threads.
+fn render_process(out: &mut String) {
+    if let Some((rss, cpu)) = process_usage() {
+        gauge(
+            out,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            rss as f64,
+        );
+        counter(
+            out,
+            "process_cpu_seconds_total",
+            "User and system CPU time spent in seconds.",
+            cpu,
+        );
+    }
+    if let Some((fds, threads)) = process_handles() {
+        gauge(
+            out,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            fds as f64,
+        );
+        gauge(
+            out,
+            "process_threads",
+            "Number of OS threads.",
+            threads as f64,
+        );
     }
 }
 
