@@ -355,25 +355,15 @@ async fn stream_turn(
     rec: &Recording,
     offset_ms: u64,
 ) -> Result<(Vec<TurnRecord>, u64), BenchError> {
-    let segments = &rec.speech.segments;
     let frame = (rec.rate as u64 * FRAME_MS / 1000) as usize;
     let silence = vec![0.0f32; frame];
-    let mut arrivals: Vec<Arrivals> = (0..segments.len()).map(|_| Arrivals::default()).collect();
-    let (mut n_stopped, mut n_completed) = (0usize, 0usize);
-    let mut item_segment: std::collections::HashMap<String, usize> = Default::default();
-    let mut last_completed: Option<usize> = None;
+    let mut tracker = Tracker::new(cfg, &rec.speech.segments, offset_ms);
     let mut sent_samples = 0u64;
     let t0 = Instant::now();
     let audio_frames = rec.samples.len().div_ceil(frame);
     let deadline = t0 + Duration::from_millis(rec.speech.duration_ms) + cfg.turn_timeout;
     let mut next_frame = 0usize;
-    // Done when every server turn is transcribed and the last utterance is (and is answered).
-    let finished = |a: &[Arrivals], n_stopped: usize, n_completed: usize| {
-        n_stopped == n_completed
-            && a.last()
-                .is_some_and(|l| l.completed.is_some() && (!cfg.answers || l.done.is_some()))
-    };
-    while !finished(&arrivals, n_stopped, n_completed) && Instant::now() < deadline {
+    while !tracker.finished() && Instant::now() < deadline {
         // A frame is sent when a microphone would have delivered it: at the end of its 20 ms.
         let due = t0 + Duration::from_millis((next_frame as u64 + 1) * FRAME_MS);
         tokio::select! {
@@ -389,60 +379,7 @@ async fn stream_turn(
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(BenchError::Config("the session ended".into())),
                 };
-                match event {
-                    ServerEvent::SpeechStopped { audio_end_ms, item_id } => {
-                        n_stopped += 1;
-                        let at = audio_end_ms as i64 - offset_ms as i64;
-                        if let Some(i) = cfg.match_stop(segments, at) {
-                            arrivals[i].stopped = Some(now);
-                            item_segment.insert(item_id, i);
-                        }
-                    }
-                    ServerEvent::TranscriptionCompleted { item_id, transcript, voxd_timing, .. } => {
-                        n_completed += 1;
-                        last_completed = item_segment.get(&item_id).copied();
-                        if let Some(a) = last_completed.and_then(|i| arrivals.get_mut(i)) {
-                            a.completed = Some(now);
-                            a.text = transcript;
-                            if let Some(t) = voxd_timing {
-                                a.asr_rtf = Some(t.asr_ms as f64 / t.audio_ms.max(1) as f64);
-                                a.speculative = Some(t.speculative);
-                            }
-                        }
-                    }
-                    ServerEvent::ResponseCreated { response } => {
-                        // A response answers the turn transcribed last.
-                        if let Some(a) = last_completed.and_then(|i| arrivals.get_mut(i)) {
-                            a.response = response["id"].as_str().map(str::to_string);
-                            a.created = Some(now);
-                        }
-                    }
-                    ServerEvent::OutputTextDelta { response_id, .. } => {
-                        if let Some(a) = arrivals.iter_mut().find(|a| a.response.as_deref() == Some(&response_id)) {
-                            a.first_token.get_or_insert(now);
-                        }
-                    }
-                    ServerEvent::OutputAudioDelta { response_id, .. } => {
-                        if let Some(a) = arrivals.iter_mut().find(|a| a.response.as_deref() == Some(&response_id)) {
-                            a.first_audio.get_or_insert(now);
-                        }
-                    }
-                    ServerEvent::ResponseDone { response } => {
-                        let id = response["id"].as_str().unwrap_or_default();
-                        if let Some(a) = arrivals.iter_mut().find(|a| a.response.as_deref() == Some(id)) {
-                            a.done = Some((now, response["status"].as_str().unwrap_or("").to_string()));
-                            a.drafted_tokens = response["voxd_timing"]["drafted_tokens"].as_u64();
-                            // A spoken answer sends no text deltas: its first token is when the
-                            // server saw it, counted from response.created.
-                            if a.first_token.is_none() {
-                                if let (Some(c), Some(ms)) = (a.created, response["voxd_timing"]["first_token_ms"].as_f64()) {
-                                    a.first_token = Some(c + Duration::from_secs_f64(ms / 1e3));
-                                }
-                            }
-                        }
-                    }
-                    _ => {}
-                }
+                tracker.on_event(event, now);
             }
             _ = sleep_until(due.into()) => {
                 let chunk = if next_frame < audio_frames {
@@ -457,56 +394,179 @@ async fn stream_turn(
             }
         }
     }
-    let done_in_time = finished(&arrivals, n_stopped, n_completed);
-    let ms_since = |end_ms: u64, at: Option<Instant>| {
-        at.map(|t| (t - (t0 + Duration::from_millis(end_ms))).as_secs_f64() * 1e3)
-    };
-    let records = arrivals
-        .into_iter()
-        .zip(segments)
-        .enumerate()
-        .map(|(i, (a, &(_, end)))| {
-            let status = match (&a.done, a.completed, cfg.answers) {
-                // The server heard this utterance as part of another turn.
-                (_, None, _) if a.stopped.is_none() && done_in_time => "merged".to_string(),
-                (_, None, _) => "timeout".to_string(),
-                (_, Some(_), false) => "completed".to_string(),
-                // An answer cut by the token limit was still delivered.
-                (Some((_, s)), _, true) if s == "incomplete" => "completed".to_string(),
-                (Some((_, s)), _, true) => s.clone(),
-                (None, Some(_), true) => "timeout".to_string(),
-            };
-            let completed_answer = status == "completed" && cfg.answers;
-            TurnRecord {
-                recording: rec.name.clone(),
-                segment: i,
-                speech_stopped: ms_since(end, a.stopped),
-                transcript: ms_since(end, a.completed),
-                first_token: if completed_answer {
-                    ms_since(end, a.first_token)
-                } else {
-                    None
-                },
-                first_audio: if completed_answer {
-                    ms_since(end, a.first_audio)
-                } else {
-                    None
-                },
-                done: if completed_answer {
-                    ms_since(end, a.done.as_ref().map(|d| d.0))
-                } else {
-                    None
-                },
-                asr_rtf: a.asr_rtf,
-                speculative: a.speculative,
-                drafted_tokens: a.drafted_tokens,
-                status,
-                transcript_text: a.text,
-                ..Default::default()
+    Ok((tracker.records(&rec.name, t0), sent_samples))
+}
+
+/// What has arrived for each utterance of one recording streamed once.
+struct Tracker<'a> {
+    cfg: &'a BenchConfig,
+    segments: &'a [(u64, u64)],
+    offset_ms: u64,
+    arrivals: Vec<Arrivals>,
+    /// Turns the server ended, and turns it transcribed.
+    n_stopped: usize,
+    n_completed: usize,
+    /// Which utterance each server turn (item) is.
+    item_segment: std::collections::HashMap<String, usize>,
+    last_completed: Option<usize>,
+}
+
+impl<'a> Tracker<'a> {
+    fn new(cfg: &'a BenchConfig, segments: &'a [(u64, u64)], offset_ms: u64) -> Self {
+        Tracker {
+            cfg,
+            segments,
+            offset_ms,
+            arrivals: (0..segments.len()).map(|_| Arrivals::default()).collect(),
+            n_stopped: 0,
+            n_completed: 0,
+            item_segment: Default::default(),
+            last_completed: None,
+        }
+    }
+
+    /// Done when every server turn is transcribed and the last utterance is (and is answered).
+    fn finished(&self) -> bool {
+        self.n_stopped == self.n_completed
+            && self
+                .arrivals
+                .last()
+                .is_some_and(|l| l.completed.is_some() && (!self.cfg.answers || l.done.is_some()))
+    }
+
+    /// Notes when an event of an utterance's turn arrived.
+    fn on_event(&mut self, event: ServerEvent, now: Instant) {
+        match event {
+            ServerEvent::SpeechStopped {
+                audio_end_ms,
+                item_id,
+            } => {
+                self.n_stopped += 1;
+                let at = audio_end_ms as i64 - self.offset_ms as i64;
+                if let Some(i) = self.cfg.match_stop(self.segments, at) {
+                    self.arrivals[i].stopped = Some(now);
+                    self.item_segment.insert(item_id, i);
+                }
             }
-        })
-        .collect();
-    Ok((records, sent_samples))
+            ServerEvent::TranscriptionCompleted {
+                item_id,
+                transcript,
+                voxd_timing,
+                ..
+            } => {
+                self.n_completed += 1;
+                self.last_completed = self.item_segment.get(&item_id).copied();
+                if let Some(a) = self.last_completed.and_then(|i| self.arrivals.get_mut(i)) {
+                    a.completed = Some(now);
+                    a.text = transcript;
+                    if let Some(t) = voxd_timing {
+                        a.asr_rtf = Some(t.asr_ms as f64 / t.audio_ms.max(1) as f64);
+                        a.speculative = Some(t.speculative);
+                    }
+                }
+            }
+            ServerEvent::ResponseCreated { response } => {
+                // A response answers the turn transcribed last.
+                if let Some(a) = self.last_completed.and_then(|i| self.arrivals.get_mut(i)) {
+                    a.response = response["id"].as_str().map(str::to_string);
+                    a.created = Some(now);
+                }
+            }
+            ServerEvent::OutputTextDelta { response_id, .. } => {
+                if let Some(a) = self
+                    .arrivals
+                    .iter_mut()
+                    .find(|a| a.response.as_deref() == Some(&response_id))
+                {
+                    a.first_token.get_or_insert(now);
+                }
+            }
+            ServerEvent::OutputAudioDelta { response_id, .. } => {
+                if let Some(a) = self
+                    .arrivals
+                    .iter_mut()
+                    .find(|a| a.response.as_deref() == Some(&response_id))
+                {
+                    a.first_audio.get_or_insert(now);
+                }
+            }
+            ServerEvent::ResponseDone { response } => {
+                let id = response["id"].as_str().unwrap_or_default();
+                if let Some(a) = self
+                    .arrivals
+                    .iter_mut()
+                    .find(|a| a.response.as_deref() == Some(id))
+                {
+                    a.done = Some((now, response["status"].as_str().unwrap_or("").to_string()));
+                    a.drafted_tokens = response["voxd_timing"]["drafted_tokens"].as_u64();
+                    // A spoken answer sends no text deltas: its first token is when the
+                    // server saw it, counted from response.created.
+                    if a.first_token.is_none() {
+                        if let (Some(c), Some(ms)) = (
+                            a.created,
+                            response["voxd_timing"]["first_token_ms"].as_f64(),
+                        ) {
+                            a.first_token = Some(c + Duration::from_secs_f64(ms / 1e3));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Each utterance's figures, in ms from its true end of speech (`t0`: streaming began).
+    fn records(self, recording: &str, t0: Instant) -> Vec<TurnRecord> {
+        let done_in_time = self.finished();
+        let ms_since = |end_ms: u64, at: Option<Instant>| {
+            at.map(|t| (t - (t0 + Duration::from_millis(end_ms))).as_secs_f64() * 1e3)
+        };
+        self.arrivals
+            .into_iter()
+            .zip(self.segments)
+            .enumerate()
+            .map(|(i, (a, &(_, end)))| {
+                let status = match (&a.done, a.completed, self.cfg.answers) {
+                    // The server heard this utterance as part of another turn.
+                    (_, None, _) if a.stopped.is_none() && done_in_time => "merged".to_string(),
+                    (_, None, _) => "timeout".to_string(),
+                    (_, Some(_), false) => "completed".to_string(),
+                    // An answer cut by the token limit was still delivered.
+                    (Some((_, s)), _, true) if s == "incomplete" => "completed".to_string(),
+                    (Some((_, s)), _, true) => s.clone(),
+                    (None, Some(_), true) => "timeout".to_string(),
+                };
+                let completed_answer = status == "completed" && self.cfg.answers;
+                TurnRecord {
+                    recording: recording.to_string(),
+                    segment: i,
+                    speech_stopped: ms_since(end, a.stopped),
+                    transcript: ms_since(end, a.completed),
+                    first_token: if completed_answer {
+                        ms_since(end, a.first_token)
+                    } else {
+                        None
+                    },
+                    first_audio: if completed_answer {
+                        ms_since(end, a.first_audio)
+                    } else {
+                        None
+                    },
+                    done: if completed_answer {
+                        ms_since(end, a.done.as_ref().map(|d| d.0))
+                    } else {
+                        None
+                    },
+                    asr_rtf: a.asr_rtf,
+                    speculative: a.speculative,
+                    drafted_tokens: a.drafted_tokens,
+                    status,
+                    transcript_text: a.text,
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
