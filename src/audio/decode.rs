@@ -140,9 +140,74 @@ struct Sink {
     resampler: Option<StreamResampler>,
     mono: Vec<f32>,
     out: Vec<f32>,
+    /// The decoder's packets, interleaved.
+    buf: Option<SampleBuffer<f32>>,
+    /// Output samples so far, counted at the output rate (fractional across rate changes).
+    out_samples: f64,
 }
 
 impl Sink {
+    /// Takes one decoded packet: checks its rate, channels and the length limit (before its
+    /// samples are kept), then keeps the selected channel or the mix. Returns the packet's rate
+    /// and channel count.
+    fn take(
+        &mut self,
+        decoded: symphonia::core::audio::AudioBufferRef<'_>,
+        channel: ChannelSelect,
+        limits: &DecodeLimits,
+    ) -> Result<(u32, usize), AudioError> {
+        let spec = *decoded.spec();
+        let rate = spec.rate;
+        let channels = spec.channels.count();
+        if !(8_000..=192_000).contains(&rate) {
+            return Err(AudioError::BadRate(rate));
+        }
+        if channels == 0 {
+            return Err(AudioError::Decode("a packet has no channels".into()));
+        }
+        if let ChannelSelect::Index(i) = channel {
+            if i >= channels {
+                return Err(AudioError::ChannelOutOfRange {
+                    requested: i,
+                    available: channels,
+                });
+            }
+        }
+        self.out_samples += self.out_len(decoded.frames(), rate);
+        if let Some(max) = limits.max_seconds {
+            let out_hz = self.out_rate.unwrap_or(rate) as f64;
+            if self.out_samples > max * out_hz {
+                return Err(too_long(max));
+            }
+        }
+        let needed = decoded.capacity() as u64;
+        if self
+            .buf
+            .as_ref()
+            .is_none_or(|b| b.capacity() < needed as usize)
+        {
+            self.buf = Some(SampleBuffer::new(needed, spec));
+        }
+        let b = self.buf.as_mut().expect("just set");
+        b.copy_interleaved_ref(decoded);
+        let interleaved = b.samples();
+        match channel {
+            ChannelSelect::Mix => {
+                let scale = 1.0 / channels as f32;
+                self.mono.extend(
+                    interleaved
+                        .chunks_exact(channels)
+                        .map(|frame| frame.iter().sum::<f32>() * scale),
+                );
+            }
+            ChannelSelect::Index(i) => self
+                .mono
+                .extend(interleaved.chunks_exact(channels).map(|f| f[i])),
+        }
+        self.push(rate)?;
+        Ok((rate, channels))
+    }
+
     /// Samples at the output rate that `frames` frames at `rate` become.
     fn out_len(&self, frames: usize, rate: u32) -> f64 {
         match self.out_rate {
@@ -200,57 +265,29 @@ fn decode_inner(
     if bytes.is_empty() {
         return Err(AudioError::Empty);
     }
-    let cancelled = || limits.cancelled.as_ref().is_some_and(|c| c());
-    let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
-    let mut hint = Hint::new();
-    if let Some(ext) = ext_hint {
-        hint.with_extension(ext);
-    }
-    let probed = symphonia::default::get_probe()
-        .format(
-            &hint,
-            mss,
-            &FormatOptions::default(),
-            &MetadataOptions::default(),
-        )
-        .map_err(|e| AudioError::Unsupported(e.to_string()))?;
-    let mut format = probed.format;
-    let track = format
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .ok_or(AudioError::NoAudioTrack)?;
-    let track_id = track.id;
-    let mut rate = track.codec_params.sample_rate.unwrap_or(0);
-    let mut channels = track.codec_params.channels.map(|c| c.count()).unwrap_or(0);
-    // The container's declared length, where it has one (WAV, FLAC, Ogg): a file that says it
-    // is too long is refused before anything is decoded.
-    if let (Some(max), Some(frames)) = (limits.max_seconds, track.codec_params.n_frames) {
-        if rate > 0 && frames as f64 > max * rate as f64 {
-            return Err(too_long(max));
-        }
-    }
     if let Some(r) = out_rate {
         if !(8_000..=192_000).contains(&r) {
             return Err(AudioError::BadRate(r));
         }
     }
-    let mut decoder = symphonia::default::get_codecs()
-        .make(&track.codec_params, &DecoderOptions::default())
-        .map_err(|e| AudioError::Unsupported(e.to_string()))?;
-
+    let cancelled = || limits.cancelled.as_ref().is_some_and(|c| c());
+    let Opened {
+        mut format,
+        mut decoder,
+        track_id,
+        mut rate,
+        mut channels,
+    } = open(bytes, ext_hint, limits)?;
     let mut sink = Sink {
         out_rate,
         resampler: None,
         mono: Vec::new(),
         out: Vec::new(),
+        buf: None,
+        out_samples: 0.0,
     };
-    let mut buf: Option<SampleBuffer<f32>> = None;
     let mut bad_packets = 0usize;
     let mut good_packets = 0usize;
-    // Output samples so far, counted at the output rate (fractional across rate changes).
-    let mut out_samples = 0.0f64;
-
     loop {
         if cancelled() {
             return Err(AudioError::Cancelled);
@@ -283,53 +320,7 @@ fn decode_inner(
             Err(e) => return Err(AudioError::Decode(e.to_string())),
         };
         good_packets += 1;
-        let spec = *decoded.spec();
-        rate = spec.rate;
-        channels = spec.channels.count();
-        if !(8_000..=192_000).contains(&rate) {
-            return Err(AudioError::BadRate(rate));
-        }
-        if channels == 0 {
-            return Err(AudioError::Decode("a packet has no channels".into()));
-        }
-        if let ChannelSelect::Index(i) = channel {
-            if i >= channels {
-                return Err(AudioError::ChannelOutOfRange {
-                    requested: i,
-                    available: channels,
-                });
-            }
-        }
-        // The limit is checked before this packet's samples are kept.
-        let frames = decoded.frames();
-        out_samples += sink.out_len(frames, rate);
-        if let Some(max) = limits.max_seconds {
-            let out_hz = out_rate.unwrap_or(rate) as f64;
-            if out_samples > max * out_hz {
-                return Err(too_long(max));
-            }
-        }
-        let needed = decoded.capacity() as u64;
-        if buf.as_ref().is_none_or(|b| b.capacity() < needed as usize) {
-            buf = Some(SampleBuffer::new(needed, spec));
-        }
-        let b = buf.as_mut().expect("just set");
-        b.copy_interleaved_ref(decoded);
-        let interleaved = b.samples();
-        match channel {
-            ChannelSelect::Mix => {
-                let scale = 1.0 / channels as f32;
-                sink.mono.extend(
-                    interleaved
-                        .chunks_exact(channels)
-                        .map(|frame| frame.iter().sum::<f32>() * scale),
-                );
-            }
-            ChannelSelect::Index(i) => sink
-                .mono
-                .extend(interleaved.chunks_exact(channels).map(|f| f[i])),
-        }
-        sink.push(rate)?;
+        (rate, channels) = sink.take(decoded, channel, limits)?;
     }
 
     let samples = sink.finish();
@@ -343,6 +334,61 @@ fn decode_inner(
         samples,
         sample_rate: out_rate.unwrap_or(rate),
         source_channels: channels,
+    })
+}
+
+/// A container opened on its first audio track, with the track's decoder.
+struct Opened {
+    format: Box<dyn symphonia::core::formats::FormatReader>,
+    decoder: Box<dyn symphonia::core::codecs::Decoder>,
+    track_id: u32,
+    /// The track's declared rate and channels (0 when it declares none).
+    rate: u32,
+    channels: usize,
+}
+
+/// Probes the container and opens its first audio track; a file whose declared length is over
+/// the limit is refused before anything is decoded.
+fn open(
+    bytes: Vec<u8>,
+    ext_hint: Option<&str>,
+    limits: &DecodeLimits,
+) -> Result<Opened, AudioError> {
+    let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
+    let mut hint = Hint::new();
+    if let Some(ext) = ext_hint {
+        hint.with_extension(ext);
+    }
+    let probed = symphonia::default::get_probe()
+        .format(
+            &hint,
+            mss,
+            &FormatOptions::default(),
+            &MetadataOptions::default(),
+        )
+        .map_err(|e| AudioError::Unsupported(e.to_string()))?;
+    let format = probed.format;
+    let track = format
+        .tracks()
+        .iter()
+        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+        .ok_or(AudioError::NoAudioTrack)?;
+    let rate = track.codec_params.sample_rate.unwrap_or(0);
+    // The container's declared length, where it has one (WAV, FLAC, Ogg).
+    if let (Some(max), Some(frames)) = (limits.max_seconds, track.codec_params.n_frames) {
+        if rate > 0 && frames as f64 > max * rate as f64 {
+            return Err(too_long(max));
+        }
+    }
+    let decoder = symphonia::default::get_codecs()
+        .make(&track.codec_params, &DecoderOptions::default())
+        .map_err(|e| AudioError::Unsupported(e.to_string()))?;
+    Ok(Opened {
+        track_id: track.id,
+        rate,
+        channels: track.codec_params.channels.map(|c| c.count()).unwrap_or(0),
+        format,
+        decoder,
     })
 }
 
