@@ -246,40 +246,7 @@ pub fn inspect(path: &Path) -> Result<GgmlSummary, ModelError> {
         reason,
     };
 
-    let magic = r
-        .i32("magic")
-        .map_err(|_| not_ggml(format!("only {size} bytes long")))? as u32;
-    if magic != MAGIC {
-        let hint = if magic == 0x4655_4747 {
-            " (this is a GGUF file, as used for LLMs, not a whisper.cpp model)"
-        } else {
-            ""
-        };
-        return Err(not_ggml(format!(
-            "bad magic 0x{magic:08x}, expected 0x{MAGIC:08x}{hint}"
-        )));
-    }
-    let mut hp = [0i32; 11];
-    for v in hp.iter_mut() {
-        *v = r.i32("hyper-parameters").map_err(corrupt)?;
-    }
-    let hparams = WhisperHparams::from_array(hp);
-    let sane = |v: i32, max: i32| (1..=max).contains(&v);
-    if !(sane(hparams.n_vocab, 1 << 20)
-        && sane(hparams.n_audio_ctx, 1 << 16)
-        && sane(hparams.n_audio_state, 1 << 14)
-        && sane(hparams.n_audio_head, 1 << 10)
-        && sane(hparams.n_audio_layer, 256)
-        && sane(hparams.n_text_ctx, 1 << 16)
-        && sane(hparams.n_text_state, 1 << 14)
-        && sane(hparams.n_text_head, 1 << 10)
-        && sane(hparams.n_text_layer, 256)
-        && sane(hparams.n_mels, 512))
-    {
-        return Err(not_ggml(format!(
-            "implausible hyper-parameters {hparams:?}"
-        )));
-    }
+    let hparams = read_hparams(&mut r, &not_ggml, &corrupt)?;
 
     let n_mel_filters = r.i32("mel filter count").map_err(corrupt)?;
     let n_fft = r.i32("mel filter size").map_err(corrupt)?;
@@ -309,54 +276,8 @@ pub fn inspect(path: &Path) -> Result<GgmlSummary, ModelError> {
 
     let mut tensors = Vec::new();
     while r.pos < r.size {
-        let n_dims = r.i32("tensor header").map_err(corrupt)?;
-        let name_len = r.i32("tensor header").map_err(corrupt)?;
-        let ttype = r.i32("tensor header").map_err(corrupt)?;
-        if !(1..=4).contains(&n_dims) || !(1..=1024).contains(&name_len) {
-            return Err(corrupt(format!(
-                "tensor #{} has a bad header (dims {n_dims}, name length {name_len}) at offset {}",
-                tensors.len(),
-                r.pos - 12
-            )));
-        }
-        let mut dims = Vec::with_capacity(n_dims as usize);
-        for _ in 0..n_dims {
-            let d = r.i32("tensor dims").map_err(corrupt)?;
-            if d <= 0 {
-                return Err(corrupt(format!(
-                    "tensor #{} has dimension {d}",
-                    tensors.len()
-                )));
-            }
-            dims.push(d as u64);
-        }
-        let name = String::from_utf8(r.bytes(name_len as u64, "tensor name").map_err(corrupt)?)
-            .map_err(|_| {
-                corrupt(format!(
-                    "tensor #{} has a name that is not UTF-8",
-                    tensors.len()
-                ))
-            })?;
-        let (block_bytes, block_elems) = u32::try_from(ttype)
-            .ok()
-            .and_then(type_layout)
-            .ok_or_else(|| corrupt(format!("tensor {name} has unsupported type {ttype}")))?;
-        let elems = dims.iter().product::<u64>();
-        if elems % block_elems != 0 {
-            return Err(corrupt(format!(
-                "tensor {name}: {elems} elements do not fill whole blocks"
-            )));
-        }
-        let nbytes = elems / block_elems * block_bytes;
-        let offset = r.pos;
-        r.skip(nbytes, &format!("tensor {name}")).map_err(corrupt)?;
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            ttype: ttype as u32,
-            offset,
-            nbytes,
-        });
+        let tensor = read_tensor(&mut r, tensors.len(), &corrupt)?;
+        tensors.push(tensor);
     }
 
     Ok(GgmlSummary {
@@ -366,6 +287,102 @@ pub fn inspect(path: &Path) -> Result<GgmlSummary, ModelError> {
         vocab,
         tensors,
         file_size: size,
+    })
+}
+
+/// Whether a header count lies in 1..=max.
+fn sane(v: i32, max: i32) -> bool {
+    (1..=max).contains(&v)
+}
+
+/// The magic and the hyper-parameters, checked for plausibility.
+fn read_hparams(
+    r: &mut Reader,
+    not_ggml: &dyn Fn(String) -> ModelError,
+    corrupt: &dyn Fn(String) -> ModelError,
+) -> Result<WhisperHparams, ModelError> {
+    let size = r.size;
+    let magic = r
+        .i32("magic")
+        .map_err(|_| not_ggml(format!("only {size} bytes long")))? as u32;
+    if magic != MAGIC {
+        let hint = if magic == 0x4655_4747 {
+            " (this is a GGUF file, as used for LLMs, not a whisper.cpp model)"
+        } else {
+            ""
+        };
+        return Err(not_ggml(format!(
+            "bad magic 0x{magic:08x}, expected 0x{MAGIC:08x}{hint}"
+        )));
+    }
+    let mut hp = [0i32; 11];
+    for v in hp.iter_mut() {
+        *v = r.i32("hyper-parameters").map_err(corrupt)?;
+    }
+    let hparams = WhisperHparams::from_array(hp);
+    if !(sane(hparams.n_vocab, 1 << 20)
+        && sane(hparams.n_audio_ctx, 1 << 16)
+        && sane(hparams.n_audio_state, 1 << 14)
+        && sane(hparams.n_audio_head, 1 << 10)
+        && sane(hparams.n_audio_layer, 256)
+        && sane(hparams.n_text_ctx, 1 << 16)
+        && sane(hparams.n_text_state, 1 << 14)
+        && sane(hparams.n_text_head, 1 << 10)
+        && sane(hparams.n_text_layer, 256)
+        && sane(hparams.n_mels, 512))
+    {
+        return Err(not_ggml(format!(
+            "implausible hyper-parameters {hparams:?}"
+        )));
+    }
+    Ok(hparams)
+}
+
+/// One tensor's header (the `index`-th), its data skipped.
+fn read_tensor(
+    r: &mut Reader,
+    index: usize,
+    corrupt: &dyn Fn(String) -> ModelError,
+) -> Result<TensorInfo, ModelError> {
+    let n_dims = r.i32("tensor header").map_err(corrupt)?;
+    let name_len = r.i32("tensor header").map_err(corrupt)?;
+    let ttype = r.i32("tensor header").map_err(corrupt)?;
+    if !(1..=4).contains(&n_dims) || !(1..=1024).contains(&name_len) {
+        return Err(corrupt(format!(
+            "tensor #{} has a bad header (dims {n_dims}, name length {name_len}) at offset {}",
+            index,
+            r.pos - 12
+        )));
+    }
+    let mut dims = Vec::with_capacity(n_dims as usize);
+    for _ in 0..n_dims {
+        let d = r.i32("tensor dims").map_err(corrupt)?;
+        if d <= 0 {
+            return Err(corrupt(format!("tensor #{} has dimension {d}", index)));
+        }
+        dims.push(d as u64);
+    }
+    let name = String::from_utf8(r.bytes(name_len as u64, "tensor name").map_err(corrupt)?)
+        .map_err(|_| corrupt(format!("tensor #{} has a name that is not UTF-8", index)))?;
+    let (block_bytes, block_elems) = u32::try_from(ttype)
+        .ok()
+        .and_then(type_layout)
+        .ok_or_else(|| corrupt(format!("tensor {name} has unsupported type {ttype}")))?;
+    let elems = dims.iter().product::<u64>();
+    if elems % block_elems != 0 {
+        return Err(corrupt(format!(
+            "tensor {name}: {elems} elements do not fill whole blocks"
+        )));
+    }
+    let nbytes = elems / block_elems * block_bytes;
+    let offset = r.pos;
+    r.skip(nbytes, &format!("tensor {name}")).map_err(corrupt)?;
+    Ok(TensorInfo {
+        name,
+        dims,
+        ttype: ttype as u32,
+        offset,
+        nbytes,
     })
 }
 
