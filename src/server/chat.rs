@@ -144,66 +144,11 @@ fn request(body: Body, default_max: usize) -> Result<GenerateRequest, ApiError> 
             "messages",
         ));
     }
-    let mut messages = Vec::with_capacity(body.messages.len());
-    for m in body.messages {
-        let role = match m.role.as_str() {
-            "system" | "developer" => Role::System,
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            "tool" => Role::Tool,
-            other => {
-                return Err(bad(
-                    "invalid_role",
-                    format!(
-                        "role `{other}` is not supported (system, developer, user, assistant, tool)"
-                    ),
-                    "messages",
-                ))
-            }
-        };
-        if role == Role::Tool && m.tool_call_id.is_none() {
-            return Err(bad(
-                "missing_required_parameter",
-                "a tool message needs `tool_call_id`",
-                "messages",
-            ));
-        }
-        let text = match m.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t,
-            Some(Content::Parts(parts)) => {
-                let mut t = String::new();
-                for p in parts {
-                    if p.kind != "text" {
-                        return Err(bad(
-                            "unsupported_content",
-                            format!("content parts of type `{}` are not supported", p.kind),
-                            "messages",
-                        ));
-                    }
-                    t.push_str(p.text.as_deref().unwrap_or(""));
-                }
-                t
-            }
-        };
-        let mut msg = ChatMessage::new(role, text);
-        if role == Role::Tool {
-            msg.tool_call_id = m.tool_call_id;
-        }
-        if role == Role::Assistant {
-            msg.tool_calls = m
-                .tool_calls
-                .unwrap_or_default()
-                .into_iter()
-                .map(|c| ToolCall {
-                    id: c.id,
-                    name: c.function.name,
-                    arguments: c.function.arguments,
-                })
-                .collect();
-        }
-        messages.push(msg);
-    }
+    let messages = body
+        .messages
+        .into_iter()
+        .map(message)
+        .collect::<Result<Vec<_>, _>>()?;
     let tools = match &body.tools {
         None | Some(Value::Null) => ToolSet::default(),
         Some(t) => ToolSet::parse(t, "tools")?,
@@ -263,6 +208,68 @@ fn request(body: Body, default_max: usize) -> Result<GenerateRequest, ApiError> 
     req.tools = tools;
     req.tool_choice = tool_choice;
     Ok(req)
+}
+
+/// One chat message of the request, checked: its role, its text (text parts only), a tool
+/// message's call id, an assistant message's calls.
+fn message(m: Message) -> Result<ChatMessage, ApiError> {
+    let role = match m.role.as_str() {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => {
+            return Err(bad(
+                "invalid_role",
+                format!(
+                    "role `{other}` is not supported (system, developer, user, assistant, tool)"
+                ),
+                "messages",
+            ))
+        }
+    };
+    if role == Role::Tool && m.tool_call_id.is_none() {
+        return Err(bad(
+            "missing_required_parameter",
+            "a tool message needs `tool_call_id`",
+            "messages",
+        ));
+    }
+    let text = match m.content {
+        None => String::new(),
+        Some(Content::Text(t)) => t,
+        Some(Content::Parts(parts)) => {
+            let mut t = String::new();
+            for p in parts {
+                if p.kind != "text" {
+                    return Err(bad(
+                        "unsupported_content",
+                        format!("content parts of type `{}` are not supported", p.kind),
+                        "messages",
+                    ));
+                }
+                t.push_str(p.text.as_deref().unwrap_or(""));
+            }
+            t
+        }
+    };
+    let mut msg = ChatMessage::new(role, text);
+    if role == Role::Tool {
+        msg.tool_call_id = m.tool_call_id;
+    }
+    if role == Role::Assistant {
+        msg.tool_calls = m
+            .tool_calls
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| ToolCall {
+                id: c.id,
+                name: c.function.name,
+                arguments: c.function.arguments,
+            })
+            .collect();
+    }
+    Ok(msg)
 }
 
 fn now() -> u64 {
@@ -340,55 +347,81 @@ pub async fn completions(
         }
     };
 
-    if !stream {
-        let mut text = String::new();
-        let mut calls = Vec::new();
-        let mut ev: Option<Result<LlmEvent, LlmError>> = Some(Ok(first));
-        loop {
-            match ev {
-                Some(Ok(LlmEvent::Delta(d))) => text.push_str(&d),
-                Some(Ok(LlmEvent::ToolCall(c))) => calls.push(c),
-                Some(Ok(LlmEvent::Done { finish, usage })) => {
-                    let mut message =
-                        json!({ "role": "assistant", "content": text, "refusal": null });
-                    if !calls.is_empty() {
-                        if text.is_empty() {
-                            message["content"] = Value::Null;
-                        }
-                        message["tool_calls"] = calls.iter().map(|c| call_json(c, None)).collect();
-                    }
-                    return Ok(Json(json!({
-                        "id": id,
-                        "object": "chat.completion",
-                        "created": created,
-                        "model": model,
-                        "choices": [{
-                            "index": 0,
-                            "message": message,
-                            "finish_reason": finish_str(finish),
-                            "logprobs": null,
-                        }],
-                        "usage": usage_json(&usage),
-                    }))
-                    .into_response());
-                }
-                Some(Err(e)) => return Err(e.into()),
-                None => {
-                    return Err(
-                        LlmError::Compute("the generation ended without finishing".into()).into(),
-                    )
-                }
-            }
-            ev = events.next().await;
-        }
+    let made = Made { id, model, created };
+    if stream {
+        Ok(streamed(made, first, events, include_usage))
+    } else {
+        whole(made, first, events).await
     }
+}
 
+/// The completion's id, model name and creation time, on every chunk.
+struct Made {
+    id: String,
+    model: String,
+    created: u64,
+}
+
+/// The whole completion as one `chat.completion` object.
+async fn whole(
+    made: Made,
+    first: LlmEvent,
+    mut events: crate::llm::LlmStream,
+) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    let mut ev: Option<Result<LlmEvent, LlmError>> = Some(Ok(first));
+    loop {
+        match ev {
+            Some(Ok(LlmEvent::Delta(d))) => text.push_str(&d),
+            Some(Ok(LlmEvent::ToolCall(c))) => calls.push(c),
+            Some(Ok(LlmEvent::Done { finish, usage })) => {
+                let mut message = json!({ "role": "assistant", "content": text, "refusal": null });
+                if !calls.is_empty() {
+                    if text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = calls.iter().map(|c| call_json(c, None)).collect();
+                }
+                return Ok(Json(json!({
+                    "id": made.id,
+                    "object": "chat.completion",
+                    "created": made.created,
+                    "model": made.model,
+                    "choices": [{
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": finish_str(finish),
+                        "logprobs": null,
+                    }],
+                    "usage": usage_json(&usage),
+                }))
+                .into_response());
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => {
+                return Err(
+                    LlmError::Compute("the generation ended without finishing".into()).into(),
+                )
+            }
+        }
+        ev = events.next().await;
+    }
+}
+
+/// The completion as server-sent `chat.completion.chunk` events, then `[DONE]`.
+fn streamed(
+    made: Made,
+    first: LlmEvent,
+    events: crate::llm::LlmStream,
+    include_usage: bool,
+) -> Response {
     let chunk = move |delta: Value, finish: Option<&str>| {
         json!({
-            "id": id,
+            "id": made.id,
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
+            "created": made.created,
+            "model": made.model,
             "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }],
         })
     };
@@ -422,9 +455,9 @@ pub async fn completions(
         }))
         .map(|v| Ok::<_, Infallible>(Event::default().data(v.to_string())))
         .chain(futures::stream::once(async { Ok(Event::default().data("[DONE]")) }));
-    Ok(Sse::new(sse)
+    Sse::new(sse)
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response()
 }
 
 /// `GET /v1/models`: the models this server runs.
