@@ -90,56 +90,12 @@ pub async fn speech(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
         )
     })?;
     let tts = state.tts()?;
-    let missing = |param: &'static str| {
-        ApiError::bad_request(
-            "missing_required_parameter",
-            format!("`{param}` is required"),
-        )
-        .with_param(param)
-    };
-    req.model
-        .as_deref()
-        .filter(|m| !m.trim().is_empty())
-        .ok_or_else(|| missing("model"))?;
-    let input = req.input.ok_or_else(|| missing("input"))?;
-    let chars = input.chars().count();
-    if chars > MAX_INPUT_CHARS {
-        return Err(TtsError::TooLong {
-            len: chars,
-            max: MAX_INPUT_CHARS,
-        }
-        .into());
-    }
-    if text::speakable(&input).is_empty() {
-        return Err(TtsError::Empty.into());
-    }
-    let voice = req.voice.as_deref().ok_or_else(|| missing("voice"))?;
-    let voice = tts::resolve_voice(tts.as_ref(), Some(voice))?;
-    let speed = tts::check_speed(req.speed.unwrap_or(1.0))?;
-    let format = match req.response_format.as_deref().unwrap_or("wav") {
-        "wav" => Format::Wav,
-        "pcm" => Format::Pcm,
-        other => {
-            return Err(ApiError::bad_request(
-                "unsupported_response_format",
-                format!(
-                    "response_format `{}` is not supported; use wav or pcm (24 kHz, 16-bit mono)",
-                    other.chars().take(32).collect::<String>()
-                ),
-            )
-            .with_param("response_format"))
-        }
-    };
-    if let Some(sf) = req.stream_format.as_deref().filter(|s| *s != "audio") {
-        return Err(ApiError::bad_request(
-            "unsupported_stream_format",
-            format!(
-                "stream_format `{}` is not supported; the audio itself is streamed",
-                sf.chars().take(32).collect::<String>()
-            ),
-        )
-        .with_param("stream_format"));
-    }
+    let Checked {
+        input,
+        voice,
+        speed,
+        format,
+    } = check(req, tts.as_ref())?;
 
     let mut splitter = text::Splitter::new();
     let mut pieces = splitter.push(&input);
@@ -204,6 +160,75 @@ pub async fn speech(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// A speech request's settings, checked.
+struct Checked {
+    input: String,
+    voice: String,
+    speed: f32,
+    format: Format,
+}
+
+/// Checks a speech request: a model named, input within the limit and speakable, a voice
+/// (OpenAI's names map to this server's voice), the speed, and a supported format.
+fn check(req: Request, tts: &dyn Tts) -> Result<Checked, ApiError> {
+    let missing = |param: &'static str| {
+        ApiError::bad_request(
+            "missing_required_parameter",
+            format!("`{param}` is required"),
+        )
+        .with_param(param)
+    };
+    req.model
+        .as_deref()
+        .filter(|m| !m.trim().is_empty())
+        .ok_or_else(|| missing("model"))?;
+    let input = req.input.ok_or_else(|| missing("input"))?;
+    let chars = input.chars().count();
+    if chars > MAX_INPUT_CHARS {
+        return Err(TtsError::TooLong {
+            len: chars,
+            max: MAX_INPUT_CHARS,
+        }
+        .into());
+    }
+    if text::speakable(&input).is_empty() {
+        return Err(TtsError::Empty.into());
+    }
+    let voice = req.voice.as_deref().ok_or_else(|| missing("voice"))?;
+    let voice = tts::resolve_voice(tts, Some(voice))?;
+    let speed = tts::check_speed(req.speed.unwrap_or(1.0))?;
+    let format = match req.response_format.as_deref().unwrap_or("wav") {
+        "wav" => Format::Wav,
+        "pcm" => Format::Pcm,
+        other => {
+            return Err(ApiError::bad_request(
+                "unsupported_response_format",
+                format!(
+                    "response_format `{}` is not supported; use wav or pcm (24 kHz, 16-bit mono)",
+                    other.chars().take(32).collect::<String>()
+                ),
+            )
+            .with_param("response_format"))
+        }
+    };
+    if let Some(sf) = req.stream_format.as_deref().filter(|s| *s != "audio") {
+        return Err(ApiError::bad_request(
+            "unsupported_stream_format",
+            format!(
+                "stream_format `{}` is not supported; the audio itself is streamed",
+                sf.chars().take(32).collect::<String>()
+            ),
+        )
+        .with_param("stream_format"));
+    }
+    Ok(Checked {
+        input,
+        voice,
+        speed,
+        format,
+    })
 }
 
 /// `speech` as 16-bit little-endian PCM at `rate`.
