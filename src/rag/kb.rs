@@ -214,25 +214,7 @@ impl KnowledgeBase {
                 "the document has no text",
             ));
         }
-        let title = input.title.map(|t| t.replace('\0', " "));
-        let title = title
-            .as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .or_else(|| {
-                text.lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty())
-                    .map(|l| l.trim_start_matches('#').trim().chars().take(80).collect())
-            })
-            .unwrap_or_else(|| "Untitled".into());
-        if title.chars().count() > 500 {
-            return Err(KbError::invalid(
-                "invalid_title",
-                "the title is longer than 500 characters",
-            ));
-        }
+        let title = title_of(input.title.as_deref(), &text)?;
         let key = input
             .key
             .clone()
@@ -241,8 +223,7 @@ impl KnowledgeBase {
         let source = input.source.clone().unwrap_or_else(|| key.clone());
         let version_at = input.version_at.unwrap_or_else(now);
         let metadata = serde_json::Value::Object(input.metadata.clone());
-        let mut hasher = Sha256::new();
-        for part in [
+        let content_hash = content_hash(&[
             title.as_str(),
             &source,
             input.uri.as_deref().unwrap_or(""),
@@ -250,11 +231,7 @@ impl KnowledgeBase {
             &input.expires_at.map(|v| v.to_string()).unwrap_or_default(),
             &metadata.to_string(),
             &text,
-        ] {
-            hasher.update(part.as_bytes());
-            hasher.update([0]);
-        }
-        let content_hash = hex::encode(hasher.finalize());
+        ]);
         let input_format = input.format;
         self.check_model().await?;
 
@@ -279,25 +256,7 @@ impl KnowledgeBase {
             let markdown = input_is_markdown(input_format);
             let count = |s: &str| embedder.count_tokens(s);
             let spans = chunk(&text, markdown, params, &count);
-            let mut chunks = Vec::with_capacity(spans.len());
-            let mut chars_before = 0;
-            let mut byte_before = 0;
-            for span in &spans {
-                // Char offsets, counted incrementally (spans are in order but may overlap).
-                if span.start < byte_before {
-                    chars_before = text[..span.start].chars().count();
-                } else {
-                    chars_before += text[byte_before..span.start].chars().count();
-                }
-                byte_before = span.start;
-                let body = &text[span.start..span.end];
-                chunks.push(NewChunk {
-                    heading: span.heading.clone(),
-                    text: body.to_string(),
-                    char_start: chars_before,
-                    char_end: chars_before + body.chars().count(),
-                });
-            }
+            let chunks = new_chunks(&text, &spans);
             Ok((text, chunks))
         })
         .await?;
@@ -566,4 +525,64 @@ impl KnowledgeBase {
             search_ms: t_search.elapsed().as_secs_f64() * 1e3,
         })
     }
+}
+
+/// A document's title: the one given, else its first line (without markdown's `#`, at most 80
+/// characters), else "Untitled"; NUL characters become spaces.
+fn title_of(given: Option<&str>, text: &str) -> Result<String, KbError> {
+    let given = given.map(|t| t.replace('\0', " "));
+    let title = given
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .or_else(|| {
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(|l| l.trim_start_matches('#').trim().chars().take(80).collect())
+        })
+        .unwrap_or_else(|| "Untitled".into());
+    if title.chars().count() > 500 {
+        return Err(KbError::invalid(
+            "invalid_title",
+            "the title is longer than 500 characters",
+        ));
+    }
+    Ok(title)
+}
+
+/// The SHA-256 of a document's parts (each followed by a NUL), hex: unchanged documents are not
+/// written again.
+fn content_hash(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The chunks of `text` cut at `spans`, with their character offsets (counted incrementally:
+/// spans are in order but may overlap).
+fn new_chunks(text: &str, spans: &[crate::rag::chunk::Chunk]) -> Vec<NewChunk> {
+    let mut chunks = Vec::with_capacity(spans.len());
+    let mut chars_before = 0;
+    let mut byte_before = 0;
+    for span in spans {
+        if span.start < byte_before {
+            chars_before = text[..span.start].chars().count();
+        } else {
+            chars_before += text[byte_before..span.start].chars().count();
+        }
+        byte_before = span.start;
+        let body = &text[span.start..span.end];
+        chunks.push(NewChunk {
+            heading: span.heading.clone(),
+            text: body.to_string(),
+            char_start: chars_before,
+            char_end: chars_before + body.chars().count(),
+        });
+    }
+    chunks
 }
