@@ -455,67 +455,14 @@ impl KnowledgeBase {
         let passages = self
             .store_call(move || {
                 let words = search::keywords(&query);
-                let candidates = store.candidates(&Probe {
+                let probe = Probe {
                     vector: &qv,
                     model: &model,
                     words: &words,
                     depth: (top_k * 4).max(20),
                     eligibility: &eligibility,
-                })?;
-                let ids = |list: &[(i64, f32)]| list.iter().map(|c| c.0).collect::<Vec<_>>();
-                let fused =
-                    search::fuse([&ids(&candidates.by_vector), &ids(&candidates.by_keyword)]);
-                let similarity = |id: i64| {
-                    candidates
-                        .by_vector
-                        .iter()
-                        .chain(&candidates.by_keyword)
-                        .find(|c| c.0 == id)
-                        .map_or(f32::MIN, |c| c.1)
                 };
-                let mut picked = Vec::new();
-                for (id, score, [vr, kr]) in fused {
-                    let similarity = similarity(id);
-                    // A passage the keyword search also found needs a little less similarity.
-                    let needed = if kr.is_some() {
-                        floor - search::KEYWORD_FLOOR_RELIEF
-                    } else {
-                        floor
-                    };
-                    if similarity < needed {
-                        continue;
-                    }
-                    picked.push((id, score, similarity, vr, kr));
-                    if picked.len() == top_k {
-                        break;
-                    }
-                }
-                let records = store.chunks(&picked.iter().map(|p| p.0).collect::<Vec<_>>())?;
-                let mut out = Vec::with_capacity(picked.len());
-                for (id, score, similarity, vector_rank, keyword_rank) in picked {
-                    // A chunk removed since the rankings were read is left out.
-                    let Some(rec) = records.iter().find(|r| r.chunk_id == id) else {
-                        continue;
-                    };
-                    out.push(Passage {
-                        text: rec.text.clone(),
-                        score,
-                        similarity,
-                        vector_rank,
-                        keyword_rank,
-                        citation: Citation {
-                            document_id: rec.document_id.clone(),
-                            title: rec.title.clone(),
-                            uri: rec.uri.clone(),
-                            source: rec.source.clone(),
-                            chunk_id: id,
-                            heading: rec.heading.clone(),
-                            char_start: rec.char_start,
-                            char_end: rec.char_end,
-                        },
-                    });
-                }
-                Ok(out)
+                ranked(store.as_ref(), &probe, top_k, floor)
             })
             .await?;
         Ok(SearchResults {
@@ -525,6 +472,71 @@ impl KnowledgeBase {
             search_ms: t_search.elapsed().as_secs_f64() * 1e3,
         })
     }
+}
+
+/// The passages for a probe: the vector and keyword rankings fused, those under the relevance
+/// floor dropped (a little less similarity is needed for one the keyword search also found), at
+/// most `top_k`, with their citations.
+fn ranked(
+    store: &dyn Store,
+    probe: &Probe<'_>,
+    top_k: usize,
+    floor: f32,
+) -> Result<Vec<Passage>, StoreError> {
+    let candidates = store.candidates(probe)?;
+    let ids = |list: &[(i64, f32)]| list.iter().map(|c| c.0).collect::<Vec<_>>();
+    let fused = search::fuse([&ids(&candidates.by_vector), &ids(&candidates.by_keyword)]);
+    let similarity = |id: i64| {
+        candidates
+            .by_vector
+            .iter()
+            .chain(&candidates.by_keyword)
+            .find(|c| c.0 == id)
+            .map_or(f32::MIN, |c| c.1)
+    };
+    let mut picked = Vec::new();
+    for (id, score, [vr, kr]) in fused {
+        let similarity = similarity(id);
+        // A passage the keyword search also found needs a little less similarity.
+        let needed = if kr.is_some() {
+            floor - search::KEYWORD_FLOOR_RELIEF
+        } else {
+            floor
+        };
+        if similarity < needed {
+            continue;
+        }
+        picked.push((id, score, similarity, vr, kr));
+        if picked.len() == top_k {
+            break;
+        }
+    }
+    let records = store.chunks(&picked.iter().map(|p| p.0).collect::<Vec<_>>())?;
+    let mut out = Vec::with_capacity(picked.len());
+    for (id, score, similarity, vector_rank, keyword_rank) in picked {
+        // A chunk removed since the rankings were read is left out.
+        let Some(rec) = records.iter().find(|r| r.chunk_id == id) else {
+            continue;
+        };
+        out.push(Passage {
+            text: rec.text.clone(),
+            score,
+            similarity,
+            vector_rank,
+            keyword_rank,
+            citation: Citation {
+                document_id: rec.document_id.clone(),
+                title: rec.title.clone(),
+                uri: rec.uri.clone(),
+                source: rec.source.clone(),
+                chunk_id: id,
+                heading: rec.heading.clone(),
+                char_start: rec.char_start,
+                char_end: rec.char_end,
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// A document's title: the one given, else its first line (without markdown's `#`, at most 80
