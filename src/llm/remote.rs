@@ -300,46 +300,11 @@ impl Llm for RemoteLlm {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + self.config.total_timeout;
             let (stream, early, usage, calls) = self.open(&request).await?;
-            let url = self.url();
-            let total = self.config.total_timeout.as_secs_f64();
-            let map = {
-                let this_url = url.clone();
-                let cfg_connect = self.config.connect_timeout;
-                move |e: OpenAIError| -> LlmError {
-                    match e {
-                        OpenAIError::ApiError(r) => LlmError::Upstream {
-                            url: this_url.clone(),
-                            status: r.status_code.as_u16(),
-                            message: r.api_error.message,
-                        },
-                        OpenAIError::Reqwest(e) if e.is_timeout() => LlmError::Timeout {
-                            url: this_url.clone(),
-                            seconds: cfg_connect.as_secs_f64(),
-                            what: "reading",
-                        },
-                        other => LlmError::Malformed {
-                            url: this_url.clone(),
-                            reason: other.to_string(),
-                        },
-                    }
-                }
-            };
-            // The HTTP stream, events already read, usage, the finish seen, whether it ended.
-            struct State {
-                stream: ChatCompletionResponseStream,
-                queue: std::collections::VecDeque<LlmEvent>,
-                usage: Usage,
-                finish: Option<FinishReason>,
-                calls: Vec<ToolCall>,
-                completion: usize,
-                ended: bool,
-                first: Option<Instant>,
-            }
-            let first_at = early
+            let first = early
                 .iter()
                 .any(|e| matches!(e, LlmEvent::Delta(_)))
                 .then(Instant::now);
-            let state = State {
+            let reading = Reading {
                 stream,
                 queue: early.into(),
                 usage,
@@ -347,80 +312,15 @@ impl Llm for RemoteLlm {
                 calls,
                 completion: 0,
                 ended: false,
-                first: first_at,
+                first,
+                deadline,
+                url: self.url(),
+                total_s: self.config.total_timeout.as_secs_f64(),
+                connect_s: self.config.connect_timeout.as_secs_f64(),
             };
-            let s = futures::stream::unfold(state, move |mut st| {
-                let map = map.clone();
-                let url = url.clone();
-                async move {
-                    loop {
-                        if let Some(ev) = st.queue.pop_front() {
-                            match ev {
-                                LlmEvent::Delta(t) => {
-                                    st.completion += 1;
-                                    st.first.get_or_insert_with(Instant::now);
-                                    return Some((Ok(LlmEvent::Delta(t)), st));
-                                }
-                                LlmEvent::Done { finish, .. } => {
-                                    // Usage may follow in a last chunk; keep reading.
-                                    st.finish = Some(finish);
-                                    continue;
-                                }
-                                call @ LlmEvent::ToolCall(_) => return Some((Ok(call), st)),
-                            }
-                        }
-                        if st.ended {
-                            return None;
-                        }
-                        let next = tokio::time::timeout_at(deadline, st.stream.next()).await;
-                        match next {
-                            Err(_) => {
-                                st.ended = true;
-                                return Some((
-                                    Err(LlmError::Timeout {
-                                        url: url.clone(),
-                                        seconds: total,
-                                        what: "streaming the answer",
-                                    }),
-                                    st,
-                                ));
-                            }
-                            Ok(Some(Ok(chunk))) => {
-                                let (events, _) = events_of(chunk, &mut st.usage, &mut st.calls);
-                                st.queue.extend(events);
-                            }
-                            Ok(Some(Err(e))) => {
-                                st.ended = true;
-                                return Some((Err(map(e)), st));
-                            }
-                            Ok(None) => {
-                                st.ended = true;
-                                let Some(finish) = st.finish else {
-                                    return Some((
-                                        Err(LlmError::Malformed {
-                                            url: url.clone(),
-                                            reason: "the stream ended without a finish reason"
-                                                .into(),
-                                        }),
-                                        st,
-                                    ));
-                                };
-                                let mut usage = st.usage.clone();
-                                if usage.completion_tokens == 0 {
-                                    usage.completion_tokens = st.completion;
-                                }
-                                if let Some(first) = st.first {
-                                    let secs = first.elapsed().as_secs_f64();
-                                    if secs > 0.0 && usage.completion_tokens > 1 {
-                                        usage.tokens_per_second =
-                                            (usage.completion_tokens - 1) as f64 / secs;
-                                    }
-                                }
-                                return Some((Ok(LlmEvent::Done { finish, usage }), st));
-                            }
-                        }
-                    }
-                }
+            let s = futures::stream::unfold(reading, |mut r| async move {
+                let event = r.next_event().await?;
+                Some((event, r))
             });
             Ok(Box::pin(s) as LlmStream)
         })
@@ -432,5 +332,114 @@ impl Llm for RemoteLlm {
 
     fn context_length(&self) -> usize {
         self.config.context
+    }
+}
+
+/// A streamed answer being read: the HTTP stream, events already read, the usage and finish
+/// seen, and whether it ended.
+struct Reading {
+    stream: ChatCompletionResponseStream,
+    queue: std::collections::VecDeque<LlmEvent>,
+    usage: Usage,
+    finish: Option<FinishReason>,
+    calls: Vec<ToolCall>,
+    /// Deltas sent, and when the first was.
+    completion: usize,
+    first: Option<Instant>,
+    ended: bool,
+    deadline: tokio::time::Instant,
+    url: String,
+    total_s: f64,
+    connect_s: f64,
+}
+
+impl Reading {
+    /// The next event: a delta or call already read, else what the next chunk brings; the
+    /// finish waits for the end of the stream (usage may follow in a last chunk).
+    async fn next_event(&mut self) -> Option<Result<LlmEvent, LlmError>> {
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                match ev {
+                    LlmEvent::Delta(t) => {
+                        self.completion += 1;
+                        self.first.get_or_insert_with(Instant::now);
+                        return Some(Ok(LlmEvent::Delta(t)));
+                    }
+                    LlmEvent::Done { finish, .. } => {
+                        self.finish = Some(finish);
+                        continue;
+                    }
+                    call @ LlmEvent::ToolCall(_) => return Some(Ok(call)),
+                }
+            }
+            if self.ended {
+                return None;
+            }
+            let next = tokio::time::timeout_at(self.deadline, self.stream.next()).await;
+            match next {
+                Err(_) => {
+                    self.ended = true;
+                    return Some(Err(LlmError::Timeout {
+                        url: self.url.clone(),
+                        seconds: self.total_s,
+                        what: "streaming the answer",
+                    }));
+                }
+                Ok(Some(Ok(chunk))) => {
+                    let (events, _) = events_of(chunk, &mut self.usage, &mut self.calls);
+                    self.queue.extend(events);
+                }
+                Ok(Some(Err(e))) => {
+                    self.ended = true;
+                    return Some(Err(self.error(e)));
+                }
+                Ok(None) => {
+                    self.ended = true;
+                    return Some(self.done());
+                }
+            }
+        }
+    }
+
+    /// The end of the stream: its finish and usage (completion tokens counted from the deltas
+    /// when the engine sent none).
+    fn done(&self) -> Result<LlmEvent, LlmError> {
+        let Some(finish) = self.finish else {
+            return Err(LlmError::Malformed {
+                url: self.url.clone(),
+                reason: "the stream ended without a finish reason".into(),
+            });
+        };
+        let mut usage = self.usage.clone();
+        if usage.completion_tokens == 0 {
+            usage.completion_tokens = self.completion;
+        }
+        if let Some(first) = self.first {
+            let secs = first.elapsed().as_secs_f64();
+            if secs > 0.0 && usage.completion_tokens > 1 {
+                usage.tokens_per_second = (usage.completion_tokens - 1) as f64 / secs;
+            }
+        }
+        Ok(LlmEvent::Done { finish, usage })
+    }
+
+    /// An error while streaming, typed.
+    fn error(&self, e: OpenAIError) -> LlmError {
+        match e {
+            OpenAIError::ApiError(r) => LlmError::Upstream {
+                url: self.url.clone(),
+                status: r.status_code.as_u16(),
+                message: r.api_error.message,
+            },
+            OpenAIError::Reqwest(e) if e.is_timeout() => LlmError::Timeout {
+                url: self.url.clone(),
+                seconds: self.connect_s,
+                what: "reading",
+            },
+            other => LlmError::Malformed {
+                url: self.url.clone(),
+                reason: other.to_string(),
+            },
+        }
     }
 }
