@@ -160,89 +160,10 @@ impl ServerTools {
         let mut tools = Vec::new();
         let builtin = config.builtin.clone().unwrap_or_default();
         for (i, name) in builtin.iter().enumerate() {
-            let (def, kind) = match name.as_str() {
-                "search_knowledge_base" => (
-                    FunctionTool {
-                        name: name.clone(),
-                        description: "Searches the knowledge base; returns numbered passages with their sources.".into(),
-                        parameters: json!({
-                            "type": "object",
-                            "properties": {"query": {"type": "string", "minLength": 1, "maxLength": 500}},
-                            "required": ["query"],
-                            "additionalProperties": false
-                        }),
-                        strict: true,
-                    },
-                    Kind::SearchKnowledgeBase,
-                ),
-                "current_time" => (
-                    FunctionTool {
-                        name: name.clone(),
-                        description: "The current date and time (UTC).".into(),
-                        parameters: json!({"type": "object", "properties": {}, "additionalProperties": false}),
-                        strict: true,
-                    },
-                    Kind::CurrentTime,
-                ),
-                other => {
-                    return Err(invalid(
-                        format!("tools.builtin[{i}]"),
-                        format!("`{other}` is not a built-in tool ({})", BUILTINS.join(", ")),
-                    ))
-                }
-            };
-            tools.push(ServerTool {
-                def,
-                kind,
-                sensitive_result: false,
-            });
+            tools.push(builtin_tool(i, name)?);
         }
         for (i, h) in config.http.iter().enumerate() {
-            let at = format!("tools.http[{i}]");
-            let url = reqwest::Url::parse(&h.url.replace(['{', '}'], "_"))
-                .map_err(|e| invalid(format!("{at}.url"), format!("`{}`: {e}", h.url)))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(invalid(format!("{at}.url"), "must be http:// or https://"));
-            }
-            if !matches!(
-                h.method.to_ascii_uppercase().as_str(),
-                "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
-            ) {
-                return Err(invalid(
-                    format!("{at}.method"),
-                    "must be GET, POST, PUT, PATCH or DELETE",
-                ));
-            }
-            if !(1..=120_000).contains(&h.timeout_ms) {
-                return Err(invalid(format!("{at}.timeout_ms"), "must be 1..=120000"));
-            }
-            if !(1..=16 * 1024 * 1024).contains(&h.max_response_bytes) {
-                return Err(invalid(
-                    format!("{at}.max_response_bytes"),
-                    "must be 1..=16777216",
-                ));
-            }
-            let parameters = match &h.parameters {
-                None => json!({"type": "object", "properties": {}}),
-                Some(Value::String(text)) => serde_json::from_str(text).map_err(|e| {
-                    invalid(format!("{at}.parameters"), format!("is not JSON: {e}"))
-                })?,
-                Some(v) => v.clone(),
-            };
-            let mut h = h.clone();
-            if h.allowed_hosts.is_empty() {
-                h.allowed_hosts = vec![authority(&url)];
-            }
-            tools.push(ServerTool {
-                def: FunctionTool {
-                    name: h.name.clone(),
-                    description: h.description.clone(),
-                    parameters,
-                    strict: true,
-                },
-                sensitive_result: h.sensitive_result,
-                kind: Kind::Http(Box::new(h)),
-            });
+            tools.push(http_tool(i, h)?);
         }
         let builtins = tools.len() - config.http.len();
         let defs: Vec<(FunctionTool, String)> = tools
@@ -442,6 +363,96 @@ impl ServerTools {
             Ok(Ok(text)) => ("ok", text),
         }
     }
+}
+
+/// The built-in tool `name` (the `i`-th of `tools.builtin`).
+fn builtin_tool(i: usize, name: &str) -> Result<ServerTool, ToolError> {
+    let (def, kind) = match name {
+        "search_knowledge_base" => (
+            FunctionTool {
+                name: name.to_string(),
+                description:
+                    "Searches the knowledge base; returns numbered passages with their sources."
+                        .into(),
+                parameters: json!({
+                    "type": "object",
+                    "properties": {"query": {"type": "string", "minLength": 1, "maxLength": 500}},
+                    "required": ["query"],
+                    "additionalProperties": false
+                }),
+                strict: true,
+            },
+            Kind::SearchKnowledgeBase,
+        ),
+        "current_time" => (
+            FunctionTool {
+                name: name.to_string(),
+                description: "The current date and time (UTC).".into(),
+                parameters: json!({"type": "object", "properties": {}, "additionalProperties": false}),
+                strict: true,
+            },
+            Kind::CurrentTime,
+        ),
+        other => {
+            return Err(invalid(
+                format!("tools.builtin[{i}]"),
+                format!("`{other}` is not a built-in tool ({})", BUILTINS.join(", ")),
+            ))
+        }
+    };
+    Ok(ServerTool {
+        def,
+        kind,
+        sensitive_result: false,
+    })
+}
+
+/// The `i`-th HTTP tool of the configuration, checked: its URL, method, limits and parameters.
+fn http_tool(i: usize, h: &HttpToolConfig) -> Result<ServerTool, ToolError> {
+    let at = format!("tools.http[{i}]");
+    let url = reqwest::Url::parse(&h.url.replace(['{', '}'], "_"))
+        .map_err(|e| invalid(format!("{at}.url"), format!("`{}`: {e}", h.url)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!("{at}.url"), "must be http:// or https://"));
+    }
+    if !matches!(
+        h.method.to_ascii_uppercase().as_str(),
+        "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
+    ) {
+        return Err(invalid(
+            format!("{at}.method"),
+            "must be GET, POST, PUT, PATCH or DELETE",
+        ));
+    }
+    if !(1..=120_000).contains(&h.timeout_ms) {
+        return Err(invalid(format!("{at}.timeout_ms"), "must be 1..=120000"));
+    }
+    if !(1..=16 * 1024 * 1024).contains(&h.max_response_bytes) {
+        return Err(invalid(
+            format!("{at}.max_response_bytes"),
+            "must be 1..=16777216",
+        ));
+    }
+    let parameters = match &h.parameters {
+        None => json!({"type": "object", "properties": {}}),
+        Some(Value::String(text)) => serde_json::from_str(text)
+            .map_err(|e| invalid(format!("{at}.parameters"), format!("is not JSON: {e}")))?,
+        Some(v) => v.clone(),
+    };
+    let mut h = h.clone();
+    if h.allowed_hosts.is_empty() {
+        h.allowed_hosts = vec![authority(&url)];
+    }
+    Ok(ServerTool {
+        def: FunctionTool {
+            name: h.name.clone(),
+            description: h.description.clone(),
+            parameters,
+            strict: true,
+        },
+        sensitive_result: h.sensitive_result,
+        kind: Kind::Http(Box::new(h)),
+    })
 }
 
 fn refused(message: String) -> Outcome {
