@@ -54,11 +54,8 @@ pub struct BenchArgs {
     /// An earlier report: print the ratio of this run to it.
     #[arg(long)]
     compare: Option<PathBuf>,
-    #[arg(long, env = "VOXD_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    driver: super::child::DriverArgs,
     /// Arguments for the `voxd serve` the bench starts (after `--`), e.g. `-- --llm-url URL`.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -91,7 +88,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
     let (_server, url) = super::child::endpoint(&args.url, &args.serve_args, args.no_llm).await?;
     let cfg = BenchConfig {
         url,
-        api_key: args.api_key.clone(),
+        api_key: args.driver.api_key.clone(),
         sessions: args.sessions.clone(),
         turns: args.turns.max(1),
         duration: args.duration.map(Into::into),
@@ -101,7 +98,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
             .then(|| args.eagerness.clone()),
         vad: args.vad.clone(),
         turn_timeout: std::time::Duration::from_secs(args.turn_timeout_s),
-        progress: !args.quiet,
+        progress: !args.driver.quiet,
     };
     let per_turn: usize = recordings
         .iter()

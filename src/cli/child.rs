@@ -2,6 +2,16 @@
 
 use anyhow::{bail, Context, Result};
 
+/// How `voxd bench` and `voxd eval` talk to the server: the key, and whether to draw progress.
+#[derive(clap::Args)]
+pub struct DriverArgs {
+    #[arg(long, env = "VOXD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 /// A `voxd serve` this process started, stopped on drop.
 pub struct ChildServer(std::process::Child);
 

@@ -51,11 +51,8 @@ pub struct EvalArgs {
     /// first-token p50 may grow by max(this, 25 %).
     #[arg(long, default_value_t = 0.05)]
     tolerance: f64,
-    #[arg(long, env = "VOXD_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    driver: super::child::DriverArgs,
     /// Arguments for the `voxd serve` eval starts (after `--`), e.g. `-- --llm-url URL`.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -90,12 +87,12 @@ async fn eval(args: EvalArgs) -> Result<bool> {
     let (_server, url) = super::child::endpoint(&args.url, &serve_args, false).await?;
     let cfg = EvalConfig {
         url,
-        api_key: args.api_key.clone(),
+        api_key: args.driver.api_key.clone(),
         spoken: args.spoken,
         one_conversation: args.conversation == "one",
         turn_timeout: std::time::Duration::from_secs(args.turn_timeout_s),
     };
-    let bar = if args.quiet {
+    let bar = if args.driver.quiet {
         indicatif::ProgressBar::hidden()
     } else {
         indicatif::ProgressBar::new(suite.questions.len() as u64)
