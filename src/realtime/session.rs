@@ -99,16 +99,14 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
     );
 
     let limits = shared.limits.clone();
-    let (close, graceful) = read_client(
-        &mut ws_rx,
-        &mut config,
-        &audio_tx,
-        &opts_tx,
-        &out,
-        &limits,
-        shared.shutdown.clone(),
-    )
-    .await;
+    let mut client = Client {
+        config: &mut config,
+        audio_tx: &audio_tx,
+        opts_tx: &opts_tx,
+        out: &out,
+        limits: &limits,
+    };
+    let (close, graceful) = client.read(&mut ws_rx, shared.shutdown.clone()).await;
 
     // Stop the audio stage; at shutdown let in-flight turns finish first.
     drop(audio_tx);
@@ -125,96 +123,198 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
     info!(code = close.0, "session closed");
 }
 
-/// The client's side of the session: reads its frames until the session must close; returns
-/// the close code and reason, and whether the close is the server's shutdown (in-flight turns
-/// may then finish).
-async fn read_client(
-    ws_rx: &mut futures::stream::SplitStream<WebSocket>,
-    config: &mut SessionConfig,
-    audio_tx: &mpsc::Sender<AudioInput>,
-    opts_tx: &watch::Sender<SessionOptions>,
-    out: &Out,
-    limits: &super::Limits,
-    mut shutdown: watch::Receiver<bool>,
-) -> ((u16, &'static str), bool) {
-    let expires = tokio::time::sleep(limits.max_session);
-    tokio::pin!(expires);
-    let close: (u16, &'static str);
-    let mut graceful = false;
-    loop {
-        tokio::select! {
-            msg = tokio::time::timeout(limits.idle, ws_rx.next()) => {
-                let msg = match msg {
-                    Err(_) => {
-                        out.error(&ProtocolError::new("session_idle_timeout", "no message from the client for too long; closing"));
-                        close = (NORMAL, "idle timeout");
-                        break;
-                    }
-                    Ok(None) => { close = (NORMAL, ""); break; }
-                    Ok(Some(Err(e))) => {
-                        let text = e.to_string();
-                        if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") {
-                            close = (TOO_BIG, "message too large");
-                        } else {
-                            debug!(error = %text, "socket error");
-                            close = (NORMAL, "");
+/// The client's side of a session: what its frames act on.
+struct Client<'a> {
+    config: &'a mut SessionConfig,
+    audio_tx: &'a mpsc::Sender<AudioInput>,
+    opts_tx: &'a watch::Sender<SessionOptions>,
+    out: &'a Out,
+    limits: &'a super::Limits,
+}
+
+impl Client<'_> {
+    /// The client's side of the session: reads its frames until the session must close; returns
+    /// the close code and reason, and whether the close is the server's shutdown (in-flight turns
+    /// may then finish).
+    async fn read(
+        &mut self,
+        ws_rx: &mut futures::stream::SplitStream<WebSocket>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> ((u16, &'static str), bool) {
+        let expires = tokio::time::sleep(self.limits.max_session);
+        tokio::pin!(expires);
+        let close: (u16, &'static str);
+        let mut graceful = false;
+        loop {
+            tokio::select! {
+                msg = tokio::time::timeout(self.limits.idle, ws_rx.next()) => {
+                    let msg = match msg {
+                        Err(_) => {
+                            self.out.error(&ProtocolError::new("session_idle_timeout", "no message from the client for too long; closing"));
+                            close = (NORMAL, "idle timeout");
+                            break;
                         }
+                        Ok(None) => { close = (NORMAL, ""); break; }
+                        Ok(Some(Err(e))) => {
+                            let text = e.to_string();
+                            if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") {
+                                close = (TOO_BIG, "message too large");
+                            } else {
+                                debug!(error = %text, "socket error");
+                                close = (NORMAL, "");
+                            }
+                            break;
+                        }
+                        Ok(Some(Ok(m))) => m,
+                    };
+                    if !self.on_message(msg).await {
+                        close = (NORMAL, "");
                         break;
                     }
-                    Ok(Some(Ok(m))) => m,
-                };
-                if !on_message(msg, config, audio_tx, opts_tx, out, limits).await {
-                    close = (NORMAL, "");
+                }
+                _ = &mut expires => {
+                    self.out.error(&ProtocolError::new("session_expired", format!("the session reached its maximum length of {} s", self.limits.max_session.as_secs())));
+                    close = (NORMAL, "maximum session length reached");
+                    break;
+                }
+                _ = self.out.overflow.notified() => {
+                    close = (TRY_AGAIN_LATER, "client too slow: outgoing queue full");
+                    break;
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    close = (GOING_AWAY, "server shutting down");
+                    graceful = true;
                     break;
                 }
             }
-            _ = &mut expires => {
-                out.error(&ProtocolError::new("session_expired", format!("the session reached its maximum length of {} s", limits.max_session.as_secs())));
-                close = (NORMAL, "maximum session length reached");
-                break;
-            }
-            _ = out.overflow.notified() => {
-                close = (TRY_AGAIN_LATER, "client too slow: outgoing queue full");
-                break;
-            }
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                close = (GOING_AWAY, "server shutting down");
-                graceful = true;
-                break;
-            }
         }
+        (close, graceful)
     }
-    (close, graceful)
-}
 
-/// Handles one frame; false when the session must end.
-async fn on_message(
-    msg: Message,
-    config: &mut SessionConfig,
-    audio_tx: &mpsc::Sender<AudioInput>,
-    opts_tx: &watch::Sender<SessionOptions>,
-    out: &Out,
-    limits: &super::Limits,
-) -> bool {
-    match msg {
-        Message::Text(text) => {
-            handle_text(text.as_str(), config, audio_tx, opts_tx, out, limits).await
-        }
-        Message::Binary(bytes) => {
-            if bytes.len() > limits.max_append_bytes {
-                out.error(&too_large(limits.max_append_bytes, None));
-                return true;
-            }
-            match decode_audio(&bytes, config.input_format) {
-                Ok(samples) => send_audio(audio_tx, samples).await,
-                Err(e) => {
-                    out.error(&e);
-                    true
+    /// Handles one frame; false when the session must end.
+    async fn on_message(&mut self, msg: Message) -> bool {
+        match msg {
+            Message::Text(text) => self.handle_text(text.as_str()).await,
+            Message::Binary(bytes) => {
+                if bytes.len() > self.limits.max_append_bytes {
+                    self.out
+                        .error(&too_large(self.limits.max_append_bytes, None));
+                    return true;
+                }
+                match decode_audio(&bytes, self.config.input_format) {
+                    Ok(samples) => send_audio(self.audio_tx, samples).await,
+                    Err(e) => {
+                        self.out.error(&e);
+                        true
+                    }
                 }
             }
+            Message::Close(_) => false,
+            Message::Ping(_) | Message::Pong(_) => true,
         }
-        Message::Close(_) => false,
-        Message::Ping(_) | Message::Pong(_) => true,
+    }
+
+    /// Handles one text frame; false when the session must end.
+    async fn handle_text(&mut self, text: &str) -> bool {
+        let msg = match parse_client_event(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.out.error(&e);
+                return true;
+            }
+        };
+        let event_id = msg.event_id.clone();
+        let input = match msg.event {
+            ClientEvent::SessionUpdate { session } => {
+                if let Err(e) = self.config.apply_update(&session) {
+                    self.out.error(&e.event(event_id));
+                    return true;
+                }
+                let _ = self.opts_tx.send(SessionOptions::of(self.config));
+                self.out.send(ServerEvent::SessionUpdated {
+                    session: self.config.to_view(),
+                });
+                if !self.config.ignored.is_empty() {
+                    info!(ignored = ?self.config.ignored, "session.update asked for what voxd does not do");
+                }
+                AudioInput::Configure(stage_config(self.config))
+            }
+            ClientEvent::AppendAudio { audio } => {
+                // Check the size before decoding: base64 is 4 bytes for every 3.
+                if audio.len() / 4 * 3 > self.limits.max_append_bytes {
+                    self.out
+                        .error(&too_large(self.limits.max_append_bytes, event_id));
+                    return true;
+                }
+                let bytes = match base64::engine::general_purpose::STANDARD.decode(audio.as_bytes())
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.out.error(
+                            &ProtocolError::new(
+                                "invalid_base64",
+                                format!("`audio` is not valid base64: {e}"),
+                            )
+                            .param("audio")
+                            .event(event_id),
+                        );
+                        return true;
+                    }
+                };
+                match decode_audio(&bytes, self.config.input_format) {
+                    Ok(s) => return send_audio(self.audio_tx, s).await,
+                    Err(e) => {
+                        self.out.error(&e.event(event_id));
+                        return true;
+                    }
+                }
+            }
+            ClientEvent::Commit => AudioInput::Commit { event_id },
+            ClientEvent::Clear => AudioInput::Clear { event_id },
+            ClientEvent::ResponseCreate { .. }
+            | ClientEvent::ResponseCancel { .. }
+            | ClientEvent::ItemCreate { .. }
+            | ClientEvent::ItemTruncate { .. }
+                if self.config.kind == SessionKind::Transcription =>
+            {
+                self.out.error(
+                    &ProtocolError::new(
+                        "responses_unavailable",
+                        "a transcription session does not create responses",
+                    )
+                    .event(event_id),
+                );
+                return true;
+            }
+            ClientEvent::ResponseCreate { response } => {
+                AudioInput::Client(Command::CreateResponse { event_id, response })
+            }
+            ClientEvent::ResponseCancel { .. } => AudioInput::Client(Command::Cancel { event_id }),
+            ClientEvent::ItemCreate {
+                item,
+                previous_item_id,
+            } => AudioInput::Client(Command::CreateItem {
+                event_id,
+                item,
+                previous_item_id,
+            }),
+            ClientEvent::ItemRetrieve { item_id } => {
+                AudioInput::Client(Command::Retrieve { event_id, item_id })
+            }
+            ClientEvent::ItemDelete { item_id } => {
+                AudioInput::Client(Command::Delete { event_id, item_id })
+            }
+            ClientEvent::ItemTruncate {
+                item_id,
+                audio_end_ms,
+                ..
+            } => AudioInput::Client(Command::Truncate {
+                event_id,
+                item_id,
+                audio_end_ms,
+            }),
+        };
+        self.audio_tx.send(input).await.is_ok()
     }
 }
 
@@ -243,112 +343,4 @@ async fn drain(
             }
         }
     }
-}
-
-/// Handles one text frame; false when the session must end.
-async fn handle_text(
-    text: &str,
-    config: &mut SessionConfig,
-    audio_tx: &mpsc::Sender<AudioInput>,
-    opts_tx: &watch::Sender<SessionOptions>,
-    out: &Out,
-    limits: &super::Limits,
-) -> bool {
-    let msg = match parse_client_event(text) {
-        Ok(m) => m,
-        Err(e) => {
-            out.error(&e);
-            return true;
-        }
-    };
-    let event_id = msg.event_id.clone();
-    let input = match msg.event {
-        ClientEvent::SessionUpdate { session } => {
-            if let Err(e) = config.apply_update(&session) {
-                out.error(&e.event(event_id));
-                return true;
-            }
-            let _ = opts_tx.send(SessionOptions::of(config));
-            out.send(ServerEvent::SessionUpdated {
-                session: config.to_view(),
-            });
-            if !config.ignored.is_empty() {
-                info!(ignored = ?config.ignored, "session.update asked for what voxd does not do");
-            }
-            AudioInput::Configure(stage_config(config))
-        }
-        ClientEvent::AppendAudio { audio } => {
-            // Check the size before decoding: base64 is 4 bytes for every 3.
-            if audio.len() / 4 * 3 > limits.max_append_bytes {
-                out.error(&too_large(limits.max_append_bytes, event_id));
-                return true;
-            }
-            let bytes = match base64::engine::general_purpose::STANDARD.decode(audio.as_bytes()) {
-                Ok(b) => b,
-                Err(e) => {
-                    out.error(
-                        &ProtocolError::new(
-                            "invalid_base64",
-                            format!("`audio` is not valid base64: {e}"),
-                        )
-                        .param("audio")
-                        .event(event_id),
-                    );
-                    return true;
-                }
-            };
-            match decode_audio(&bytes, config.input_format) {
-                Ok(s) => return send_audio(audio_tx, s).await,
-                Err(e) => {
-                    out.error(&e.event(event_id));
-                    return true;
-                }
-            }
-        }
-        ClientEvent::Commit => AudioInput::Commit { event_id },
-        ClientEvent::Clear => AudioInput::Clear { event_id },
-        ClientEvent::ResponseCreate { .. }
-        | ClientEvent::ResponseCancel { .. }
-        | ClientEvent::ItemCreate { .. }
-        | ClientEvent::ItemTruncate { .. }
-            if config.kind == SessionKind::Transcription =>
-        {
-            out.error(
-                &ProtocolError::new(
-                    "responses_unavailable",
-                    "a transcription session does not create responses",
-                )
-                .event(event_id),
-            );
-            return true;
-        }
-        ClientEvent::ResponseCreate { response } => {
-            AudioInput::Client(Command::CreateResponse { event_id, response })
-        }
-        ClientEvent::ResponseCancel { .. } => AudioInput::Client(Command::Cancel { event_id }),
-        ClientEvent::ItemCreate {
-            item,
-            previous_item_id,
-        } => AudioInput::Client(Command::CreateItem {
-            event_id,
-            item,
-            previous_item_id,
-        }),
-        ClientEvent::ItemRetrieve { item_id } => {
-            AudioInput::Client(Command::Retrieve { event_id, item_id })
-        }
-        ClientEvent::ItemDelete { item_id } => {
-            AudioInput::Client(Command::Delete { event_id, item_id })
-        }
-        ClientEvent::ItemTruncate {
-            item_id,
-            audio_end_ms,
-            ..
-        } => AudioInput::Client(Command::Truncate {
-            event_id,
-            item_id,
-            audio_end_ms,
-        }),
-    };
-    audio_tx.send(input).await.is_ok()
 }
