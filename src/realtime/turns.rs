@@ -259,36 +259,7 @@ impl Turns {
             }
             AudioSignal::Committed {
                 event_id, audio, ..
-            } => {
-                let mut turn = self.current.take();
-                if let Some(t) = turn.as_mut() {
-                    t.stop_partial();
-                    if let Some(task) = t.speculative_task.take() {
-                        task.abort();
-                    }
-                }
-                if audio.is_empty() {
-                    self.out.error(
-                        &ProtocolError::new(
-                            "input_audio_buffer_commit_empty",
-                            "there is no audio to commit",
-                        )
-                        .event(event_id),
-                    );
-                    return None;
-                }
-                let turn = turn.unwrap_or_else(|| {
-                    self.seq += 1;
-                    Turn::new(self.seq)
-                });
-                // A manual commit never uses a speculative result: the audio may continue past it.
-                let turn = Turn {
-                    speculation: None,
-                    speculative_result: None,
-                    ..turn
-                };
-                Some(self.end_turn(turn, None, audio))
-            }
+            } => self.commit(event_id, audio),
             AudioSignal::Cleared { .. } => {
                 if let Some(t) = self.current.as_mut() {
                     t.stop_partial();
@@ -306,6 +277,38 @@ impl Turns {
                 audio_end_ms,
             }),
         }
+    }
+
+    /// A manual commit (`input_audio_buffer.commit`): the turn so far ends with this audio.
+    fn commit(&mut self, event_id: Option<String>, audio: Vec<f32>) -> Option<Heard> {
+        let mut turn = self.current.take();
+        if let Some(t) = turn.as_mut() {
+            t.stop_partial();
+            if let Some(task) = t.speculative_task.take() {
+                task.abort();
+            }
+        }
+        if audio.is_empty() {
+            self.out.error(
+                &ProtocolError::new(
+                    "input_audio_buffer_commit_empty",
+                    "there is no audio to commit",
+                )
+                .event(event_id),
+            );
+            return None;
+        }
+        let turn = turn.unwrap_or_else(|| {
+            self.seq += 1;
+            Turn::new(self.seq)
+        });
+        // A manual commit never uses a speculative result: the audio may continue past it.
+        let turn = Turn {
+            speculation: None,
+            speculative_result: None,
+            ..turn
+        };
+        Some(self.end_turn(turn, None, audio))
     }
 
     /// Ends a turn and gets (or reuses) its final transcript.
