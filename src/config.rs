@@ -271,4 +271,46 @@ mod tests {
         let err = Config::resolve(&CommonArgs::default(), &stages).unwrap_err();
         assert!(err.to_string().contains("asr_pool"), "{err}");
     }
+
+    #[test]
+    fn every_stage_reads_its_own_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("voxd.toml");
+        std::fs::write(
+            &file,
+            "[kb]\ntop_k = 5\n[llm]\nmax_tokens = 64\nanswer_mode = \"checked\"\n\
+             [tts]\nworkers = 2\n[turns]\nvad = \"silero\"\nworkers = 3\n[server]\nmax_sessions = 9\n",
+        )
+        .unwrap();
+        let common = CommonArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let cfg = Config::resolve(&common, &StageArgs::default()).unwrap();
+        assert_eq!(cfg.kb.top_k, 5);
+        assert_eq!(cfg.llm.max_tokens, 64);
+        assert_eq!(cfg.llm.answer_mode, crate::grounding::AnswerMode::Checked);
+        assert_eq!(cfg.tts.workers, 2);
+        assert_eq!(cfg.turns.vad, crate::vad::VadEngine::Silero);
+        assert_eq!(cfg.turns.workers, 3);
+        assert_eq!(cfg.server.max_sessions, 9);
+        // A stage's own check still holds when another stage's flag conflicts with it.
+        let stages = StageArgs {
+            turns: TurnsArgs {
+                no_turn_models: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let err = Config::resolve(&common, &stages).unwrap_err().to_string();
+        assert!(
+            err.contains("--vad silero needs the turn-taking models"),
+            "{err}"
+        );
+        std::fs::write(&file, "[llm]\nmax_tokens = 0\n").unwrap();
+        let err = Config::resolve(&common, &StageArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("llm_max_tokens"), "{err}");
+    }
 }

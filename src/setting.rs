@@ -47,3 +47,21 @@ pub fn in_range<T: PartialOrd + Display>(
 pub fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_out_of_range_names_its_setting_and_the_range() {
+        assert_eq!(in_range("asr_pool", 4, 1..=256).unwrap(), 4);
+        let err = in_range("asr_pool", 0, 1..=256).unwrap_err().to_string();
+        assert_eq!(err, "invalid asr_pool: 0 is outside 1..=256");
+        let err = in_range("llm_temperature", 2.5, 0.0..=2.0)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "invalid llm_temperature: 2.5 is outside 0..=2");
+        assert_eq!(non_empty(Some(String::new())), None);
+        assert_eq!(non_empty(Some("k".into())).as_deref(), Some("k"));
+    }
+}
