@@ -298,6 +298,46 @@ async fn answer_with_result(tx: &mut Sender, rx: &mut Receiver, call_id: &str) -
     read_until(rx, |e| count(e, "response.done") == 1).await
 }
 
+/// Function results ground the answer: a factual question the knowledge base does not cover
+/// ("Where is …?") is answered from the result of the call made for it, not with "I don't know"
+/// (the not-found rule fired before, although the result held the answer).
+#[tokio::test]
+async fn a_function_result_is_answered_even_where_the_knowledge_base_knows_nothing() {
+    let _heavy = HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kb = common::fixture_kb(dir.path()).await;
+    let (url, _) =
+        common::start_full(ServerSettings::default(), Some(kb), Some(common::llm())).await;
+    let (mut tx, mut rx, _) = open(
+        &url,
+        json!({"type": "realtime", "output_modalities": ["text"], "tools": realtime_tools(),
+               "tool_choice": {"type": "function", "name": "book_table"}}),
+    )
+    .await;
+    send(
+        &mut tx,
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "Where will we sit? Book a table for four at 19:30 on the terrace."}]}}),
+    )
+    .await;
+    send(&mut tx, json!({"type": "response.create"})).await;
+    let events = read_until(&mut rx, |e| count(e, "response.done") == 1).await;
+    assert!(errors(&events).is_empty(), "{:?}", errors(&events));
+    let (call_id, _) = the_call(&events, "book_table");
+    let answer = answer_with_result(&mut tx, &mut rx, &call_id).await;
+    assert!(errors(&answer).is_empty(), "{:?}", errors(&answer));
+    let response = response_done(&answer);
+    assert_eq!(response["status"], "completed", "{response}");
+    let text = response["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eprintln!("answer: {text:?}, made: {}", response["voxd"]["answer"]);
+    assert_ne!(response["voxd"]["answer"], "refused", "{text:?}");
+    assert_ne!(text, voxd::realtime::answer::NOT_FOUND);
+    assert!(uses_the_result(&text), "{text:?}");
+}
+
 #[tokio::test]
 async fn a_text_turn_calls_the_function_and_answers_from_its_result() {
     let _heavy = HEAVY.lock().await;

@@ -75,10 +75,12 @@ pub fn messages(
     prompt::build(
         &PromptInput {
             instructions: &params.instructions,
-            grounding: if focused.is_empty() {
-                grounding_of(results)
-            } else {
-                Grounding::Passages(&focused)
+            grounding: match grounding_of(results) {
+                _ if !focused.is_empty() => Grounding::Passages(&focused),
+                // The turn's function results are what the answer rests on: "nothing was found
+                // in the knowledge base" would only talk the model out of using them.
+                Grounding::NothingFound if params.follows_results => Grounding::None,
+                g => g,
             },
             history: if standalone { &[] } else { history },
             user,
@@ -89,7 +91,8 @@ pub fn messages(
 }
 
 /// Whether the response says [`NOT_FOUND`] without asking the model: a factual question nothing
-/// in the knowledge base supports (with `refuse_unfound`, and no tools to call instead).
+/// in the knowledge base supports (with `refuse_unfound`, no tools to call instead, and no
+/// function results in the turn to answer from).
 pub fn answers_without_model(
     answering: &Answering,
     params: &ResponseParams,
@@ -99,6 +102,7 @@ pub fn answers_without_model(
 ) -> bool {
     answering.settings.refuse_unfound
         && !params.offers_tools()
+        && !params.follows_results
         && results
             .as_ref()
             .is_some_and(|r| !r.grounded || focus.answers_nothing())
@@ -106,8 +110,8 @@ pub fn answers_without_model(
 }
 
 /// How this response answers: the configured mode for a factual question that grounded
-/// passages answer; the model's own words otherwise (small talk, no knowledge base, or a
-/// response that may call functions).
+/// passages answer; the model's own words otherwise (small talk, no knowledge base, a response
+/// that may call functions, or one that answers from the results of the turn's calls).
 pub fn answer_mode(
     answering: &Answering,
     params: &ResponseParams,
@@ -116,7 +120,12 @@ pub fn answer_mode(
     user: &str,
 ) -> AnswerMode {
     let grounded = results.as_ref().is_some_and(|r| r.grounded);
-    if !grounded || focus.sentences.is_empty() || params.offers_tools() || !asks_for_facts(user) {
+    if !grounded
+        || focus.sentences.is_empty()
+        || params.offers_tools()
+        || params.follows_results
+        || !asks_for_facts(user)
+    {
         AnswerMode::Generative
     } else {
         answering.settings.mode

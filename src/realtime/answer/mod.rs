@@ -139,6 +139,9 @@ pub struct ResponseParams {
     pub tool_choice: ToolChoice,
     /// The session's id (for the audit trail).
     pub session_id: String,
+    /// Results of the turn's function calls follow the user's words: they ground the answer
+    /// (the knowledge base not covering the question is no reason to say "I don't know").
+    pub follows_results: bool,
 }
 
 impl ResponseParams {

@@ -102,6 +102,7 @@ pub(super) fn response_params(
                     .unwrap_or_default(),
             ),
         session_id: opts.session_id.clone(),
+        follows_results: after.iter().any(|m| m.tool_call_id.is_some()),
         tool_choice: match r
             .tool_choice
             .clone()
