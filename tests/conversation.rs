@@ -325,3 +325,59 @@ async fn the_idle_timeout_commits_and_asks_whether_anyone_is_there() {
     // Only once: no second prompt while nobody speaks during the answer.
     assert_eq!(count(&events, "input_audio_buffer.timeout_triggered"), 1);
 }
+
+/// The sentences of an answer, normalised (lower case, words only).
+fn sentences(text: &str) -> Vec<String> {
+    text.split(['.', '!', '?', '\n'])
+        .map(|s| {
+            s.split(|c: char| !c.is_alphanumeric() && c != '\'')
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase()
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Small talk with the embedded model, which no passage checks, must not loop: a sentence the
+/// answer already said is not said again ("… I'm just a helpful voice assistant. I'm just a
+/// helpful voice assistant." before).
+#[tokio::test]
+async fn small_talk_never_says_a_sentence_twice() {
+    let _heavy = HEAVY.lock().await;
+    let (url, _) = common::start_full(ServerSettings::default(), None, Some(common::llm())).await;
+    let (mut tx, mut rx) = open(
+        &url,
+        json!({"type": "realtime", "output_modalities": ["text"]}),
+    )
+    .await;
+    for text in [
+        "Hello there. Can you tell me a short joke?",
+        "Who are you?",
+        "Tell me something nice.",
+    ] {
+        send(&mut tx, user_text(text)).await;
+        send(&mut tx, json!({"type": "response.create"})).await;
+        let events = read_until(&mut rx, |e| count(e, "response.done") == 1).await;
+        let response = events
+            .iter()
+            .find_map(|e| match e {
+                ServerEvent::ResponseDone { response } => Some(response.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(response["status"], "completed", "{response}");
+        let answer = response["output"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        eprintln!("{text:?} -> {answer:?} ({})", response["voxd"]["answer"]);
+        assert!(!answer.trim().is_empty(), "{text:?}: no answer");
+        let said = sentences(&answer);
+        let mut seen = std::collections::HashSet::new();
+        for s in &said {
+            assert!(seen.insert(s), "{text:?}: {s:?} said twice in {answer:?}");
+        }
+    }
+}

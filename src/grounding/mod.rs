@@ -9,6 +9,7 @@
 //! best few. They are the prompt's grounding, the extractive answer (the best one, spoken as it
 //! is), and what a checked answer must be supported by ([`Check`]).
 
+pub mod repeat;
 pub mod sentences;
 pub mod support;
 
@@ -414,7 +415,7 @@ fn numbers_in(sentence: &str, source: &str) -> bool {
 
 /// Where the first complete sentence of `text` ends (after its end mark and the space after
 /// it), if one is complete.
-fn sentence_end(text: &str) -> Option<usize> {
+pub(crate) fn sentence_end(text: &str) -> Option<usize> {
     let bytes: Vec<(usize, char)> = text.char_indices().collect();
     for w in bytes.windows(2) {
         let ((_, c), (j, next)) = (w[0], w[1]);

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::audit::Auditor;
 use super::choose::{answer_mode, messages, request};
 use super::{Answer, Cancel, Ctx, Stop, MAX_SERVER_ROUNDS};
+use crate::grounding::repeat::{Guarded, RepeatGuard};
 use crate::grounding::{AnswerMode, Check, Focus, Verdict};
 use crate::llm::{LlmError, LlmEvent, Usage};
 use crate::prompt::ChatMessage;
@@ -32,6 +33,8 @@ struct Generation<'c, 'a> {
     ctx: &'c Ctx<'a>,
     /// In the checked mode: the check each sentence passes before it is sent.
     check: Option<Check>,
+    /// Otherwise: a sentence the answer already said is not said again.
+    guard: RepeatGuard,
     /// Open from the request to the last token (queue wait, prefill and decoding).
     span: tracing::Span,
     generating: Instant,
@@ -75,6 +78,7 @@ pub(super) async fn generate(
     let mut gen = Generation {
         ctx,
         check,
+        guard: RepeatGuard::new(),
         span: tracing::info_span!("llm", first_token_ms = tracing::field::Empty),
         generating: Instant::now(),
         model_started: false,
@@ -197,7 +201,7 @@ impl Generation<'_, '_> {
                         self.first_token();
                     }
                     let verdicts = match self.check.as_mut() {
-                        None => vec![Verdict::Send(d)],
+                        None => verdicts(self.guard.push(&d)),
                         Some(c) => c.push(&d),
                     };
                     for v in verdicts {
@@ -213,7 +217,11 @@ impl Generation<'_, '_> {
                 LlmEvent::Done { usage, finish } => {
                     add_usage(&mut answer.usage, &usage, self.rounds == 0);
                     answer.finish = finish;
-                    if let Some(v) = self.check.as_mut().and_then(Check::finish) {
+                    let last = match self.check.as_mut() {
+                        Some(c) => c.finish().into_iter().collect(),
+                        None => verdicts(self.guard.finish()),
+                    };
+                    for v in last {
                         if self.apply(v, answer) {
                             return Ok(Round::Done);
                         }
@@ -325,6 +333,18 @@ impl Generation<'_, '_> {
         }
         answer.server_log.push(json!({"call_id": call.id, "name": call.name, "status": outcome.status, "latency_ms": outcome.latency_ms}));
     }
+}
+
+/// The verdicts for what the repeat guard let through: the text, then the end of a loop.
+fn verdicts(g: Guarded) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    if !g.send.is_empty() {
+        out.push(Verdict::Send(g.send));
+    }
+    if g.ended {
+        out.push(Verdict::End { reason: "repeat" });
+    }
+    out
 }
 
 /// Adds a round's token counts; the first round's timings are the answer's.
