@@ -9,6 +9,7 @@
 //! best few. They are the prompt's grounding, the extractive answer (the best one, spoken as it
 //! is), and what a checked answer must be supported by ([`Check`]).
 
+pub mod polarity;
 pub mod repeat;
 pub mod sentences;
 pub mod support;
@@ -383,6 +384,7 @@ impl Check {
             with.extend(self.context.iter().map(String::as_str));
             support::groundedness(&sentence, &with) >= self.min_support
                 && numbers_in(&sentence, source)
+                && !polarity::contradicts(&sentence, source)
         });
         let first = self.said.is_empty();
         let repeated = support::repeats(&sentence, &self.said);

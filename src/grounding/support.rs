@@ -137,14 +137,17 @@ pub fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a word (from [`words`]) carries facts: a number, or a word of three letters or more
+/// that is not a stop word.
+pub fn is_content_word(w: &str) -> bool {
+    w.chars().any(|c| c.is_ascii_digit()) || (w.chars().count() >= 3 && !STOPWORDS.contains(&w))
+}
+
 /// The content words of a text: numbers, names and other words that carry facts.
 pub fn content_words(text: &str) -> Vec<String> {
     words(text)
         .into_iter()
-        .filter(|w| {
-            w.chars().any(|c| c.is_ascii_digit())
-                || (w.chars().count() >= 3 && !STOPWORDS.contains(&w.as_str()))
-        })
+        .filter(|w| is_content_word(w))
         .collect()
 }
 
