@@ -298,6 +298,24 @@ async fn answer_with_result(tx: &mut Sender, rx: &mut Receiver, call_id: &str) -
     read_until(rx, |e| count(e, "response.done") == 1).await
 }
 
+/// A text session that must call `book_table`, asked `text`, with its response requested.
+async fn ask_to_book(url: &str, text: &str) -> (Sender, Receiver) {
+    let (mut tx, rx, _) = open(
+        url,
+        json!({"type": "realtime", "output_modalities": ["text"], "tools": realtime_tools(),
+               "tool_choice": {"type": "function", "name": "book_table"}}),
+    )
+    .await;
+    send(
+        &mut tx,
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": text}]}}),
+    )
+    .await;
+    send(&mut tx, json!({"type": "response.create"})).await;
+    (tx, rx)
+}
+
 /// Function results ground the answer: a factual question the knowledge base does not cover
 /// ("Where is …?") is answered from the result of the call made for it, not with "I don't know"
 /// (the not-found rule fired before, although the result held the answer).
@@ -308,19 +326,11 @@ async fn a_function_result_is_answered_even_where_the_knowledge_base_knows_nothi
     let kb = common::fixture_kb(dir.path()).await;
     let (url, _) =
         common::start_full(ServerSettings::default(), Some(kb), Some(common::llm())).await;
-    let (mut tx, mut rx, _) = open(
+    let (mut tx, mut rx) = ask_to_book(
         &url,
-        json!({"type": "realtime", "output_modalities": ["text"], "tools": realtime_tools(),
-               "tool_choice": {"type": "function", "name": "book_table"}}),
+        "Where will we sit? Book a table for four at 19:30 on the terrace.",
     )
     .await;
-    send(
-        &mut tx,
-        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "Where will we sit? Book a table for four at 19:30 on the terrace."}]}}),
-    )
-    .await;
-    send(&mut tx, json!({"type": "response.create"})).await;
     let events = read_until(&mut rx, |e| count(e, "response.done") == 1).await;
     assert!(errors(&events).is_empty(), "{:?}", errors(&events));
     let (call_id, _) = the_call(&events, "book_table");
@@ -444,19 +454,7 @@ async fn a_call_output_sent_before_or_just_after_response_done_is_accepted() {
     let _heavy = HEAVY.lock().await;
     let (url, _) = common::start_full(ServerSettings::default(), None, Some(common::llm())).await;
     for early in [true, false] {
-        let (mut tx, mut rx, _) = open(
-            &url,
-            json!({"type": "realtime", "output_modalities": ["text"], "tools": realtime_tools(),
-                   "tool_choice": {"type": "function", "name": "book_table"}}),
-        )
-        .await;
-        send(
-            &mut tx,
-            json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
-                "content": [{"type": "input_text", "text": "Book a table for two at 20:00."}]}}),
-        )
-        .await;
-        send(&mut tx, json!({"type": "response.create"})).await;
+        let (mut tx, mut rx) = ask_to_book(&url, "Book a table for two at 20:00.").await;
         let until = if early {
             "response.output_item.done"
         } else {
