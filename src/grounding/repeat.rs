@@ -19,8 +19,9 @@ pub struct Guarded {
 /// Streams an answer's text, holding back and dropping repeated sentences.
 #[derive(Debug, Default)]
 pub struct RepeatGuard {
-    /// Sentences said so far.
+    /// Sentences said so far, and each one's words (normalised once, not at every delta).
     said: Vec<String>,
+    said_words: Vec<String>,
     /// The sentence being written, and how much of it was sent.
     pending: String,
     sent: usize,
@@ -48,6 +49,7 @@ impl RepeatGuard {
                 return out;
             }
             out.send.push_str(&sentence[self.sent.min(end)..]);
+            self.said_words.push(words(&sentence).join(" "));
             self.said.push(sentence);
             self.pending.drain(..end);
             self.sent = 0;
@@ -78,12 +80,11 @@ impl RepeatGuard {
 
     /// Whether the sentence being written is, so far, the start of one already said.
     fn could_be_a_repeat(&self) -> bool {
+        if self.said_words.is_empty() {
+            return false;
+        }
         let so_far = words(&self.pending).join(" ");
-        !so_far.is_empty()
-            && self
-                .said
-                .iter()
-                .any(|s| words(s).join(" ").starts_with(&so_far))
+        !so_far.is_empty() && self.said_words.iter().any(|s| s.starts_with(&so_far))
     }
 }
 
