@@ -49,6 +49,10 @@ pub struct AsrArgs {
     /// Also send partial (interim) transcriptions to --asr-url [default: finals only].
     #[arg(long, env = "VOXD_ASR_REMOTE_PARTIALS")]
     pub asr_remote_partials: bool,
+    /// Do not listen for the knowledge base's names and rare words (by default the embedded
+    /// recogniser biases its decoding towards them in realtime sessions).
+    #[arg(long, env = "VOXD_ASR_NO_KB_HINTS")]
+    pub asr_no_kb_hints: bool,
 }
 
 /// The file's `[asr]` table.
@@ -67,6 +71,7 @@ pub struct FileAsr {
     prompt: Option<String>,
     audio_ctx: Option<String>,
     beam: Option<usize>,
+    kb_hints: Option<bool>,
 }
 
 /// Speech-recognition configuration.
@@ -80,6 +85,8 @@ pub struct AsrConfig {
     pub prompt: Option<String>,
     pub audio_ctx: AudioCtx,
     pub beam: usize,
+    /// Bias live sessions' transcription towards the knowledge base's vocabulary.
+    pub kb_hints: bool,
     /// Transcribe on this OpenAI-compatible engine instead of in-process.
     pub remote: Option<RemoteAsrConfig>,
 }
@@ -144,6 +151,7 @@ impl AsrConfig {
             prompt,
             audio_ctx,
             beam,
+            kb_hints: !args.asr_no_kb_hints && file.kb_hints.unwrap_or(true),
             remote,
         })
     }
@@ -157,6 +165,7 @@ impl AsrConfig {
             prompt: self.prompt.clone(),
             audio_ctx: self.audio_ctx,
             beam_size: self.beam,
+            hints: self.kb_hints,
             ..WhisperConfig::new(model_path)
         }
     }

@@ -39,6 +39,9 @@ pub struct Request {
     pub language: Option<String>,
     /// Text that conditions the decoder (names, spelling, style).
     pub prompt: Option<String>,
+    /// Words and names to listen for (the knowledge base's vocabulary): the embedded backend
+    /// biases its decoding towards them; a remote engine ignores them.
+    pub hints: Option<std::sync::Arc<[String]>>,
     pub priority: Priority,
 }
 
@@ -49,6 +52,7 @@ impl Request {
             samples,
             language: None,
             prompt: None,
+            hints: None,
             priority: Priority::Final,
         }
     }

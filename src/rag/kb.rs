@@ -88,7 +88,19 @@ pub struct KnowledgeBase {
     settings: KbSettings,
     /// Why the store last failed to answer (`None`: it answered), for `/readyz`.
     health: Arc<Mutex<Option<String>>>,
+    /// The vocabulary of the documents, with the store revision it was read at and when that
+    /// revision was last checked.
+    vocabulary: Arc<tokio::sync::Mutex<Option<CachedVocabulary>>>,
 }
+
+struct CachedVocabulary {
+    revision: i64,
+    checked: Instant,
+    terms: Arc<[String]>,
+}
+
+/// How long the vocabulary is used before the store's revision is checked again.
+const VOCABULARY_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -125,6 +137,7 @@ impl KnowledgeBase {
             embedder,
             settings,
             health: Arc::new(Mutex::new(None)),
+            vocabulary: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
 
@@ -385,6 +398,66 @@ impl KnowledgeBase {
             .await?;
         tracing::info!(chunks = total, model = %self.model(), "knowledge base re-indexed");
         Ok(total)
+    }
+
+    /// The documents' vocabulary ([`super::vocabulary`]): names and words to listen for. Read
+    /// again when the store has changed (checked at most every two seconds); empty when the
+    /// store cannot be read.
+    pub async fn vocabulary(&self) -> Arc<[String]> {
+        let mut cached = self.vocabulary.lock().await;
+        if let Some(c) = cached
+            .as_ref()
+            .filter(|c| c.checked.elapsed() < VOCABULARY_CHECK)
+        {
+            return c.terms.clone();
+        }
+        let store = self.store.clone();
+        let revision = match self.store_call(move || store.revision()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "the knowledge base's vocabulary could not be read");
+                return cached
+                    .as_ref()
+                    .map_or_else(|| Arc::from([]), |c| c.terms.clone());
+            }
+        };
+        if let Some(c) = cached.as_mut().filter(|c| c.revision == revision) {
+            c.checked = Instant::now();
+            return c.terms.clone();
+        }
+        let store = self.store.clone();
+        let read = self
+            .store_call(move || {
+                let chunks = store.chunks_for_embedding()?;
+                let texts: Vec<super::vocabulary::Text<'_>> = chunks
+                    .iter()
+                    .map(|c| super::vocabulary::Text {
+                        title: &c.title,
+                        heading: &c.heading,
+                        text: &c.text,
+                    })
+                    .collect();
+                Ok(super::vocabulary::terms(&texts))
+            })
+            .await;
+        let terms: Arc<[String]> = match read {
+            Ok(t) => t.into(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the knowledge base's vocabulary could not be read");
+                return Arc::from([]);
+            }
+        };
+        tracing::debug!(
+            terms = terms.len(),
+            revision,
+            "knowledge-base vocabulary read"
+        );
+        *cached = Some(CachedVocabulary {
+            revision,
+            checked: Instant::now(),
+            terms: terms.clone(),
+        });
+        terms
     }
 
     /// Number of searchable chunks (0: nothing to ground answers in).

@@ -9,6 +9,7 @@
 //! - [`index`]: the in-memory exact vector index and document eligibility (expiry, versions,
 //!   filters).
 //! - [`search`]: hybrid retrieval (cosine + BM25, reciprocal rank fusion, relevance floor).
+//! - [`vocabulary`]: the documents' names and rare words, which live sessions listen for.
 //! - [`open`]: opening the store and embedder a configuration names.
 //! - [`kb`]: [`KnowledgeBase`], which ties them together for the CLI, the REST API and the
 //!   realtime session.
@@ -22,6 +23,7 @@ pub mod kb;
 pub mod open;
 pub mod search;
 pub mod store;
+pub mod vocabulary;
 
 pub use config::{KbArgs, KbConfig};
 pub use kb::{AddOutcome, DocumentInput, KbSettings, KnowledgeBase};

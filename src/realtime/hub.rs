@@ -41,6 +41,19 @@ pub(super) struct Hub {
     deferred: std::collections::VecDeque<Command>,
 }
 
+/// Where the session's turns find the knowledge base: the one it started with, else the one the
+/// server has loaded since.
+fn kb_source(
+    answering: Option<&Answering>,
+    later: Option<super::AnsweringSource>,
+) -> super::turns::KbSource {
+    let now = answering.and_then(|a| a.kb.clone());
+    Box::new(move || {
+        now.clone()
+            .or_else(|| later.as_ref().and_then(|f| f()).and_then(|a| a.kb))
+    })
+}
+
 /// Longest wait for an ending response's items before a client command goes ahead anyway
 /// (they follow `response.done` at once; this only bounds a response task that died between).
 const ENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -57,7 +70,12 @@ impl Hub {
         audio: mpsc::WeakSender<AudioInput>,
     ) -> Self {
         Hub {
-            turns: Turns::new(asr, out.clone(), opts.clone()),
+            turns: Turns::new(
+                asr,
+                kb_source(answering.as_ref(), answering_later.clone()),
+                out.clone(),
+                opts.clone(),
+            ),
             responses: Responses::new(answering, answering_later, out.clone(), opts.clone()),
             conversation: Conversation::default(),
             out,

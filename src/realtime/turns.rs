@@ -125,9 +125,14 @@ pub(super) enum Heard {
     },
 }
 
+/// The knowledge base whose vocabulary the session listens for, when there is one (it may be
+/// loaded after the session started).
+pub(super) type KbSource = Box<dyn Fn() -> Option<Arc<crate::rag::KnowledgeBase>> + Send>;
+
 /// The turns of one session.
 pub(super) struct Turns {
     asr: Arc<dyn Asr>,
+    kb: KbSource,
     out: Out,
     opts: watch::Receiver<SessionOptions>,
     results_tx: mpsc::Sender<JobResult>,
@@ -139,10 +144,16 @@ pub(super) struct Turns {
 }
 
 impl Turns {
-    pub(super) fn new(asr: Arc<dyn Asr>, out: Out, opts: watch::Receiver<SessionOptions>) -> Self {
+    pub(super) fn new(
+        asr: Arc<dyn Asr>,
+        kb: KbSource,
+        out: Out,
+        opts: watch::Receiver<SessionOptions>,
+    ) -> Self {
         let (results_tx, results) = mpsc::channel(32);
         Turns {
             asr,
+            kb,
             out,
             opts,
             results_tx,
@@ -161,10 +172,15 @@ impl Turns {
 
     fn spawn_job(&self, turn: u64, kind: JobKind, samples: Vec<f32>) -> tokio::task::AbortHandle {
         let opts = self.opts.borrow().clone();
-        let request = Request {
+        // The knowledge base's names and rare words, listened for in sessions that answer from it.
+        let kb = (opts.realtime && opts.knowledge_base)
+            .then(|| (self.kb)())
+            .flatten();
+        let mut request = Request {
             samples,
             language: opts.language,
             prompt: opts.prompt,
+            hints: None,
             priority: if kind == JobKind::Partial {
                 Priority::Partial
             } else {
@@ -177,6 +193,9 @@ impl Turns {
         let span = tracing::info_span!("asr", turn = turn as i64, kind = ?kind);
         tokio::spawn(
             async move {
+                if let Some(kb) = kb {
+                    request.hints = Some(kb.vocabulary().await);
+                }
                 let result = asr.transcribe(request).await;
                 let _ = tx.send(JobResult { turn, kind, result }).await;
             }

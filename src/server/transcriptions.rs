@@ -138,6 +138,8 @@ pub async fn transcribe(
         samples: decoded.samples,
         language,
         prompt,
+        // An upload is heard as it is: the knowledge base's words bias live sessions only.
+        hints: None,
         priority: Priority::Final,
     };
     let transcript = asr.transcribe(request).await?;

@@ -87,6 +87,24 @@ pub(super) fn run(
         model,
     );
 
+    let bias = req
+        .hints
+        .as_deref()
+        .filter(|h| cfg.hints && !h.is_empty())
+        .map(|h| super::bias::Bias::new(&model.ctx, h))
+        .filter(|b| !b.is_empty());
+    if let Some(b) = &bias {
+        // SAFETY: the callback reads the `Bias` through the pointer only during `full` below,
+        // and `bias` outlives it.
+        #[allow(unsafe_code)]
+        unsafe {
+            params.set_filter_logits_callback(Some(super::bias::Bias::filter));
+            params.set_filter_logits_callback_user_data(
+                b as *const super::bias::Bias as *mut std::ffi::c_void,
+            );
+        }
+    }
+
     // whisper-rs's `set_abort_callback_safe` hands whisper.cpp a pointer to a boxed `dyn FnMut`
     // but reads it back as the closure type itself; pass our own context directly.
     // SAFETY: the callback only reads the `AbortWhen` through the pointer, and `abort` outlives

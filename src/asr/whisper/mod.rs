@@ -41,6 +41,7 @@ use super::{Asr, AsrError, Priority, Request, Segment, Transcript};
 use crate::models::ggml;
 pub use crate::protocol::session::MAX_PROMPT_BYTES;
 
+mod bias;
 mod decode;
 mod worker;
 
@@ -92,6 +93,8 @@ pub struct WhisperConfig {
     pub beam_size: usize,
     /// Final requests allowed to wait before new ones are refused.
     pub max_queue: usize,
+    /// Bias decoding towards a request's hints ([`bias`]).
+    pub hints: bool,
 }
 
 impl WhisperConfig {
@@ -108,6 +111,7 @@ impl WhisperConfig {
             audio_ctx: AudioCtx::Auto,
             beam_size: 1,
             max_queue: 64,
+            hints: true,
         }
     }
 }
