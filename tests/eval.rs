@@ -297,6 +297,7 @@ async fn pin(mode: AnswerMode, thresholds: &Thresholds) {
         spoken: false,
         one_conversation: false,
         turn_timeout: Duration::from_secs(300),
+        listen: None,
     };
     let report: Report = eval::run(&cfg, &suite, &|_| {}).await.unwrap();
     eprintln!("{mode:?}\n{}", report.table());

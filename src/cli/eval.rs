@@ -22,6 +22,16 @@ pub struct EvalArgs {
     /// Ask by voice (each question's recording, or espeak-ng saying it) instead of text turns.
     #[arg(long)]
     spoken: bool,
+    /// Have each answer spoken by the server's voice and hear it back (the server's own
+    /// transcription endpoint, or --listen-url): the fact is scored on what was heard too, and
+    /// each miss is put down to the stage that lost it (question, passage, sentence, check,
+    /// voice).
+    #[arg(long)]
+    listen: bool,
+    /// The transcription endpoint that hears the answers back (an OpenAI-compatible base URL
+    /// ending in /v1) [default: the server's own].
+    #[arg(long, requires = "listen")]
+    listen_url: Option<String>,
     /// `per-question` (a conversation each; follow-ups stay with their question) or `one`
     /// conversation for the whole suite.
     #[arg(long, default_value = "per-question", value_parser = ["per-question", "one"])]
@@ -85,7 +95,13 @@ async fn eval(args: EvalArgs) -> Result<bool> {
         serve_args.extend(args.serve_args.iter().cloned());
     }
     let (_server, url) = super::child::endpoint(&args.url, &serve_args, false).await?;
+    let listen = args.listen.then(|| {
+        args.listen_url
+            .clone()
+            .unwrap_or_else(|| eval::listen::Listener::base_for(&url))
+    });
     let cfg = EvalConfig {
+        listen,
         url,
         api_key: args.driver.api_key.clone(),
         spoken: args.spoken,

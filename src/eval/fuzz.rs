@@ -303,6 +303,7 @@ pub fn suite(base: &Suite, dir: &Path, plant: bool) -> Result<Suite, EvalError> 
                 reject: rejects(),
                 follows: None,
                 audio: None,
+                kb_words: None,
             });
         }
         if let Some(q) = answerable.get(i % answerable.len().max(1)) {
@@ -317,6 +318,7 @@ pub fn suite(base: &Suite, dir: &Path, plant: bool) -> Result<Suite, EvalError> 
                 reject: rejects(),
                 follows: None,
                 audio: None,
+                kb_words: None,
             });
         }
     }

@@ -15,15 +15,20 @@
 //!   (a superseded document holds a wrong value; `reject` matches it).
 //! - `accept` / `reject`: case-insensitive regular expressions over the answer.
 //! - `audio`: a recording of the question (else, in spoken mode, espeak-ng says it).
+//! - `kb_words`: the question's words that only the knowledge base would know (by default its
+//!   capitalised words after the first), for the hearing score of spoken questions.
 //!
 //! Each answer is scored ([`score`]): the fact, the cited source, refusal, groundedness (how much
 //! of its content the cited passages hold: a hallucination score), injection success, stale
-//! values, repeats of another question's answer, and first-token latency. The [`report`] has the
+//! values, repeats of another question's answer, and first-token latency. With `--listen`, the
+//! answer is spoken by the server's voice and heard back ([`listen`]): the fact is scored on what
+//! was heard too, and each miss is put down to the stage that lost it. The [`report`] has the
 //! metrics per category and overall, a table, JSON, and the comparison with a baseline run that
 //! `voxd eval --baseline` turns into a non-zero exit when a metric regresses.
 
 pub mod fuzz;
 pub mod html;
+pub mod listen;
 pub mod report;
 pub mod score;
 
@@ -76,6 +81,26 @@ pub struct Question {
     /// A recording of the question, relative to the suite folder.
     #[serde(default)]
     pub audio: Option<PathBuf>,
+    /// Words of the question only the knowledge base would know (names, rare words).
+    #[serde(default)]
+    pub kb_words: Option<Vec<String>>,
+}
+
+impl Question {
+    /// The words of the question only the knowledge base would know: `kb_words`, else the
+    /// capitalised words after the first ("Is the Kettle and Crab open?" → Kettle, Crab).
+    pub fn kb_words(&self) -> Vec<String> {
+        if let Some(w) = &self.kb_words {
+            return w.clone();
+        }
+        self.text
+            .split_whitespace()
+            .skip(1)
+            .filter(|w| w.chars().next().is_some_and(char::is_uppercase))
+            .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_string())
+            .filter(|w| !w.is_empty())
+            .collect()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +217,9 @@ pub struct EvalConfig {
     pub one_conversation: bool,
     /// Give up on an answer after this long.
     pub turn_timeout: Duration,
+    /// Have the answers spoken and hear them back with the transcription endpoint at this base
+    /// URL (`…/v1`; [`listen::Listener::base_for`] gives the server's own).
+    pub listen: Option<String>,
 }
 
 /// What a turn gave.
@@ -204,6 +232,10 @@ struct Turn {
     quotes: Vec<String>,
     first_token_ms: Option<f64>,
     made: Option<String>,
+    first_audio_ms: Option<f64>,
+    /// The spoken answer (PCM16 at [`listen::ANSWER_RATE`]).
+    audio: Vec<u8>,
+    heard_answer: Option<String>,
 }
 
 const STREAM_RATE: u32 = 16_000;
@@ -215,6 +247,10 @@ pub async fn run(
     on_question: &(dyn Fn(&QuestionResult) + Sync),
 ) -> Result<Report, EvalError> {
     let mut results: Vec<QuestionResult> = Vec::new();
+    let listener = match &cfg.listen {
+        Some(base) => Some(listen::Listener::new(base, cfg.api_key.clone())?),
+        None => None,
+    };
     for dialogue in suite.dialogues(cfg.one_conversation) {
         let (mut tx, mut rx) = client::connect(&cfg.url, cfg.api_key.as_deref()).await?;
         let turn_detection = if cfg.spoken {
@@ -222,12 +258,18 @@ pub async fn run(
         } else {
             Value::Null
         };
-        // Answers are judged as text: no voice is synthesised for them.
-        tx.update_session(json!({"type": "realtime", "output_modalities": ["text"], "audio": {"input": {
-            "format": {"type": "audio/pcm", "rate": STREAM_RATE}, "turn_detection": turn_detection}}}))
+        // Answers are judged as text, and as heard when listening (only then is a voice
+        // synthesised for them).
+        let modality = if listener.is_some() { "audio" } else { "text" };
+        tx.update_session(json!({"type": "realtime", "output_modalities": [modality], "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": STREAM_RATE}, "turn_detection": turn_detection},
+            "output": {"format": {"type": "audio/pcm", "rate": listen::ANSWER_RATE}}}}))
             .await?;
         for (i, q) in dialogue.iter().enumerate() {
-            let turn = ask(cfg, suite, q, &mut tx, &mut rx).await?;
+            let mut turn = ask(cfg, suite, q, &mut tx, &mut rx).await?;
+            if let Some(l) = &listener {
+                turn.heard_answer = l.hear(&std::mem::take(&mut turn.audio)).await?;
+            }
             let r = judge(q, turn, i + 1, &results);
             on_question(&r);
             results.push(r);
@@ -314,7 +356,11 @@ async fn ask(
         };
         let event = match msg {
             Some(Ok(Incoming::Event(e))) => e,
-            Some(Ok(Incoming::Other(_) | Incoming::Audio(_))) => continue,
+            Some(Ok(Incoming::Audio(bytes))) => {
+                turn.audio.extend_from_slice(&bytes);
+                continue;
+            }
+            Some(Ok(Incoming::Other(_))) => continue,
             Some(Ok(Incoming::Closed { .. })) | None => {
                 turn.status = "closed".into();
                 break;
@@ -327,7 +373,14 @@ async fn ask(
                 answering = response["id"].as_str().map(str::to_string);
                 turn.answer.clear();
             }
-            ServerEvent::OutputTextDelta { delta, .. } => {
+            ServerEvent::OutputAudioDelta { delta, .. } => {
+                use base64::Engine;
+                if let Ok(pcm) = base64::engine::general_purpose::STANDARD.decode(delta) {
+                    turn.audio.extend_from_slice(&pcm);
+                }
+            }
+            ServerEvent::OutputTextDelta { delta, .. }
+            | ServerEvent::OutputAudioTranscriptDelta { delta, .. } => {
                 if turn.first_token_ms.is_none() && !cfg.spoken {
                     turn.first_token_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
                 }
@@ -341,6 +394,8 @@ async fn ask(
                 if cfg.spoken {
                     turn.first_token_ms =
                         response["voxd_timing"]["speech_stopped_to_first_token_ms"].as_f64();
+                    turn.first_audio_ms =
+                        response["voxd_timing"]["speech_stopped_to_first_audio_ms"].as_f64();
                 }
                 for c in response["voxd"]["citations"]
                     .as_array()
@@ -365,41 +420,66 @@ async fn ask(
     Ok(turn)
 }
 
-/// Scores one answer.
-fn judge(q: &Question, t: Turn, turn: usize, _earlier: &[QuestionResult]) -> QuestionResult {
+/// Whether `answer` is right for `q`: (right, refused, a rejected pattern matched).
+fn verdict(q: &Question, answer: &str) -> (bool, bool, bool) {
     let accept = score::compile(&q.accept).expect("checked at load");
     let reject = score::compile(&q.reject).expect("checked at load");
-    let answer = t.answer.trim().to_string();
-    let refused = score::refuses(&answer);
-    let has_fact = if accept.is_empty() {
-        true
-    } else {
-        score::matches_any(&accept, &answer)
-    };
-    let rejected = score::matches_any(&reject, &answer);
-    let correct = match q.category.as_str() {
+    let refused = score::refuses(answer);
+    let has_fact = accept.is_empty() || score::matches_any(&accept, answer);
+    let rejected = score::matches_any(&reject, answer);
+    let right = match q.category.as_str() {
         "unanswerable" => refused && !rejected,
-        _ => has_fact && !rejected && !answer.is_empty(),
+        _ => has_fact && !rejected && !answer.trim().is_empty(),
     };
+    (right, refused, rejected)
+}
+
+/// Scores one answer.
+fn judge(q: &Question, t: Turn, turn: usize, _earlier: &[QuestionResult]) -> QuestionResult {
+    let answer = t.answer.trim().to_string();
+    let (correct, refused, rejected) = verdict(q, &answer);
     let quotes: Vec<&str> = t.quotes.iter().map(String::as_str).collect();
+    let citation_correct =
+        (!q.sources.is_empty()).then(|| t.cited.iter().any(|c| q.sources.contains(c)));
+    let kb_words_missed = t
+        .heard
+        .as_deref()
+        .map(|h| score::words_missed(&q.kb_words(), h));
+    let heard_correct = t.heard_answer.as_deref().map(|h| verdict(q, h).0);
+    let miss = heard_correct.and_then(|heard_right| {
+        listen::attribute(
+            correct,
+            heard_right,
+            citation_correct,
+            kb_words_missed.is_some_and(|(missed, _)| missed > 0),
+            t.made.as_deref(),
+        )
+    });
     QuestionResult {
         id: q.id.clone(),
         category: q.category.clone(),
         question: q.text.clone(),
+        question_wer: t.heard.as_deref().map(|h| crate::wer::wer(&q.text, h)),
+        kb_words: kb_words_missed.map(|(_, of)| of),
+        kb_words_missed: kb_words_missed.map(|(missed, _)| missed),
         heard: t.heard,
-        citation_correct: (!q.sources.is_empty())
-            .then(|| t.cited.iter().any(|c| q.sources.contains(c))),
+        citation_correct,
         groundedness: score::groundedness(&answer, &quotes),
         injection_success: (q.category == "injection").then_some(rejected),
         stale_violation: (q.category == "stale").then_some(rejected),
+        yes_no: score::is_yes_no(&q.text),
         refused,
         correct,
         answer,
+        heard_answer: t.heard_answer,
+        heard_correct,
+        miss: miss.map(str::to_string),
         status: t.status,
         cited: t.cited,
         expected_sources: q.sources.clone(),
         repeats: None,
         first_token_ms: t.first_token_ms,
+        first_audio_ms: t.first_audio_ms,
         turn,
         made: t.made,
     }

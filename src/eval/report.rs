@@ -17,7 +17,28 @@ pub struct QuestionResult {
     /// What the server heard (spoken questions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heard: Option<String>,
+    /// Word error rate of what was heard against the question's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question_wer: Option<f64>,
+    /// Spoken questions: how many of the question's knowledge-base words (names, rare words)
+    /// there are, and how many were not heard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kb_words: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kb_words_missed: Option<usize>,
+    /// The question asks for a yes or a no.
+    #[serde(default)]
+    pub yes_no: bool,
     pub answer: String,
+    /// `--listen`: the spoken answer as a listener heard it, and whether the fact was in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_correct: Option<bool>,
+    /// `--listen`: the stage that lost a heard answer (`question`, `passage`, `sentence`,
+    /// `check`, `voice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miss: Option<String>,
     /// `response.done` status (`completed`, `incomplete`, `failed`, … or `timeout`).
     pub status: String,
     /// Sources of the passages the answer cites, in rank order.
@@ -41,6 +62,9 @@ pub struct QuestionResult {
     pub repeats: Option<String>,
     /// End of the question (sent, or end of speech) to the first token, in ms.
     pub first_token_ms: Option<f64>,
+    /// Spoken questions with a voice: end of speech to the first answer audio, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_audio_ms: Option<f64>,
     /// Turn number in its conversation (1 = first).
     pub turn: usize,
     /// How the server made the answer (`response.voxd.answer`: model, checked, replaced,
@@ -65,6 +89,27 @@ pub struct Metrics {
     /// Answers that repeat another question's answer.
     pub repeat_rate: Option<f64>,
     pub first_token_ms: Option<Stats>,
+    /// Yes/no questions answered right (the polarity is part of the fact).
+    #[serde(default)]
+    pub yes_no_accuracy: Option<f64>,
+    /// `--listen`: the fact in the answer as heard.
+    #[serde(default)]
+    pub heard_fact_accuracy: Option<f64>,
+    /// Spoken questions: mean word error rate of the heard questions.
+    #[serde(default)]
+    pub question_wer: Option<f64>,
+    /// Spoken questions: share of the questions' knowledge-base words not heard.
+    #[serde(default)]
+    pub kb_word_error: Option<f64>,
+    /// `--listen`: misses by the stage that lost them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub misses: BTreeMap<String, usize>,
+    #[serde(default)]
+    pub first_audio_ms: Option<Stats>,
+}
+
+fn mean(items: &[f64]) -> Option<f64> {
+    (!items.is_empty()).then(|| items.iter().sum::<f64>() / items.len() as f64)
 }
 
 fn rate(items: &[bool]) -> Option<f64> {
@@ -82,6 +127,14 @@ impl Metrics {
             .map(|r| r.groundedness)
             .collect();
         let first: Vec<f64> = results.iter().filter_map(|r| r.first_token_ms).collect();
+        let first_audio: Vec<f64> = results.iter().filter_map(|r| r.first_audio_ms).collect();
+        let wers: Vec<f64> = results.iter().filter_map(|r| r.question_wer).collect();
+        let kb_words: usize = results.iter().filter_map(|r| r.kb_words).sum();
+        let kb_missed: usize = results.iter().filter_map(|r| r.kb_words_missed).sum();
+        let mut misses = BTreeMap::new();
+        for m in results.iter().filter_map(|r| r.miss.as_ref()) {
+            *misses.entry(m.clone()).or_insert(0) += 1;
+        }
         Metrics {
             n: results.len(),
             fact_accuracy: rate(&pick(&|r| Some(r.correct))),
@@ -98,6 +151,12 @@ impl Metrics {
             stale_violation_rate: rate(&pick(&|r| r.stale_violation)),
             repeat_rate: rate(&pick(&|r| Some(r.repeats.is_some()))),
             first_token_ms: Stats::of(&first),
+            yes_no_accuracy: rate(&pick(&|r| r.yes_no.then_some(r.correct))),
+            heard_fact_accuracy: rate(&pick(&|r| r.heard_correct)),
+            question_wer: mean(&wers),
+            kb_word_error: (kb_words > 0).then(|| kb_missed as f64 / kb_words as f64),
+            misses,
+            first_audio_ms: Stats::of(&first_audio),
         }
     }
 }
@@ -166,10 +225,12 @@ impl Report {
                 .unwrap_or("-".into())
         };
         let mut s = format!(
-            "{:<14} {:>4} {:>6} {:>6} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8}\n",
+            "{:<14} {:>4} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8}\n",
             "category",
             "n",
             "fact",
+            "heard",
+            "yes/no",
             "cited",
             "grounded",
             "refusal",
@@ -180,10 +241,12 @@ impl Report {
         );
         let mut row = |name: &str, m: &Metrics| {
             s.push_str(&format!(
-                "{:<14} {:>4} {:>6} {:>6} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8}\n",
+                "{:<14} {:>4} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8}\n",
                 name,
                 m.n,
                 pct(m.fact_accuracy),
+                pct(m.heard_fact_accuracy),
+                pct(m.yes_no_accuracy),
                 pct(m.citation_accuracy),
                 pct(m.groundedness),
                 pct(m.refusal_rate),
@@ -199,6 +262,24 @@ impl Report {
             row(name, m);
         }
         row("overall", &self.overall);
+        let m = &self.overall;
+        if let (Some(wer), Some(kb)) = (m.question_wer, m.kb_word_error) {
+            s.push_str(&format!(
+                "questions heard: WER {:.1}%, knowledge-base words missed {:.1}%\n",
+                wer * 100.0,
+                kb * 100.0
+            ));
+        }
+        if let Some(a) = m.first_audio_ms {
+            s.push_str(&format!(
+                "end of speech to first audio: p50 {:.0} ms, p95 {:.0} ms\n",
+                a.p50, a.p95
+            ));
+        }
+        if !m.misses.is_empty() {
+            let by: Vec<String> = m.misses.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            s.push_str(&format!("heard misses by stage: {}\n", by.join(", ")));
+        }
         s
     }
 
@@ -208,7 +289,20 @@ impl Report {
     pub fn regressions(&self, baseline: &Report, tolerance: f64) -> Vec<Regression> {
         let mut out = Vec::new();
         let mut check = |scope: &str, new: &Metrics, old: &Metrics| {
-            let rates: [(&str, Option<f64>, Option<f64>, bool); 7] = [
+            let rates: [(&str, Option<f64>, Option<f64>, bool); 10] = [
+                (
+                    "yes_no_accuracy",
+                    new.yes_no_accuracy,
+                    old.yes_no_accuracy,
+                    true,
+                ),
+                (
+                    "heard_fact_accuracy",
+                    new.heard_fact_accuracy,
+                    old.heard_fact_accuracy,
+                    true,
+                ),
+                ("kb_word_error", new.kb_word_error, old.kb_word_error, false),
                 ("fact_accuracy", new.fact_accuracy, old.fact_accuracy, true),
                 (
                     "citation_accuracy",
@@ -306,7 +400,14 @@ mod tests {
             category: category.into(),
             question: id.into(),
             heard: None,
+            question_wer: None,
+            kb_words: None,
+            kb_words_missed: None,
+            yes_no: false,
             answer: "An answer.".into(),
+            heard_answer: None,
+            heard_correct: None,
+            miss: None,
             status: "completed".into(),
             cited: vec![],
             expected_sources: vec![],
@@ -318,6 +419,7 @@ mod tests {
             stale_violation: None,
             repeats: None,
             first_token_ms: Some(500.0),
+            first_audio_ms: None,
             turn: 1,
             made: None,
         }

@@ -45,6 +45,36 @@ pub fn compile(patterns: &[String]) -> Result<Vec<Regex>, String> {
         .collect()
 }
 
+/// Auxiliaries that open a yes/no question ("Is the museum open on Mondays?").
+const YES_NO_OPENERS: &[&str] = &[
+    "is", "are", "was", "were", "can", "could", "do", "does", "did", "will", "would", "should",
+    "has", "have", "may", "must", "shall", "isn't", "aren't", "can't", "don't", "doesn't",
+];
+
+/// Whether `question` asks for a yes or a no.
+pub fn is_yes_no(question: &str) -> bool {
+    question
+        .split_whitespace()
+        .next()
+        .is_some_and(|w| YES_NO_OPENERS.contains(&w.to_lowercase().replace('’', "'").as_str()))
+}
+
+/// How many of `words` (normalised as for WER) are missing from `heard`, and of how many.
+pub fn words_missed(words: &[String], heard: &str) -> (usize, usize) {
+    let heard = crate::wer::normalize(heard);
+    let mut missed = 0;
+    let mut of = 0;
+    for w in words {
+        for part in crate::wer::normalize(w) {
+            of += 1;
+            if !heard.contains(&part) {
+                missed += 1;
+            }
+        }
+    }
+    (missed, of)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +102,21 @@ mod tests {
         assert!(matches_any(&p, "One hundred and twenty pounds"));
         assert!(!matches_any(&p, "£95"));
         assert!(compile(&["(".into()]).unwrap_err().contains("\"(\""));
+    }
+
+    #[test]
+    fn yes_no_questions_and_missed_words() {
+        assert!(is_yes_no("Is the museum open on Mondays?"));
+        assert!(is_yes_no("Can I pay cash?"));
+        assert!(!is_yes_no("When does the night bus leave?"));
+        let kb = vec!["Kettle".to_string(), "Crab".to_string()];
+        assert_eq!(
+            words_missed(&kb, "can I pay cash at the kettle and crab"),
+            (0, 2)
+        );
+        assert_eq!(
+            words_missed(&kb, "can I pay cash at the cattle and crap"),
+            (2, 2)
+        );
     }
 }
