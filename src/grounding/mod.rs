@@ -13,6 +13,7 @@ pub mod polarity;
 pub mod repeat;
 pub mod sentences;
 pub mod support;
+pub mod yes_no;
 
 use std::collections::HashSet;
 
@@ -81,18 +82,41 @@ pub struct Sentence {
     pub position: usize,
     /// How well it answers the question (higher is better).
     pub score: f32,
+    /// The sentence before it, when it opens with a pronoun that refers back.
+    pub referent: Option<String>,
+    /// Its document's title.
+    pub title: String,
 }
 
 /// The sentences an answer rests on, best first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Focus {
     pub sentences: Vec<Sentence>,
+    /// The question they were ranked for.
+    pub question: String,
 }
 
 impl Focus {
     /// The extractive answer: the sentence that best answers the question.
     pub fn best(&self) -> Option<&Sentence> {
         self.sentences.first()
+    }
+
+    /// The extractive answer as it is spoken: the best sentence, with "Yes" or "No" first when
+    /// it settles a yes/no question ([`yes_no`]).
+    pub fn spoken_best(&self) -> Option<String> {
+        let best = self.best()?;
+        Some(
+            match yes_no::verdict(
+                &self.question,
+                &best.text,
+                best.referent.as_deref(),
+                &best.title,
+            ) {
+                Some(v) => yes_no::with_verdict(v, &best.text),
+                None => best.text.clone(),
+            },
+        )
     }
 
     /// Whether sentences were ranked and none answers the question.
@@ -155,7 +179,7 @@ const VALUE_KINDS: &[(&str, &str)] = &[
     ),
     // A time or a day.
     (
-        r"\bwhen\b|\bwhat time\b|\bwhat day|\bopen\b|\bclose\b|\bleave\b|\bstart\b",
+        r"\bwhen\b|\b(what|which) (time|days?|months?)\b|\bopen\b|\bclose\b|\bleave\b|\bstart\b",
         r"\d ?(am|pm)\b|\d:\d\d|\bnoon\b|\bmidnight\b|\b(mon|tues|wednes|thurs|fri|satur|sun)days?\b|\bweekdays?\b|\bdaily\b|\bclosed\b|\b(january|february|march|april|may|june|july|august|september|october|november|december)\b",
     ),
     // A place.
@@ -200,22 +224,57 @@ pub fn asking_part(text: &str) -> String {
     }
 }
 
-/// The share of the question's content words (by 5-letter stem) the sentence holds.
-fn overlap(question: &HashSet<String>, sentence: &str) -> f32 {
+/// The share of the question's content words (by stem) the sentence holds; a word found only in
+/// what the sentence refers to (the sentence before a pronoun) counts half: "It is served on
+/// Fridays only." is about the stargazy pie, but says less about it than the sentence that
+/// names it.
+fn overlap(question: &HashSet<String>, sentence: &str, referent: Option<&str>, title: &str) -> f32 {
     if question.is_empty() {
         return 0.0;
     }
-    let s: HashSet<String> = support::content_words(sentence)
-        .iter()
-        .map(|w| support::stem(w))
-        .collect();
-    question.iter().filter(|w| s.contains(*w)).count() as f32 / question.len() as f32
+    let stems = |text: &str| -> HashSet<String> {
+        support::content_words(text)
+            .iter()
+            .map(|w| support::stem(w))
+            .collect()
+    };
+    let own = stems(sentence);
+    let referred = referent.map(stems).unwrap_or_default();
+    let topic = stems(title);
+    let (mut found, mut total) = (0.0, 0.0);
+    for w in question {
+        // A word of the document's title names what every sentence of it is about: what the
+        // question asks about it weighs more.
+        let weight = if topic.contains(w) { 0.5 } else { 1.0 };
+        total += weight;
+        if own.contains(w) {
+            found += weight;
+        } else if referred.contains(w) {
+            found += weight * 0.5;
+        }
+    }
+    found / total
+}
+
+/// Whether a sentence opens with a pronoun that refers to something said before it.
+fn opens_with_pronoun(sentence: &str) -> bool {
+    const PRONOUNS: &[&str] = &[
+        "it", "its", "it's", "they", "their", "them", "this", "these", "that", "those", "she",
+        "he", "her", "his",
+    ];
+    sentence
+        .split_whitespace()
+        .next()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\''))
+        .is_some_and(|w| PRONOUNS.contains(&w.to_lowercase().as_str()))
 }
 
 /// Weight of the question's words found in a sentence, beside its cosine similarity.
 const OVERLAP_WEIGHT: f32 = 0.3;
 /// Bonus for a sentence holding the kind of value asked for.
-const VALUE_BONUS: f32 = 0.15;
+const VALUE_BONUS: f32 = 0.2;
+/// What a sentence loses when it shares no word with the question, nor does its title.
+const UNRELATED_PENALTY: f32 = 0.15;
 /// Bonus for a sentence of the best-ranked passage (retrieval already weighed whole passages).
 const TOP_PASSAGE_BONUS: f32 = 0.05;
 
@@ -233,10 +292,13 @@ pub async fn focus(
     passages: &[Passage],
     keep: usize,
 ) -> Result<Focus, EmbedError> {
-    let mut candidates: Vec<(usize, usize, String)> = Vec::new();
+    // (passage, position, sentence, what it refers to)
+    let mut candidates: Vec<(usize, usize, String, Option<String>)> = Vec::new();
     for (p, passage) in passages.iter().enumerate() {
-        for (i, s) in sentences::split(&passage.text).into_iter().enumerate() {
-            candidates.push((p, i, s));
+        let split = sentences::split(&passage.text);
+        for (i, s) in split.iter().enumerate() {
+            let referent = (i > 0 && opens_with_pronoun(s)).then(|| split[i - 1].clone());
+            candidates.push((p, i, s.clone(), referent));
         }
     }
     if candidates.is_empty() {
@@ -245,12 +307,12 @@ pub async fn focus(
     let question = asking_part(question);
     let question = question.as_str();
     // Bound the work: earlier sentences of earlier passages first.
-    candidates.sort_by_key(|(p, i, _)| (*i, *p));
+    candidates.sort_by_key(|(p, i, _, _)| (*i, *p));
     candidates.truncate(MAX_CANDIDATES);
     let context = context.map(asking_part).filter(|c| c != question);
     let mut texts = vec![question.to_string()];
     texts.extend(context.clone());
-    texts.extend(candidates.iter().map(|(p, _, s)| {
+    texts.extend(candidates.iter().map(|(p, _, s, _)| {
         let title = passages[*p].citation.title.trim();
         if title.is_empty() {
             s.clone()
@@ -274,14 +336,25 @@ pub async fn focus(
     let mut ranked: Vec<Sentence> = candidates
         .into_iter()
         .zip(rest)
-        .map(|((passage, position, text), v)| {
+        .map(|((passage, position, text, referent), v)| {
             let similarity = match c {
                 Some(c) => (2.0 * dot(q, v) + dot(c, v)) / 3.0,
                 None => dot(q, v),
             };
-            let mut score = similarity + OVERLAP_WEIGHT * overlap(&question_words, &text);
+            let title = passages[passage].citation.title.as_str();
+            let shared = overlap(&question_words, &text, referent.as_deref(), title);
+            let mut score = similarity + OVERLAP_WEIGHT * shared;
             if asked.iter().any(|a| a.is_match(&text)) {
                 score += VALUE_BONUS;
+            }
+            // Not one of the question's words, nor its document's title: a sentence that only
+            // holds the kind of value asked for ("£6" for "how much is parking?") answers
+            // another question.
+            if shared == 0.0
+                && !question_words.is_empty()
+                && overlap(&question_words, title, None, "") == 0.0
+            {
+                score -= UNRELATED_PENALTY;
             }
             if passage == 0 {
                 score += TOP_PASSAGE_BONUS;
@@ -291,6 +364,8 @@ pub async fn focus(
                 passage,
                 position,
                 score,
+                referent,
+                title: title.to_string(),
             }
         })
         .collect();
@@ -299,7 +374,10 @@ pub async fn focus(
     for s in &ranked {
         tracing::debug!(question, sentence = %s.text, score = s.score, "focused sentence");
     }
-    Ok(Focus { sentences: ranked })
+    Ok(Focus {
+        sentences: ranked,
+        question: question.to_string(),
+    })
 }
 
 /// The support an answer's sentences need: the share of their content words found in the

@@ -43,6 +43,24 @@ fn negated(tokens: &[String]) -> Vec<&str> {
     out
 }
 
+/// The content words that a negation in `text` denies ("no cash", "does not sail"): as
+/// [`contradicts`] reads negations, except "only", which restricts rather than denies.
+pub fn denied(text: &str) -> Vec<String> {
+    let tokens: Vec<String> = words(text);
+    let mut out = Vec::new();
+    for (k, t) in tokens.iter().enumerate() {
+        if !is_negator(t) || t == "only" || (k == 0 && t == "no") {
+            continue;
+        }
+        for w in tokens[k + 1..].iter().take(REACH) {
+            if is_content_word(w) && !is_negator(w) {
+                out.push(w.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Whether a negator bears on the word at `i` (up to [`REACH`] words before it, or "only"
 /// right after it).
 fn negated_at(tokens: &[String], i: usize) -> bool {

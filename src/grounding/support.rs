@@ -169,11 +169,32 @@ pub fn groundedness(answer: &str, passages: &[&str]) -> f64 {
     supported as f64 / claimed.len() as f64
 }
 
+/// A word's stem: its first five letters once a plural ending is off ("dogs" and "dog",
+/// "buses" and "bus", "services" and "service" share one). Numbers stay whole.
 pub fn stem(w: &str) -> String {
     if w.chars().any(|c| c.is_ascii_digit()) {
         return w.to_string();
     }
-    w.chars().take(5).collect()
+    let short = w.chars().count() <= 5;
+    let singular = if let Some(s) = w.strip_suffix("ies").filter(|s| s.len() >= 2) {
+        format!("{s}y")
+    } else if let Some(s) = ["ches", "shes", "sses", "xes"].iter().find_map(|end| {
+        w.strip_suffix(end)
+            .map(|s| format!("{s}{}", &end[..end.len() - 2]))
+    }) {
+        s
+    } else if let Some(s) = w.strip_suffix("ses").filter(|_| short) {
+        format!("{s}s")
+    } else if short
+        && w.len() > 3
+        && w.ends_with('s')
+        && !["ss", "us", "is"].iter().any(|e| w.ends_with(e))
+    {
+        w[..w.len() - 1].to_string()
+    } else {
+        w.to_string()
+    };
+    singular.chars().take(5).collect()
 }
 
 /// How alike two answers are: the Jaccard overlap of their content words.
@@ -210,6 +231,24 @@ fn normalised(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plurals_share_their_stem() {
+        for (a, b) in [
+            ("dogs", "dog"),
+            ("buses", "bus"),
+            ("bikes", "bike"),
+            ("ferries", "ferry"),
+            ("dishes", "dish"),
+            ("services", "service"),
+            ("houses", "house"),
+            ("opens", "open"),
+        ] {
+            assert_eq!(stem(a), stem(b), "{a} {b}");
+        }
+        assert_ne!(stem("bus"), stem("business"));
+        assert_eq!(stem("30"), "30");
+    }
 
     #[test]
     fn groundedness_counts_supported_content_words() {

@@ -27,8 +27,8 @@ pub(super) fn say_without_model(
         crate::metrics::global().refusals.inc();
         (NOT_FOUND.to_string(), "refused")
     } else if answer_mode(answering, params, results, focus, user) == AnswerMode::Extractive {
-        match focus.best() {
-            Some(best) => (best.text.clone(), "extractive"),
+        match focus.spoken_best() {
+            Some(best) => (best, "extractive"),
             None => return false,
         }
     } else {

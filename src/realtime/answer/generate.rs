@@ -385,7 +385,7 @@ fn apply_verdict(
         }
         Verdict::Replace { unsupported } => {
             tracing::debug!(%unsupported, "the model's answer is not supported by the passages; saying the passage's own sentence");
-            say(focus.best().map(|b| b.text.clone()).unwrap_or_default());
+            say(focus.spoken_best().unwrap_or_default());
             Some("replaced")
         }
         Verdict::End { reason } => {

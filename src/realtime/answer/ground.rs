@@ -59,41 +59,94 @@ pub struct RetrievalFailed;
 /// What a response says to a factual question the knowledge base has nothing on.
 pub const NOT_FOUND: &str = "I'm sorry, I don't know that: it isn't in what I can look up.";
 
-/// Whether `text` asks for facts (a question word or auxiliary first, or a question mark),
-/// rather than being small talk such as a greeting or thanks.
+/// Whether `text` asks for facts rather than being small talk (a greeting, thanks, goodbye, "how
+/// are you", a joke, the person's name): a question word or auxiliary first, a question mark, or
+/// any other statement of three words or more. A transcript often has no question mark and a
+/// misheard first word ("Thus the museum stay open late?" for "Does the museum…"): what is not
+/// small talk is taken as a question, so a spoken and a typed question take the same path, and
+/// the model is not asked to chat about something the knowledge base is meant to answer.
 pub fn asks_for_facts(text: &str) -> bool {
+    let t = text.trim().to_lowercase().replace('’', "'");
+    let words: Vec<&str> = t
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.is_empty() || small_talk_question().is_match(&t) {
+        return false;
+    }
+    let courtesy = words.iter().any(|w| COURTESY.contains(w));
+    let question = question_form(&t, &words, courtesy);
+    question || (!courtesy && !chat().is_match(&t) && words.len() >= 3)
+}
+
+/// Words of thanks, approval and leave-taking.
+const COURTESY: &[&str] = &[
+    "thank",
+    "thanks",
+    "bye",
+    "goodbye",
+    "cheers",
+    "great",
+    "ok",
+    "okay",
+    "cool",
+    "nice",
+    "good",
+    "perfect",
+    "sorry",
+    "lovely",
+    "awesome",
+    "brilliant",
+    "hello",
+    "hi",
+    "hey",
+];
+
+/// Questions that are small talk however they are asked.
+fn small_talk_question() -> &'static regex::Regex {
+    static P: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        regex::Regex::new(
+            r"\bhow are (you|things)\b|\bhow's it going\b|\bwhat('s| is) your name\b|\bwho are you\b|\bwhat can you do\b|\bare you (a|an) (robot|bot|human|ai)\b|\b(tell|know) (me )?(a|any) (short |good |funny )?jokes?\b|\bwhat's up\b",
+        )
+        .expect("valid pattern")
+    })
+}
+
+/// Statements that are small talk: introductions, acknowledgements, feelings.
+fn chat() -> &'static regex::Regex {
+    static P: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        regex::Regex::new(
+            r"^\W*(my name is|i'm called|call me|this is [a-z]+ speaking|good (morning|afternoon|evening|night)|nice to meet you|never ?mind|that's (all|it|fine|right)|no problem|not (really|now)|i see|got it|sounds good|you're welcome)\b|^\W*(yes|yeah|yep|no|nope|sure|right|alright|hmm+|mm+|uh|um)\W*(please|thanks|thank you)?\W*$",
+        )
+        .expect("valid pattern")
+    })
+}
+
+/// A question by its form: a question word or auxiliary first, a question mark, or a short
+/// follow-up asking for more ("And your email address.").
+fn question_form(t: &str, words: &[&str], courtesy: bool) -> bool {
     const OPENERS: &[&str] = &[
         "what", "what's", "whats", "when", "where", "where's", "who", "who's", "whom", "whose",
         "which", "why", "how", "how's", "is", "are", "was", "were", "do", "does", "did", "can",
         "could", "will", "would", "should", "shall", "may", "might", "have", "has", "had", "tell",
         "list", "explain", "describe", "give",
     ];
-    let t = text.trim().to_lowercase();
-    let first = t
-        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+    let first = words
+        .iter()
         .find(|w| {
-            !w.is_empty()
-                && ![
-                    "and", "so", "but", "um", "uh", "hey", "ok", "okay", "please",
-                ]
-                .contains(w)
+            ![
+                "and", "so", "but", "um", "uh", "hey", "ok", "okay", "please", "hi", "hello",
+                "thanks",
+            ]
+            .contains(w)
         })
+        .copied()
         .unwrap_or("");
-    // "And your email address." (heard without its question mark): a follow-up asking for more.
-    let words: Vec<&str> = t
-        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-        .filter(|w| !w.is_empty())
-        .collect();
     let follow_up = matches!(words.first(), Some(&"and"))
         || t.starts_with("what about")
         || t.starts_with("how about");
-    let courtesy = words.iter().any(|w| {
-        [
-            "thank", "thanks", "bye", "goodbye", "cheers", "great", "ok", "okay", "cool", "nice",
-            "good", "perfect", "sorry",
-        ]
-        .contains(w)
-    });
     t.ends_with('?')
         || OPENERS.contains(&first)
         || (follow_up && !courtesy && (2..=8).contains(&words.len()))
@@ -177,6 +230,9 @@ mod tests {
             "The wifi password?",
             "and your email address.",
             "What about the Ridgeline",
+            // Heard without its question mark and its first word.
+            "Thus the museum stay open late in the summer.",
+            "Thanks! And what time do you close?",
         ] {
             assert!(asks_for_facts(q), "{q}");
         }
@@ -187,6 +243,11 @@ mod tests {
             "",
             "and thanks a lot",
             "And that's perfect.",
+            "How are you?",
+            "Hello there. Can you tell me a short joke?",
+            "My name is Sam.",
+            "Yes please",
+            "What's your name?",
         ] {
             assert!(!asks_for_facts(t), "{t}");
         }
