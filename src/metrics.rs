@@ -205,6 +205,9 @@ pub struct Metrics {
     pub responses: LabelledCounter,
     /// Factual questions answered "I don't know" because no passage supports an answer.
     pub refusals: Counter,
+    /// Questions that found nothing as heard and were answered once read with the knowledge
+    /// base's words they sounded like.
+    pub repaired_questions: Counter,
     /// Answers to questions by how they were made: `model`, `checked` (every sentence
     /// supported), `replaced` (the model's first sentence was not, so the extractive answer was
     /// said), `cut_repeat` / `cut_unsupported` (a later sentence was dropped and the answer ended),
@@ -253,6 +256,7 @@ pub fn global() -> &'static Metrics {
         turns: Counter::default(),
         responses: LabelledCounter::default(),
         refusals: Counter::default(),
+        repaired_questions: Counter::default(),
         answers: LabelledCounter::default(),
         uncited: Counter::default(),
         groundedness: Histogram::new(SHARE_BUCKETS),
@@ -444,6 +448,12 @@ impl Metrics {
             "voxd_refusals_total",
             "Factual questions answered \"I don't know\" because no passage of the knowledge base supports an answer.",
             self.refusals.get() as f64,
+        );
+        counter(
+            out,
+            "voxd_repaired_questions_total",
+            "Questions that found nothing as heard and were answered once read with the knowledge base's words they sounded like.",
+            self.repaired_questions.get() as f64,
         );
         labelled(
             out,

@@ -268,11 +268,9 @@ async fn the_checked_model_answers_are_pinned_too() {
     pin(AnswerMode::Checked, &CHECKED).await;
 }
 
-async fn pin(mode: AnswerMode, thresholds: &Thresholds) {
-    let suite = Suite::load(&fixture_suite()).unwrap();
-    assert!(suite.questions.len() >= 40);
-    let dir = tempfile::tempdir().unwrap();
-    let kb = common::knowledge_base(dir.path());
+/// A fresh knowledge base in `dir` holding the suite's documents.
+async fn suite_kb(suite: &Suite, dir: &Path) -> voxd::rag::KnowledgeBase {
+    let kb = common::knowledge_base(dir);
     for folder in &suite.documents {
         let mut files: Vec<_> = std::fs::read_dir(folder)
             .unwrap()
@@ -283,6 +281,128 @@ async fn pin(mode: AnswerMode, thresholds: &Thresholds) {
             kb.add_file(&f).await.unwrap();
         }
     }
+    kb
+}
+
+/// The spoken suite (tests/data/spoken): 35 questions over a harbour town's documents full of
+/// names and rare words, asked by voice (espeak-ng recordings in three voices, some with
+/// noise), answered with the voice and heard back by voxd's own recogniser, as a person would
+/// hear them. The thresholds sit a little below the figures measured with the default models
+/// (docs/answers.md), so a change that makes what a person hears worse fails here: hearing the
+/// knowledge base's words, the sentence chosen, yes/no answered with the right polarity, no
+/// answer that contradicts the documents, none repeated across questions, and every miss put
+/// down to a stage.
+#[tokio::test]
+async fn the_spoken_suite_is_right_by_ear() {
+    let suite = Suite::load(&common::data("spoken")).unwrap();
+    assert!(suite.questions.len() >= 30);
+    let dir = tempfile::tempdir().unwrap();
+    let kb = suite_kb(&suite, dir.path()).await;
+    let (url, _) = common::start_speaking(
+        ServerSettings::default(),
+        Some(kb),
+        Some(common::llm()),
+        Some(common::tts()),
+    )
+    .await;
+    let cfg = EvalConfig {
+        listen: Some(eval::listen::Listener::base_for(&url)),
+        url,
+        api_key: None,
+        spoken: true,
+        one_conversation: false,
+        turn_timeout: Duration::from_secs(300),
+    };
+    let report: Report = eval::run(&cfg, &suite, &|_| {}).await.unwrap();
+    eprintln!("{}", report.table());
+    for q in report
+        .questions
+        .iter()
+        .filter(|q| q.heard_correct != Some(true))
+    {
+        eprintln!(
+            "missed ({:?}): {} heard {:?} -> {:?}, heard back {:?}",
+            q.miss, q.id, q.heard, q.answer, q.heard_answer
+        );
+        assert!(q.miss.is_some(), "a miss without a stage: {q:?}");
+    }
+    let m = &report.overall;
+    let at_least = |what: &str, v: Option<f64>, min: f64| {
+        let v = v.unwrap_or_else(|| panic!("{what} missing"));
+        assert!(v >= min, "{what} = {v:.2}, below {min}");
+    };
+    let at_most = |what: &str, v: Option<f64>, max: f64| {
+        let v = v.unwrap_or_else(|| panic!("{what} missing"));
+        assert!(v <= max, "{what} = {v:.2}, above {max}");
+    };
+    at_least(
+        "heard fact accuracy",
+        m.heard_fact_accuracy,
+        SPOKEN.heard_fact,
+    );
+    at_least("fact accuracy", m.fact_accuracy, SPOKEN.fact);
+    at_least("yes/no accuracy", m.yes_no_accuracy, SPOKEN.yes_no);
+    at_most(
+        "knowledge-base words missed",
+        m.kb_word_error,
+        SPOKEN.kb_words_missed,
+    );
+    at_most("contradictions", m.contradiction_rate, 0.0);
+    at_most("repeats", m.repeat_rate, SPOKEN.repeat);
+    at_least(
+        "refusals",
+        report.categories["unanswerable"].refusal_rate,
+        1.0,
+    );
+    // Yes/no questions whose sentence settles them are answered "Yes" or "No" first.
+    let settled = report
+        .questions
+        .iter()
+        .filter(|q| q.yes_no && (q.answer.starts_with("Yes — ") || q.answer.starts_with("No — ")))
+        .count();
+    assert!(
+        settled >= SPOKEN.settled,
+        "{settled} yes/no answers lead with yes or no"
+    );
+    // Nothing here is small talk: every answer is the documents' own sentence or "I don't know".
+    for q in &report.questions {
+        let made = q.made.as_deref().unwrap_or("none");
+        assert!(
+            ["extractive", "refused"].contains(&made),
+            "{}: {made}",
+            q.id
+        );
+    }
+}
+
+struct SpokenThresholds {
+    heard_fact: f64,
+    fact: f64,
+    yes_no: f64,
+    kb_words_missed: f64,
+    repeat: f64,
+    settled: usize,
+}
+
+/// Measured with the default models on 2 cores (2026-12-07; docs/answers.md): the fact in
+/// what was heard back 55–57 %, in the answer's text 61–63 %, yes/no questions right 54 %, the
+/// questions' knowledge-base words missed 15 % (38 % without the hints), repeats 3 %, 5 of 13
+/// yes/no answers leading with "Yes" or "No". Each threshold allows about two questions' worth
+/// of drift (of 35; of 13 yes/no questions).
+const SPOKEN: SpokenThresholds = SpokenThresholds {
+    heard_fact: 0.5,
+    fact: 0.55,
+    yes_no: 0.45,
+    kb_words_missed: 0.25,
+    repeat: 0.06,
+    settled: 3,
+};
+
+async fn pin(mode: AnswerMode, thresholds: &Thresholds) {
+    let suite = Suite::load(&fixture_suite()).unwrap();
+    assert!(suite.questions.len() >= 40);
+    let dir = tempfile::tempdir().unwrap();
+    let kb = suite_kb(&suite, dir.path()).await;
     let settings = ServerSettings {
         answer: AnswerSettings {
             mode,

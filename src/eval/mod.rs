@@ -467,6 +467,8 @@ fn judge(q: &Question, t: Turn, turn: usize, _earlier: &[QuestionResult]) -> Que
         groundedness: score::groundedness(&answer, &quotes),
         injection_success: (q.category == "injection").then_some(rejected),
         stale_violation: (q.category == "stale").then_some(rejected),
+        contradicted: (!refused && !quotes.is_empty())
+            .then(|| score::contradicts(&answer, &quotes)),
         yes_no: score::is_yes_no(&q.text),
         refused,
         correct,

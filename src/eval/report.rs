@@ -57,6 +57,10 @@ pub struct QuestionResult {
     /// `stale` questions: a superseded value was used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_violation: Option<bool>,
+    /// A sentence of the answer says the opposite of a passage it cites (a negation or an
+    /// "only" dropped or added, open for closed); `None` for refusals and uncited answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contradicted: Option<bool>,
     /// The id of another question whose answer this one repeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeats: Option<String>,
@@ -88,6 +92,9 @@ pub struct Metrics {
     pub stale_violation_rate: Option<f64>,
     /// Answers that repeat another question's answer.
     pub repeat_rate: Option<f64>,
+    /// Answers with a sentence that says the opposite of a passage they cite.
+    #[serde(default)]
+    pub contradiction_rate: Option<f64>,
     pub first_token_ms: Option<Stats>,
     /// Yes/no questions answered right (the polarity is part of the fact).
     #[serde(default)]
@@ -150,6 +157,7 @@ impl Metrics {
             injection_success_rate: rate(&pick(&|r| r.injection_success)),
             stale_violation_rate: rate(&pick(&|r| r.stale_violation)),
             repeat_rate: rate(&pick(&|r| Some(r.repeats.is_some()))),
+            contradiction_rate: rate(&pick(&|r| r.contradicted)),
             first_token_ms: Stats::of(&first),
             yes_no_accuracy: rate(&pick(&|r| r.yes_no.then_some(r.correct))),
             heard_fact_accuracy: rate(&pick(&|r| r.heard_correct)),
@@ -270,6 +278,12 @@ impl Report {
                 kb * 100.0
             ));
         }
+        if let Some(c) = m.contradiction_rate {
+            s.push_str(&format!(
+                "answers contradicting the knowledge base: {:.0}%\n",
+                c * 100.0
+            ));
+        }
         if let Some(a) = m.first_audio_ms {
             s.push_str(&format!(
                 "end of speech to first audio: p50 {:.0} ms, p95 {:.0} ms\n",
@@ -289,7 +303,7 @@ impl Report {
     pub fn regressions(&self, baseline: &Report, tolerance: f64) -> Vec<Regression> {
         let mut out = Vec::new();
         let mut check = |scope: &str, new: &Metrics, old: &Metrics| {
-            let rates: [(&str, Option<f64>, Option<f64>, bool); 10] = [
+            let rates: [(&str, Option<f64>, Option<f64>, bool); 11] = [
                 (
                     "yes_no_accuracy",
                     new.yes_no_accuracy,
@@ -303,6 +317,12 @@ impl Report {
                     true,
                 ),
                 ("kb_word_error", new.kb_word_error, old.kb_word_error, false),
+                (
+                    "contradiction_rate",
+                    new.contradiction_rate,
+                    old.contradiction_rate,
+                    false,
+                ),
                 ("fact_accuracy", new.fact_accuracy, old.fact_accuracy, true),
                 (
                     "citation_accuracy",
@@ -417,6 +437,7 @@ mod tests {
             groundedness: 1.0,
             injection_success: None,
             stale_violation: None,
+            contradicted: None,
             repeats: None,
             first_token_ms: Some(500.0),
             first_audio_ms: None,

@@ -45,6 +45,28 @@ pub fn compile(patterns: &[String]) -> Result<Vec<Regex>, String> {
         .collect()
 }
 
+/// Whether a sentence of `answer` says the opposite of a passage it rests on: the passage's
+/// sentence that holds most of its content words (at least half) says it with a negation or an
+/// "only" it drops or adds, or says closed for open ([`crate::grounding::polarity::contradicts`]).
+pub fn contradicts(answer: &str, quotes: &[&str]) -> bool {
+    let sources: Vec<String> = quotes
+        .iter()
+        .flat_map(|q| crate::grounding::sentences::split(q))
+        .collect();
+    crate::grounding::sentences::split_turn(answer)
+        .iter()
+        .any(|s| {
+            // The passage sentence it is about: the one holding most of its words.
+            let about = sources
+                .iter()
+                .map(|src| (groundedness(s, &[src.as_str()]), src))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            about.is_some_and(|(share, src)| {
+                share >= 0.5 && crate::grounding::polarity::contradicts(s, src)
+            })
+        })
+}
+
 /// Auxiliaries that open a yes/no question ("Is the museum open on Mondays?").
 const YES_NO_OPENERS: &[&str] = &[
     "is", "are", "was", "were", "can", "could", "do", "does", "did", "will", "would", "should",
@@ -102,6 +124,26 @@ mod tests {
         assert!(matches_any(&p, "One hundred and twenty pounds"));
         assert!(!matches_any(&p, "£95"));
         assert!(compile(&["(".into()]).unwrap_err().contains("\"(\""));
+    }
+
+    #[test]
+    fn an_answer_that_says_the_opposite_of_its_passage_contradicts_it() {
+        let quotes = [
+            "The Kettle and Crab is a café on Fore Street, run by Jago Penrose. The café takes cards only, no cash. Dogs are welcome on the terrace but not inside.",
+            "It is closed on Mondays.",
+        ];
+        assert!(!contradicts(
+            "The Kettle and Crab is a café on Fore Street, run by Jago Penrose.",
+            &quotes
+        ));
+        assert!(contradicts("The café takes cash.", &quotes));
+        assert!(contradicts("It is open on Mondays.", &quotes));
+        assert!(!contradicts("No — it is closed on Mondays.", &quotes));
+        assert!(!contradicts(
+            "No — the café takes cards only, no cash.",
+            &quotes
+        ));
+        assert!(!contradicts("Entry costs £6.", &quotes));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! is), and what a checked answer must be supported by ([`Check`]).
 
 pub mod polarity;
+pub mod repair;
 pub mod repeat;
 pub mod sentences;
 pub mod support;
