@@ -124,3 +124,87 @@ async fn any_piper_voice_file_loads_and_a_foreign_one_is_a_typed_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_pronunciation_lexicon_changes_how_the_voice_says_a_word() {
+    use voxd::tts::lexicon::{Lexicon, Pronouncing};
+    // A made-up name the voice cannot know, respelled as words it says clearly.
+    let lexicon = Lexicon::parse("Zqorvath = good morning\n", "test").unwrap();
+    let plain: std::sync::Arc<dyn Tts> = common::tts();
+    let pronouncing = Pronouncing::new(plain.clone(), lexicon);
+    let text = "Zqorvath, everyone.";
+    let said = pronouncing.speak(say(text, 1.0)).await.unwrap();
+    let heard = hear(&said.samples, said.sample_rate).await;
+    assert!(
+        wer("good morning everyone", &heard) <= 0.34,
+        "with the lexicon, heard {heard:?}"
+    );
+    let unlisted = plain.speak(say(text, 1.0)).await.unwrap();
+    let heard = hear(&unlisted.samples, unlisted.sample_rate).await;
+    assert!(
+        !voxd::wer::normalize(&heard).iter().any(|w| w == "morning"),
+        "without it, heard {heard:?}"
+    );
+    assert!(pronouncing.describe().contains("1 words"));
+}
+
+#[test]
+fn a_missing_or_malformed_lexicon_stops_the_voice_with_the_files_name() {
+    use voxd::models::{Manifest, ModelStore};
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("names.lex");
+    std::fs::write(&bad, "Siân = Shahn\nMorvoren\n").unwrap();
+    let store = ModelStore::new(&common::home(), Manifest::builtin());
+    for (path, expect) in [
+        (dir.path().join("absent.lex"), "absent.lex"),
+        (bad, "names.lex, line 2"),
+    ] {
+        let cfg = voxd::tts::TtsConfig {
+            enabled: true,
+            model: None,
+            url: None,
+            api_key: None,
+            voice: "joe".into(),
+            workers: 1,
+            threads: 1,
+            onnxruntime: None,
+            lexicon: Some(path),
+        };
+        let err = voxd::tts::open::open(&cfg, &store).err().unwrap();
+        assert!(err.to_string().contains(expect), "{err}");
+    }
+}
+
+/// `voxd kb pronounce` as an operator runs it: its output is a lexicon `--tts-lexicon` reads.
+#[test]
+fn kb_pronounce_prints_a_lexicon_of_the_words_that_do_not_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let kb = dir.path().join("kb.sqlite");
+    let kb = kb.to_str().unwrap();
+    let voxd = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxd"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "voxd {args:?}: {stdout}{stderr}");
+        stdout
+    };
+    let spoken_kb = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spoken/kb");
+    voxd(&["kb", "add", "--kb", kb, spoken_kb.to_str().unwrap()]);
+    let text = voxd(&["kb", "--kb", kb, "pronounce", "--limit", "12"]);
+    let lexicon = voxd::tts::lexicon::Lexicon::parse(&text, "stdout").unwrap();
+    let header = text.lines().next().unwrap();
+    let wrong: usize = header
+        .strip_prefix("# voxd kb pronounce: ")
+        .and_then(|h| h.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("header: {header}"));
+    assert!(header.contains(" of 12 words"), "{text}");
+    // The harbour town's Cornish names do not come back from a US English voice; its common
+    // words do; every suggestion given is a line of the lexicon.
+    assert!((1..=9).contains(&wrong), "{text}");
+    let suggested = text.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(lexicon.len(), suggested, "{text}");
+}

@@ -49,13 +49,21 @@ enum KbAction {
     },
     /// Re-embed every chunk with the configured embedding model.
     Reindex,
+    /// Say the knowledge base's names and rare words with the voice, hear each back with the
+    /// recogniser, and print a pronunciation lexicon (`--tts-lexicon`) of respellings for the
+    /// words that do not come back.
+    Pronounce(Box<super::pronounce::PronounceArgs>),
 }
 
 pub fn run(common: &CommonArgs, args: KbCommand) -> Result<()> {
-    let stages = StageArgs {
+    let mut stages = StageArgs {
         kb: args.kb,
         ..Default::default()
     };
+    if let KbAction::Pronounce(p) = &args.action {
+        stages.asr = p.asr.clone();
+        stages.tts = p.tts.clone();
+    }
     let cfg = Config::resolve(common, &stages)?;
     voxd::telemetry::init(cfg.log_format);
     tokio::runtime::Runtime::new()?.block_on(kb_command(cfg, args.action))
@@ -109,6 +117,7 @@ async fn kb_command(cfg: Config, action: KbAction) -> Result<()> {
             }
             search(&kb, request, json).await
         }
+        KbAction::Pronounce(p) => super::pronounce::run(&cfg, &models, &kb, *p).await,
         KbAction::Reindex => {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(

@@ -9,6 +9,7 @@ pub mod client;
 pub mod eval;
 pub mod kb;
 pub mod models;
+pub mod pronounce;
 pub mod serve;
 pub mod transcribe;
 

@@ -38,6 +38,10 @@ pub struct TtsArgs {
     /// models pull` installed].
     #[arg(long, env = "VOXD_ONNXRUNTIME")]
     pub onnxruntime: Option<PathBuf>,
+    /// A pronunciation lexicon: a file of `word = respelling` lines; the voice says each listed
+    /// word as respelled (the knowledge base's names and rare words).
+    #[arg(long, env = "VOXD_TTS_LEXICON")]
+    pub tts_lexicon: Option<PathBuf>,
 }
 
 /// The file's `[tts]` table.
@@ -52,6 +56,7 @@ pub struct FileTts {
     workers: Option<usize>,
     threads: Option<usize>,
     onnxruntime: Option<PathBuf>,
+    lexicon: Option<PathBuf>,
 }
 
 /// Speech-synthesis configuration.
@@ -68,6 +73,8 @@ pub struct TtsConfig {
     pub threads: usize,
     /// `None`: the manifest's ONNX Runtime.
     pub onnxruntime: Option<PathBuf>,
+    /// The pronunciation lexicon's file.
+    pub lexicon: Option<PathBuf>,
 }
 
 impl TtsConfig {
@@ -104,6 +111,7 @@ impl TtsConfig {
             workers,
             threads,
             onnxruntime: args.onnxruntime.clone().or(file.onnxruntime),
+            lexicon: args.tts_lexicon.clone().or(file.lexicon),
         })
     }
 }

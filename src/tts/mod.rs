@@ -9,8 +9,10 @@
 
 pub mod config;
 pub mod espeak;
+pub mod lexicon;
 pub mod open;
 pub mod piper;
+pub mod pronounce;
 pub mod remote;
 pub mod text;
 
