@@ -95,6 +95,9 @@ pub struct Shared {
     pub turn_models: crate::vad::TurnModels,
     /// The voice detector sessions start with.
     pub default_vad: crate::vad::VadEngine,
+    /// The configuration a client secret bound the session to (applied at the start; its
+    /// locked settings cannot change).
+    pub bound: Option<serde_json::Value>,
     /// The session's place under the server's cap, held until the session ends.
     _slot: SessionSlot,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -115,6 +118,7 @@ impl Shared {
             limits,
             turn_models: Default::default(),
             default_vad: Default::default(),
+            bound: None,
             _slot: slot,
             shutdown,
         }

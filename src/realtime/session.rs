@@ -53,9 +53,17 @@ pub async fn run(socket: WebSocket, shared: Shared, kind: SessionKind) {
         .and_then(|a| a.tts.as_ref())
         .map(|t| t.voices())
         .unwrap_or_default();
-    let config = SessionConfig::new(kind, "voxd")
+    let mut config = SessionConfig::new(kind, "voxd")
         .with_voices(voices)
         .with_turn_models(shared.turn_models.available(), shared.default_vad);
+    if let Some(bound) = &shared.bound {
+        // Checked when the secret was minted; a server whose voices or models changed since
+        // may refuse it now, and then the session keeps the defaults, still locked.
+        if let Err(e) = config.bind(bound) {
+            warn!(error = %e.message, "the client secret's session configuration no longer applies");
+            config.bound = true;
+        }
+    }
     let span = tracing::info_span!("session", id = %config.id);
     session(socket, shared, config).instrument(span).await
 }
@@ -214,6 +222,27 @@ impl Client<'_> {
         }
     }
 
+    /// In a session bound by a client secret, a response may not bring its own instructions or
+    /// tools: the error to answer with, if it tries.
+    fn locked_in(&self, response: Option<&serde_json::Value>) -> Option<ProtocolError> {
+        if !self.config.bound {
+            return None;
+        }
+        let asked = response?.as_object()?;
+        let key = crate::protocol::session::LOCKED
+            .iter()
+            .find(|k| **k != "type" && asked.contains_key(**k))?;
+        Some(
+            ProtocolError::new(
+                "session_locked",
+                format!(
+                    "`response.{key}` is fixed by the client secret this session was opened with"
+                ),
+            )
+            .param(format!("response.{key}")),
+        )
+    }
+
     /// Handles one text frame; false when the session must end.
     async fn handle_text(&mut self, text: &str) -> bool {
         let msg = match parse_client_event(text) {
@@ -287,6 +316,10 @@ impl Client<'_> {
                 return true;
             }
             ClientEvent::ResponseCreate { response } => {
+                if let Some(e) = self.locked_in(response.as_ref()) {
+                    self.out.error(&e.event(event_id));
+                    return true;
+                }
                 AudioInput::Client(Command::CreateResponse { event_id, response })
             }
             ClientEvent::ResponseCancel { .. } => AudioInput::Client(Command::Cancel { event_id }),

@@ -83,6 +83,8 @@ struct FileKey {
     role: Option<String>,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    client_secrets: bool,
 }
 
 /// Server configuration.
@@ -244,6 +246,7 @@ fn keys(file: &[FileKey]) -> Result<Vec<ApiKey>, ConfigError> {
             key,
             role: k.role.clone().unwrap_or_else(|| "default".into()),
             admin: k.admin,
+            client_secrets: k.client_secrets,
         });
     }
     Ok(keys)

@@ -9,7 +9,9 @@
 //!    an API key and no `--allowed-origins`, any origin may call (the key is the protection).
 //! 3. **API key**, when one is set: every route but the public ones (`/`, the demo's assets,
 //!    `/healthz`, `/readyz`) needs `Authorization: Bearer <key>` or, for browsers, the
-//!    `openai-insecure-api-key.<key>` WebSocket subprotocol. Compared in constant time.
+//!    `openai-insecure-api-key.<key>` WebSocket subprotocol. Compared in constant time. A client
+//!    secret (`ek_…`, [`super::secrets`]) presented the same way opens `/v1/realtime` only, with
+//!    or without server keys, and binds the session to the secret's configuration.
 //! 4. **Content type**: JSON routes take `application/json` only (a cross-site form or a
 //!    `text/plain` body is refused with 415), so a page cannot send them without a CORS preflight.
 
@@ -17,13 +19,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::AppState;
+use super::{secrets, AppState};
 pub use crate::tools::Caller;
 
 /// An API key with its identity: an id (shown in the audit trail, never the key), a role (which
@@ -38,6 +40,9 @@ pub struct ApiKey {
     pub role: String,
     #[serde(default)]
     pub admin: bool,
+    /// May mint client secrets (`POST /v1/realtime/client_secrets`); admins always may.
+    #[serde(default)]
+    pub client_secrets: bool,
 }
 
 fn default_role() -> String {
@@ -50,6 +55,7 @@ impl std::fmt::Debug for ApiKey {
             .field("id", &self.id)
             .field("role", &self.role)
             .field("admin", &self.admin)
+            .field("client_secrets", &self.client_secrets)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +130,16 @@ impl Access {
         self.api_key.is_some() || !self.keys.is_empty()
     }
 
+    /// Whether `caller` may mint client secrets: an admin (or anyone, on a server without keys),
+    /// or a key with `client_secrets = true`.
+    pub fn may_mint(&self, caller: &Caller) -> bool {
+        caller.admin
+            || self
+                .keys
+                .iter()
+                .any(|k| k.id == caller.key_id && k.client_secrets)
+    }
+
     /// Whether `given` is an API key (or none is required).
     pub fn key_matches(&self, given: &str) -> bool {
         !self.requires_key() || self.identify(given).is_some()
@@ -192,7 +208,10 @@ fn takes_json(method: &Method, path: &str) -> bool {
     method == Method::POST
         && matches!(
             path,
-            "/v1/kb/search" | "/v1/chat/completions" | "/v1/embeddings"
+            "/v1/kb/search"
+                | "/v1/chat/completions"
+                | "/v1/embeddings"
+                | "/v1/realtime/client_secrets"
         )
 }
 
@@ -203,17 +222,95 @@ fn takes_json_or_form(method: &Method, path: &str) -> bool {
 
 /// The middleware: Host, Origin, API key, content type.
 pub async fn check(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    match verdict(&state.access, &req) {
-        Ok(caller) => {
+    match verdict(&state.access, state.client_secrets(), &req) {
+        Ok((caller, secret)) => {
             // Who is calling, for the handlers (tool permissions, the audit trail).
             req.extensions_mut().insert(caller);
+            if let Some(secret) = secret {
+                req.extensions_mut().insert(secret);
+            }
             next.run(req).await
         }
         Err(e) => e.into_response(),
     }
 }
 
-fn verdict(access: &Access, req: &Request) -> Result<Caller, ApiError> {
+/// The keys a request presents: the bearer token, then WebSocket subprotocol keys (browsers).
+fn presented_keys(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let subprotocols = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix("openai-insecure-api-key."));
+    bearer.into_iter().chain(subprotocols)
+}
+
+/// The client secret (`ek_…`) a request presents, if any.
+fn presented_secret(headers: &HeaderMap) -> Option<&str> {
+    presented_keys(headers).find(|k| secrets::is_client_secret(k))
+}
+
+/// The caller an API key names; anonymous when the server needs none or the route is public.
+fn api_key(access: &Access, headers: &HeaderMap, path: &str) -> Result<Caller, ApiError> {
+    if !access.requires_key() || is_public(path) {
+        return Ok(Caller::anonymous());
+    }
+    presented_keys(headers)
+        .find_map(|k| access.identify(k))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "a valid API key is required: send `Authorization: Bearer <key>`",
+            )
+        })
+}
+
+/// Routes a client secret opens: realtime sessions only.
+fn opens_with_secret(path: &str) -> bool {
+    path == "/v1/realtime"
+}
+
+/// The caller a client secret stands for: its minter's key id and role, never an admin. The
+/// secret is checked here and redeemed when the session opens.
+fn client_secret(
+    secrets: &secrets::ClientSecrets,
+    path: &str,
+    value: &str,
+) -> Result<(Caller, Option<secrets::Presented>), ApiError> {
+    if !opens_with_secret(path) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "a client secret (ek_…) opens realtime sessions only: use an API key here",
+        ));
+    }
+    let secret = secrets.check(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client_secret",
+            e.to_string(),
+        )
+    })?;
+    let caller = Caller {
+        key_id: format!("{}/client_secret", secret.caller.key_id),
+        role: secret.caller.role,
+        admin: false,
+    };
+    Ok((caller, Some(secrets::Presented(value.to_string()))))
+}
+
+fn verdict(
+    access: &Access,
+    secrets: &secrets::ClientSecrets,
+    req: &Request,
+) -> Result<(Caller, Option<secrets::Presented>), ApiError> {
     let headers = req.headers();
     let host = headers
         .get(header::HOST)
@@ -241,31 +338,9 @@ fn verdict(access: &Access, req: &Request) -> Result<Caller, ApiError> {
         }
     }
     let path = req.uri().path();
-    let caller = if access.requires_key() && !is_public(path) {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .and_then(|k| access.identify(k.trim()));
-        let caller = bearer.or_else(|| {
-            headers
-                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|p| p.trim().strip_prefix("openai-insecure-api-key."))
-                .find_map(|k| access.identify(k))
-        });
-        let Some(caller) = caller else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_api_key",
-                "a valid API key is required: send `Authorization: Bearer <key>`",
-            ));
-        };
-        caller
-    } else {
-        Caller::anonymous()
+    let caller = match presented_secret(headers) {
+        Some(value) => client_secret(secrets, path, value)?,
+        None => (api_key(access, headers, path)?, None),
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)

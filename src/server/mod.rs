@@ -14,6 +14,7 @@ pub mod guard;
 pub mod kb;
 pub mod loading;
 pub mod realtime;
+pub mod secrets;
 pub mod speech;
 pub mod transcriptions;
 
@@ -40,6 +41,7 @@ use crate::realtime::Limits;
 use crate::realtime::{AnswerSettings, Answering};
 use crate::tts::Tts;
 use error::ApiError;
+use guard::Caller;
 use loading::Loading;
 
 /// Server-wide settings that are not per-request.
@@ -114,6 +116,8 @@ pub struct AppState {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Set when the server stops: long computations on behalf of requests give up.
     stopping: Arc<AtomicBool>,
+    /// Ephemeral `ek_` keys minted for browsers and apps.
+    client_secrets: secrets::ClientSecrets,
 }
 
 impl AppState {
@@ -150,7 +154,31 @@ impl AppState {
             audit: OnceLock::new(),
             shutdown: tokio::sync::watch::channel(false).0,
             stopping: Arc::new(AtomicBool::new(false)),
+            client_secrets: Default::default(),
         }
+    }
+
+    /// The minted client secrets.
+    pub fn client_secrets(&self) -> &secrets::ClientSecrets {
+        &self.client_secrets
+    }
+
+    /// Whether `caller` may mint client secrets: an admin, or a key allowed to.
+    pub fn may_mint(&self, caller: &Caller) -> bool {
+        self.access.may_mint(caller)
+    }
+
+    /// The configuration a new realtime session starts with on this server (its voices and
+    /// turn-taking models).
+    pub fn new_session_config(
+        &self,
+        kind: crate::protocol::SessionKind,
+    ) -> crate::protocol::SessionConfig {
+        let voices = self.tts.get().map(|t| t.voices()).unwrap_or_default();
+        let (models, vad) = self.turn_models();
+        crate::protocol::SessionConfig::new(kind, "voxd")
+            .with_voices(voices)
+            .with_turn_models(models.available(), vad)
     }
 
     /// Whether the server is stopping.
@@ -361,6 +389,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/audio/speech", post(speech::speech))
         .route("/v1/realtime", get(realtime::upgrade))
+        .route("/v1/realtime/client_secrets", post(secrets::mint))
+        .route(
+            "/v1/realtime/client_secrets/{value}",
+            axum::routing::delete(secrets::revoke),
+        )
         .route(
             "/v1/kb/documents",
             post(kb::add_document)

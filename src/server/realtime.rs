@@ -34,6 +34,7 @@ pub struct RealtimeQuery {
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
     caller: Option<axum::Extension<crate::tools::Caller>>,
+    secret: Option<axum::Extension<super::secrets::Presented>>,
     Query(query): Query<RealtimeQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -45,6 +46,23 @@ pub async fn upgrade(
         )
     })?;
     let asr = state.asr()?;
+    // A client secret opens as many sessions as it allows: taken now, in one step.
+    let bound = match secret {
+        Some(axum::Extension(super::secrets::Presented(value))) => Some(
+            state
+                .client_secrets()
+                .redeem(&value)
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_client_secret",
+                        e.to_string(),
+                    )
+                })?
+                .session,
+        ),
+        None => None,
+    };
     let Some(slot) = state.reserve_session() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -62,6 +80,7 @@ pub async fn upgrade(
     crate::metrics::global().sessions.inc();
     let mut shared = Shared::new(asr, state.limits.clone(), slot, state.shutdown_signal());
     (shared.turn_models, shared.default_vad) = state.turn_models();
+    shared.bound = bound;
     let caller = caller.map(|axum::Extension(c)| c);
     let with_caller = move |mut a: crate::realtime::Answering| {
         if let Some(c) = &caller {

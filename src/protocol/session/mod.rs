@@ -12,6 +12,7 @@ use super::{new_id, ProtocolError};
 
 mod fields;
 mod update;
+pub use update::LOCKED;
 
 use fields::invalid;
 pub use fields::{check_voice, parse_format, tool_error, OPENAI_VOICES};
@@ -203,6 +204,8 @@ pub struct SessionConfig {
     /// What the last `session.update` asked for that voxd does not do, each with the reason
     /// (shown in `session.updated` as `voxd.ignored`, never silently accepted).
     pub ignored: Vec<Ignored>,
+    /// Opened with a client secret: its [`LOCKED`] settings cannot change.
+    pub bound: bool,
 }
 
 /// A setting voxd received but does not apply.
@@ -244,6 +247,7 @@ impl SessionConfig {
             vad: VadEngine::WebRtc,
             available: TurnModelsAvailable::default(),
             ignored: Vec::new(),
+            bound: false,
         }
     }
 

@@ -117,6 +117,10 @@ fn unsupported(obj: &Map<String, Value>, ignored: &mut Vec<Ignored>) {
     }
 }
 
+/// What a client secret fixes: a session opened with one cannot change these, in
+/// `session.update` or in a response's own settings.
+pub const LOCKED: &[&str] = &["type", "instructions", "tools", "tool_choice"];
+
 impl SessionConfig {
     /// Applies a `session.update` body; on error nothing changes.
     pub fn apply_update(&mut self, session: &Value) -> Result<(), ProtocolError> {
@@ -126,6 +130,13 @@ impl SessionConfig {
         })?;
         let mut next = self.clone();
         next.ignored.clear();
+        let stripped;
+        let obj = if self.bound {
+            stripped = next.without_locked(obj);
+            &stripped
+        } else {
+            obj
+        };
         unsupported(obj, &mut next.ignored);
         next.update_basics(obj)?;
         next.update_output(obj)?;
@@ -137,6 +148,28 @@ impl SessionConfig {
         next.note_missing_turn_model();
         *self = next;
         Ok(())
+    }
+
+    /// Binds the session to `session` (a client secret's configuration): it is applied, and
+    /// from then on updates leave the [`LOCKED`] settings as they are.
+    pub fn bind(&mut self, session: &Value) -> Result<(), ProtocolError> {
+        self.apply_update(session)?;
+        self.bound = true;
+        Ok(())
+    }
+
+    /// `obj` without the locked settings, each noted as ignored.
+    fn without_locked(&mut self, obj: &Map<String, Value>) -> Map<String, Value> {
+        let mut kept = obj.clone();
+        for key in LOCKED {
+            if kept.remove(*key).is_some() {
+                self.ignored.push(Ignored {
+                    param: format!("session.{key}"),
+                    reason: "fixed by the client secret this session was opened with".into(),
+                });
+            }
+        }
+        kept
     }
 
     /// The session type, instructions and model name.
