@@ -56,6 +56,16 @@ impl LabelledCounter {
             .or_default() += 1;
     }
 
+    /// Adds `n` to one label value's count.
+    pub fn add(&self, label: &str, n: u64) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(label.to_string())
+            .or_default() += n;
+    }
+
     /// Counts by two label values. Names come from clients (tool names), so at most
     /// [`MAX_SERIES`] pairs are kept; further ones count under `other`.
     pub fn inc_pair(&self, a: &str, b: &str) {
@@ -243,6 +253,11 @@ pub struct Metrics {
     pub tool_seconds: Histogram,
     /// Answers drafted while the person paused (`made`) and drafts an answer used (`used`).
     pub llm_drafts: LabelledCounter,
+    /// Requests and sessions refused by a key's quota, by key id and limit (`sessions`,
+    /// `requests`, `audio`).
+    pub quota_rejections: LabelledCounter,
+    /// Audio heard per API key id, in milliseconds.
+    pub key_audio_ms: LabelledCounter,
     /// Bytes of weights each loaded model holds in memory, by role (`llm`, `asr`, `embeddings`,
     /// `voice`, `turn`, `vad`).
     pub model_memory: LabelledGauge,
@@ -278,6 +293,8 @@ pub fn global() -> &'static Metrics {
         tool_calls: LabelledCounter::default(),
         tool_seconds: Histogram::new(LATENCY_BUCKETS),
         llm_drafts: LabelledCounter::default(),
+        quota_rejections: LabelledCounter::default(),
+        key_audio_ms: LabelledCounter::default(),
         model_memory: LabelledGauge::default(),
     })
 }
@@ -489,6 +506,19 @@ impl Metrics {
             "outcome",
             &self.llm_drafts,
         );
+        labelled_pairs(
+            out,
+            "voxd_quota_rejections_total",
+            "Requests and sessions refused by an API key's quota, by key id and limit (sessions, requests, audio).",
+            ["key_id", "limit"],
+            &self.quota_rejections,
+        );
+        let name = "voxd_key_audio_seconds_total";
+        let _ = writeln!(out, "# HELP {name} Audio heard (realtime and uploads) per API key id.\n# TYPE {name} counter");
+        for (key, ms) in self.key_audio_ms.snapshot() {
+            let key = key.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(out, "{name}{{key_id=\"{key}\"}} {}", ms as f64 / 1000.0);
+        }
         labelled_pairs(
             out,
             "voxd_tool_calls_total",

@@ -24,6 +24,7 @@ async fn server() -> (String, String) {
                 role: "web".into(),
                 admin: false,
                 client_secrets: true,
+                ..Default::default()
             },
             ApiKey {
                 id: "plain".into(),
@@ -31,6 +32,7 @@ async fn server() -> (String, String) {
                 role: "web".into(),
                 admin: false,
                 client_secrets: false,
+                ..Default::default()
             },
         ],
         ..Default::default()

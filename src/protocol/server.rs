@@ -397,6 +397,14 @@ pub enum ServerEvent {
         grounded: bool,
         citations: Value,
     },
+    /// The session's API key limits: `requests` in `rate_limits` (OpenAI's names), and
+    /// voxd's own (`sessions`, `audio_minutes`) under `voxd`.
+    #[serde(rename = "rate_limits.updated")]
+    RateLimitsUpdated {
+        rate_limits: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        voxd: Option<Value>,
+    },
     #[serde(rename = "error")]
     Error { error: ErrorBody },
 }
@@ -476,6 +484,7 @@ impl ServerEvent {
             ServerEvent::OutputItemDone { .. } => "response.output_item.done",
             ServerEvent::ResponseDone { .. } => "response.done",
             ServerEvent::Citations { .. } => "voxd.response.citations",
+            ServerEvent::RateLimitsUpdated { .. } => "rate_limits.updated",
             ServerEvent::Error { .. } => "error",
         }
     }

@@ -98,6 +98,8 @@ pub struct Shared {
     /// The configuration a client secret bound the session to (applied at the start; its
     /// locked settings cannot change).
     pub bound: Option<serde_json::Value>,
+    /// The session counted against its API key's quota (audio minutes, sessions).
+    pub key_session: Option<crate::server::quotas::KeySession>,
     /// The session's place under the server's cap, held until the session ends.
     _slot: SessionSlot,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -119,6 +121,7 @@ impl Shared {
             turn_models: Default::default(),
             default_vad: Default::default(),
             bound: None,
+            key_session: None,
             _slot: slot,
             shutdown,
         }

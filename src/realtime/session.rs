@@ -107,12 +107,17 @@ async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
     );
 
     let limits = shared.limits.clone();
+    if let Some(view) = shared.key_session.as_ref().and_then(|k| k.view()) {
+        out.send(rate_limits(view));
+    }
     let mut client = Client {
         config: &mut config,
         audio_tx: &audio_tx,
         opts_tx: &opts_tx,
         out: &out,
         limits: &limits,
+        key: shared.key_session.as_ref(),
+        over_quota: false,
     };
     let (close, graceful) = client.read(&mut ws_rx, shared.shutdown.clone()).await;
 
@@ -138,6 +143,18 @@ struct Client<'a> {
     opts_tx: &'a watch::Sender<SessionOptions>,
     out: &'a Out,
     limits: &'a super::Limits,
+    /// The session's place under its API key's quota.
+    key: Option<&'a crate::server::quotas::KeySession>,
+    /// The key's audio minutes ran out (said once; later audio is dropped).
+    over_quota: bool,
+}
+
+/// A `rate_limits.updated` event from a key's quota view.
+fn rate_limits(view: serde_json::Value) -> ServerEvent {
+    ServerEvent::RateLimitsUpdated {
+        rate_limits: view["rate_limits"].clone(),
+        voxd: Some(view["voxd"].clone()),
+    }
 }
 
 impl Client<'_> {
@@ -210,6 +227,7 @@ impl Client<'_> {
                     return true;
                 }
                 match decode_audio(&bytes, self.config.input_format) {
+                    Ok(samples) if !self.admit(&samples, None) => true,
                     Ok(samples) => send_audio(self.audio_tx, samples).await,
                     Err(e) => {
                         self.out.error(&e);
@@ -219,6 +237,41 @@ impl Client<'_> {
             }
             Message::Close(_) => false,
             Message::Ping(_) | Message::Pong(_) => true,
+        }
+    }
+
+    /// Counts audio against the key's daily minutes; false (the audio is dropped) once they
+    /// are used, which is said once with an error and `rate_limits.updated`.
+    fn admit(&mut self, samples: &[f32], event_id: Option<String>) -> bool {
+        let Some(key) = self.key else {
+            return true;
+        };
+        if self.over_quota {
+            return false;
+        }
+        let seconds = samples.len() as f64 / self.config.input_format.rate() as f64;
+        match key.add_audio(seconds) {
+            Ok(()) => true,
+            Err(e) => {
+                if !self.over_quota {
+                    self.over_quota = true;
+                    crate::metrics::global()
+                        .quota_rejections
+                        .inc_pair(&key.account(), e.limit());
+                    self.out.error(
+                        &ProtocolError::new(
+                            e.code(),
+                            format!("{e}: audio is no longer heard in this session"),
+                        )
+                        .param("audio")
+                        .event(event_id),
+                    );
+                    if let Some(view) = key.view() {
+                        self.out.send(rate_limits(view));
+                    }
+                }
+                false
+            }
         }
     }
 
@@ -291,6 +344,7 @@ impl Client<'_> {
                     }
                 };
                 match decode_audio(&bytes, self.config.input_format) {
+                    Ok(s) if !self.admit(&s, event_id.clone()) => return true,
                     Ok(s) => return send_audio(self.audio_tx, s).await,
                     Err(e) => {
                         self.out.error(&e.event(event_id));

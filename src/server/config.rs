@@ -2,12 +2,14 @@
 //! `[server]` table with `[[server.keys]]`, and the validated [`ServerConfig`] that
 //! [`ServerSettings::from_config`] turns into the running server's settings.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use clap::Args;
 use serde::Deserialize;
 
 use super::guard::ApiKey;
+use super::quotas::Quota;
 use super::ServerSettings;
 use crate::setting::{in_range, non_empty, ConfigError};
 
@@ -70,6 +72,9 @@ pub struct FileServer {
     otlp_endpoint: Option<String>,
     #[serde(default)]
     keys: Vec<FileKey>,
+    /// Quotas by role, for keys that set none of their own.
+    #[serde(default)]
+    roles: HashMap<String, Quota>,
 }
 
 /// An API key in the configuration file: the key itself, or the environment variable that
@@ -85,6 +90,9 @@ struct FileKey {
     admin: bool,
     #[serde(default)]
     client_secrets: bool,
+    max_sessions: Option<u32>,
+    requests_per_minute: Option<u32>,
+    audio_minutes_per_day: Option<f64>,
 }
 
 /// Server configuration.
@@ -186,7 +194,7 @@ impl ServerConfig {
             max_sessions,
             max_session_minutes,
             otlp_endpoint,
-            keys: keys(&file.keys)?,
+            keys: keys(&file.keys, &file.roles)?,
         })
     }
 
@@ -211,7 +219,7 @@ impl ServerConfig {
 }
 
 /// The file's API keys, each read from the file or its environment variable and checked.
-fn keys(file: &[FileKey]) -> Result<Vec<ApiKey>, ConfigError> {
+fn keys(file: &[FileKey], roles: &HashMap<String, Quota>) -> Result<Vec<ApiKey>, ConfigError> {
     let mut keys: Vec<ApiKey> = Vec::new();
     for (i, k) in file.iter().enumerate() {
         let key = match (&k.key, &k.key_env) {
@@ -247,9 +255,35 @@ fn keys(file: &[FileKey]) -> Result<Vec<ApiKey>, ConfigError> {
             role: k.role.clone().unwrap_or_else(|| "default".into()),
             admin: k.admin,
             client_secrets: k.client_secrets,
+            quota: quota_of(k, roles)?,
         });
     }
     Ok(keys)
+}
+
+/// A key's quota: its own settings over its role's, each checked.
+fn quota_of(k: &FileKey, roles: &HashMap<String, Quota>) -> Result<Quota, ConfigError> {
+    let role = k.role.as_deref().unwrap_or("default");
+    let own = Quota {
+        max_sessions: k.max_sessions,
+        requests_per_minute: k.requests_per_minute,
+        audio_minutes_per_day: k.audio_minutes_per_day,
+    };
+    let q = own.over(roles.get(role).copied().unwrap_or_default());
+    let bad = q.max_sessions == Some(0)
+        || q.requests_per_minute == Some(0)
+        || q.audio_minutes_per_day
+            .is_some_and(|m| !(m > 0.0 && m.is_finite()));
+    if bad {
+        return Err(ConfigError::invalid(
+            "server.keys",
+            format!(
+                "key `{}`: quotas must be positive (leave one out for no limit)",
+                k.id
+            ),
+        ));
+    }
+    Ok(q)
 }
 
 impl ServerSettings {

@@ -31,7 +31,7 @@ pub use crate::tools::Caller;
 /// An API key with its identity: an id (shown in the audit trail, never the key), a role (which
 /// server tools it may call) and whether it is an admin (reads the audit trail, may use every
 /// tool).
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, PartialEq, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
     pub id: String,
@@ -43,6 +43,9 @@ pub struct ApiKey {
     /// May mint client secrets (`POST /v1/realtime/client_secrets`); admins always may.
     #[serde(default)]
     pub client_secrets: bool,
+    /// Its limits (its own settings over its role's).
+    #[serde(skip)]
+    pub quota: super::quotas::Quota,
 }
 
 fn default_role() -> String {
@@ -56,6 +59,7 @@ impl std::fmt::Debug for ApiKey {
             .field("role", &self.role)
             .field("admin", &self.admin)
             .field("client_secrets", &self.client_secrets)
+            .field("quota", &self.quota)
             .finish_non_exhaustive()
     }
 }
@@ -224,6 +228,11 @@ fn takes_json_or_form(method: &Method, path: &str) -> bool {
 pub async fn check(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     match verdict(&state.access, state.client_secrets(), &req) {
         Ok((caller, secret)) => {
+            if !is_public(req.uri().path()) {
+                if let Err(e) = state.quotas().request(&caller.key_id) {
+                    return super::quotas::refused(&e, &caller.key_id);
+                }
+            }
             // Who is calling, for the handlers (tool permissions, the audit trail).
             req.extensions_mut().insert(caller);
             if let Some(secret) = secret {

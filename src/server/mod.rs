@@ -13,6 +13,7 @@ pub mod error;
 pub mod guard;
 pub mod kb;
 pub mod loading;
+pub mod quotas;
 pub mod realtime;
 pub mod secrets;
 pub mod speech;
@@ -118,6 +119,8 @@ pub struct AppState {
     stopping: Arc<AtomicBool>,
     /// Ephemeral `ek_` keys minted for browsers and apps.
     client_secrets: secrets::ClientSecrets,
+    /// Per-key limits and usage.
+    quotas: Arc<quotas::Quotas>,
 }
 
 impl AppState {
@@ -129,6 +132,7 @@ impl AppState {
     }
 
     pub fn with_settings(s: ServerSettings) -> Self {
+        let quota_map = s.keys.iter().map(|k| (k.id.clone(), k.quota)).collect();
         AppState {
             asr: OnceLock::new(),
             load_error: Mutex::new(None),
@@ -155,7 +159,13 @@ impl AppState {
             shutdown: tokio::sync::watch::channel(false).0,
             stopping: Arc::new(AtomicBool::new(false)),
             client_secrets: Default::default(),
+            quotas: Arc::new(quotas::Quotas::new(quota_map)),
         }
+    }
+
+    /// Per-key limits and usage.
+    pub fn quotas(&self) -> &Arc<quotas::Quotas> {
+        &self.quotas
     }
 
     /// The minted client secrets.

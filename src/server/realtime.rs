@@ -46,6 +46,14 @@ pub async fn upgrade(
         )
     })?;
     let asr = state.asr()?;
+    // The key's own limits first, so a refused session does not use up a client secret.
+    let key_id = caller
+        .as_ref()
+        .map_or_else(|| "anonymous".to_string(), |c| c.key_id.clone());
+    let key_session = match state.quotas().open_session(&key_id) {
+        Ok(s) => s,
+        Err(e) => return Ok(super::quotas::refused(&e, &key_id)),
+    };
     // A client secret opens as many sessions as it allows: taken now, in one step.
     let bound = match secret {
         Some(axum::Extension(super::secrets::Presented(value))) => Some(
@@ -81,6 +89,7 @@ pub async fn upgrade(
     let mut shared = Shared::new(asr, state.limits.clone(), slot, state.shutdown_signal());
     (shared.turn_models, shared.default_vad) = state.turn_models();
     shared.bound = bound;
+    shared.key_session = Some(key_session);
     let caller = caller.map(|axum::Extension(c)| c);
     let with_caller = move |mut a: crate::realtime::Answering| {
         if let Some(c) = &caller {

@@ -60,8 +60,13 @@ impl Format {
 
 pub async fn transcribe(
     State(state): State<Arc<AppState>>,
+    caller: Option<axum::Extension<crate::tools::Caller>>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let key_id = caller.map_or_else(|| "anonymous".to_string(), |axum::Extension(c)| c.key_id);
+    if let Err(e) = state.quotas().audio_left(&key_id) {
+        return Ok(super::quotas::refused(&e, &key_id));
+    }
     let mut multipart = multipart?;
     let mut file: Option<(Vec<u8>, Option<String>)> = None;
     let mut language = None;
@@ -133,6 +138,10 @@ pub async fn transcribe(
     .await
     .map_err(|_| ApiError::bad_request("invalid_audio", "the audio could not be decoded"))??;
     let decode_ms = started.elapsed().as_millis() as u64;
+    // Counted once decoded: the upload that crosses the day's line is still transcribed.
+    let _ = state
+        .quotas()
+        .add_audio(&key_id, decoded.samples.len() as f64 / 16_000.0);
 
     let request = Request {
         samples: decoded.samples,
