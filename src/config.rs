@@ -38,6 +38,10 @@ pub struct CommonArgs {
     /// Log format.
     #[arg(long, global = true, env = "VOXD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Trust the certificate authorities in this PEM file (besides the system's) for remote
+    /// engines and HTTP tools over HTTPS.
+    #[arg(long, global = true, env = "VOXD_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Every stage's flags, in the order `voxd serve --help` lists them. A subcommand that takes

@@ -68,6 +68,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let common = &cli.common;
+    if let Some(path) = &common.ca_cert {
+        voxd::openai_http::trust_ca_file(path)?;
+    }
     match cli.command {
         Command::Serve(args) => cli::serve::run(common, args),
         Command::Models { action } => cli::models::run(common, action),

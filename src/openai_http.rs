@@ -1,7 +1,51 @@
 //! The HTTP client for OpenAI-compatible endpoints, shared by the remote backends (embeddings,
-//! LLM): base URL, optional key, connect timeout and an optional whole-request timeout.
+//! LLM): base URL, optional key, connect timeout and an optional whole-request timeout. Every
+//! outgoing HTTP client (remote engines, HTTP tools) starts from [`builder`], which trusts the
+//! certificate authorities given with `--ca-cert` besides the system's.
 
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// Authorities trusted besides the system's (`--ca-cert`).
+static EXTRA_ROOTS: Mutex<Vec<reqwest::Certificate>> = Mutex::new(Vec::new());
+
+/// Why a `--ca-cert` file was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("the CA certificate file {path}: {message}")]
+pub struct CaError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Trusts the PEM certificates in `path` for every outgoing HTTPS client made after this call;
+/// returns how many there were.
+pub fn trust_ca_file(path: &Path) -> Result<usize, CaError> {
+    let err = |message: String| CaError {
+        path: path.display().to_string(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("holds no PEM certificate".into()));
+    }
+    let n = certs.len();
+    EXTRA_ROOTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(certs);
+    Ok(n)
+}
+
+/// A reqwest builder that trusts the `--ca-cert` authorities too.
+pub fn builder() -> reqwest::ClientBuilder {
+    let roots = EXTRA_ROOTS.lock().unwrap_or_else(|e| e.into_inner());
+    if roots.is_empty() {
+        return reqwest::Client::builder();
+    }
+    reqwest::Client::builder().tls_certs_merge(roots.iter().cloned())
+}
 
 use async_openai::config::OpenAIConfig;
 use async_openai::Client;
@@ -13,7 +57,7 @@ pub fn client(
     connect_timeout: Duration,
     request_timeout: Option<Duration>,
 ) -> Result<Client<OpenAIConfig>, reqwest::Error> {
-    let mut http = reqwest::Client::builder().connect_timeout(connect_timeout);
+    let mut http = builder().connect_timeout(connect_timeout);
     if let Some(t) = request_timeout {
         http = http.timeout(t);
     }

@@ -57,6 +57,42 @@ impl Server {
         server
     }
 
+    /// [`Server::start`] serving HTTPS and WSS with a certificate from `ca`.
+    fn start_tls(ca: &common::TestCa) -> Server {
+        let process = common::ServeProcess::start(&[
+            "--api-key".as_ref(),
+            API_KEY.as_ref(),
+            "--kb".as_ref(),
+            kb_file().as_os_str(),
+            "--tls-cert".as_ref(),
+            ca.cert.as_os_str(),
+            "--tls-key".as_ref(),
+            ca.key.as_os_str(),
+        ]);
+        let server = Server {
+            base: format!("https://{}", process.addr),
+            process,
+        };
+        let client = ca.client();
+        let ready = tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < deadline {
+                let r = client.get(format!("{}/readyz", server.base)).send().await;
+                if r.is_ok_and(|r| r.status() == 200) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            false
+        });
+        assert!(
+            ready,
+            "voxd serve (TLS) never became ready:\n{}",
+            server.log_tail()
+        );
+        server
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(300);
         while Instant::now() < deadline {
@@ -79,7 +115,7 @@ impl Server {
             .env("VOXD_URL", &self.base)
             .env(
                 "VOXD_WS_URL",
-                format!("{}/v1/realtime", self.base.replace("http://", "ws://")),
+                format!("ws{}/v1/realtime", self.base.trim_start_matches("http")),
             )
             .env("VOXD_API_KEY", API_KEY)
             .env("VOXD_AUDIO_DIR", common::data(""))
@@ -186,6 +222,27 @@ fn official_openai_node_sdk() {
         "node --test openai-node.test.mjs",
         node("openai-node.test.mjs"),
     );
+    assert!(node_passed(&out) >= 1, "{out}");
+}
+
+/// The official Python and Node SDKs over `wss://`, trusting a test certificate authority the
+/// way their users would (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`).
+#[test]
+fn official_sdks_over_tls() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let python = openai_python();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::TestCa::new(dir.path(), "sdk");
+    let server = Server::start_tls(&ca);
+    assert!(server.base.starts_with("https://127.0.0.1:"));
+    let mut cmd = Command::new(python);
+    cmd.arg(root().join("tests/python/openai_realtime.py"))
+        .env("SSL_CERT_FILE", &ca.ca);
+    let out = server.run("the OpenAI Python SDK script over TLS", cmd);
+    assert!(out.contains("ok: "), "{out}");
+    let mut cmd = node("openai-node.test.mjs");
+    cmd.env("NODE_EXTRA_CA_CERTS", &ca.ca);
+    let out = server.run("node --test openai-node.test.mjs over TLS", cmd);
     assert!(node_passed(&out) >= 1, "{out}");
 }
 

@@ -261,6 +261,7 @@ fn quotas_come_from_roles_and_keys_in_the_config_file() {
             config: Some(path.clone()),
             home: Some(dir.path().to_path_buf()),
             log_format: None,
+            ca_cert: None,
         };
         voxd::config::Config::resolve(&common, &Default::default())
     };

@@ -69,7 +69,7 @@ fn wav(samples: &[f32]) -> Vec<u8> {
 
 impl RemoteAsr {
     pub fn new(config: RemoteAsrConfig) -> Result<Self, AsrError> {
-        let http = reqwest::Client::builder()
+        let http = crate::openai_http::builder()
             .connect_timeout(Duration::from_secs(5).min(config.timeout))
             .timeout(config.timeout)
             .build()

@@ -76,7 +76,15 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
         state.expect_kb();
         tokio::spawn(open_kb(cfg.kb.clone(), store.clone(), state.clone()));
         load_asr(&cfg, model_path, &state);
-        server::serve(listener, state, server::shutdown_signal()).await?;
+        match &cfg.server.tls {
+            Some(files) => {
+                let tls = server::tls::TlsListener::bind(listener, files.clone())
+                    .context("setting up TLS")?;
+                info!(cert = %files.cert.display(), "serving HTTPS and WSS");
+                server::serve(tls, state, server::shutdown_signal()).await?
+            }
+            None => server::serve(listener, state, server::shutdown_signal()).await?,
+        }
         Ok(())
     });
     // Blocking work still running (a model job that ignores cancellation) does not hold the

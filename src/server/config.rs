@@ -53,6 +53,13 @@ pub struct ServerArgs {
     /// http://localhost:4318); OTEL_EXPORTER_OTLP_ENDPOINT works too [default: off].
     #[arg(long, env = "VOXD_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Serve HTTPS and WSS with this PEM certificate chain (with --tls-key); reloaded on SIGHUP
+    /// or when the file changes.
+    #[arg(long, env = "VOXD_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "VOXD_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// The file's `[server]` table.
@@ -70,6 +77,8 @@ pub struct FileServer {
     max_sessions: Option<usize>,
     max_session_minutes: Option<u64>,
     otlp_endpoint: Option<String>,
+    tls_cert: Option<std::path::PathBuf>,
+    tls_key: Option<std::path::PathBuf>,
     #[serde(default)]
     keys: Vec<FileKey>,
     /// Quotas by role, for keys that set none of their own.
@@ -117,6 +126,8 @@ pub struct ServerConfig {
     pub otlp_endpoint: Option<String>,
     /// API keys with ids and roles (the file's `[[server.keys]]`), besides `api_key`.
     pub keys: Vec<ApiKey>,
+    /// Serve HTTPS/WSS with this certificate and key.
+    pub tls: Option<super::tls::TlsFiles>,
 }
 
 impl ServerConfig {
@@ -195,6 +206,19 @@ impl ServerConfig {
             max_session_minutes,
             otlp_endpoint,
             keys: keys(&file.keys, &file.roles)?,
+            tls: match (
+                args.tls_cert.clone().or(file.tls_cert),
+                args.tls_key.clone().or(file.tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some(super::tls::TlsFiles { cert, key }),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "tls_cert",
+                        "--tls-cert and --tls-key go together",
+                    ))
+                }
+            },
         })
     }
 

@@ -17,6 +17,7 @@ pub mod quotas;
 pub mod realtime;
 pub mod secrets;
 pub mod speech;
+pub mod tls;
 pub mod transcriptions;
 
 use std::future::{Future, IntoFuture};
@@ -32,7 +33,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::asr::Asr;
@@ -594,13 +594,16 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// [`SHUTDOWN_DEADLINE`]: new connections are refused at once, upload decodes stop, realtime
 /// sessions finish their turns for [`Limits::shutdown_grace`] and close with 1001, then the
 /// speech recogniser's remaining work is cancelled.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let addr: SocketAddr = listener.local_addr()?;
-    info!(%addr, "listening");
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    info!(addr = ?listener.local_addr()?, "listening");
     let sessions = state.clone();
     let grace = state.limits.shutdown_grace;
     let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();

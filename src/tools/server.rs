@@ -189,7 +189,7 @@ impl ServerTools {
                 }
             }
         }
-        let http = reqwest::Client::builder()
+        let http = crate::openai_http::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| invalid("tools".into(), e.to_string()))?;

@@ -28,7 +28,7 @@ impl RemoteTts {
         voice: &str,
         timeout: Duration,
     ) -> Result<Self, TtsError> {
-        let http = reqwest::Client::builder()
+        let http = crate::openai_http::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(timeout)
             .build()

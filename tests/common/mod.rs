@@ -526,3 +526,90 @@ pub fn turn_models() -> voxd::vad::TurnModels {
         })
         .clone()
 }
+
+/// A certificate authority made for a test with the `openssl` command, and a server
+/// certificate it signed for `localhost` and `127.0.0.1`.
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    /// A new authority and server certificate in `dir`, named with `name`.
+    pub fn new(dir: &std::path::Path, name: &str) -> TestCa {
+        let path = |f: &str| dir.join(format!("{name}-{f}"));
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl runs (bash scripts/deps --test installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (ca, ca_key) = (path("ca.pem"), path("ca.key"));
+        let (cert, key, csr, ext) = (
+            path("server.pem"),
+            path("server.key"),
+            path("server.csr"),
+            path("ext.cnf"),
+        );
+        let [ca_s, ca_key_s, cert_s, key_s, csr_s, ext_s] =
+            [&ca, &ca_key, &cert, &key, &csr, &ext].map(|p| p.to_str().unwrap().to_string());
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let subject = format!("/CN=voxd test CA {name}");
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend(["-keyout", &ca_key_s, "-out", &ca_s, "-days", "2"]);
+        args.extend(["-subj", &subject]);
+        args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        openssl(&args);
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key_s, "-out", &csr_s, "-subj", "/CN=localhost"]);
+        openssl(&args);
+        std::fs::write(
+            &ext,
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr_s,
+            "-CA",
+            &ca_s,
+            "-CAkey",
+            &ca_key_s,
+            "-CAcreateserial",
+            "-out",
+            &cert_s,
+            "-days",
+            "2",
+            "-extfile",
+            &ext_s,
+        ]);
+        TestCa { ca, cert, key }
+    }
+
+    /// An HTTPS client that trusts this authority only.
+    pub fn client(&self) -> reqwest::Client {
+        let pem = std::fs::read(&self.ca).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+            .build()
+            .unwrap()
+    }
+}

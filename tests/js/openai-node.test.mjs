@@ -1,8 +1,8 @@
 // The official OpenAI Node SDK (npm `openai`) against a real `voxd serve`: only the base URL
 // changes. Its realtime WebSocket client (openai/realtime/websocket) builds
 // `wss://HOST/v1/realtime?model=…` from `baseURL` and sends the key as a subprotocol. It always
-// picks wss:// (right behind a TLS proxy); for plain ws:// on loopback, its `onURL` hook
-// switches the scheme.
+// picks wss:// (right for voxd serving TLS itself, or behind a TLS proxy); for plain ws:// on
+// loopback, its `onURL` hook switches the scheme.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
@@ -14,7 +14,12 @@ import { audio, chunks, env, reference, silence, wer } from "./helpers.mjs";
 test("a spoken turn through OpenAIRealtimeWebSocket", { timeout: 180000 }, async () => {
   const client = new OpenAI({ baseURL: `${env("VOXD_URL")}/v1`, apiKey: env("VOXD_API_KEY") });
   const rt = new OpenAIRealtimeWebSocket(
-    { model: "gpt-realtime", onURL: (url) => (url.protocol = "ws:") },
+    {
+      model: "gpt-realtime",
+      onURL: (url) => {
+        if (env("VOXD_URL").startsWith("http:")) url.protocol = "ws:";
+      },
+    },
     client,
   );
   const events = [];
