@@ -209,3 +209,86 @@ async fn remote_engines_trust_the_authority_given_with_ca_cert() {
         "{err}"
     );
 }
+
+/// A TLS front for a PostgreSQL server that speaks only plain text (the tests' server, from the
+/// pgserver wheel, is built without SSL), as a TLS-terminating proxy in front of a database does:
+/// it answers the client's `SSLRequest` with `S`, completes the handshake with `ca`'s
+/// certificate and relays the protocol; a client that does not ask for TLS is cut off. Returns
+/// its port.
+async fn tls_front(ca: &common::TestCa, backend_port: u16) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let config = files(ca).load().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = tcp.accept().await else {
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            tokio::spawn(async move {
+                let mut request = [0u8; 8];
+                client.read_exact(&mut request).await?;
+                // Int32 length 8, Int32 code 80877103: SSLRequest.
+                if request != [0, 0, 0, 8, 4, 210, 22, 47] {
+                    return Ok::<(), std::io::Error>(());
+                }
+                client.write_all(b"S").await?;
+                let mut tls = acceptor.accept(client).await?;
+                let mut db = tokio::net::TcpStream::connect(("127.0.0.1", backend_port)).await?;
+                tokio::io::copy_bidirectional(&mut tls, &mut db).await?;
+                Ok(())
+            });
+        }
+    });
+    port
+}
+
+/// The knowledge base reaches PostgreSQL over TLS as the URL's libpq `sslmode` says: refused in
+/// plain text by a TLS-only front, encrypted with `require`, and with `verify-ca` /
+/// `verify-full` only when `sslrootcert` names the authority that signed the certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_knowledge_base_reaches_postgres_over_tls_as_sslmode_says() {
+    use voxd::rag::store::{PgStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::TestCa::new(dir.path(), "pg");
+    let stranger = common::TestCa::new(dir.path(), "stranger");
+    let pg = tokio::task::spawn_blocking(common::pg::Postgres::start)
+        .await
+        .unwrap();
+    let url = common::off_runtime(|| pg.database("kb"));
+    let front = tls_front(&ca, pg.port).await;
+    let url = url.replace(&format!(":{}/", pg.port), &format!(":{front}/"));
+    let open = |query: String| {
+        let url = format!("{url}?{query}");
+        tokio::task::spawn_blocking(move || PgStore::open(&url).map(|s| s.revision().is_ok()))
+    };
+    assert!(
+        open("sslmode=disable".into()).await.unwrap().is_err(),
+        "a plain-text connection was let in"
+    );
+    for query in [
+        "sslmode=require".to_string(),
+        format!("sslmode=verify-ca&sslrootcert={}", ca.ca.display()),
+        format!("sslmode=verify-full&sslrootcert={}", ca.ca.display()),
+    ] {
+        let ok = open(query.clone()).await.unwrap();
+        assert!(matches!(ok, Ok(true)), "{query}: {:?}", ok.err());
+    }
+    let wrong = open(format!(
+        "sslmode=verify-full&sslrootcert={}",
+        stranger.ca.display()
+    ))
+    .await
+    .unwrap();
+    assert!(
+        wrong.is_err(),
+        "a certificate from an unknown authority was trusted"
+    );
+    let missing = open("sslmode=verify-full&sslrootcert=/nonexistent/ca.pem".into())
+        .await
+        .unwrap();
+    let e = missing.err().unwrap().to_string();
+    assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    drop(pg);
+}

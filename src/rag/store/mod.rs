@@ -10,6 +10,7 @@
 //! source, expiry, filters); the fusion of the two rankings and the relevance floor are the
 //! knowledge base's, so both stores answer alike.
 
+pub mod pg_tls;
 pub mod pool;
 pub mod postgres;
 pub mod sqlite;

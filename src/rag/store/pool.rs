@@ -11,8 +11,9 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
 
+use super::pg_tls::{self, RustlsConnect};
 use super::StoreError;
 
 /// Limits of the pool.
@@ -45,6 +46,8 @@ impl Default for PoolOptions {
 /// The pool.
 pub struct PgPool {
     config: Config,
+    /// TLS as the URL's `sslmode` asks (none for `disable`).
+    tls: RustlsConnect,
     /// `user@host:port/db`, never the password.
     name: String,
     options: PoolOptions,
@@ -107,7 +110,9 @@ impl PgPool {
 
     /// Parses `url` without connecting.
     pub fn lazy(url: &str, options: PoolOptions) -> Result<Self, StoreError> {
-        let mut config = Config::from_str(url).map_err(|e| {
+        let (url, tls) = pg_tls::split_url(url);
+        let tls = RustlsConnect::new(&tls).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+        let mut config = Config::from_str(&url).map_err(|e| {
             // The parser's message never repeats the password.
             StoreError::InvalidUrl(format!("{e} (expected postgres://USER@HOST:PORT/DB)"))
         })?;
@@ -121,6 +126,7 @@ impl PgPool {
         let name = display_name(&config);
         Ok(PgPool {
             config,
+            tls,
             name,
             options: PoolOptions {
                 max_connections: options.max_connections.max(1),
@@ -165,13 +171,13 @@ impl PgPool {
     }
 
     fn open(&self) -> Result<Client, StoreError> {
-        let mut client = self
-            .config
-            .connect(NoTls)
-            .map_err(|e| StoreError::Unavailable {
-                path: self.name.clone(),
-                reason: e.to_string(),
-            })?;
+        let mut client =
+            self.config
+                .connect(self.tls.clone())
+                .map_err(|e| StoreError::Unavailable {
+                    path: self.name.clone(),
+                    reason: e.to_string(),
+                })?;
         let ms = self.options.statement_timeout.as_millis();
         // Notices (a query of stop words only, an object that already exists) are not errors.
         client
