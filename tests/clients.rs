@@ -43,12 +43,19 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        let process = common::ServeProcess::start(&[
+        Self::start_with(&[])
+    }
+
+    /// [`Server::start`] with more `voxd serve` flags.
+    fn start_with(more: &[&str]) -> Server {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             "--api-key".as_ref(),
             API_KEY.as_ref(),
             "--kb".as_ref(),
             kb_file().as_os_str(),
-        ]);
+        ];
+        args.extend(more.iter().map(std::ffi::OsStr::new));
+        let process = common::ServeProcess::start(&args);
         let server = Server {
             base: format!("http://{}", process.addr),
             process,
@@ -212,6 +219,19 @@ fn web_demo_in_headless_chromium() {
     });
     assert!(node_passed(&out) >= 5, "{out}");
     assert!(artifacts().join("web-demo.png").exists());
+}
+
+/// The demo on a server with a key and `--demo-client-secrets`: no key is typed; the page gets a
+/// client secret for its session, and the server's key never reaches the browser.
+#[test]
+fn web_demo_with_a_client_secret_in_headless_chromium() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with(&["--demo-client-secrets"]);
+    let out = server.run(
+        "node --test demo-secret.test.mjs",
+        node("demo-secret.test.mjs"),
+    );
+    assert!(node_passed(&out) >= 2, "{out}");
 }
 
 #[test]

@@ -134,9 +134,19 @@ function wsUrl() {
   return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/realtime`;
 }
 
+// The key for one session: the one typed in Settings, or else a short-lived client secret the
+// server mints for its own page (voxd serve --demo-client-secrets), so no API key is kept here.
+async function sessionKey() {
+  if (settings.apiKey) return settings.apiKey;
+  const resp = await fetch("/demo/client_secret", { method: "POST" }).catch(() => null);
+  if (!resp?.ok) return undefined;
+  const { value } = await resp.json();
+  return value;
+}
+
 async function openSession() {
   setConnection("connecting", "Connecting…");
-  session = await connect(wsUrl(), { apiKey: settings.apiKey || undefined, session: sessionConfig() });
+  session = await connect(wsUrl(), { apiKey: await sessionKey(), session: sessionConfig() });
   setConnection("open", "Connected");
   // Spoken answers play as they arrive; talking over one stops it and tells the server what
   // was heard (conversation.item.truncate).

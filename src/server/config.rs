@@ -60,6 +60,11 @@ pub struct ServerArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "VOXD_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// The web demo gets a short-lived client secret from the server for each session (POST
+    /// /demo/client_secret, from the server's own page only), so no API key is typed into or
+    /// kept by the browser; bounded by the `demo` role's quotas.
+    #[arg(long, env = "VOXD_DEMO_CLIENT_SECRETS")]
+    pub demo_client_secrets: bool,
 }
 
 /// The file's `[server]` table.
@@ -79,6 +84,7 @@ pub struct FileServer {
     otlp_endpoint: Option<String>,
     tls_cert: Option<std::path::PathBuf>,
     tls_key: Option<std::path::PathBuf>,
+    demo_client_secrets: Option<bool>,
     #[serde(default)]
     keys: Vec<FileKey>,
     /// Quotas by role, for keys that set none of their own.
@@ -128,6 +134,8 @@ pub struct ServerConfig {
     pub keys: Vec<ApiKey>,
     /// Serve HTTPS/WSS with this certificate and key.
     pub tls: Option<super::tls::TlsFiles>,
+    /// The demo's client secrets, with the `demo` account's quota; `None`: off.
+    pub demo: Option<Quota>,
 }
 
 impl ServerConfig {
@@ -205,6 +213,15 @@ impl ServerConfig {
             max_sessions,
             max_session_minutes,
             otlp_endpoint,
+            demo: (args.demo_client_secrets || file.demo_client_secrets.unwrap_or(false)).then(
+                || {
+                    file.roles
+                        .get("demo")
+                        .copied()
+                        .unwrap_or(DEMO_QUOTA)
+                        .over(DEMO_QUOTA)
+                },
+            ),
             keys: keys(&file.keys, &file.roles)?,
             tls: match (
                 args.tls_cert.clone().or(file.tls_cert),
@@ -285,6 +302,14 @@ fn keys(file: &[FileKey], roles: &HashMap<String, Quota>) -> Result<Vec<ApiKey>,
     Ok(keys)
 }
 
+/// The demo's limits unless `[server.roles.demo]` sets them: a few sessions at once, a few new
+/// ones a minute, an hour of audio a day.
+pub const DEMO_QUOTA: Quota = Quota {
+    max_sessions: Some(4),
+    requests_per_minute: Some(20),
+    audio_minutes_per_day: Some(60.0),
+};
+
 /// A key's quota: its own settings over its role's, each checked.
 fn quota_of(k: &FileKey, roles: &HashMap<String, Quota>) -> Result<Quota, ConfigError> {
     let role = k.role.as_deref().unwrap_or("default");
@@ -317,6 +342,7 @@ impl ServerSettings {
             max_upload_bytes: cfg.max_upload_bytes,
             api_key: cfg.api_key.clone(),
             keys: cfg.keys.clone(),
+            demo: cfg.demo,
             allowed_origins: cfg.allowed_origins.clone(),
             allowed_hosts: cfg.allowed_hosts.clone(),
             bind: Some(cfg.addr),

@@ -55,6 +55,8 @@ pub struct ServerSettings {
     pub api_key: Option<String>,
     /// More API keys, each with an id and a role (see [`guard::ApiKey`]).
     pub keys: Vec<guard::ApiKey>,
+    /// The demo page gets client secrets (`POST /demo/client_secret`), within this quota.
+    pub demo: Option<quotas::Quota>,
     /// Browser origins allowed besides the server's own and loopback ones (see [`guard`]).
     pub allowed_origins: Vec<String>,
     /// Host names accepted besides the bind address and loopback names (see [`guard`]).
@@ -78,6 +80,7 @@ impl Default for ServerSettings {
             max_upload_bytes: 25 << 20,
             api_key: None,
             keys: Vec::new(),
+            demo: None,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             bind: None,
@@ -121,6 +124,8 @@ pub struct AppState {
     client_secrets: secrets::ClientSecrets,
     /// Per-key limits and usage.
     quotas: Arc<quotas::Quotas>,
+    /// The demo page may get client secrets.
+    pub demo: bool,
 }
 
 impl AppState {
@@ -132,7 +137,12 @@ impl AppState {
     }
 
     pub fn with_settings(s: ServerSettings) -> Self {
-        let quota_map = s.keys.iter().map(|k| (k.id.clone(), k.quota)).collect();
+        let mut quota_map: std::collections::HashMap<String, quotas::Quota> =
+            s.keys.iter().map(|k| (k.id.clone(), k.quota)).collect();
+        if let Some(q) = s.demo {
+            quota_map.insert(secrets::DEMO_ACCOUNT.into(), q);
+        }
+        let demo = s.demo.is_some();
         AppState {
             asr: OnceLock::new(),
             load_error: Mutex::new(None),
@@ -160,6 +170,7 @@ impl AppState {
             stopping: Arc::new(AtomicBool::new(false)),
             client_secrets: Default::default(),
             quotas: Arc::new(quotas::Quotas::new(quota_map)),
+            demo,
         }
     }
 
@@ -400,6 +411,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audio/speech", post(speech::speech))
         .route("/v1/realtime", get(realtime::upgrade))
         .route("/v1/realtime/client_secrets", post(secrets::mint))
+        .route("/demo/client_secret", post(secrets::mint_for_demo))
         .route(
             "/v1/realtime/client_secrets/{value}",
             axum::routing::delete(secrets::revoke),

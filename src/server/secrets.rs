@@ -282,6 +282,69 @@ fn ttl_of(expires: Option<&ExpiresAfter>) -> Result<Duration, ApiError> {
     Ok(ttl)
 }
 
+/// The account the demo's secrets and sessions count under (`[server.roles.demo]` quotas).
+pub const DEMO_ACCOUNT: &str = "demo";
+/// How long a demo page's secret lives: long enough to connect.
+const DEMO_TTL: Duration = Duration::from_secs(60);
+
+/// `POST /demo/client_secret` (with `--demo-client-secrets`): a secret for one session of the
+/// web demo, asked for by the server's own page only (its `Origin` must be this server), so the
+/// browser never holds an API key. Counted against the `demo` account's quotas.
+pub async fn mint_for_demo(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if !state.demo {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the demo's client secrets are off (--demo-client-secrets)",
+        ));
+    }
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let own_page = match (
+        text(axum::http::header::ORIGIN),
+        text(axum::http::header::HOST),
+    ) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
+        _ => false,
+    };
+    if !own_page {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "only this server's own demo page may ask for a demo client secret",
+        ));
+    }
+    if let Err(e) = state.quotas().request(DEMO_ACCOUNT) {
+        return Ok(super::quotas::refused(&e, DEMO_ACCOUNT));
+    }
+    let caller = Caller {
+        key_id: DEMO_ACCOUNT.into(),
+        role: DEMO_ACCOUNT.into(),
+        admin: false,
+    };
+    let config = state.new_session_config(SessionKind::Realtime);
+    let (value, expires_at) = state
+        .client_secrets()
+        .mint(caller, json!({}), DEMO_TTL, 1)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_client_secrets",
+                e.to_string(),
+            )
+        })?;
+    Ok(Json(json!({
+        "value": value,
+        "expires_at": expires_at,
+        "session": config.to_view(),
+    }))
+    .into_response())
+}
+
 /// `DELETE /v1/realtime/client_secrets/{value}`: revokes a secret (its minter or an admin);
 /// sessions it already opened go on.
 pub async fn revoke(
