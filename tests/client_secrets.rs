@@ -271,3 +271,53 @@ async fn expired_and_revoked_secrets_open_nothing() {
     let (status, body) = refused(client::connect(&url, short["value"].as_str()).await);
     assert_eq!(status, 401, "{body}");
 }
+
+/// The demo's route: off unless asked for; from the server's own page only; a flood of requests
+/// is cut off by the demo account's rate, and the sessions its secrets open by its session cap.
+#[tokio::test]
+async fn the_demo_route_is_bounded_by_the_demo_accounts_quota() {
+    use voxd::server::quotas::Quota;
+    let (_, off) = server().await;
+    let ask = |base: String, origin: Option<String>| async move {
+        let mut r = reqwest::Client::new().post(format!("{base}/demo/client_secret"));
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap_or_default())
+    };
+    let own = |base: &str| Some(base.to_string());
+    assert_eq!(ask(off.clone(), own(&off)).await.0, 404);
+
+    let settings = ServerSettings {
+        api_key: Some(ADMIN.into()),
+        demo: Some(Quota {
+            max_sessions: Some(1),
+            requests_per_minute: Some(4),
+            audio_minutes_per_day: None,
+        }),
+        ..Default::default()
+    };
+    let (url, base) = common::start_full(settings, None, None).await;
+    assert_eq!(ask(base.clone(), None).await.0, 403);
+    assert_eq!(
+        ask(base.clone(), Some("http://evil.example".into()))
+            .await
+            .0,
+        403
+    );
+    let (status, first) = ask(base.clone(), own(&base)).await;
+    assert_eq!(status, 200, "{first}");
+    let (_, second) = ask(base.clone(), own(&base)).await;
+    // One demo session at a time (opening one counts as a request too).
+    let _open = client::connect(&url, first["value"].as_str())
+        .await
+        .unwrap();
+    let (status, body) = refused(client::connect(&url, second["value"].as_str()).await);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("session_limit_reached"), "{body}");
+    // Four requests this minute: the next secret is refused.
+    let (status, over) = ask(base.clone(), own(&base)).await;
+    assert_eq!((status, code(&over).0), (429, "rate_limit_exceeded"));
+}
