@@ -6,6 +6,7 @@
 pub mod decode;
 pub mod encode;
 pub mod g711;
+pub mod opus;
 pub mod resample;
 
 pub use decode::{
