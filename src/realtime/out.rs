@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures::stream::SplitSink;
+use axum::extract::ws::{CloseFrame, Message};
+use futures::Sink;
 use futures::SinkExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, warn};
@@ -85,11 +85,13 @@ impl Out {
 
 /// Writes queued events to the socket until the queue closes or `close` asks for a close frame
 /// (sent after what is already queued).
-pub(super) async fn writer(
-    mut tx: SplitSink<WebSocket, Message>,
+pub(super) async fn writer<W>(
+    mut tx: W,
     mut rx: mpsc::Receiver<Outgoing>,
     mut close: oneshot::Receiver<(u16, &'static str)>,
-) {
+) where
+    W: Sink<Message> + Unpin,
+{
     // A client that reads nothing for this long is gone.
     const SEND_TIMEOUT: Duration = Duration::from_secs(30);
     loop {

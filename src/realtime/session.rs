@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket};
 use base64::Engine;
 use futures::stream::StreamExt;
+use futures::Sink;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
@@ -47,6 +48,19 @@ fn stage_config(c: &SessionConfig) -> StageConfig {
 
 /// Runs a session on an upgraded socket until it closes.
 pub async fn run(socket: WebSocket, shared: Shared, kind: SessionKind) {
+    let (tx, rx) = socket.split();
+    run_on(tx, rx, shared, kind).await
+}
+
+/// Runs a session on any transport that carries WebSocket messages: `rx` brings the client's
+/// (text events, binary audio, close), `tx` takes the server's. A WebSocket is one; a WebRTC data
+/// channel, adapted, is another.
+pub async fn run_on<W, R, E>(tx: W, rx: R, shared: Shared, kind: SessionKind)
+where
+    W: Sink<Message> + Unpin + Send + 'static,
+    R: futures::Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
     let voices = shared
         .answering
         .as_ref()
@@ -65,11 +79,15 @@ pub async fn run(socket: WebSocket, shared: Shared, kind: SessionKind) {
         }
     }
     let span = tracing::info_span!("session", id = %config.id);
-    session(socket, shared, config).instrument(span).await
+    session(tx, rx, shared, config).instrument(span).await
 }
 
-async fn session(socket: WebSocket, shared: Shared, mut config: SessionConfig) {
-    let (ws_tx, mut ws_rx) = socket.split();
+async fn session<W, R, E>(ws_tx: W, mut ws_rx: R, shared: Shared, mut config: SessionConfig)
+where
+    W: Sink<Message> + Unpin + Send + 'static,
+    R: futures::Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
     let (out, out_rx) = Out::new(shared.limits.out_queue);
     let (close_tx, close_rx) = tokio::sync::oneshot::channel();
     let writer = tokio::spawn(writer(ws_tx, out_rx, close_rx).in_current_span());
@@ -161,11 +179,15 @@ impl Client<'_> {
     /// The client's side of the session: reads its frames until the session must close; returns
     /// the close code and reason, and whether the close is the server's shutdown (in-flight turns
     /// may then finish).
-    async fn read(
+    async fn read<R, E>(
         &mut self,
-        ws_rx: &mut futures::stream::SplitStream<WebSocket>,
+        ws_rx: &mut R,
         mut shutdown: watch::Receiver<bool>,
-    ) -> ((u16, &'static str), bool) {
+    ) -> ((u16, &'static str), bool)
+    where
+        R: futures::Stream<Item = Result<Message, E>> + Unpin,
+        E: std::fmt::Display,
+    {
         let expires = tokio::time::sleep(self.limits.max_session);
         tokio::pin!(expires);
         let close: (u16, &'static str);
@@ -408,10 +430,10 @@ impl Client<'_> {
 /// Keeps reading (and dropping) what the client sends until the writer has sent the close
 /// frame and the client has answered it: a socket closed with unread input is reset, and the
 /// reset would destroy the events and close frame still waiting in the client's buffers.
-async fn drain(
-    mut writer: tokio::task::JoinHandle<()>,
-    ws_rx: &mut futures::stream::SplitStream<WebSocket>,
-) {
+async fn drain<R, E>(mut writer: tokio::task::JoinHandle<()>, ws_rx: &mut R)
+where
+    R: futures::Stream<Item = Result<Message, E>> + Unpin,
+{
     let mut writer_done = false;
     let deadline = tokio::time::sleep(Duration::from_secs(35));
     tokio::pin!(deadline);
