@@ -9,6 +9,7 @@
 //! best few. They are the prompt's grounding, the extractive answer (the best one, spoken as it
 //! is), and what a checked answer must be supported by ([`Check`]).
 
+pub mod calendar;
 pub mod polarity;
 pub mod repair;
 pub mod repeat;

@@ -8,13 +8,14 @@
 //! The answer is "No" when a negation in the sentence bears on a word of the question ("no
 //! cash", "does not sail"; [`super::polarity::denied`]) or it says closed for open, else "Yes";
 //! a denial settles the question even when one other word of it is put differently ("can I pay
-//! cash?" by "cards only, no cash"). A sentence that does not settle it is said as
-//! it is: "They open from March to October." does not say whether the gardens open in December.
+//! cash?" by "cards only, no cash"). A month or weekday is settled by a range that holds it or
+//! leaves it out ("open from March to October": no to December; [`super::calendar`]). A sentence
+//! that does not settle the question is said as it is.
 
 use std::collections::HashSet;
 
-use super::polarity;
 use super::support::{content_words, stem};
+use super::{calendar, polarity};
 
 /// Auxiliaries that open a yes/no question.
 const OPENERS: &[&str] = &[
@@ -61,12 +62,47 @@ pub fn verdict(
         .into_iter()
         .filter(|w| !topic.contains(w))
         .collect();
-    let missing = asked.iter().filter(|w| !said.contains(*w)).count();
     let no = says_no(question, sentence);
+    if let Some(answer) = by_calendar(question, sentence, referent, &asked, &said, no) {
+        return Some(answer);
+    }
+    let missing = asked.iter().filter(|w| !said.contains(*w)).count();
     // A denial of what was asked ("no cash" for "can I pay cash?") settles it even when one
     // other word is put differently ("pay" as "takes"); a yes needs every word.
     let settled = !asked.is_empty() && (missing == 0 || (no && missing == 1 && asked.len() >= 2));
     settled.then_some(if no { "No" } else { "Yes" })
+}
+
+/// A question about a month or weekday settled by a range the sentence (or the one it refers
+/// to) gives for it: in the range, the sentence's own answer; outside it, the opposite ("open
+/// from March to October" says no to December; "closed from November to February" says yes to
+/// June). Every other word of the question must be covered.
+fn by_calendar(
+    question: &str,
+    sentence: &str,
+    referent: Option<&str>,
+    asked: &[String],
+    said: &HashSet<String>,
+    no: bool,
+) -> Option<&'static str> {
+    let (unit, when) = calendar::first_named(question)?;
+    let text = format!("{} {sentence}", referent.unwrap_or(""));
+    let (_, first, last) = calendar::ranges(&text)
+        .into_iter()
+        .find(|(u, _, _)| *u == unit)?;
+    let calendar_words: HashSet<String> = content_words(question)
+        .iter()
+        .filter(|w| calendar::named(w).is_some_and(|(u, _)| u == unit))
+        .map(|w| stem(w))
+        .collect();
+    if asked
+        .iter()
+        .any(|w| !calendar_words.contains(w) && !said.contains(w))
+    {
+        return None;
+    }
+    let yes = calendar::within(first, last, when) != no;
+    Some(if yes { "Yes" } else { "No" })
 }
 
 /// Whether `sentence` denies what `question` asks: a negation bearing on one of its words ("no
@@ -197,12 +233,44 @@ mod tests {
     }
 
     #[test]
+    fn a_range_of_months_or_days_settles_a_question_about_one() {
+        let gardens = "Penhallow Gardens";
+        let q = "Are the gardens open in December?";
+        let open = "They open at 10 am every day from March to October.";
+        let closed = "They are closed from November to February.";
+        assert_eq!(verdict(q, open, None, gardens), Some("No"));
+        assert_eq!(verdict(q, closed, None, gardens), Some("No"));
+        let june = "Are the gardens open in June?";
+        assert_eq!(verdict(june, open, None, gardens), Some("Yes"));
+        assert_eq!(verdict(june, closed, None, gardens), Some("Yes"));
+        assert_eq!(
+            verdict(
+                "Does the ferry run on Saturdays?",
+                "The ferry runs Monday to Friday.",
+                None,
+                "The ferry"
+            ),
+            Some("No")
+        );
+        // A range that is not about what was asked settles nothing.
+        assert_eq!(
+            verdict(
+                "Are dogs allowed in December?",
+                "They open from March to October.",
+                None,
+                gardens
+            ),
+            None
+        );
+    }
+
+    #[test]
     fn a_sentence_that_does_not_settle_it_gets_no_verdict() {
-        // December is not in the sentence: it neither says yes nor no.
+        // December is not in the sentence, nor in a range it gives.
         assert_eq!(
             verdict(
                 "Are the gardens open in December?",
-                "They open at 10 am every day from March to October.",
+                "Entry is £9.50 for adults.",
                 None,
                 "Penhallow Gardens"
             ),
