@@ -85,6 +85,8 @@ pub mod rag;
 #[cfg(feature = "server")]
 pub mod realtime;
 #[cfg(feature = "server")]
+pub mod rtc;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod setting;

@@ -266,6 +266,89 @@ fn official_sdks_over_tls() {
     assert!(node_passed(&out) >= 1, "{out}");
 }
 
+/// A WebRTC call from aiortc (tests/python/aiortc_call.py): a spoken question on the microphone
+/// track, the events on `oai-events`, the spoken answer back on the audio track, heard back by
+/// voxd's recogniser; hung up, the session is gone; a peer that vanishes is let go too.
+#[test]
+fn a_webrtc_call_from_aiortc() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let python = openai_python();
+    let dir = tempfile::tempdir().unwrap();
+    let question = "What time do you open on Sunday?";
+    let wav = dir.path().join("question.wav");
+    write_wav(&wav, &common::speak(dir.path(), question, 16_000), 16_000);
+    let server = Server::start();
+    let mut cmd = Command::new(python);
+    cmd.arg(root().join("tests/python/aiortc_call.py"))
+        .env("VOXD_QUESTION", &wav)
+        .env("VOXD_QUESTION_TEXT", question);
+    let out = server.run("the aiortc call", cmd);
+    assert!(out.contains("ok: "), "{out}");
+    let answer = out
+        .lines()
+        .find_map(|l| l.strip_prefix("answer: "))
+        .unwrap_or_else(|| panic!("no answer in:\n{out}"));
+    assert!(answer.contains("10"), "the Sunday opening time: {answer}");
+    // What the peer received on its audio track is the answer, spoken.
+    let audio = voxd::client::wav::read(artifacts().join("webrtc-answer.wav")).unwrap();
+    let at16 =
+        voxd::audio::resample::resample_all(&audio.samples, audio.sample_rate, 16_000).unwrap();
+    let heard = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use voxd::asr::Asr;
+        common::pool()
+            .transcribe(voxd::asr::Request::new(at16))
+            .await
+            .unwrap()
+            .text
+    });
+    let e = voxd::wer::wer(answer, &heard);
+    assert!(e <= 0.35, "WER {e:.2}: said {answer:?}, heard {heard:?}");
+    // Hung up: no session is left.
+    wait_for_no_sessions(&server, Duration::from_secs(10));
+    // A peer that vanishes mid-call (no hang-up, no close, no more packets) is noticed by its
+    // missing connectivity checks, and its session and port are let go.
+    let python = openai_python();
+    let mut cmd = Command::new(python);
+    cmd.arg(root().join("tests/python/aiortc_call.py"))
+        .env("VOXD_QUESTION", &wav)
+        .env("VOXD_QUESTION_TEXT", question)
+        .env("VOXD_VANISH", "1");
+    let out = server.run("the aiortc call that vanishes", cmd);
+    assert!(out.contains("ok: vanished"), "{out}");
+    wait_for_no_sessions(&server, Duration::from_secs(60));
+}
+
+fn wait_for_no_sessions(server: &Server, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let m = server_metrics(&server.base);
+        if m.lines().any(|l| l == "voxd_live_sessions 0") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a session outlived its call:\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `/metrics` of a test server (plain HTTP/1.1 over loopback).
+fn server_metrics(base: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {API_KEY}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// Writes mono PCM16 WAV.
 fn write_wav(path: &Path, samples: &[f32], rate: u32) {
     let data: Vec<u8> = samples
@@ -287,7 +370,11 @@ fn write_wav(path: &Path, samples: &[f32], rate: u32) {
 
 /// The Python packages the SDK tests use, pinned: the official SDK (its types are the
 /// conformance reference) and the OpenAI Agents SDK.
-const PYTHON_PACKAGES: &[&str] = &["openai[realtime]==3.57.0", "openai-agents==0.24.0"];
+const PYTHON_PACKAGES: &[&str] = &[
+    "openai[realtime]==3.57.0",
+    "openai-agents==0.24.0",
+    "aiortc==1.14.0",
+];
 
 /// A virtualenv with [`PYTHON_PACKAGES`], made once and kept under target/.
 fn openai_python() -> PathBuf {
@@ -297,8 +384,9 @@ fn openai_python() -> PathBuf {
         Command::new(p)
             .args([
                 "-c",
-                "import importlib.metadata as m, sys; import websockets, agents; \
-                 sys.exit(m.version('openai') != '3.57.0' or m.version('openai-agents') != '0.24.0')",
+                "import importlib.metadata as m, sys; import websockets, agents, aiortc; \
+                 sys.exit(m.version('openai') != '3.57.0' or m.version('openai-agents') != '0.24.0' \
+                 or m.version('aiortc') != '1.14.0')",
             ])
             .status()
             .is_ok_and(|s| s.success())

@@ -48,7 +48,7 @@ use std::time::Duration;
 pub use answer::{AnswerSettings, Answering};
 pub use conversation::{MAX_CONVERSATION_BYTES, MAX_ITEMS, MAX_ITEM_BYTES};
 pub use input::decode_audio;
-pub use session::run;
+pub use session::{run, run_on};
 pub use turns::MAX_PENDING_TURNS;
 
 use crate::asr::Asr;

@@ -79,7 +79,10 @@ where
         }
     }
     let span = tracing::info_span!("session", id = %config.id);
-    session(tx, rx, shared, config).instrument(span).await
+    // Fused: the close handshake reads on after the client's stream has ended.
+    session(tx, rx.fuse(), shared, config)
+        .instrument(span)
+        .await
 }
 
 async fn session<W, R, E>(ws_tx: W, mut ws_rx: R, shared: Shared, mut config: SessionConfig)

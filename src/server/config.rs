@@ -65,6 +65,10 @@ pub struct ServerArgs {
     /// kept by the browser; bounded by the `demo` role's quotas.
     #[arg(long, env = "VOXD_DEMO_CLIENT_SECRETS")]
     pub demo_client_secrets: bool,
+    /// The address WebRTC peers are told to send media to (behind NAT: the public one) [default:
+    /// the listen address; loopback when listening on every interface].
+    #[arg(long, env = "VOXD_RTC_PUBLIC_IP")]
+    pub rtc_public_ip: Option<std::net::IpAddr>,
 }
 
 /// The file's `[server]` table.
@@ -85,6 +89,7 @@ pub struct FileServer {
     tls_cert: Option<std::path::PathBuf>,
     tls_key: Option<std::path::PathBuf>,
     demo_client_secrets: Option<bool>,
+    rtc_public_ip: Option<std::net::IpAddr>,
     #[serde(default)]
     keys: Vec<FileKey>,
     /// Quotas by role, for keys that set none of their own.
@@ -136,6 +141,8 @@ pub struct ServerConfig {
     pub tls: Option<super::tls::TlsFiles>,
     /// The demo's client secrets, with the `demo` account's quota; `None`: off.
     pub demo: Option<Quota>,
+    /// The address WebRTC peers send media to.
+    pub rtc_public_ip: Option<std::net::IpAddr>,
 }
 
 impl ServerConfig {
@@ -213,6 +220,7 @@ impl ServerConfig {
             max_sessions,
             max_session_minutes,
             otlp_endpoint,
+            rtc_public_ip: args.rtc_public_ip.or(file.rtc_public_ip),
             demo: (args.demo_client_secrets || file.demo_client_secrets.unwrap_or(false)).then(
                 || {
                     file.roles
@@ -343,6 +351,7 @@ impl ServerSettings {
             api_key: cfg.api_key.clone(),
             keys: cfg.keys.clone(),
             demo: cfg.demo,
+            rtc_public_ip: cfg.rtc_public_ip,
             allowed_origins: cfg.allowed_origins.clone(),
             allowed_hosts: cfg.allowed_hosts.clone(),
             bind: Some(cfg.addr),

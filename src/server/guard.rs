@@ -284,7 +284,7 @@ fn api_key(access: &Access, headers: &HeaderMap, path: &str) -> Result<Caller, A
 
 /// Routes a client secret opens: realtime sessions only.
 fn opens_with_secret(path: &str) -> bool {
-    path == "/v1/realtime"
+    path == "/v1/realtime" || path == "/v1/realtime/calls"
 }
 
 /// The caller a client secret stands for: its minter's key id and role, never an admin. The

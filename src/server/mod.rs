@@ -7,6 +7,7 @@
 //! every route but `/`, `/healthz` and `/readyz` requires it.
 
 pub mod audit;
+pub mod calls;
 pub mod chat;
 pub mod config;
 pub mod error;
@@ -57,6 +58,8 @@ pub struct ServerSettings {
     pub keys: Vec<guard::ApiKey>,
     /// The demo page gets client secrets (`POST /demo/client_secret`), within this quota.
     pub demo: Option<quotas::Quota>,
+    /// The address WebRTC peers are told to send media to (`--rtc-public-ip`).
+    pub rtc_public_ip: Option<std::net::IpAddr>,
     /// Browser origins allowed besides the server's own and loopback ones (see [`guard`]).
     pub allowed_origins: Vec<String>,
     /// Host names accepted besides the bind address and loopback names (see [`guard`]).
@@ -81,6 +84,7 @@ impl Default for ServerSettings {
             api_key: None,
             keys: Vec::new(),
             demo: None,
+            rtc_public_ip: None,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             bind: None,
@@ -126,6 +130,10 @@ pub struct AppState {
     quotas: Arc<quotas::Quotas>,
     /// The demo page may get client secrets.
     pub demo: bool,
+    /// Where WebRTC calls' media goes.
+    pub media: crate::rtc::MediaAddress,
+    /// The live WebRTC calls.
+    pub calls: calls::Calls,
 }
 
 impl AppState {
@@ -171,6 +179,8 @@ impl AppState {
             client_secrets: Default::default(),
             quotas: Arc::new(quotas::Quotas::new(quota_map)),
             demo,
+            media: calls::media_address(s.bind, s.rtc_public_ip),
+            calls: Default::default(),
         }
     }
 
@@ -411,6 +421,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audio/speech", post(speech::speech))
         .route("/v1/realtime", get(realtime::upgrade))
         .route("/v1/realtime/client_secrets", post(secrets::mint))
+        .route("/v1/realtime/calls", post(calls::create))
+        .route(
+            "/v1/realtime/calls/{id}",
+            axum::routing::delete(calls::hangup),
+        )
+        .route("/v1/realtime/calls/{id}/hangup", post(calls::hangup))
         .route("/demo/client_secret", post(secrets::mint_for_demo))
         .route(
             "/v1/realtime/client_secrets/{value}",

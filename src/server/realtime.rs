@@ -45,26 +45,57 @@ pub async fn upgrade(
             format!("this endpoint speaks WebSocket: {e}"),
         )
     })?;
-    let asr = state.asr()?;
-    // The key's own limits first, so a refused session does not use up a client secret.
+    let kind = match query.intent.as_deref() {
+        Some("transcription") => SessionKind::Transcription,
+        _ => SessionKind::Realtime,
+    };
+    let shared = match prepare(
+        &state,
+        caller.map(|axum::Extension(c)| c),
+        secret.map(|axum::Extension(s)| s),
+    ) {
+        Ok(shared) => shared,
+        Err(refusal) => return Ok(*refusal),
+    };
+    Ok(ws
+        .protocols(["realtime"])
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| realtime::run(socket, shared, kind)))
+}
+
+/// Everything a new session needs, checked in order: the recogniser is ready, the caller's key
+/// is under its quota (before a client secret is used up), the client secret (if any) is
+/// redeemed, and the server has room. Shared by the WebSocket and WebRTC transports; the error
+/// is the HTTP answer.
+pub fn prepare(
+    state: &Arc<AppState>,
+    caller: Option<crate::tools::Caller>,
+    secret: Option<super::secrets::Presented>,
+) -> Result<Shared, Box<Response>> {
+    use axum::response::IntoResponse;
+    let asr = state.asr().map_err(|e| Box::new(e.into_response()))?;
     let key_id = caller
         .as_ref()
         .map_or_else(|| "anonymous".to_string(), |c| c.key_id.clone());
-    let key_session = match state.quotas().open_session(&key_id) {
-        Ok(s) => s,
-        Err(e) => return Ok(super::quotas::refused(&e, &key_id)),
-    };
+    let key_session = state
+        .quotas()
+        .open_session(&key_id)
+        .map_err(|e| Box::new(super::quotas::refused(&e, &key_id)))?;
     // A client secret opens as many sessions as it allows: taken now, in one step.
     let bound = match secret {
-        Some(axum::Extension(super::secrets::Presented(value))) => Some(
+        Some(super::secrets::Presented(value)) => Some(
             state
                 .client_secrets()
                 .redeem(&value)
                 .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid_client_secret",
-                        e.to_string(),
+                    Box::new(
+                        ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid_client_secret",
+                            e.to_string(),
+                        )
+                        .into_response(),
                     )
                 })?
                 .session,
@@ -72,25 +103,23 @@ pub async fn upgrade(
         None => None,
     };
     let Some(slot) = state.reserve_session() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sessions",
-            format!(
-                "the server is at its limit of {} sessions",
-                state.max_sessions
-            ),
+        return Err(Box::new(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_sessions",
+                format!(
+                    "the server is at its limit of {} sessions",
+                    state.max_sessions
+                ),
+            )
+            .into_response(),
         ));
-    };
-    let kind = match query.intent.as_deref() {
-        Some("transcription") => SessionKind::Transcription,
-        _ => SessionKind::Realtime,
     };
     crate::metrics::global().sessions.inc();
     let mut shared = Shared::new(asr, state.limits.clone(), slot, state.shutdown_signal());
     (shared.turn_models, shared.default_vad) = state.turn_models();
     shared.bound = bound;
     shared.key_session = Some(key_session);
-    let caller = caller.map(|axum::Extension(c)| c);
     let with_caller = move |mut a: crate::realtime::Answering| {
         if let Some(c) = &caller {
             a.caller = c.clone();
@@ -101,9 +130,5 @@ pub async fn upgrade(
     // A session opened while the LLM still loads answers once it has.
     let later = state.clone();
     shared.answering_later = Some(Arc::new(move || later.answering().map(&with_caller)));
-    Ok(ws
-        .protocols(["realtime"])
-        .max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| realtime::run(socket, shared, kind)))
+    Ok(shared)
 }

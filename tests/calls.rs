@@ -1,0 +1,191 @@
+//! `/v1/realtime/calls` as a hostile or careless client uses it: every mistake gets a typed
+//! error, offers beyond the session cap are refused and their places come back when calls end,
+//! and garbage on a call's UDP port stops nothing. (A whole call, from aiortc, is in
+//! tests/clients.rs.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use str0m::media::{Direction, MediaKind};
+use voxd::server::ServerSettings;
+
+const KEY: &str = "calls-key-0123456789abcdef";
+
+/// An SDP offer as a browser makes one: an audio track and the `oai-events` channel.
+fn offer(audio: bool) -> String {
+    let mut rtc = str0m::Rtc::new(Instant::now());
+    let mut change = rtc.sdp_api();
+    if audio {
+        change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    }
+    change.add_channel("oai-events".into());
+    let (offer, _pending) = change.apply().unwrap();
+    offer.to_sdp_string()
+}
+
+async fn server(max_sessions: usize) -> String {
+    let settings = ServerSettings {
+        api_key: Some(KEY.into()),
+        max_sessions,
+        ..Default::default()
+    };
+    common::start_full(settings, None, None).await.1
+}
+
+async fn post(base: &str, key: Option<&str>, kind: &str, body: Vec<u8>) -> (u16, Value, String) {
+    let mut r = reqwest::Client::new()
+        .post(format!("{base}/v1/realtime/calls"))
+        .header("content-type", kind)
+        .body(body);
+    if let Some(k) = key {
+        r = r.header("authorization", format!("Bearer {k}"));
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body, location)
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+async fn hang_up(base: &str, location: &str) -> u16 {
+    reqwest::Client::new()
+        .delete(format!("{base}{location}"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn every_bad_offer_gets_a_typed_error() {
+    let base = server(8).await;
+    let sdp = "application/sdp";
+    let (status, body, _) = post(&base, None, sdp, offer(true).into_bytes()).await;
+    assert_eq!((status, code(&body)), (401, "invalid_api_key"));
+    let (status, body, _) = post(&base, Some(KEY), sdp, b"v=0\r\nnonsense".to_vec()).await;
+    assert_eq!((status, code(&body)), (400, "invalid_sdp"), "{body}");
+    let (status, body, _) = post(&base, Some(KEY), sdp, offer(false).into_bytes()).await;
+    assert_eq!((status, code(&body)), (400, "invalid_sdp"), "{body}");
+    let huge = format!("{}a=x-padding:{}\r\n", offer(true), "x".repeat(100_000));
+    let (status, body, _) = post(&base, Some(KEY), sdp, huge.into_bytes()).await;
+    assert_eq!((status, code(&body)), (413, "payload_too_large"), "{body}");
+    let (status, body, _) = post(&base, Some(KEY), "application/json", b"{}".to_vec()).await;
+    assert_eq!((status, code(&body)), (415, "unsupported_media_type"));
+    let (status, body, _) = post(&base, Some(KEY), sdp, vec![0xff, 0xfe, 0]).await;
+    assert_eq!((status, code(&body)), (400, "invalid_sdp"));
+    // The multipart form: `sdp` is required, `session` must be JSON.
+    let form = |parts: &[(&str, &str)]| {
+        let mut body = String::new();
+        for (name, value) in parts {
+            body.push_str(&format!(
+                "--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            ));
+        }
+        body.push_str("--XyZ--\r\n");
+        body.into_bytes()
+    };
+    let multipart = "multipart/form-data; boundary=XyZ";
+    let (status, body, _) = post(&base, Some(KEY), multipart, form(&[("session", "{}")])).await;
+    assert_eq!((status, code(&body)), (400, "missing_required_parameter"));
+    let bad_session = form(&[("sdp", &offer(true)), ("session", "{not json")]);
+    let (status, body, _) = post(&base, Some(KEY), multipart, bad_session).await;
+    assert_eq!((status, code(&body)), (400, "invalid_json"));
+    let good = form(&[
+        ("sdp", &offer(true)),
+        ("session", r#"{"instructions": "Be brief."}"#),
+    ]);
+    let (status, answer, location) = post(&base, Some(KEY), multipart, good).await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(answer.as_str().unwrap().starts_with("v=0"), "{answer}");
+    assert_eq!(hang_up(&base, &location).await, 200);
+    assert_eq!(hang_up(&base, &location).await, 404);
+}
+
+#[tokio::test]
+async fn offers_beyond_the_cap_are_refused_and_places_come_back() {
+    let base = server(3).await;
+    let mut calls = Vec::new();
+    let mut refused = 0;
+    for _ in 0..12 {
+        let (status, body, location) = post(
+            &base,
+            Some(KEY),
+            "application/sdp",
+            offer(true).into_bytes(),
+        )
+        .await;
+        match status {
+            201 => calls.push(location),
+            503 => {
+                assert_eq!(code(&body), "too_many_sessions");
+                refused += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!((calls.len(), refused), (3, 9));
+    for location in &calls {
+        assert_eq!(hang_up(&base, location).await, 200);
+    }
+    // Hung up, the calls' sessions end and give their places back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, location) = post(
+            &base,
+            Some(KEY),
+            "application/sdp",
+            offer(true).into_bytes(),
+        )
+        .await;
+        if status == 201 {
+            hang_up(&base, &location).await;
+            break;
+        }
+        assert!(Instant::now() < deadline, "no place came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn garbage_on_a_calls_port_stops_nothing() {
+    let base = server(4).await;
+    let (status, answer, location) = post(
+        &base,
+        Some(KEY),
+        "application/sdp",
+        offer(true).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    // The port from the answer's host candidate.
+    let sdp = answer.as_str().unwrap().to_string();
+    let candidate = sdp
+        .lines()
+        .find(|l| l.starts_with("a=candidate"))
+        .unwrap_or_else(|| panic!("no candidate in {sdp}"));
+    let fields: Vec<&str> = candidate.split_whitespace().collect();
+    let port: u16 = fields[5].parse().unwrap();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // DTLS-looking records, RTP-looking packets and noise, 20,000 of them as fast as they go.
+    for i in 0..20_000u32 {
+        let mut packet = vec![(i % 256) as u8; 16 + (i % 1200) as usize];
+        packet[0] = [22u8, 0x80, 0x00, 0xff][(i % 4) as usize];
+        let _ = socket.send_to(&packet, ("127.0.0.1", port)).await;
+    }
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(hang_up(&base, &location).await, 200);
+}
