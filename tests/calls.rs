@@ -189,3 +189,47 @@ async fn garbage_on_a_calls_port_stops_nothing() {
     assert_eq!(health.status().as_u16(), 200);
     assert_eq!(hang_up(&base, &location).await, 200);
 }
+
+/// A sideband WebSocket (`/v1/realtime?call_id=…`) joins a call's session: it sees the session's
+/// events and its client events act on it; only the key that placed the call (or an admin) may
+/// join, and an unknown call is 404.
+#[tokio::test]
+async fn a_sideband_websocket_joins_the_calls_session() {
+    use voxd::client::{self, ClientError};
+    use voxd::protocol::ServerEvent;
+    let base = server(4).await;
+    let (status, _, location) = post(
+        &base,
+        Some(KEY),
+        "application/sdp",
+        offer(true).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = location.rsplit('/').next().unwrap().to_string();
+    let ws = base.replace("http://", "ws://");
+    let (mut tx, mut rx) = client::connect(&format!("{ws}/v1/realtime?call_id={id}"), Some(KEY))
+        .await
+        .unwrap();
+    tx.update_session(serde_json::json!({"instructions": "Speak like a harbour pilot."}))
+        .await
+        .unwrap();
+    let (events, _) =
+        common::read_until(&mut rx, |e| e.iter().any(|e| e.kind() == "session.updated")).await;
+    let updated = events
+        .iter()
+        .find_map(|e| match e {
+            ServerEvent::SessionUpdated { session } => Some(session.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(updated["instructions"], "Speak like a harbour pilot.");
+    match client::connect(&format!("{ws}/v1/realtime?call_id=rtc_nope"), Some(KEY)).await {
+        Err(ClientError::Refused { status, .. }) => assert_eq!(status, 404),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // Hung up, the sideband closes with the call.
+    assert_eq!(hang_up(&base, &location).await, 200);
+    let (_, closed) = common::read_until(&mut rx, |_| false).await;
+    assert!(closed.is_some());
+}

@@ -234,6 +234,27 @@ fn web_demo_with_a_client_secret_in_headless_chromium() {
     assert!(node_passed(&out) >= 2, "{out}");
 }
 
+/// The demo over WebRTC in Chromium: the browser's own WebRTC stack calls voxd, the fake
+/// microphone's question is answered, and the answer's audio arrives on the call's track.
+#[test]
+fn web_demo_over_webrtc_in_headless_chromium() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let question = "What time do you open on Sunday?";
+    let dir = tempfile::tempdir().unwrap();
+    let speech = common::speak(dir.path(), question, 16_000);
+    let pad = |seconds: f32| vec![0.0; (seconds * 16_000.0) as usize];
+    let wav = artifacts().join("question-for-webrtc.wav");
+    write_wav(&wav, &[pad(1.0), speech, pad(6.0)].concat(), 16_000);
+    let server = Server::start();
+    let out = server.run("node --test demo-webrtc.test.mjs", {
+        let mut c = node("demo-webrtc.test.mjs");
+        c.env("VOXD_FAKE_AUDIO", &wav)
+            .env("VOXD_QUESTION_TEXT", question);
+        c
+    });
+    assert!(node_passed(&out) >= 1, "{out}");
+}
+
 #[test]
 fn official_openai_node_sdk() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

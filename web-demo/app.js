@@ -2,7 +2,7 @@
 // live transcript, streamed answer with sources, the server's spoken answer (Web Audio, stopped
 // at once when you talk over it), and the server's own latency figures per turn. Also a small
 // knowledge-base manager over the REST API.
-import { AudioPlayer, connect } from "/sdk/voxd.js";
+import { AudioPlayer, connect, connectWebRTC } from "/sdk/voxd.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -21,12 +21,13 @@ const ui = {
 
 // ---- settings (kept in localStorage) ----
 const SETTINGS_KEY = "voxd-demo-settings";
-const defaults = { silence: 500, partials: 500, instructions: "", apiKey: "", speak: true };
+const defaults = { silence: 500, partials: 500, instructions: "", apiKey: "", speak: true, transport: "webrtc" };
 const settings = { ...defaults, ...JSON.parse(localStorage.getItem(SETTINGS_KEY) ?? "{}") };
 $("silence").value = settings.silence;
 $("partials").value = settings.partials;
 $("instructions").value = settings.instructions;
 $("api-key").value = settings.apiKey;
+$("transport").value = settings.transport;
 ui.speak.checked = settings.speak;
 
 function sessionConfig() {
@@ -56,6 +57,7 @@ $("settings-form").addEventListener("submit", async (e) => {
     partials: Number($("partials").value),
     instructions: $("instructions").value,
     apiKey: $("api-key").value.trim(),
+    transport: $("transport").value,
   });
   localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings));
   if (session?.state === "open") {
@@ -144,13 +146,42 @@ async function sessionKey() {
   return value;
 }
 
-async function openSession() {
+// WebRTC unless it is off in Settings, the browser has none, or a call failed on this page
+// (UDP blocked on the way: then the WebSocket, which needs nothing but this page's connection).
+let webrtcFailed = false;
+const webrtc = () => settings.transport === "webrtc" && "RTCPeerConnection" in window && !webrtcFailed;
+
+async function openSession(microphone) {
   setConnection("connecting", "Connecting…");
-  session = await connect(wsUrl(), { apiKey: await sessionKey(), session: sessionConfig() });
-  setConnection("open", "Connected");
-  // Spoken answers play as they arrive; talking over one stops it and tells the server what
-  // was heard (conversation.item.truncate).
-  session.attachPlayer(ensurePlayer());
+  session = null;
+  if (webrtc()) {
+    // The microphone goes out on the call's track, the answers come back on one and the
+    // browser plays them; the server stops them when you talk over them.
+    try {
+      session = await connectWebRTC(location.origin, {
+        apiKey: await sessionKey(),
+        microphone,
+        session: sessionConfig(),
+        timeoutMs: 10000,
+      });
+      const audio = $("answer-audio");
+      audio.srcObject = await session.remoteAudio;
+      audio.play().catch(() => {});
+    } catch (err) {
+      // A refused key or a full server is not WebRTC's fault: say so, do not fall back.
+      if (err.code !== "connect_failed" && err.code !== "webrtc_unavailable") throw err;
+      webrtcFailed = true;
+      notice(`WebRTC did not connect (${err.message}); using the WebSocket.`);
+    }
+  }
+  if (!session) {
+    session = await connect(wsUrl(), { apiKey: await sessionKey(), session: sessionConfig() });
+    // Spoken answers play as they arrive; talking over one stops it and tells the server what
+    // was heard (conversation.item.truncate).
+    session.attachPlayer(ensurePlayer());
+  }
+  window.voxdSession = session;
+  setConnection("open", webrtc() ? "Connected (WebRTC)" : "Connected");
   session.on("input_audio_buffer.speech_started", (e) => {
     // Barge-in: the server cancels the answer in progress; the fallback voice stops too.
     if ("speechSynthesis" in window) speechSynthesis.cancel();
@@ -227,8 +258,13 @@ async function openSession() {
     answers.delete(e.response.id);
   });
   session.on("error", (e) => notice(`${e.error.message} (${e.error.code ?? e.error.type})`));
+  const mine = session;
   session.on("voxd.closed", (e) => {
-    setConnection(e.code === 1000 ? "idle" : "error", e.code === 1000 ? "Not connected" : `Closed (${e.code}${e.reason ? `: ${e.reason}` : ""})`);
+    // A session replaced by a new call closes later: it must not close the new one's state.
+    if (session !== mine) return;
+    // A data channel closes without a code: normal.
+    const normal = e.code === 1000 || e.code === undefined;
+    setConnection(normal ? "idle" : "error", normal ? "Not connected" : `Closed (${e.code}${e.reason ? `: ${e.reason}` : ""})`);
     stopMic();
     session = null;
   });
@@ -303,7 +339,8 @@ function speakSentences(answer, final) {
 
 function stopSpeaking() {
   if ("speechSynthesis" in window) speechSynthesis.cancel();
-  if (player && session?.state === "open") session.interrupt(player);
+  if (session?.stopAudio && session.state === "open") session.stopAudio();
+  else if (player && session?.state === "open") session.interrupt(player);
   else player?.stop();
 }
 
@@ -335,7 +372,7 @@ async function startMic() {
 function stopMic() {
   if (mic) {
     mic.stream.getTracks().forEach((t) => t.stop());
-    mic.ctx.close();
+    mic.ctx?.close();
     mic = null;
   }
   ui.level.value = 0;
@@ -353,8 +390,23 @@ ui.start.addEventListener("click", async () => {
   ui.start.disabled = true;
   ensurePlayer();
   try {
-    if (!session) await openSession();
-    await startMic();
+    if (webrtc()) {
+      // The track is part of the call: the microphone first, then the call.
+      if (session) session.close();
+      const stream = await navigator.mediaDevices.getUserMedia({
+        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      });
+      mic = { stream, ctx: null };
+      await openSession(stream);
+      if (!session.peer) {
+        // Fell back to the WebSocket: the microphone goes through the worklet instead.
+        stopMic();
+        await startMic();
+      }
+    } else {
+      if (!session) await openSession();
+      await startMic();
+    }
     ui.start.textContent = "Stop";
     ui.start.setAttribute("aria-pressed", "true");
   } catch (err) {

@@ -107,8 +107,14 @@ impl Bridge {
             }
             Some("session.update") => {
                 // The audio track fixes the formats.
+                // (`get_mut`: indexing a missing key would insert a null.)
                 for side in ["input", "output"] {
-                    if let Some(audio) = event["session"]["audio"][side].as_object_mut() {
+                    if let Some(audio) = event
+                        .get_mut("session")
+                        .and_then(|s| s.get_mut("audio"))
+                        .and_then(|a| a.get_mut(side))
+                        .and_then(Value::as_object_mut)
+                    {
                         audio.remove("format");
                     }
                 }

@@ -91,10 +91,12 @@ pub async fn answer(offer: &str, media: MediaAddress) -> Result<Answered, CallEr
     })
 }
 
-/// The two ends of the session a call runs: messages for it, messages from it.
+/// The two ends of the session a call runs: messages for it, messages from it; and where every
+/// event sent to the peer is copied for sideband listeners.
 pub struct SessionPipes {
     pub to_session: mpsc::Sender<Message>,
     pub from_session: mpsc::Receiver<Message>,
+    pub events: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Runs a call until the peer leaves, the session ends or `hangup` fires.
@@ -149,7 +151,7 @@ pub async fn run(call: Answered, pipes: SessionPipes, hangup: oneshot::Receiver<
                 Some(Message::Close(_)) | None => break,
                 Some(m) => {
                     let (out, back) = bridge.session_message(m);
-                    driver.to_peer.extend(out);
+                    driver.queue(out);
                     if let Some(back) = back {
                         let _ = driver.pipes.to_session.try_send(back);
                     }
@@ -157,7 +159,7 @@ pub async fn run(call: Answered, pipes: SessionPipes, hangup: oneshot::Receiver<
             },
             _ = frames.tick() => {
                 let out = bridge.next_frame();
-                driver.to_peer.extend(out);
+                driver.queue(out);
             }
             _ = &mut hangup => break,
         }
@@ -223,7 +225,7 @@ impl Driver {
             Event::ChannelData(d) if Some(d.id) == self.channel && !d.binary => {
                 let text = String::from_utf8_lossy(&d.data);
                 let (to_session, to_peer) = bridge.peer_event(&text);
-                self.to_peer.extend(to_peer);
+                self.queue(to_peer);
                 if let Some(m) = to_session {
                     if self.pipes.to_session.try_send(m).is_err() {
                         tracing::warn!("the session is not keeping up; a client event was dropped");
@@ -244,6 +246,16 @@ impl Driver {
             _ => {}
         }
         true
+    }
+
+    /// Queues what goes to the peer; its events are copied to the sideband listeners.
+    fn queue(&mut self, out: Vec<ToPeer>) {
+        for item in &out {
+            if let ToPeer::Event(text) = item {
+                let _ = self.pipes.events.send(text.clone());
+            }
+        }
+        self.to_peer.extend(out);
     }
 
     /// Writes queued events to the channel (while it has room) and audio to the track.

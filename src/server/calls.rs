@@ -16,7 +16,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
 use super::error::ApiError;
@@ -27,20 +27,53 @@ use crate::rtc::{self, MediaAddress, SessionPipes};
 /// Messages queued between a call and its session, each way.
 const PIPE: usize = 256;
 
-/// The live calls, by id: how to hang each up.
+/// A live call: how to hang it up, and how a sideband WebSocket joins its session.
+struct Call {
+    hangup: oneshot::Sender<()>,
+    /// Client events into the session.
+    to_session: mpsc::Sender<Message>,
+    /// Every event the session sends to the peer, for sideband listeners.
+    events: broadcast::Sender<String>,
+    /// The key id that placed the call (a client secret's minter).
+    owner: String,
+}
+
+/// What a sideband WebSocket gets to join a call.
+pub struct Joined {
+    pub to_session: mpsc::Sender<Message>,
+    pub events: broadcast::Receiver<String>,
+}
+
+/// The live calls, by id.
 #[derive(Default)]
-pub struct Calls(Mutex<HashMap<String, oneshot::Sender<()>>>);
+pub struct Calls(Mutex<HashMap<String, Call>>);
 
 impl Calls {
-    fn add(&self, id: &str, hangup: oneshot::Sender<()>) {
+    fn add(&self, id: &str, call: Call) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), hangup);
+            .insert(id.to_string(), call);
     }
 
     fn take(&self, id: &str) -> Option<oneshot::Sender<()>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
+        let call = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)?;
+        Some(call.hangup)
+    }
+
+    /// Joins call `id` for `caller` (the key that placed it, or an admin).
+    pub fn join(&self, id: &str, caller: &crate::tools::Caller) -> Option<Joined> {
+        let calls = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let call = calls.get(id)?;
+        let own = caller.admin || super::quotas::account(&caller.key_id) == call.owner;
+        own.then(|| Joined {
+            to_session: call.to_session.clone(),
+            events: call.events.subscribe(),
+        })
     }
 
     /// Calls running now.
@@ -155,11 +188,12 @@ pub async fn create(
                 e.to_string(),
             ),
         })?;
-    let shared = match super::realtime::prepare(
-        &state,
-        caller.map(|Extension(c)| c),
-        secret.map(|Extension(s)| s),
-    ) {
+    let caller = caller.map(|Extension(c)| c);
+    let owner = caller.as_ref().map_or_else(
+        || "anonymous".to_string(),
+        |c| super::quotas::account(&c.key_id).to_string(),
+    );
+    let shared = match super::realtime::prepare(&state, caller, secret.map(|Extension(s)| s)) {
         Ok(shared) => shared,
         Err(refusal) => return Ok(*refusal),
     };
@@ -188,7 +222,16 @@ pub async fn create(
             .instrument(span.clone()),
     );
     let (hangup, hung_up) = oneshot::channel();
-    state.calls.add(&id, hangup);
+    let (events, _) = broadcast::channel(PIPE);
+    state.calls.add(
+        &id,
+        Call {
+            hangup,
+            to_session: to_session.clone(),
+            events: events.clone(),
+            owner,
+        },
+    );
     let calls = state.clone();
     let call_id = id.clone();
     tokio::spawn(
@@ -199,6 +242,7 @@ pub async fn create(
                 SessionPipes {
                     to_session,
                     from_session,
+                    events,
                 },
                 hung_up,
             )
@@ -216,6 +260,39 @@ pub async fn create(
         answer,
     )
         .into_response())
+}
+
+/// A sideband WebSocket on call `joined` (`/v1/realtime?call_id=…`): a server beside the
+/// browser sees every event of the call's session and can send it client events (tool results,
+/// `session.update`), as the OpenAI Realtime API allows. Ends with the call.
+pub async fn sideband(socket: axum::extract::ws::WebSocket, mut joined: Joined) {
+    use futures::{SinkExt, StreamExt};
+    let (mut tx, mut rx) = socket.split();
+    loop {
+        tokio::select! {
+            m = rx.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    if joined.to_session.send(Message::Text(t)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            e = joined.events.recv() => match e {
+                Ok(text) => {
+                    if tx.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "a sideband listener fell behind; events dropped");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        }
+    }
+    let _ = tx.close().await;
 }
 
 /// `DELETE /v1/realtime/calls/{id}` and `POST /v1/realtime/calls/{id}/hangup`.

@@ -29,6 +29,8 @@ pub struct RealtimeQuery {
     model: Option<String>,
     /// `transcription` starts a transcription session (the beta API's `?intent=transcription`).
     intent: Option<String>,
+    /// Joins a WebRTC call's session as a sideband (a server beside the browser).
+    call_id: Option<String>,
 }
 
 pub async fn upgrade(
@@ -45,6 +47,29 @@ pub async fn upgrade(
             format!("this endpoint speaks WebSocket: {e}"),
         )
     })?;
+    if let Some(id) = &query.call_id {
+        let caller = caller
+            .map(|axum::Extension(c)| c)
+            .unwrap_or_else(crate::tools::Caller::anonymous);
+        if secret.is_some() {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "a sideband joins a call with an API key, not a client secret",
+            ));
+        }
+        let joined = state.calls.join(id, &caller).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "call_not_found",
+                "no call of yours with that id is running",
+            )
+        })?;
+        return Ok(ws
+            .protocols(["realtime"])
+            .max_message_size(MAX_MESSAGE_BYTES)
+            .on_upgrade(move |socket| super::calls::sideband(socket, joined)));
+    }
     let kind = match query.intent.as_deref() {
         Some("transcription") => SessionKind::Transcription,
         _ => SessionKind::Realtime,

@@ -245,3 +245,25 @@ export class VoxdSession implements AsyncIterable<ServerEvent> {
 }
 
 export function connect(url: string, options?: ConnectOptions): Promise<VoxdSession>;
+
+export interface WebRTCOptions {
+  /** An API key or a client secret (`ek_…`). */
+  apiKey?: string;
+  /** The microphone; without one the call only listens (typed questions are answered aloud). */
+  microphone?: MediaStream;
+  /** A `session.update` body applied before the promise resolves. */
+  session?: Record<string, any>;
+  RTCPeerConnection?: new (config?: RTCConfiguration) => RTCPeerConnection;
+  timeoutMs?: number;
+}
+
+export interface WebRTCSession extends VoxdSession {
+  readonly peer: RTCPeerConnection;
+  /** The spoken answers, for an <audio> element. */
+  readonly remoteAudio: Promise<MediaStream>;
+  /** Stops the answer playing now (`output_audio_buffer.clear`). */
+  stopAudio(): string;
+}
+
+/** A session over WebRTC (`POST /v1/realtime/calls`); `close()` hangs up. */
+export function connectWebRTC(baseUrl: string, options?: WebRTCOptions): Promise<WebRTCSession>;

@@ -11,6 +11,12 @@
 //   session.sendAudio(float32Samples, 48000); // resampled to the session's rate
 //   for await (const event of session) { ... } // or iterate every event
 //
+// In a browser, a session can also run over WebRTC (the OpenAI Realtime API's browser path):
+//
+//   const mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+//   const session = await connectWebRTC("https://voxd.example", { apiKey, microphone: mic });
+//   audioElement.srcObject = await session.remoteAudio; // the spoken answers, played by the browser
+//
 // Types: voxd.d.ts beside this file.
 
 const DEFAULT_INPUT_RATE = 16000;
@@ -540,5 +546,84 @@ export async function connect(url, options = {}) {
     ...requested,
     audio: { ...audio, input: { format: { type: "audio/pcm", rate }, ...input } },
   });
+  return session;
+}
+
+/** Resolves once `pc` has gathered its ICE candidates (voxd takes them in the offer), or after
+ * `timeoutMs`. */
+function iceGathered(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", () => {
+      if (pc.iceGatheringState === "complete") {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+}
+
+/**
+ * Opens a realtime session over WebRTC, as the OpenAI Realtime API's browser clients do: the
+ * microphone goes out on an audio track, the answers come back on one (`session.remoteAudio`
+ * resolves with their MediaStream, to play in an <audio> element), and the events travel on the
+ * `oai-events` data channel with the same API as `connect`. The server owns playback: talking
+ * over an answer stops it there, and `session.stopAudio()` stops it by hand. `close()` hangs up.
+ *
+ * Options: `apiKey` (or a client secret), `microphone` (a MediaStream; without one the call only
+ * listens and typed questions are answered aloud), `session` (a `session.update` body),
+ * `RTCPeerConnection` (a constructor, outside browsers), `timeoutMs`.
+ */
+export async function connectWebRTC(baseUrl, options = {}) {
+  const PC = options.RTCPeerConnection ?? globalThis.RTCPeerConnection;
+  if (!PC) throw new VoxdError("no_webrtc", "this environment has no RTCPeerConnection: use connect()");
+  const base = baseUrl.replace(/\/+$/, "");
+  const pc = new PC();
+  const mic = options.microphone;
+  for (const track of mic?.getAudioTracks() ?? []) pc.addTrack(track, mic);
+  if (!mic) pc.addTransceiver("audio", { direction: "recvonly" });
+  const channel = pc.createDataChannel("oai-events");
+  const remoteAudio = new Promise((resolve) => {
+    pc.addEventListener("track", (e) => resolve(e.streams[0] ?? new MediaStream([e.track])));
+  });
+  await pc.setLocalDescription(await pc.createOffer());
+  await iceGathered(pc, 2000);
+  const auth = options.apiKey ? { Authorization: `Bearer ${options.apiKey}` } : {};
+  let resp;
+  try {
+    resp = await fetch(`${base}/v1/realtime/calls`, {
+      method: "POST",
+      headers: { ...auth, "Content-Type": "application/sdp" },
+      body: pc.localDescription.sdp,
+    });
+  } catch (err) {
+    pc.close();
+    throw new VoxdError("connect_failed", `could not reach ${base}: ${err.message}`);
+  }
+  if (resp.status !== 201) {
+    pc.close();
+    const body = await resp.json().catch(() => ({}));
+    throw new VoxdError(body.error?.code ?? "connect_failed", body.error?.message ?? `HTTP ${resp.status}`);
+  }
+  const location = resp.headers.get("Location");
+  await pc.setRemoteDescription({ type: "answer", sdp: await resp.text() });
+  const session = new VoxdSession(channel, options);
+  session.peer = pc;
+  session.remoteAudio = remoteAudio;
+  session.stopAudio = () => session.send({ type: "output_audio_buffer.clear" });
+  const closeChannel = session.close.bind(session);
+  session.close = () => {
+    closeChannel();
+    pc.close();
+    if (location) fetch(new URL(location, `${base}/`).href, { method: "DELETE", headers: auth }).catch(() => {});
+  };
+  try {
+    await session.waitFor("session.created", { timeoutMs: options.timeoutMs ?? 30000 });
+    if (options.session) await session.updateSession(options.session);
+  } catch (err) {
+    session.close();
+    throw new VoxdError("connect_failed", `the WebRTC call opened no session: ${err.message}`);
+  }
   return session;
 }

@@ -194,6 +194,7 @@ fn segments_of(state: &WhisperState, audio: Duration) -> Result<(String, Vec<Seg
         let t = seg
             .to_str_lossy()
             .map_err(|e| AsrError::Engine(e.to_string()))?;
+        let t = collapse_loops(&t);
         if segments
             .last()
             .is_some_and(|prev: &Segment| is_repeat(&prev.text, &t))
@@ -222,9 +223,83 @@ pub(super) fn is_repeat(previous: &str, next: &str) -> bool {
     next.len() >= 2 && crate::wer::normalize(previous) == next
 }
 
+/// `text` with a run of words repeated over and over kept once: tiny.en sometimes loops within a
+/// segment on a short turn ("ask not" heard as `"S NOT" "S NOT" "S NOT" …`, seen in the demo's
+/// browser test; "Besses from Paul on it. Besses from Paul on it. …"). A phrase of two to six
+/// words said three times running, or one word four times, is taken for a loop; people rarely
+/// say either.
+pub(super) fn collapse_loops(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.len() < 4 {
+        return text.to_string();
+    }
+    let key: Vec<String> = words
+        .iter()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric())
+                .flat_map(char::to_lowercase)
+                .collect()
+        })
+        .collect();
+    let mut out: Vec<&str> = Vec::with_capacity(words.len());
+    let mut i = 0;
+    'next: while i < words.len() {
+        for n in 1..=6 {
+            let times = if n == 1 { 4 } else { 3 };
+            if key[i..].len() < n * times || key[i..i + n].iter().all(String::is_empty) {
+                continue;
+            }
+            let mut count = 1;
+            while key.len() >= i + (count + 1) * n
+                && key[i + count * n..i + (count + 1) * n] == key[i..i + n]
+            {
+                count += 1;
+            }
+            if count >= times {
+                out.extend(&words[i..i + n]);
+                i += count * n;
+                continue 'next;
+            }
+        }
+        out.push(words[i]);
+        i += 1;
+    }
+    let collapsed = out.join(" ");
+    if collapsed.len() == text.trim().len() {
+        return text.to_string();
+    }
+    // Keep the segment's leading space, as whisper writes it.
+    let lead = if text.starts_with(' ') { " " } else { "" };
+    format!("{lead}{collapsed}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_phrase_looped_within_a_segment_is_kept_once() {
+        assert_eq!(
+            collapse_loops(r#" "S NOT" "S NOT" "S NOT" "S NOT" "S What your country"#),
+            r#" "S NOT" "S What your country"#
+        );
+        assert_eq!(
+            collapse_loops(
+                "Besses from Paul on it. Besses from Paul on it. Besses from Paul on it."
+            ),
+            "Besses from Paul on it."
+        );
+        // Speech is left alone: a word said twice or three times, a phrase said twice.
+        for said in [
+            " No, no, no, not that one.",
+            " Very very good.",
+            " Ask not what your country can do for you, ask what you can do for your country.",
+            " I said it, I said it.",
+        ] {
+            assert_eq!(collapse_loops(said), said);
+        }
+    }
 
     #[test]
     fn repeated_segments_are_recognised() {
