@@ -233,3 +233,68 @@ async fn a_sideband_websocket_joins_the_calls_session() {
     let (_, closed) = common::read_until(&mut rx, |_| false).await;
     assert!(closed.is_some());
 }
+
+/// A page on another origin that the operator listed (`--allowed-origins`) may place a call: its
+/// preflight is answered and the answer's `Location` is exposed; any other origin is refused, and
+/// other routes get no CORS at all.
+#[tokio::test]
+async fn a_listed_origin_may_place_a_call_from_its_page() {
+    let settings = ServerSettings {
+        api_key: Some(KEY.into()),
+        allowed_origins: vec!["https://app.example".into()],
+        ..Default::default()
+    };
+    let base = common::start_full(settings, None, None).await.1;
+    let http = reqwest::Client::new();
+    let preflight = |origin: &'static str, path: &'static str| {
+        http.request(reqwest::Method::OPTIONS, format!("{base}{path}"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let ok = preflight("https://app.example", "/v1/realtime/calls")
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 204);
+    let h = ok.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert!(h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    assert!(h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("content-type"));
+    let evil = preflight("https://evil.example", "/v1/realtime/calls")
+        .await
+        .unwrap();
+    assert_eq!(evil.status().as_u16(), 403);
+    // Only the WebRTC routes: the rest of the API answers no preflight.
+    let other = preflight("https://app.example", "/v1/kb/search")
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let r = http
+        .post(format!("{base}/v1/realtime/calls"))
+        .header("origin", "https://app.example")
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/sdp")
+        .body(offer(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(r.headers()["access-control-expose-headers"], "Location");
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(hang_up(&base, &location).await, 200);
+}

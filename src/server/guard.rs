@@ -227,6 +227,10 @@ fn takes_json_or_form(method: &Method, path: &str) -> bool {
 
 /// The middleware: Host, Origin, API key, content type.
 pub async fn check(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    if let Some(answer) = super::cors::preflight(&state.access, &req) {
+        return answer;
+    }
+    let cors = super::cors::headers_for(&state.access, &req);
     match verdict(&state.access, state.client_secrets(), &req) {
         Ok((caller, secret)) => {
             if !is_public(req.uri().path()) {
@@ -239,9 +243,15 @@ pub async fn check(State(state): State<Arc<AppState>>, mut req: Request, next: N
             if let Some(secret) = secret {
                 req.extensions_mut().insert(secret);
             }
-            next.run(req).await
+            let mut response = next.run(req).await;
+            super::cors::decorate(cors, &mut response);
+            response
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let mut response = e.into_response();
+            super::cors::decorate(cors, &mut response);
+            response
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod calls;
 pub mod chat;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod guard;
 pub mod kb;
