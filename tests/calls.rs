@@ -228,6 +228,20 @@ async fn a_sideband_websocket_joins_the_calls_session() {
         Err(ClientError::Refused { status, .. }) => assert_eq!(status, 404),
         other => panic!("{:?}", other.map(|_| ())),
     }
+    // At most four sidebands a call: the one above and three more; a fifth is refused.
+    let url = format!("{ws}/v1/realtime?call_id={id}");
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        more.push(client::connect(&url, Some(KEY)).await.unwrap());
+    }
+    match client::connect(&url, Some(KEY)).await {
+        Err(ClientError::Refused { status, body }) => {
+            assert_eq!(status, 429);
+            assert!(body.contains("too_many_sidebands"), "{body}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    drop(more);
     // Hung up, the sideband closes with the call.
     assert_eq!(hang_up(&base, &location).await, 200);
     let (_, closed) = common::read_until(&mut rx, |_| false).await;

@@ -26,6 +26,8 @@ use crate::rtc::{self, MediaAddress, SessionPipes};
 
 /// Messages queued between a call and its session, each way.
 const PIPE: usize = 256;
+/// Sideband WebSockets one call may have at once.
+pub const MAX_SIDEBANDS: usize = 4;
 
 /// A live call: how to hang it up, and how a sideband WebSocket joins its session.
 struct Call {
@@ -36,12 +38,32 @@ struct Call {
     events: broadcast::Sender<String>,
     /// The key id that placed the call (a client secret's minter).
     owner: String,
+    /// Sideband WebSockets joined now.
+    sidebands: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// What a sideband WebSocket gets to join a call.
+/// What a sideband WebSocket gets to join a call; its place among the call's sidebands is
+/// given back when it drops.
 pub struct Joined {
     pub to_session: mpsc::Sender<Message>,
     pub events: broadcast::Receiver<String>,
+    sidebands: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        self.sidebands
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Why a sideband could not join.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JoinError {
+    /// No such call, or not the caller's.
+    NotFound,
+    /// The call has its [`MAX_SIDEBANDS`] already.
+    Full,
 }
 
 /// The live calls, by id.
@@ -66,13 +88,22 @@ impl Calls {
     }
 
     /// Joins call `id` for `caller` (the key that placed it, or an admin).
-    pub fn join(&self, id: &str, caller: &crate::tools::Caller) -> Option<Joined> {
+    pub fn join(&self, id: &str, caller: &crate::tools::Caller) -> Result<Joined, JoinError> {
+        use std::sync::atomic::Ordering;
         let calls = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let call = calls.get(id)?;
+        let call = calls.get(id).ok_or(JoinError::NotFound)?;
         let own = caller.admin || super::quotas::account(&caller.key_id) == call.owner;
-        own.then(|| Joined {
+        if !own {
+            return Err(JoinError::NotFound);
+        }
+        if call.sidebands.fetch_add(1, Ordering::SeqCst) >= MAX_SIDEBANDS {
+            call.sidebands.fetch_sub(1, Ordering::SeqCst);
+            return Err(JoinError::Full);
+        }
+        Ok(Joined {
             to_session: call.to_session.clone(),
             events: call.events.subscribe(),
+            sidebands: call.sidebands.clone(),
         })
     }
 
@@ -230,6 +261,7 @@ pub async fn create(
             to_session: to_session.clone(),
             events: events.clone(),
             owner,
+            sidebands: Default::default(),
         },
     );
     let calls = state.clone();

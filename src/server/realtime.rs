@@ -58,12 +58,20 @@ pub async fn upgrade(
                 "a sideband joins a call with an API key, not a client secret",
             ));
         }
-        let joined = state.calls.join(id, &caller).ok_or_else(|| {
-            ApiError::new(
+        let joined = state.calls.join(id, &caller).map_err(|e| match e {
+            super::calls::JoinError::NotFound => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "call_not_found",
                 "no call of yours with that id is running",
-            )
+            ),
+            super::calls::JoinError::Full => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sidebands",
+                format!(
+                    "a call has at most {} sideband connections",
+                    super::calls::MAX_SIDEBANDS
+                ),
+            ),
         })?;
         return Ok(ws
             .protocols(["realtime"])
