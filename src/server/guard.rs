@@ -205,7 +205,7 @@ fn is_loopback(name: &str) -> bool {
 /// Routes open without the API key.
 fn is_public(path: &str) -> bool {
     matches!(path, "/" | "/healthz" | "/readyz" | "/demo/client_secret")
-        || super::asset(path).is_some()
+        || super::assets::asset(path).is_some()
 }
 
 /// Routes whose body is JSON.

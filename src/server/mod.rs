@@ -6,6 +6,7 @@
 //! (see [`kb`]). Every error is JSON (see [`error`]). With an API key set,
 //! every route but `/`, `/healthz` and `/readyz` requires it.
 
+pub mod assets;
 pub mod audit;
 pub mod calls;
 pub mod chat;
@@ -31,7 +32,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
@@ -409,8 +410,11 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_upload_bytes;
     let mut router = Router::new();
-    for (path, _, _) in WEB_ASSETS {
-        router = router.route(path, get(move || async move { asset_response(path) }));
+    for (path, _, _) in assets::WEB_ASSETS {
+        router = router.route(
+            path,
+            get(move || async move { assets::asset_response(path) }),
+        );
     }
     router
         .route("/healthz", get(healthz))
@@ -458,67 +462,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard::check))
         .with_state(state)
-}
-
-/// The browser demo and the JavaScript SDK, compiled into the binary so they work from any
-/// folder and offline: (path, content type, body).
-const WEB_ASSETS: &[(&str, &str, &str)] = &[
-    (
-        "/",
-        "text/html; charset=utf-8",
-        include_str!("../../web-demo/index.html"),
-    ),
-    (
-        "/app.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../web-demo/app.js"),
-    ),
-    (
-        "/mic-worklet.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../web-demo/mic-worklet.js"),
-    ),
-    (
-        "/style.css",
-        "text/css; charset=utf-8",
-        include_str!("../../web-demo/style.css"),
-    ),
-    (
-        "/sdk/voxd.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../web-demo/sdk/voxd.js"),
-    ),
-    (
-        "/sdk/voxd.d.ts",
-        "application/typescript; charset=utf-8",
-        include_str!("../../web-demo/sdk/voxd.d.ts"),
-    ),
-];
-
-/// The demo's Content-Security-Policy: its own scripts and styles only, no inline code, no
-/// framing; connections to its own server (the realtime socket included).
-const DEMO_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; connect-src 'self'; worker-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-fn asset(path: &str) -> Option<&'static (&'static str, &'static str, &'static str)> {
-    WEB_ASSETS.iter().find(|(p, _, _)| *p == path)
-}
-
-fn asset_response(path: &str) -> Response {
-    match asset(path) {
-        Some((_, content_type, body)) => (
-            [
-                (header::CONTENT_TYPE, *content_type),
-                (header::CACHE_CONTROL, "no-cache"),
-                (header::CONTENT_SECURITY_POLICY, DEMO_CSP),
-                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-                (header::REFERRER_POLICY, "no-referrer"),
-                (header::X_FRAME_OPTIONS, "DENY"),
-            ],
-            *body,
-        )
-            .into_response(),
-        None => not_found_path(path).into_response(),
-    }
 }
 
 /// `GET /metrics`: Prometheus text format (see [`crate::metrics`]).

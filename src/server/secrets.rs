@@ -237,9 +237,23 @@ pub async fn mint(
         err.param = e.param;
         err
     })?;
+    tracing::info!(key_id = %caller.key_id, ttl_s = ttl.as_secs(), sessions = uses, "client secret minted");
+    minted(&state, caller, session, ttl, uses, &config)
+}
+
+/// Mints the secret and answers with it: `{value, expires_at, session}` (the session as it
+/// will start).
+fn minted(
+    state: &AppState,
+    caller: Caller,
+    session: Value,
+    ttl: Duration,
+    uses: u32,
+    config: &crate::protocol::SessionConfig,
+) -> Result<Response, ApiError> {
     let (value, expires_at) = state
         .client_secrets()
-        .mint(caller.clone(), session, ttl, uses)
+        .mint(caller, session, ttl, uses)
         .map_err(|e| {
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -247,7 +261,6 @@ pub async fn mint(
                 e.to_string(),
             )
         })?;
-    tracing::info!(key_id = %caller.key_id, ttl_s = ttl.as_secs(), sessions = uses, "client secret minted");
     Ok(Json(json!({
         "value": value,
         "expires_at": expires_at,
@@ -327,22 +340,7 @@ pub async fn mint_for_demo(
         admin: false,
     };
     let config = state.new_session_config(SessionKind::Realtime);
-    let (value, expires_at) = state
-        .client_secrets()
-        .mint(caller, json!({}), DEMO_TTL, 1)
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_client_secrets",
-                e.to_string(),
-            )
-        })?;
-    Ok(Json(json!({
-        "value": value,
-        "expires_at": expires_at,
-        "session": config.to_view(),
-    }))
-    .into_response())
+    minted(&state, caller, json!({}), DEMO_TTL, 1, &config)
 }
 
 /// `DELETE /v1/realtime/client_secrets/{value}`: revokes a secret (its minter or an admin);
