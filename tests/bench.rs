@@ -1,6 +1,6 @@
 //! `voxd bench` itself: a short run (1 session, 1 turn) against a real server with the default
 //! models (the voice too) and the fixture knowledge base; its JSON, table and plot are well-formed and its
-//! latencies positive and in pipeline order. Also: the speech segments stored beside the test
+//! latencies positive and in pipeline order, over the WebSocket and over a WebRTC call. Also: the speech segments stored beside the test
 //! recordings are what the VAD finds now.
 
 mod common;
@@ -76,6 +76,20 @@ async fn a_one_turn_bench_run_is_well_formed_and_ordered() {
     let semantic: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(semantic["turn_detection"], "semantic_vad (auto), silero");
     assert_eq!(semantic["levels"][0]["completed"], 1, "{semantic}");
+    // The third run calls over WebRTC (Opus on the track, events on `oai-events`): the answer's
+    // first audio is its first packet on the call's track. (This server listens on every
+    // interface, so its media socket does too: the call connects all the same.)
+    let third = run(vec!["--transport".into(), "webrtc".into()]).await;
+    assert!(third.contains("webrtc"), "{third}");
+    let rtc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rtc["levels"][0]["transport"], "webrtc", "{rtc}");
+    assert_eq!(rtc["levels"][0]["completed"], 1, "{rtc}");
+    let t = &rtc["turns"][0];
+    let (token, audio) = (t["first_token"].as_f64(), t["first_audio"].as_f64());
+    assert!(
+        matches!((token, audio), (Some(a), Some(b)) if a > 0.0 && a <= b),
+        "{t}"
+    );
     // The first run's report, read back for the checks below.
     std::fs::copy(&old, &json).unwrap();
 

@@ -255,6 +255,60 @@ fn web_demo_over_webrtc_in_headless_chromium() {
     assert!(node_passed(&out) >= 1, "{out}");
 }
 
+/// The official Agents SDK for the browser (`@openai/agents-realtime`) in Chromium with its
+/// WebRTC transport: a page on another origin with only a client secret calls voxd, its fake
+/// microphone's question is answered aloud over the call, and `interrupt()` stops the answer.
+#[test]
+fn openai_agents_sdk_over_webrtc_in_headless_chromium() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let question = "What time do you open on Sunday?";
+    let dir = tempfile::tempdir().unwrap();
+    let speech = common::speak(dir.path(), question, 16_000);
+    let pad = |seconds: f32| vec![0.0; (seconds * 16_000.0) as usize];
+    let wav = artifacts().join("question-for-agents-sdk.wav");
+    write_wav(&wav, &[pad(2.0), speech, pad(30.0)].concat(), 16_000);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = format!("http://localhost:{port}");
+    let server = Server::start_with(&["--allowed-origins", &app]);
+    let out = server.run("node --test agents-webrtc.test.mjs", {
+        let mut c = node("agents-webrtc.test.mjs");
+        c.env("VOXD_FAKE_AUDIO", &wav)
+            .env("VOXD_QUESTION_TEXT", question)
+            .env("VOXD_APP_ORIGIN", &app);
+        c
+    });
+    assert!(node_passed(&out) >= 1, "{out}");
+    // What Chromium decoded from the call is the answer, spoken.
+    hear_answer(&out, "agents-sdk-answer.wav");
+}
+
+/// Checks a WebRTC client's report: its `answer: ` line names Sunday's opening time, and the
+/// audio it received (`wav` in the artifacts) is that answer, heard back by voxd's recogniser.
+fn hear_answer(out: &str, wav: &str) {
+    let answer = out
+        .lines()
+        .find_map(|l| l.strip_prefix("answer: "))
+        .unwrap_or_else(|| panic!("no answer in:\n{out}"));
+    assert!(answer.contains("10"), "the Sunday opening time: {answer}");
+    let audio = voxd::client::wav::read(artifacts().join(wav)).unwrap();
+    let at16 =
+        voxd::audio::resample::resample_all(&audio.samples, audio.sample_rate, 16_000).unwrap();
+    let heard = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use voxd::asr::Asr;
+        common::pool()
+            .transcribe(voxd::asr::Request::new(at16))
+            .await
+            .unwrap()
+            .text
+    });
+    let e = voxd::wer::wer(answer, &heard);
+    assert!(e <= 0.35, "WER {e:.2}: said {answer:?}, heard {heard:?}");
+}
+
 #[test]
 fn official_openai_node_sdk() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -289,7 +343,8 @@ fn official_sdks_over_tls() {
 
 /// A WebRTC call from aiortc (tests/python/aiortc_call.py): a spoken question on the microphone
 /// track, the events on `oai-events`, the spoken answer back on the audio track, heard back by
-/// voxd's recogniser; hung up, the session is gone; a peer that vanishes is let go too.
+/// voxd's recogniser; hung up, the session is gone; a call in G.711 (PCMU) works the same; a peer
+/// that vanishes is let go too.
 #[test]
 fn a_webrtc_call_from_aiortc() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -305,26 +360,19 @@ fn a_webrtc_call_from_aiortc() {
         .env("VOXD_QUESTION_TEXT", question);
     let out = server.run("the aiortc call", cmd);
     assert!(out.contains("ok: "), "{out}");
-    let answer = out
-        .lines()
-        .find_map(|l| l.strip_prefix("answer: "))
-        .unwrap_or_else(|| panic!("no answer in:\n{out}"));
-    assert!(answer.contains("10"), "the Sunday opening time: {answer}");
     // What the peer received on its audio track is the answer, spoken.
-    let audio = voxd::client::wav::read(artifacts().join("webrtc-answer.wav")).unwrap();
-    let at16 =
-        voxd::audio::resample::resample_all(&audio.samples, audio.sample_rate, 16_000).unwrap();
-    let heard = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use voxd::asr::Asr;
-        common::pool()
-            .transcribe(voxd::asr::Request::new(at16))
-            .await
-            .unwrap()
-            .text
-    });
-    let e = voxd::wer::wer(answer, &heard);
-    assert!(e <= 0.35, "WER {e:.2}: said {answer:?}, heard {heard:?}");
+    hear_answer(&out, "webrtc-answer.wav");
     // Hung up: no session is left.
+    wait_for_no_sessions(&server, Duration::from_secs(10));
+    // A peer that offers only G.711 μ-law (as a telephone gateway does) gets it, both ways.
+    let mut cmd = Command::new(openai_python());
+    cmd.arg(root().join("tests/python/aiortc_call.py"))
+        .env("VOXD_QUESTION", &wav)
+        .env("VOXD_QUESTION_TEXT", question)
+        .env("VOXD_CODEC", "PCMU");
+    let out = server.run("the aiortc call in PCMU", cmd);
+    assert!(out.contains("ok: "), "{out}");
+    hear_answer(&out, "webrtc-answer-pcmu.wav");
     wait_for_no_sessions(&server, Duration::from_secs(10));
     // A peer that vanishes mid-call (no hang-up, no close, no more packets) is noticed by its
     // missing connectivity checks, and its session and port are let go.

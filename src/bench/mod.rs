@@ -1,12 +1,14 @@
 //! `voxd bench`: the load and latency tool.
 //!
 //! N simulated users each open a realtime session and stream real recordings at real-time pace
-//! (20 ms frames, as a microphone delivers them), turn after turn, over loopback WebSockets. Each
+//! (20 ms frames, as a microphone delivers them), turn after turn, over WebSockets or WebRTC
+//! calls ([`link`]; both in one run, level by level, to compare them). Each
 //! utterance's true end of speech is known ([`speech`]), so every latency starts when the person
 //! really stopped: to `speech_stopped`, to the final transcript, to the first answer token, to
 //! `response.done`. Levels of concurrency run one after the other; the server's CPU and memory
 //! come from its `/metrics`. Results: a table, JSON ([`report::Report`]) and an SVG plot.
 
+pub mod link;
 pub mod report;
 pub mod speech;
 
@@ -16,8 +18,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::time::sleep_until;
 
-use crate::client::{self, ClientError, Incoming};
+use crate::client::{ClientError, Incoming};
 use crate::protocol::ServerEvent;
+use link::{LinkReceiver, LinkSender, Transport};
 use report::{Level, Report, ServerUsage, Snapshot, TurnRecord};
 use speech::Recording;
 
@@ -44,6 +47,9 @@ pub struct BenchConfig {
     pub api_key: Option<String>,
     /// Concurrency levels, run in order.
     pub sessions: Vec<usize>,
+    /// Transports, each run at every level (WebSocket, then WebRTC, at one level before the
+    /// next).
+    pub transports: Vec<Transport>,
     /// Turns (recordings streamed) per session per level.
     pub turns: usize,
     /// With a duration, each session keeps starting turns until it has passed (at least one).
@@ -188,7 +194,11 @@ pub async fn run(
     recordings: Vec<Recording>,
     on_turn: Arc<dyn Fn(&TurnRecord) + Send + Sync>,
 ) -> Result<Report, BenchError> {
-    if recordings.is_empty() || cfg.sessions.is_empty() || cfg.sessions.contains(&0) {
+    if recordings.is_empty()
+        || cfg.sessions.is_empty()
+        || cfg.sessions.contains(&0)
+        || cfg.transports.is_empty()
+    {
         return Err(BenchError::Config(
             "give at least one recording and session counts of 1 or more".into(),
         ));
@@ -205,8 +215,13 @@ pub async fn run(
         recordings: recordings.iter().map(|r| r.name.clone()).collect(),
         ..Default::default()
     };
-    for &n in &cfg.sessions {
-        tracing::info!(sessions = n, "bench level");
+    let levels: Vec<(usize, Transport)> = cfg
+        .sessions
+        .iter()
+        .flat_map(|&n| cfg.transports.iter().map(move |&t| (n, t)))
+        .collect();
+    for (n, transport) in levels {
+        tracing::info!(sessions = n, transport = transport.name(), "bench level");
         let start = snapshot(&http, &base, cfg.api_key.as_deref()).await;
         let before = server_usage(&http, &base, cfg.api_key.as_deref()).await;
         // Sample the server's memory while the level runs.
@@ -234,7 +249,7 @@ pub async fn run(
             let offset = Duration::from_millis(1000 * s as u64 / n as u64);
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(offset).await;
-                user(&cfg, n, s, &recs, on_turn.as_ref()).await
+                user(&cfg, transport, n, s, &recs, on_turn.as_ref()).await
             }));
         }
         let mut turns = Vec::new();
@@ -259,7 +274,7 @@ pub async fn run(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let mut level = Level::from_turns(n, &turns, wall);
+        let mut level = Level::from_turns(n, transport.name(), &turns, wall);
         if let (Some((cpu0, _)), Some((cpu1, rss1))) = (before, after) {
             level.server = Some(ServerUsage {
                 cpu_cores: (cpu1 - cpu0) / wall,
@@ -277,14 +292,20 @@ pub async fn run(
 /// One simulated user: a session, turns until done.
 async fn user(
     cfg: &BenchConfig,
+    transport: Transport,
     level: usize,
     index: usize,
     recordings: &[Recording],
     on_turn: &(dyn Fn(&TurnRecord) + Send + Sync),
 ) -> Result<Vec<TurnRecord>, BenchError> {
-    let (mut tx, mut rx) =
-        client::connect_with_retry(&cfg.url, cfg.api_key.as_deref(), &client::Retry::default())
-            .await?;
+    let (mut tx, mut rx) = link::open(
+        transport,
+        &cfg.url,
+        &http_base(&cfg.url),
+        cfg.api_key.as_deref(),
+        STREAM_RATE,
+    )
+    .await?;
     tx.update_session(json!({
         "type": if cfg.answers { "realtime" } else { "transcription" },
         "audio": {"input": {
@@ -314,13 +335,14 @@ async fn user(
         sent_samples += sent;
         for r in &mut out {
             r.sessions = level;
+            r.transport = transport.name().to_string();
             r.session = index;
             on_turn(r);
         }
         records.append(&mut out);
         turn += 1;
     }
-    let _ = tx.close().await;
+    tx.close().await;
     Ok(records)
 }
 
@@ -350,14 +372,15 @@ const MATCH_TOLERANCE_MS: i64 = 400;
 /// server split or merged differently from the offline pass is not misattributed.
 async fn stream_turn(
     cfg: &BenchConfig,
-    tx: &mut client::Sender,
-    rx: &mut client::Receiver,
+    tx: &mut LinkSender,
+    rx: &mut LinkReceiver,
     rec: &Recording,
     offset_ms: u64,
 ) -> Result<(Vec<TurnRecord>, u64), BenchError> {
     let frame = (rec.rate as u64 * FRAME_MS / 1000) as usize;
     let silence = vec![0.0f32; frame];
     let mut tracker = Tracker::new(cfg, &rec.speech.segments, offset_ms);
+    tracker.audio_after_done = matches!(rx, LinkReceiver::Rtc(_));
     let mut sent_samples = 0u64;
     let t0 = Instant::now();
     let audio_frames = rec.samples.len().div_ceil(frame);
@@ -372,11 +395,15 @@ async fn stream_turn(
                 let now = Instant::now();
                 let event = match msg {
                     Some(Ok(Incoming::Event(e))) => e,
-                    Some(Ok(Incoming::Other(_) | Incoming::Audio(_))) => continue,
+                    Some(Ok(Incoming::Audio(_))) => {
+                        tracker.on_audio(now);
+                        continue;
+                    }
+                    Some(Ok(Incoming::Other(_))) => continue,
                     Some(Ok(Incoming::Closed { code, reason })) => {
                         return Err(BenchError::Config(format!("the server closed the session: {code} {reason}")));
                     }
-                    Some(Err(e)) => return Err(e.into()),
+                    Some(Err(e)) => return Err(e),
                     None => return Err(BenchError::Config("the session ended".into())),
                 };
                 tracker.on_event(event, now);
@@ -388,7 +415,7 @@ async fn stream_turn(
                 } else {
                     &silence[..]
                 };
-                tx.append_binary(chunk).await?;
+                tx.send_audio(chunk).await?;
                 sent_samples += chunk.len() as u64;
                 next_frame += 1;
             }
@@ -409,6 +436,9 @@ struct Tracker<'a> {
     /// Which utterance each server turn (item) is.
     item_segment: std::collections::HashMap<String, usize>,
     last_completed: Option<usize>,
+    /// Answer audio may come after `response.done` (a WebRTC call's track is paced in real
+    /// time): a completed answer is finished only once its first audio has arrived.
+    audio_after_done: bool,
 }
 
 impl<'a> Tracker<'a> {
@@ -422,16 +452,37 @@ impl<'a> Tracker<'a> {
             n_completed: 0,
             item_segment: Default::default(),
             last_completed: None,
+            audio_after_done: false,
         }
     }
 
     /// Done when every server turn is transcribed and the last utterance is (and is answered).
     fn finished(&self) -> bool {
+        let answered = |l: &Arrivals| match &l.done {
+            None => false,
+            Some((_, status)) => {
+                !self.audio_after_done || status != "completed" || l.first_audio.is_some()
+            }
+        };
         self.n_stopped == self.n_completed
             && self
                 .arrivals
                 .last()
-                .is_some_and(|l| l.completed.is_some() && (!self.cfg.answers || l.done.is_some()))
+                .is_some_and(|l| l.completed.is_some() && (!self.cfg.answers || answered(l)))
+    }
+
+    /// Answer audio that is not an event (a packet on a WebRTC call's track): the first audio of
+    /// the latest answer that has none yet.
+    fn on_audio(&mut self, now: Instant) {
+        if let Some(a) = self
+            .arrivals
+            .iter_mut()
+            .rev()
+            .find(|a| a.created.is_some())
+            .filter(|a| a.first_audio.is_none())
+        {
+            a.first_audio = Some(now);
+        }
     }
 
     /// Notes when an event of an utterance's turn arrived.

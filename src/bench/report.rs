@@ -22,13 +22,16 @@ pub const STAGES: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TurnRecord {
     pub sessions: usize,
+    /// `websocket` or `webrtc`.
+    #[serde(default)]
+    pub transport: String,
     pub session: usize,
     pub recording: String,
     pub segment: usize,
     pub speech_stopped: Option<f64>,
     pub transcript: Option<f64>,
     pub first_token: Option<f64>,
-    /// For a spoken answer: the first audio delta.
+    /// For a spoken answer: the first audio delta (over WebRTC, the first packet on the track).
     #[serde(default)]
     pub first_audio: Option<f64>,
     pub done: Option<f64>,
@@ -107,6 +110,9 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Level {
     pub sessions: usize,
+    /// `websocket` or `webrtc`.
+    #[serde(default)]
+    pub transport: String,
     pub turns: usize,
     pub completed: usize,
     pub cancelled: usize,
@@ -138,9 +144,24 @@ pub struct Report {
 /// Reads one latency out of a turn.
 type Column = fn(&TurnRecord) -> Option<f64>;
 
+/// A level's transport as the table names it (reports from before transports were recorded ran
+/// over the WebSocket).
+fn transport_name(t: &str) -> &str {
+    if t.is_empty() {
+        "websocket"
+    } else {
+        t
+    }
+}
+
 impl Level {
     /// Summarises the turns of one level.
-    pub fn from_turns(sessions: usize, turns: &[TurnRecord], wall_s: f64) -> Level {
+    pub fn from_turns(
+        sessions: usize,
+        transport: &str,
+        turns: &[TurnRecord],
+        wall_s: f64,
+    ) -> Level {
         let mut stages = BTreeMap::new();
         let pick = |f: Column| -> Vec<f64> { turns.iter().filter_map(f).collect() };
         let columns: [(&str, Column); 6] = [
@@ -159,6 +180,7 @@ impl Level {
         let count = |s: &str| turns.iter().filter(|t| t.status == s).count();
         Level {
             sessions,
+            transport: transport.to_string(),
             turns: turns.len(),
             completed: count("completed"),
             cancelled: count("cancelled"),
@@ -187,13 +209,19 @@ impl Report {
                 self.turn_detection.clone()
             }
         );
-        let _ = write!(out, "{:>8} {:>6}", "sessions", "turns");
+        let _ = write!(out, "{:>8} {:>9} {:>6}", "sessions", "transport", "turns");
         for (name, _) in STAGES {
             let _ = write!(out, " {:>22}", name);
         }
         let _ = writeln!(out, " {:>8} {:>6} {:>7}", "asr rtf", "cpu", "rss MB");
         for l in &self.levels {
-            let _ = write!(out, "{:>8} {:>6}", l.sessions, l.turns);
+            let _ = write!(
+                out,
+                "{:>8} {:>9} {:>6}",
+                l.sessions,
+                transport_name(&l.transport),
+                l.turns
+            );
             for (name, _) in STAGES {
                 let cell = match l.stages.get(*name) {
                     Some(s) => format!("{:.0} / {:.0} / {:.0}", s.p50, s.p95, s.p99),
@@ -222,7 +250,7 @@ impl Report {
                     a.live_sessions, b.live_sessions, b.errors - a.errors
                 );
             }
-            for line in self.by_recording(l.sessions) {
+            for line in self.by_recording(l) {
                 let _ = writeln!(out, "{:>15} {line}", "");
             }
             if l.drafted > 0 {
@@ -246,9 +274,13 @@ impl Report {
     /// With more than one recording, the p50 of each stage per recording at one level: their
     /// ends differ (a clean stop, or a slow fade that one voice detector hears as speech and
     /// another does not), and a median over both can hide either.
-    fn by_recording(&self, sessions: usize) -> Vec<String> {
+    fn by_recording(&self, level: &Level) -> Vec<String> {
+        let at_level = |t: &&TurnRecord| {
+            t.sessions == level.sessions
+                && transport_name(&t.transport) == transport_name(&level.transport)
+        };
         let mut names: Vec<&str> = Vec::new();
-        for t in self.turns.iter().filter(|t| t.sessions == sessions) {
+        for t in self.turns.iter().filter(at_level) {
             if !names.contains(&t.recording.as_str()) {
                 names.push(&t.recording);
             }
@@ -262,7 +294,8 @@ impl Report {
                 let turns: Vec<&TurnRecord> = self
                     .turns
                     .iter()
-                    .filter(|t| t.sessions == sessions && t.recording == *name)
+                    .filter(at_level)
+                    .filter(|t| t.recording == *name)
                     .filter(|t| t.status == "completed")
                     .collect();
                 let cells: Vec<String> = STAGES
@@ -296,11 +329,20 @@ impl Report {
     pub fn compare(&self, old: &Report) -> String {
         let mut out = String::from("compared with the earlier run (new ms, new/old):\n");
         for l in &self.levels {
-            let Some(o) = old.levels.iter().find(|o| o.sessions == l.sessions) else {
-                let _ = writeln!(out, "{:>3} sessions: not in the earlier run", l.sessions);
+            let via = transport_name(&l.transport);
+            let Some(o) = old
+                .levels
+                .iter()
+                .find(|o| o.sessions == l.sessions && transport_name(&o.transport) == via)
+            else {
+                let _ = writeln!(
+                    out,
+                    "{:>3} sessions ({via}): not in the earlier run",
+                    l.sessions
+                );
                 continue;
             };
-            let _ = write!(out, "{:>3} sessions:", l.sessions);
+            let _ = write!(out, "{:>3} sessions ({via}):", l.sessions);
             for (name, _) in STAGES {
                 if let (Some(n), Some(p)) = (l.stages.get(*name), o.stages.get(*name)) {
                     let _ = write!(
@@ -330,16 +372,22 @@ impl Report {
         })
     }
 
-    /// Draws p50 and p95 of each stage against the number of sessions.
+    /// Draws p50 and p95 of each stage against the number of sessions (of the first transport
+    /// run, when there were two).
     pub fn plot(&self, path: &Path) -> Result<(), BenchError> {
+        let first = self.levels.first().map(|l| l.transport.clone());
+        let levels: Vec<&Level> = self
+            .levels
+            .iter()
+            .filter(|l| Some(&l.transport) == first.as_ref())
+            .collect();
         use plotters::prelude::*;
         let err = |e: &dyn std::fmt::Display| BenchError::Io {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        let max_sessions = self.levels.iter().map(|l| l.sessions).max().unwrap_or(1) as f64;
-        let max_ms = self
-            .levels
+        let max_sessions = levels.iter().map(|l| l.sessions).max().unwrap_or(1) as f64;
+        let max_ms = levels
             .iter()
             .flat_map(|l| l.stages.iter().filter(|(k, _)| *k != "asr_rtf"))
             .map(|(_, s)| s.p95)
@@ -377,8 +425,7 @@ impl Report {
         let colors = [BLUE, GREEN, RED, CYAN, MAGENTA];
         for ((name, _), color) in STAGES.iter().zip(colors) {
             for (pct, dashed) in [("p50", false), ("p95", true)] {
-                let points: Vec<(f64, f64)> = self
-                    .levels
+                let points: Vec<(f64, f64)> = levels
                     .iter()
                     .filter_map(|l| {
                         l.stages
@@ -458,7 +505,7 @@ mod tests {
         ];
         let mut report = Report {
             recordings: vec!["clean.wav".into(), "fade.wav".into()],
-            levels: vec![Level::from_turns(1, &turns, 10.0)],
+            levels: vec![Level::from_turns(1, "websocket", &turns, 10.0)],
             turns,
             ..Default::default()
         };

@@ -21,6 +21,10 @@ pub struct BenchArgs {
     /// Concurrent sessions, one level after the other.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     sessions: Vec<usize>,
+    /// How sessions reach the server: websocket, webrtc, or both (`websocket,webrtc`: each level
+    /// runs over each, one after the other, to compare them).
+    #[arg(long, value_delimiter = ',', default_value = "websocket")]
+    transport: Vec<bench::link::Transport>,
     /// Turns (recordings) per session at each level.
     #[arg(long, default_value_t = 3)]
     turns: usize,
@@ -90,6 +94,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
         url,
         api_key: args.driver.api_key.clone(),
         sessions: args.sessions.clone(),
+        transports: args.transport.clone(),
         turns: args.turns.max(1),
         duration: args.duration.map(Into::into),
         answers: !args.no_llm,
@@ -105,7 +110,12 @@ async fn bench(args: BenchArgs) -> Result<()> {
         .map(|r| r.speech.segments.len())
         .sum::<usize>()
         / recordings.len();
-    let total: usize = cfg.sessions.iter().map(|n| n * cfg.turns * per_turn).sum();
+    let total: usize = cfg
+        .sessions
+        .iter()
+        .map(|n| n * cfg.turns * per_turn)
+        .sum::<usize>()
+        * cfg.transports.len();
     let bar = match (cfg.progress, cfg.duration) {
         (false, _) => indicatif::ProgressBar::hidden(),
         (true, None) => indicatif::ProgressBar::new(total as u64),

@@ -31,14 +31,32 @@ impl From<&ProtocolError> for ErrorBody {
 }
 
 /// One content part of a user item.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Content {
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub transcript: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub text: Option<String>,
+}
+
+/// An audio part always carries `transcript` (`null` until it is known), as OpenAI sends it:
+/// clients that validate items (the OpenAI Agents SDK) reject an audio part without one.
+impl Serialize for Content {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let audio = self.kind.ends_with("audio");
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("type", &self.kind)?;
+        if audio || self.transcript.is_some() {
+            map.serialize_entry("transcript", &self.transcript)?;
+        }
+        if let Some(text) = &self.text {
+            map.serialize_entry("text", text)?;
+        }
+        map.end()
+    }
 }
 
 /// A conversation item (voxd creates user audio messages).
@@ -493,6 +511,20 @@ impl ServerEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_audio_part_says_its_transcript_is_not_known_yet() {
+        let pending = serde_json::to_value(Item::user_audio("item_1", None)).unwrap();
+        assert_eq!(
+            pending["content"][0],
+            serde_json::json!({"type": "input_audio", "transcript": null})
+        );
+        let text = serde_json::to_value(Item::text("item_2", "user", "hi", "completed")).unwrap();
+        assert_eq!(
+            text["content"][0],
+            serde_json::json!({"type": "input_text", "text": "hi"})
+        );
+    }
 
     #[test]
     fn events_have_ga_names_fields_and_an_event_id() {

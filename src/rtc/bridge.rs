@@ -1,7 +1,8 @@
 //! Between a WebRTC peer and a realtime session: the `oai-events` data channel carries the same
 //! JSON events as the WebSocket, except the answer's audio, which goes out on the audio track
-//! (Opus, 20 ms packets, paced in real time) instead of `response.output_audio.delta` events.
-//! Audio from the peer's track is decoded and handed to the session as its input.
+//! (Opus, or G.711 when that is what the peer speaks; 20 ms packets, paced in real time) instead
+//! of `response.output_audio.delta` events. Audio from the peer's track is decoded (in whichever
+//! negotiated codec each packet comes) and handed to the session as its input.
 //!
 //! The server owns playback here, so it also says what the peer hears:
 //! `output_audio_buffer.started` when an answer's audio starts, `.stopped` when it has all been
@@ -15,35 +16,34 @@ use axum::extract::ws::Message;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::audio::opus::{self, Decoder, Encoder};
+use super::codec::{TrackCodec, TrackDecoder, TrackEncoder};
+use crate::audio::opus::OpusError;
 use crate::audio::resample::StreamResampler;
 
 /// The session's audio rates over WebRTC: PCM16 at 24 kHz both ways (its default; a client's
 /// `session.update` cannot change the formats, which the audio track fixes).
 pub const SESSION_RATE: u32 = 24_000;
-/// Opus bitrate of the answer's audio.
-const BITRATE: i32 = 32_000;
-/// Most answer audio queued for playback (60 s); beyond, the oldest is dropped.
-const MAX_QUEUED: usize = 60 * opus::RATE as usize;
+/// Most answer audio queued for playback, in seconds; beyond, the oldest is dropped.
+const MAX_QUEUED_S: usize = 60;
 
 /// What the bridge wants done on the peer's side.
 #[derive(Debug, PartialEq)]
 pub enum ToPeer {
     /// A JSON event for the data channel.
     Event(String),
-    /// One Opus packet of 20 ms for the audio track.
+    /// One 20 ms packet for the audio track, in the outgoing codec.
     Audio(Vec<u8>),
 }
 
 /// The translation state of one call.
 pub struct Bridge {
-    decoder: Decoder,
-    encoder: Encoder,
-    /// Peer audio, 48 kHz → the session's rate.
+    decoder: TrackDecoder,
+    encoder: TrackEncoder,
+    /// Peer audio, the incoming codec's rate → the session's rate.
     down: StreamResampler,
-    /// Answer audio, the session's rate → 48 kHz.
+    /// Answer audio, the session's rate → the outgoing codec's rate.
     up: StreamResampler,
-    /// Answer audio waiting to be played, at 48 kHz.
+    /// Answer audio waiting to be played, at the outgoing codec's rate.
     queue: VecDeque<f32>,
     /// The answer being played: its response and item, and how much of it was sent.
     playing: Option<Playing>,
@@ -57,23 +57,56 @@ struct Playing {
     done: bool,
 }
 
+fn resampler(from: u32, to: u32) -> Result<StreamResampler, OpusError> {
+    StreamResampler::new(from, to).map_err(|e| OpusError::Codec(e.to_string()))
+}
+
 impl Bridge {
-    pub fn new() -> Result<Self, opus::OpusError> {
-        let resampler = |from, to| {
-            StreamResampler::new(from, to).map_err(|e| opus::OpusError::Codec(e.to_string()))
-        };
+    /// A bridge that speaks Opus both ways until told otherwise.
+    pub fn new() -> Result<Self, OpusError> {
+        let codec = TrackCodec::Opus;
         Ok(Bridge {
-            decoder: Decoder::new()?,
-            encoder: Encoder::new(BITRATE)?,
-            down: resampler(opus::RATE, SESSION_RATE)?,
-            up: resampler(SESSION_RATE, opus::RATE)?,
+            decoder: TrackDecoder::new(codec)?,
+            encoder: TrackEncoder::new(codec)?,
+            down: resampler(codec.rate(), SESSION_RATE)?,
+            up: resampler(SESSION_RATE, codec.rate())?,
             queue: VecDeque::new(),
             playing: None,
         })
     }
 
-    /// An Opus packet from the peer (`None`: one that was lost): PCM16 for the session.
-    pub fn peer_audio(&mut self, packet: Option<&[u8]>) -> Option<Message> {
+    /// The codec the answer's audio goes out in (what the connection negotiated).
+    pub fn output_codec(&self) -> TrackCodec {
+        self.encoder.codec()
+    }
+
+    /// Sends the answer's audio in `codec` from now on (set once the track is negotiated, before
+    /// any audio has gone out).
+    pub fn set_output_codec(&mut self, codec: TrackCodec) -> Result<(), OpusError> {
+        if codec != self.encoder.codec() {
+            self.encoder = TrackEncoder::new(codec)?;
+            self.up = resampler(SESSION_RATE, codec.rate())?;
+            self.queue.clear();
+        }
+        Ok(())
+    }
+
+    /// A packet from the peer in `codec` (`None`: one that was lost): PCM16 for the session.
+    pub fn peer_audio(&mut self, codec: TrackCodec, packet: Option<&[u8]>) -> Option<Message> {
+        if codec != self.decoder.codec() {
+            match TrackDecoder::new(codec)
+                .and_then(|d| Ok((d, resampler(codec.rate(), SESSION_RATE)?)))
+            {
+                Ok((decoder, down)) => {
+                    self.decoder = decoder;
+                    self.down = down;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "no decoder for the peer's codec");
+                    return None;
+                }
+            }
+        }
         let samples = match self.decoder.decode(packet) {
             Ok(s) => s,
             Err(e) => {
@@ -187,7 +220,8 @@ impl Bridge {
         let Some(playing) = self.playing.as_mut() else {
             return Vec::new();
         };
-        if self.queue.len() < opus::FRAME && !playing.done {
+        let frame_len = self.encoder.codec().frame();
+        if self.queue.len() < frame_len && !playing.done {
             // Waiting for more of the answer (underrun): send nothing rather than a gap.
             return Vec::new();
         }
@@ -198,9 +232,9 @@ impl Bridge {
                 json!({"type": "output_audio_buffer.stopped", "response_id": id}).to_string(),
             )];
         }
-        let n = self.queue.len().min(opus::FRAME);
+        let n = self.queue.len().min(frame_len);
         let mut frame: Vec<f32> = self.queue.drain(..n).collect();
-        frame.resize(opus::FRAME, 0.0);
+        frame.resize(frame_len, 0.0);
         playing.sent_samples += n;
         match self.encoder.encode(&frame) {
             Ok(packet) => vec![ToPeer::Audio(packet)],
@@ -219,7 +253,8 @@ impl Bridge {
         let mut at = Vec::with_capacity(samples.len() * 2 + 16);
         self.up.push(&samples, &mut at);
         self.queue.extend(at);
-        let over = self.queue.len().saturating_sub(MAX_QUEUED);
+        let most = MAX_QUEUED_S * self.encoder.codec().rate() as usize;
+        let over = self.queue.len().saturating_sub(most);
         self.queue.drain(..over);
     }
 
@@ -232,7 +267,7 @@ impl Bridge {
         let Some(p) = self.playing.take() else {
             return (None, Vec::new());
         };
-        let played_ms = p.sent_samples as u64 * 1000 / opus::RATE as u64;
+        let played_ms = p.sent_samples as u64 * 1000 / self.encoder.codec().rate() as u64;
         let truncate = (!p.item_id.is_empty()).then(|| {
             Message::Text(
                 json!({"type": "conversation.item.truncate", "item_id": p.item_id,

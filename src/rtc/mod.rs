@@ -6,6 +6,8 @@
 //! the connection from its UDP socket, its timers and the session.
 
 pub mod bridge;
+pub mod codec;
+pub mod dial;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use bridge::{Bridge, ToPeer};
+use codec::TrackCodec;
 
 /// The data channel that carries the events.
 pub const EVENTS_CHANNEL: &str = "oai-events";
@@ -38,6 +41,8 @@ pub enum CallError {
     Socket(String),
     #[error("the audio codec is not available: {0}")]
     Codec(String),
+    #[error("the call could not be placed: {0}")]
+    Dial(String),
 }
 
 /// Where calls' media is received and what address peers are told.
@@ -54,6 +59,10 @@ pub struct Answered {
     pub answer: String,
     rtc: Rtc,
     socket: UdpSocket,
+    /// The address in the candidate: what the peer sends to, and so the destination of every
+    /// packet the socket receives (the socket may be bound to every interface, or sit behind a
+    /// NAT, and str0m matches packets to the candidate by this address).
+    advertised: SocketAddr,
     bridge: Bridge,
 }
 
@@ -74,6 +83,8 @@ pub async fn answer(offer: &str, media: MediaAddress) -> Result<Answered, CallEr
         .set_ice_lite(true)
         .clear_codecs()
         .enable_opus(true)
+        .enable_pcmu(true)
+        .enable_pcma(true)
         .build(Instant::now());
     let advertised = SocketAddr::new(media.public.unwrap_or(local.ip()), local.port());
     let candidate =
@@ -84,11 +95,38 @@ pub async fn answer(offer: &str, media: MediaAddress) -> Result<Answered, CallEr
         .accept_offer(offer)
         .map_err(|e| CallError::BadOffer(e.to_string()))?;
     Ok(Answered {
-        answer: answer.to_sdp_string(),
+        answer: with_stream_id(&answer.to_sdp_string()),
         rtc,
         socket,
+        advertised,
         bridge,
     })
+}
+
+/// The stream id voxd's answer track belongs to.
+const STREAM_ID: &str = "voxd";
+
+/// `sdp` (an answer) with voxd's track in a named media stream. str0m mirrors the offer's
+/// `msid`, and a browser that adds its microphone with `addTrack(track)` offers none (`-`): the
+/// answer's track would then arrive in no stream, and pages that play `event.streams[0]` (the
+/// OpenAI Agents SDK does) would play nothing.
+fn with_stream_id(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 32);
+    for line in sdp.split_inclusive('\n') {
+        if line.trim_end() == "a=msid-semantic: WMS" {
+            out.push_str(&format!("a=msid-semantic: WMS {STREAM_ID}\r\n"));
+        } else if let Some(track) = line.strip_prefix("a=msid:- ") {
+            out.push_str(&format!("a=msid:{STREAM_ID} {track}"));
+        } else if let Some((ssrc, track)) = line
+            .strip_prefix("a=ssrc:")
+            .and_then(|rest| rest.split_once(" msid:- "))
+        {
+            out.push_str(&format!("a=ssrc:{ssrc} msid:{STREAM_ID} {track}"));
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// The two ends of the session a call runs: messages for it, messages from it; and where every
@@ -104,16 +142,14 @@ pub async fn run(call: Answered, pipes: SessionPipes, hangup: oneshot::Receiver<
     let Answered {
         mut rtc,
         socket,
+        advertised: local,
         mut bridge,
         ..
     } = call;
-    let local = match socket.local_addr() {
-        Ok(a) => a,
-        Err(_) => return,
-    };
     let mut driver = Driver {
         channel: None,
         audio: None,
+        codec: TrackCodec::Opus,
         rtp_time: 0,
         connected: false,
         pipes,
@@ -173,8 +209,9 @@ pub async fn run(call: Answered, pipes: SessionPipes, hangup: oneshot::Receiver<
 struct Driver {
     /// The `oai-events` channel, once open.
     channel: Option<str0m::channel::ChannelId>,
-    /// The audio track, once negotiated.
+    /// The audio track, once negotiated, and the codec its answer audio goes out in.
     audio: Option<Mid>,
+    codec: TrackCodec,
     /// The next outgoing packet's RTP time (48 kHz).
     rtp_time: u64,
     connected: bool,
@@ -217,7 +254,16 @@ impl Driver {
         match event {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => return false,
             Event::Connected => self.connected = true,
-            Event::MediaAdded(m) if m.kind == MediaKind::Audio => self.audio = Some(m.mid),
+            Event::MediaAdded(m) if m.kind == MediaKind::Audio => {
+                self.audio = Some(m.mid);
+                let codec = self.output_codec(rtc, m.mid);
+                self.codec = codec;
+                if let Err(e) = bridge.set_output_codec(codec) {
+                    tracing::warn!(error = %e, "no encoder for the call's codec");
+                    return false;
+                }
+                tracing::debug!(?codec, "call audio negotiated");
+            }
             Event::ChannelOpen(id, label) if label == EVENTS_CHANNEL => {
                 self.channel = Some(id);
                 self.write_out(rtc);
@@ -233,13 +279,16 @@ impl Driver {
                 }
             }
             Event::MediaData(d) if Some(d.mid) == self.audio => {
+                let Some(codec) = TrackCodec::of(d.params.spec().codec) else {
+                    return true;
+                };
                 if !d.contiguous {
                     // A packet went missing before this one: conceal it.
-                    if let Some(m) = bridge.peer_audio(None) {
+                    if let Some(m) = bridge.peer_audio(codec, None) {
                         let _ = self.pipes.to_session.try_send(m);
                     }
                 }
-                if let Some(m) = bridge.peer_audio(Some(&d.data)) {
+                if let Some(m) = bridge.peer_audio(codec, Some(&d.data)) {
                     let _ = self.pipes.to_session.try_send(m);
                 }
             }
@@ -272,27 +321,65 @@ impl Driver {
                         waiting.push(ToPeer::Event(text));
                     }
                 }
-                ToPeer::Audio(packet) => self.write_audio(rtc, packet),
+                ToPeer::Audio(packet) => self.write_audio(rtc, packet, self.codec),
             }
         }
         self.to_peer = waiting;
     }
 
-    fn write_audio(&mut self, rtc: &mut Rtc, packet: Vec<u8>) {
+    /// The codec the answer's audio goes out in: the most preferred one the peer accepted.
+    fn output_codec(&self, rtc: &mut Rtc, mid: Mid) -> TrackCodec {
+        let Some(writer) = rtc.writer(mid) else {
+            return TrackCodec::Opus;
+        };
+        let offered: Vec<_> = writer.payload_params().map(|p| p.spec().codec).collect();
+        TrackCodec::PREFERRED
+            .into_iter()
+            .find(|c| offered.contains(&c.codec()))
+            .unwrap_or(TrackCodec::Opus)
+    }
+
+    fn write_audio(&mut self, rtc: &mut Rtc, packet: Vec<u8>, codec: TrackCodec) {
         let Some(writer) = self.audio.and_then(|mid| rtc.writer(mid)) else {
             return;
         };
         let Some(pt) = writer
             .payload_params()
-            .find(|p| p.spec().codec == str0m::format::Codec::Opus)
+            .find(|p| p.spec().codec == codec.codec())
             .map(|p| p.pt())
         else {
             return;
         };
-        let time = MediaTime::new(self.rtp_time, Frequency::FORTY_EIGHT_KHZ);
-        self.rtp_time += crate::audio::opus::FRAME as u64;
+        let clock = match codec {
+            TrackCodec::Opus => Frequency::FORTY_EIGHT_KHZ,
+            _ => Frequency::EIGHT_KHZ,
+        };
+        let time = MediaTime::new(self.rtp_time, clock);
+        self.rtp_time += codec.frame() as u64;
         if let Err(e) = writer.write(pt, Instant::now(), time, packet) {
             tracing::debug!(error = %e, "writing audio to the peer failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_track_is_in_a_named_stream() {
+        let sdp = "v=0\r\na=msid-semantic: WMS\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+                   a=msid:- 862b-aef2\r\na=ssrc:2561 cname:Rz\r\na=ssrc:2561 msid:- 862b-aef2\r\n";
+        let named = with_stream_id(sdp);
+        assert!(named.contains("a=msid-semantic: WMS voxd\r\n"), "{named}");
+        assert!(named.contains("a=msid:voxd 862b-aef2\r\n"), "{named}");
+        assert!(
+            named.contains("a=ssrc:2561 msid:voxd 862b-aef2\r\n"),
+            "{named}"
+        );
+        assert!(named.contains("a=ssrc:2561 cname:Rz\r\n"));
+        // A named stream the offer gave is left as it is.
+        let given = "a=msid:s1 t1\r\n";
+        assert_eq!(with_stream_id(given), given);
     }
 }

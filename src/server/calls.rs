@@ -213,11 +213,13 @@ pub async fn create(
             rtc::CallError::BadOffer(_) | rtc::CallError::NoAudio => {
                 ApiError::bad_request("invalid_sdp", e.to_string()).with_param("sdp")
             }
-            rtc::CallError::Socket(_) | rtc::CallError::Codec(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "webrtc_unavailable",
-                e.to_string(),
-            ),
+            rtc::CallError::Socket(_) | rtc::CallError::Codec(_) | rtc::CallError::Dial(_) => {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "webrtc_unavailable",
+                    e.to_string(),
+                )
+            }
         })?;
     let caller = caller.map(|Extension(c)| c);
     let owner = caller.as_ref().map_or_else(

@@ -27,6 +27,32 @@ fn listed_origin(access: &Access, req: &Request) -> Option<HeaderValue> {
         .then(|| origin.clone())
 }
 
+/// The request headers a listed origin may send: those the preflight asks for when they are
+/// plain header names (the OpenAI Agents SDK adds `X-OpenAI-Agents-SDK`, other SDKs their own),
+/// else `Authorization` and `Content-Type`. The origin is the operator's to trust, not the
+/// header list: the route still checks the key.
+fn allowed_headers(req: &Request) -> HeaderValue {
+    let asked = req
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            v.len() <= 1024
+                && v.split(',').all(|name| {
+                    let name = name.trim();
+                    !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        });
+    match asked {
+        Some(list) => HeaderValue::from_str(list)
+            .unwrap_or(HeaderValue::from_static("authorization, content-type")),
+        None => HeaderValue::from_static("authorization, content-type"),
+    }
+}
+
 /// The answer to a CORS preflight on a WebRTC route: 204 with the allowed methods and headers
 /// for a listed origin, 403 for another. `None`: not a preflight there.
 pub fn preflight(access: &Access, req: &Request) -> Option<Response> {
@@ -51,10 +77,7 @@ pub fn preflight(access: &Access, req: &Request) -> Option<Response> {
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("POST, DELETE"),
     );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type"),
-    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allowed_headers(req));
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),

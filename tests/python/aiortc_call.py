@@ -5,6 +5,7 @@ VOXD_AUDIO_DIR and VOXD_ARTIFACTS. As the OpenAI Realtime API's WebRTC clients d
 microphone track (a recording, VOXD_QUESTION or JFK's clip, then silence, paced in real time) and an `oai-events` data channel,
 POSTed as application/sdp to /v1/realtime/calls; then the events arrive on the channel and the
 spoken answer on the audio track, which is saved for the Rust test to hear. Ends with a hang-up.
+VOXD_CODEC=PCMU (or PCMA) offers only that G.711 codec, as a telephony gateway would.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ import urllib.request
 import wave
 
 import av
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from transcripts import reference, wer
 
@@ -81,7 +82,14 @@ async def main():
     channel.on("open", lambda: opened.set())
     channel.on("message", lambda m: events.append(json.loads(m)))
     pc.addTrack(Microphone(pcm, silence_s=20))
+    codec = os.environ.get("VOXD_CODEC")
+    if codec:
+        only = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == f"audio/{codec.lower()}"]
+        assert only, codec
+        for t in pc.getTransceivers():
+            t.setCodecPreferences(only)
     heard = bytearray()
+    heard_rate = [48000]
 
     @pc.on("track")
     def on_track(track):
@@ -91,9 +99,11 @@ async def main():
                     frame = await track.recv()
                 except Exception:
                     return
-                # s16 stereo, interleaved: keep the left channel.
-                data = bytes(frame.planes[0])[: frame.samples * 4]
-                for i in range(0, len(data), 4):
+                # s16, interleaved: keep the first channel.
+                channels = len(frame.layout.channels)
+                heard_rate[0] = frame.sample_rate
+                data = bytes(frame.planes[0])[: frame.samples * 2 * channels]
+                for i in range(0, len(data), 2 * channels):
                     heard.extend(data[i : i + 2])
 
         asyncio.ensure_future(read())
@@ -109,6 +119,10 @@ async def main():
     location = headers.get("Location") or headers.get("location")
     assert location and location.startswith("/v1/realtime/calls/"), headers
     assert answer.startswith("v="), answer
+    if codec:
+        # The answer carries the one codec offered, at 8 kHz.
+        rtpmaps = [l for l in answer.splitlines() if l.startswith("a=rtpmap:")]
+        assert rtpmaps and all(f"{codec.upper()}/8000" in l for l in rtpmaps), rtpmaps
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     await asyncio.wait_for(opened.wait(), 20)
 
@@ -136,13 +150,14 @@ async def main():
     spoken = " ".join(e["transcript"] for e in seen("response.output_audio_transcript.done"))
     assert spoken.strip(), kinds
     await asyncio.sleep(1.0)  # the last packets
-    seconds = len(heard) / 2 / 48000
+    seconds = len(heard) / 2 / heard_rate[0]
     assert seconds > 1.0, f"{seconds:.2f} s of answer audio"
-    out = os.path.join(os.environ["VOXD_ARTIFACTS"], "webrtc-answer.wav")
+    name = f"webrtc-answer-{codec.lower()}.wav" if codec else "webrtc-answer.wav"
+    out = os.path.join(os.environ["VOXD_ARTIFACTS"], name)
     with wave.open(out, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(48000)
+        w.setframerate(heard_rate[0])
         w.writeframes(bytes(heard))
 
     # Hang up: the call is gone, and a second hang-up finds nothing.
