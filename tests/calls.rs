@@ -142,7 +142,10 @@ async fn offers_beyond_the_cap_are_refused_and_places_come_back() {
     }
     assert_eq!((calls.len(), refused), (3, 997));
     let held = open_fds().saturating_sub(fds_before);
-    assert!(held <= 10, "{held} more file descriptors open for three calls");
+    assert!(
+        held <= 10,
+        "{held} more file descriptors open for three calls"
+    );
     for location in &calls {
         assert_eq!(hang_up(&base, location).await, 200);
     }

@@ -1195,3 +1195,103 @@ async fn server_tools_run_within_their_limits_and_permissions_and_are_audited() 
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["status"], "refused");
 }
+
+/// An MCP server in the configuration (the reference `server-everything` over stdio, which
+/// `voxd serve` starts): its tools are listed at start and offered as `everything__{tool}`; the
+/// model's call runs on the MCP server, its result goes back to the model and grounds the answer,
+/// and the call is in the audit trail. A role sees an MCP server's tools only through its list.
+#[tokio::test]
+async fn an_mcp_servers_tools_are_server_tools_end_to_end() {
+    let everything = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/js/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(everything.exists(), "run `bash scripts/deps --test`");
+    let script = Script::default();
+    let llm_url = scripted_llm(script.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("voxd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[server]
+api_key = "{ADMIN}"
+[[server.keys]]
+id = "kiosk"
+key = "{KIOSK}"
+role = "public"
+[tools.roles]
+public = ["everything__echo"]
+[[tools.mcp]]
+label = "everything"
+command = ["node", "{}", "stdio"]
+allowed_tools = ["echo", "get-sum"]
+"#,
+            everything.display()
+        ),
+    )
+    .unwrap();
+    let kb = dir.path().join("kb.sqlite");
+    let server = common::ServeProcess::start(&[
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--kb".as_ref(),
+        kb.as_os_str(),
+        "--llm-url".as_ref(),
+        llm_url.as_ref(),
+        "--llm-model".as_ref(),
+        "scripted".as_ref(),
+        "--no-tts".as_ref(),
+    ]);
+    let url = format!("ws://{}/v1/realtime", server.addr);
+    let http = format!("http://{}", server.addr);
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        let r = client.get(format!("{http}/readyz")).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    script.queue(&[
+        Reply::Call("everything__get-sum", r#"{"a": 2, "b": 40}"#),
+        Reply::Text("Two and forty make 42."),
+    ]);
+    let events = ask_as(&url, ADMIN, "What is two plus forty?").await;
+    assert!(errors(&events).is_empty(), "{:?}", errors(&events));
+    let response = response_done(&events);
+    assert_eq!(
+        response["voxd"]["tool_calls"][0]["name"],
+        "everything__get-sum"
+    );
+    assert_eq!(
+        response["voxd"]["tool_calls"][0]["status"], "ok",
+        "{response}"
+    );
+    let bodies = script.take_bodies();
+    assert_eq!(
+        offered(&bodies[0]),
+        ["everything__echo", "everything__get-sum"]
+    );
+    assert!(
+        last_tool_message(&bodies[1]).contains("42"),
+        "{}",
+        last_tool_message(&bodies[1])
+    );
+    // The kiosk's role lists only the echo tool.
+    script.queue(&[Reply::Text("Hello.")]);
+    ask_as(&url, KIOSK, "Hello").await;
+    assert_eq!(offered(&script.take_bodies()[0]), ["everything__echo"]);
+    // Audited.
+    let rows: Value = client
+        .get(format!("{http}/v1/audit?tool=everything__get-sum"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = &rows["data"][0];
+    assert_eq!(row["kind"], "server", "{rows}");
+    assert_eq!(row["status"], "ok", "{rows}");
+}

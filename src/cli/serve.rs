@@ -57,7 +57,9 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
             Ok(log) => state.set_audit(log),
             Err(e) => tracing::warn!(error = %e, "no audit trail of tool calls"),
         }
-        let server_tools = voxd::tools::ServerTools::new(&cfg.tools)?;
+        let mut server_tools = voxd::tools::ServerTools::new(&cfg.tools)?;
+        // MCP servers' tools are listed now (each within its timeout).
+        server_tools.list_mcp_tools().await;
         if !server_tools.definitions().is_empty() {
             info!(
                 tools = server_tools.definitions().len(),

@@ -6,6 +6,7 @@
 //!   them; `"x-sensitive": true` parts are redacted for logs.
 //! - [`server`]: tools the server runs itself (built-ins and HTTP tools from the configuration),
 //!   and who may call them.
+//! - [`mcp`]: MCP servers (Streamable HTTP or stdio) whose tools become server tools.
 //! - [`audit`]: the audit trail of every call.
 //!
 //! The model's side of calling (the `<tool_call>` prompt convention and the checked generation
@@ -13,6 +14,7 @@
 //! types.
 
 pub mod audit;
+pub mod mcp;
 pub mod schema;
 pub mod server;
 

@@ -6,6 +6,9 @@
 //!   arguments, a timeout, a response size limit and the hosts the URL may reach. Redirects are
 //!   not followed, so a tool cannot be bounced to another host.
 //!
+//! - MCP tools: each tool of an MCP server in `[[tools.mcp]]` (see [`super::mcp`]), named
+//!   `{label}__{tool}`, listed when the server starts ([`ServerTools::list_mcp_tools`]).
+//!
 //! Who may call what: [`Permissions`] maps roles to the tools they may use; each API key has a
 //! role (see [`Caller`]). A session is offered only the tools its caller may use; a call to any
 //! other server tool is refused, and the model is told so.
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::mcp::{McpError, McpServer, McpServerConfig};
 use super::{FunctionTool, ToolCall, ToolError, ToolSet};
 use crate::rag::{KnowledgeBase, SearchRequest};
 
@@ -90,7 +94,11 @@ pub struct ToolsConfig {
     pub builtin: Option<Vec<String>>,
     #[serde(default)]
     pub http: Vec<HttpToolConfig>,
-    /// Role → the server tools it may call (`"*"`: all). Empty: every caller may call every tool.
+    /// MCP servers whose tools are offered as server tools.
+    #[serde(default)]
+    pub mcp: Vec<McpServerConfig>,
+    /// Role → the server tools it may call (`"*"`: all; `label__*`: every tool of that MCP
+    /// server). Empty: every caller may call every tool.
     #[serde(default)]
     pub roles: BTreeMap<String, Vec<String>>,
 }
@@ -102,6 +110,10 @@ enum Kind {
     SearchKnowledgeBase,
     CurrentTime,
     Http(Box<HttpToolConfig>),
+    Mcp {
+        server: Arc<McpServer>,
+        tool: String,
+    },
 }
 
 struct ServerTool {
@@ -123,7 +135,7 @@ impl Permissions {
         }
         self.roles
             .get(&caller.role)
-            .is_some_and(|names| names.iter().any(|n| n == "*" || n == tool))
+            .is_some_and(|names| names.iter().any(|n| names_tool(n, tool)))
     }
 }
 
@@ -142,6 +154,7 @@ pub struct Outcome {
 /// The server's tools, checked at start.
 pub struct ServerTools {
     tools: Vec<ServerTool>,
+    mcp: Vec<Arc<McpServer>>,
     definitions: ToolSet,
     pub permissions: Permissions,
     http: reqwest::Client,
@@ -179,9 +192,25 @@ impl ServerTools {
             })
             .collect();
         let definitions = ToolSet::compile_all(defs)?;
+        let mut mcp = Vec::new();
+        for (i, m) in config.mcp.iter().enumerate() {
+            if mcp.iter().any(|s: &Arc<McpServer>| s.label == m.label) {
+                return Err(invalid(
+                    format!("tools.mcp[{i}].label"),
+                    format!("`{}` is used twice", m.label),
+                ));
+            }
+            mcp.push(
+                McpServer::new(m).map_err(|e| invalid(format!("tools.mcp[{i}]"), e.to_string()))?,
+            );
+        }
+        let is_mcp = |n: &str| {
+            n.split_once("__")
+                .is_some_and(|(label, _)| mcp.iter().any(|s| s.label == label))
+        };
         for (role, names) in &config.roles {
             for n in names {
-                if n != "*" && definitions.get(n).is_none() {
+                if n != "*" && definitions.get(n).is_none() && !is_mcp(n) {
                     return Err(invalid(
                         format!("tools.roles.{role}"),
                         format!("`{n}` is not a server tool"),
@@ -195,12 +224,58 @@ impl ServerTools {
             .map_err(|e| invalid("tools".into(), e.to_string()))?;
         Ok(ServerTools {
             tools,
+            mcp,
             definitions,
             permissions: Permissions {
                 roles: config.roles.clone(),
             },
             http,
         })
+    }
+
+    /// Lists the tools of every configured MCP server and adds them (a server that cannot be
+    /// reached, or a tool whose schema is not usable, is left out with a warning).
+    pub async fn list_mcp_tools(&mut self) {
+        for server in self.mcp.clone() {
+            let listed = match server.list_tools().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(server = %server.label, code = e.code(), error = %e, "MCP server not available; its tools are not offered");
+                    continue;
+                }
+            };
+            let mut added = 0;
+            for t in listed {
+                let tool = ServerTool {
+                    def: FunctionTool {
+                        name: format!("{}__{}", server.label, t.name),
+                        description: t.description,
+                        parameters: t.input_schema,
+                        strict: true,
+                    },
+                    sensitive_result: server.sensitive_result,
+                    kind: Kind::Mcp {
+                        server: server.clone(),
+                        tool: t.name,
+                    },
+                };
+                if let Err(e) = ToolSet::new(vec![tool.def.clone()], "mcp") {
+                    tracing::warn!(server = %server.label, tool = %tool.def.name, error = %e, "MCP tool left out");
+                    continue;
+                }
+                if self.contains(&tool.def.name) {
+                    continue;
+                }
+                self.tools.push(tool);
+                added += 1;
+            }
+            tracing::info!(server = %server.label, tools = added, "MCP server tools listed");
+        }
+        let all: Vec<FunctionTool> = self.tools.iter().map(|t| t.def.clone()).collect();
+        match ToolSet::new(all, "tools") {
+            Ok(d) => self.definitions = d,
+            Err(e) => tracing::warn!(error = %e, "server tools could not be compiled together"),
+        }
     }
 
     /// Every server tool.
@@ -260,6 +335,7 @@ impl ServerTools {
             }
             Kind::SearchKnowledgeBase => search(kb, &args).await,
             Kind::Http(h) => self.http_call(h, &args).await,
+            Kind::Mcp { server, tool } => mcp_call(server, tool, args).await,
         };
         Outcome {
             status,
@@ -453,6 +529,38 @@ fn http_tool(i: usize, h: &HttpToolConfig) -> Result<ServerTool, ToolError> {
         sensitive_result: h.sensitive_result,
         kind: Kind::Http(Box::new(h)),
     })
+}
+
+/// Whether a role's entry `entry` names `tool`: `*`, the tool's name, or `label__*` for every
+/// tool of an MCP server.
+fn names_tool(entry: &str, tool: &str) -> bool {
+    entry == "*"
+        || entry == tool
+        || entry
+            .strip_suffix('*')
+            .is_some_and(|prefix| prefix.ends_with("__") && tool.starts_with(prefix))
+}
+
+/// Calls an MCP server's tool: its text for the model, or the error as `{"error": …}`.
+async fn mcp_call(server: &McpServer, tool: &str, args: Value) -> (&'static str, String) {
+    let args = match args {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    match server.call(tool, args).await {
+        Ok(out) => ("ok", out.text),
+        Err(e) => {
+            let status = match e {
+                McpError::Timeout { .. } => "timeout",
+                _ => "error",
+            };
+            tracing::info!(server = %server.label, tool, code = e.code(), error = %e, "MCP call failed");
+            (
+                status,
+                json!({ "error": e.to_string(), "code": e.code() }).to_string(),
+            )
+        }
+    }
 }
 
 fn refused(message: String) -> Outcome {
