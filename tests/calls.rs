@@ -168,6 +168,76 @@ async fn offers_beyond_the_cap_are_refused_and_places_come_back() {
     }
 }
 
+/// The port in an answer's host candidate.
+fn candidate_port(answer: &Value) -> u16 {
+    let sdp = answer.as_str().unwrap();
+    let candidate = sdp
+        .lines()
+        .find(|l| l.starts_with("a=candidate"))
+        .unwrap_or_else(|| panic!("no candidate in {sdp}"));
+    candidate
+        .split_whitespace()
+        .nth(5)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `--rtc-udp-ports`: calls take their media port from the range; when it is all taken the
+/// offer gets a typed 503, and a port comes back when its call ends.
+#[tokio::test]
+async fn calls_take_their_ports_from_the_configured_range() {
+    // Two free ports next to each other.
+    let (first, last) = loop {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        drop(a);
+        if p < 65_000 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            break (p, p + 1);
+        }
+    };
+    let settings = ServerSettings {
+        api_key: Some(KEY.into()),
+        max_sessions: 8,
+        rtc_udp_ports: Some(
+            voxd::server::config::parse_port_range(&format!("{first}-{last}")).unwrap(),
+        ),
+        ..Default::default()
+    };
+    let base = common::start_full(settings, None, None).await.1;
+    let sdp = "application/sdp";
+    let mut ports = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let (status, answer, location) =
+            post(&base, Some(KEY), sdp, offer(true).into_bytes()).await;
+        assert_eq!(status, 201, "{answer}");
+        ports.push(candidate_port(&answer));
+        calls.push(location);
+    }
+    ports.sort();
+    assert_eq!(ports, [first, last]);
+    let (status, body, _) = post(&base, Some(KEY), sdp, offer(true).into_bytes()).await;
+    assert_eq!((status, code(&body)), (503, "webrtc_unavailable"), "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--rtc-udp-ports"));
+    assert_eq!(hang_up(&base, &calls[0]).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, answer, location) =
+            post(&base, Some(KEY), sdp, offer(true).into_bytes()).await;
+        if status == 201 {
+            assert!((first..=last).contains(&candidate_port(&answer)));
+            hang_up(&base, &location).await;
+            break;
+        }
+        assert!(Instant::now() < deadline, "the port never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn garbage_on_a_calls_port_stops_nothing() {
     let base = server(4).await;

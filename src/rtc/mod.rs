@@ -52,6 +52,8 @@ pub struct MediaAddress {
     pub bind: IpAddr,
     /// The address in the candidate (`--rtc-public-ip`; the bound one when unset).
     pub public: Option<IpAddr>,
+    /// The UDP ports a call may take, first and last (`--rtc-udp-ports`); `None`: any.
+    pub ports: Option<(u16, u16)>,
 }
 
 /// An answered offer, ready to run.
@@ -73,9 +75,7 @@ pub async fn answer(offer: &str, media: MediaAddress) -> Result<Answered, CallEr
     }
     let offer = SdpOffer::from_sdp_string(offer).map_err(|e| CallError::BadOffer(e.to_string()))?;
     let bridge = Bridge::new().map_err(|e| CallError::Codec(e.to_string()))?;
-    let socket = UdpSocket::bind(SocketAddr::new(media.bind, 0))
-        .await
-        .map_err(|e| CallError::Socket(e.to_string()))?;
+    let socket = bind_media(&media).await?;
     let local = socket
         .local_addr()
         .map_err(|e| CallError::Socket(e.to_string()))?;
@@ -101,6 +101,28 @@ pub async fn answer(offer: &str, media: MediaAddress) -> Result<Answered, CallEr
         advertised,
         bridge,
     })
+}
+
+/// A UDP socket for a call's media: any free port, or the first free one of the range (taken
+/// from a turning start, so calls spread over it).
+async fn bind_media(media: &MediaAddress) -> Result<UdpSocket, CallError> {
+    let Some((first, last)) = media.ports else {
+        return UdpSocket::bind(SocketAddr::new(media.bind, 0))
+            .await
+            .map_err(|e| CallError::Socket(e.to_string()));
+    };
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let count = u32::from(last - first) + 1;
+    let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % count;
+    for i in 0..count {
+        let port = first + ((start + i) % count) as u16;
+        if let Ok(s) = UdpSocket::bind(SocketAddr::new(media.bind, port)).await {
+            return Ok(s);
+        }
+    }
+    Err(CallError::Socket(format!(
+        "every UDP port of {first}-{last} is taken (--rtc-udp-ports)"
+    )))
 }
 
 /// The stream id voxd's answer track belongs to.

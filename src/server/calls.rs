@@ -119,9 +119,14 @@ impl Calls {
 
 /// Where calls' media goes: the server's own address, unless it listens on every interface
 /// (then loopback, unless `--rtc-public-ip` says what peers should use).
-pub fn media_address(bind: Option<std::net::SocketAddr>, public: Option<IpAddr>) -> MediaAddress {
+pub fn media_address(
+    bind: Option<std::net::SocketAddr>,
+    public: Option<IpAddr>,
+    ports: Option<super::config::PortRange>,
+) -> MediaAddress {
     let ip = bind.map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
     MediaAddress {
+        ports: ports.map(|p| (p.first, p.last)),
         bind: ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         public: public.or(if ip.is_some() {
             None

@@ -69,6 +69,43 @@ pub struct ServerArgs {
     /// the listen address; loopback when listening on every interface].
     #[arg(long, env = "VOXD_RTC_PUBLIC_IP")]
     pub rtc_public_ip: Option<std::net::IpAddr>,
+    /// The UDP ports WebRTC calls take their media port from, `FIRST-LAST` (one port a call;
+    /// open them in the firewall) [default: any free port].
+    #[arg(long, env = "VOXD_RTC_UDP_PORTS", value_parser = parse_port_range)]
+    pub rtc_udp_ports: Option<PortRange>,
+}
+
+/// A range of UDP ports, `FIRST-LAST` (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        parse_port_range(&text)
+    }
+}
+
+/// Parses `FIRST-LAST` (or one port).
+pub fn parse_port_range(text: &str) -> Result<PortRange, String> {
+    let (a, b) = text.split_once('-').unwrap_or((text, text));
+    let port = |t: &str| {
+        t.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("`{text}`: ports are 1-65535, as FIRST-LAST"))
+    };
+    let (first, last) = (port(a)?, port(b)?);
+    if first > last {
+        return Err(format!("`{text}`: the first port is above the last"));
+    }
+    Ok(PortRange { first, last })
 }
 
 /// The file's `[server]` table.
@@ -90,6 +127,7 @@ pub struct FileServer {
     tls_key: Option<std::path::PathBuf>,
     demo_client_secrets: Option<bool>,
     rtc_public_ip: Option<std::net::IpAddr>,
+    rtc_udp_ports: Option<PortRange>,
     #[serde(default)]
     keys: Vec<FileKey>,
     /// Quotas by role, for keys that set none of their own.
@@ -143,6 +181,8 @@ pub struct ServerConfig {
     pub demo: Option<Quota>,
     /// The address WebRTC peers send media to.
     pub rtc_public_ip: Option<std::net::IpAddr>,
+    /// The UDP ports calls' media may use.
+    pub rtc_udp_ports: Option<PortRange>,
 }
 
 impl ServerConfig {
@@ -221,6 +261,7 @@ impl ServerConfig {
             max_session_minutes,
             otlp_endpoint,
             rtc_public_ip: args.rtc_public_ip.or(file.rtc_public_ip),
+            rtc_udp_ports: args.rtc_udp_ports.or(file.rtc_udp_ports),
             demo: (args.demo_client_secrets || file.demo_client_secrets.unwrap_or(false)).then(
                 || {
                     file.roles
@@ -352,6 +393,7 @@ impl ServerSettings {
             keys: cfg.keys.clone(),
             demo: cfg.demo,
             rtc_public_ip: cfg.rtc_public_ip,
+            rtc_udp_ports: cfg.rtc_udp_ports,
             allowed_origins: cfg.allowed_origins.clone(),
             allowed_hosts: cfg.allowed_hosts.clone(),
             bind: Some(cfg.addr),

@@ -62,6 +62,8 @@ pub struct ServerSettings {
     pub demo: Option<quotas::Quota>,
     /// The address WebRTC peers are told to send media to (`--rtc-public-ip`).
     pub rtc_public_ip: Option<std::net::IpAddr>,
+    /// The UDP ports calls' media may use (`--rtc-udp-ports`).
+    pub rtc_udp_ports: Option<config::PortRange>,
     /// Browser origins allowed besides the server's own and loopback ones (see [`guard`]).
     pub allowed_origins: Vec<String>,
     /// Host names accepted besides the bind address and loopback names (see [`guard`]).
@@ -87,6 +89,7 @@ impl Default for ServerSettings {
             keys: Vec::new(),
             demo: None,
             rtc_public_ip: None,
+            rtc_udp_ports: None,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             bind: None,
@@ -181,7 +184,7 @@ impl AppState {
             client_secrets: Default::default(),
             quotas: Arc::new(quotas::Quotas::new(quota_map)),
             demo,
-            media: calls::media_address(s.bind, s.rtc_public_ip),
+            media: calls::media_address(s.bind, s.rtc_public_ip, s.rtc_udp_ports),
             calls: Default::default(),
         }
     }
