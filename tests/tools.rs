@@ -1295,3 +1295,110 @@ allowed_tools = ["echo", "get-sum"]
     assert_eq!(row["kind"], "server", "{rows}");
     assert_eq!(row["status"], "ok", "{rows}");
 }
+
+/// Server tools in `/v1/chat/completions`: offered beside the request's own tools (as the key's
+/// role allows), run by voxd when the model calls them, their result given to the model, so the
+/// client gets the answer; streamed or whole; audited like a session's calls.
+#[tokio::test]
+async fn server_tools_answer_chat_completions_too() {
+    let script = Script::default();
+    let llm_url = scripted_llm(script.clone()).await;
+    let service = Service::default();
+    let service_addr = tool_service(service.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("voxd.toml");
+    std::fs::write(&cfg, config(&service_addr)).unwrap();
+    let kb = dir.path().join("kb.sqlite");
+    let server = common::ServeProcess::start(&[
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--kb".as_ref(),
+        kb.as_os_str(),
+        "--llm-url".as_ref(),
+        llm_url.as_ref(),
+        "--llm-model".as_ref(),
+        "scripted".as_ref(),
+        "--no-tts".as_ref(),
+    ]);
+    let http = format!("http://{}", server.addr);
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        let r = client.get(format!("{http}/readyz")).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let chat = |key: &'static str, body: Value| {
+        client
+            .post(format!("{http}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    let question = json!([{"role": "user", "content": "Book a table for two."}]);
+    // Whole: the booking runs on the server; the client gets only the answer.
+    script.queue(&[
+        Reply::Call("book_table", r#"{"people": 2}"#),
+        Reply::Text("Table 7 is yours."),
+    ]);
+    let r: Value = chat(STAFF, json!({"model": "x", "messages": question}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r["choices"][0]["message"]["content"], "Table 7 is yours.",
+        "{r}"
+    );
+    assert!(r["choices"][0]["message"]["tool_calls"].is_null(), "{r}");
+    assert_eq!(service.bookings.lock().unwrap().len(), 1);
+    let bodies = script.take_bodies();
+    assert_eq!(
+        offered(&bodies[0]),
+        ["current_time", "book_table", "slow_lookup", "big_report"]
+    );
+    assert!(last_tool_message(&bodies[1]).contains("table"));
+    // Streamed, with a tool of the client's own beside them: the client's call comes back to it.
+    script.queue(&[Reply::Call("lookup_order", r#"{"id": "AB1234"}"#)]);
+    let own = json!([{"type": "function", "function": {"name": "lookup_order",
+        "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}]);
+    let text = chat(
+        STAFF,
+        json!({"model": "x", "messages": question, "tools": own, "stream": true}),
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        text.contains("lookup_order") && text.contains("[DONE]"),
+        "{text}"
+    );
+    assert_eq!(offered(&script.take_bodies()[0])[0], "lookup_order");
+    // The kiosk is offered only what its role lists.
+    script.queue(&[Reply::Text("It is noon.")]);
+    chat(KIOSK, json!({"model": "x", "messages": question}))
+        .await
+        .unwrap();
+    assert_eq!(offered(&script.take_bodies()[0]), ["current_time"]);
+    // Audited, as the completion's calls.
+    let rows: Value = client
+        .get(format!("{http}/v1/audit?tool=book_table"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = &rows["data"][0];
+    assert_eq!(row["session"], "chat", "{rows}");
+    assert_eq!(row["key_id"], "frontdesk", "{rows}");
+    assert!(
+        row["response"].as_str().unwrap().starts_with("chatcmpl"),
+        "{rows}"
+    );
+}

@@ -312,6 +312,7 @@ fn call_json(c: &ToolCall, index: Option<usize>) -> Value {
 /// `POST /v1/chat/completions`.
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    caller: Option<axum::Extension<crate::tools::Caller>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let llm = state.llm()?;
@@ -333,17 +334,37 @@ pub async fn completions(
         .stream_options
         .as_ref()
         .is_some_and(|o| o.include_usage);
-    let req = request(body, state.answer.max_tokens)?;
+    let mut req = request(body, state.answer.max_tokens)?;
     let id = crate::ids::new_id("chatcmpl");
     let model = llm.model_name().to_string();
     let created = now();
+    let server_tools = state
+        .answering()
+        .and_then(|a| a.server_tools)
+        .and_then(|server| {
+            let caller = caller.map_or_else(crate::tools::Caller::anonymous, |c| c.0);
+            super::chat_tools::ChatTools::offer(
+                &mut req,
+                server,
+                caller,
+                state.audit().cloned(),
+                &id,
+            )
+        });
     // Errors before the first token are HTTP errors in both modes.
-    let mut events = crate::llm::checked::generate(llm.clone(), req).await?;
-    let first = match events.next().await {
-        Some(Ok(ev)) => ev,
-        Some(Err(e)) => return Err(e.into()),
+    let (first, events) = match server_tools {
+        Some(tools) => tools.run(llm.clone(), req).await?,
         None => {
-            return Err(LlmError::Compute("the generation ended without finishing".into()).into())
+            let mut events = crate::llm::checked::generate(llm.clone(), req).await?;
+            match events.next().await {
+                Some(Ok(ev)) => (ev, events),
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    return Err(
+                        LlmError::Compute("the generation ended without finishing".into()).into(),
+                    )
+                }
+            }
         }
     };
 

@@ -10,6 +10,7 @@ pub mod assets;
 pub mod audit;
 pub mod calls;
 pub mod chat;
+mod chat_tools;
 pub mod config;
 pub mod cors;
 pub mod error;
