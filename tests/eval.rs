@@ -551,3 +551,50 @@ const CHECKED: Thresholds = Thresholds {
     stale: 0.2,
     repeat: 0.06,
 };
+
+/// `voxd eval` on the tool suite (tests/data/tools: 5 fixture tools, 22 cases) with the embedded
+/// model, as a user runs it: every case is scored (right tool, every argument, no extras, the
+/// answer using the result) and the rates are pinned at what the embedded model does today
+/// (with `tool_choice: auto` it answers without calling: only the cases where no call is right
+/// are right), so a change in either direction shows; a baseline with better figures fails the
+/// run.
+#[test]
+fn the_tool_suite_scores_the_calls_the_model_makes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tools.json");
+    let suite = common::data("tools");
+    let (code, table) = voxd_eval(&[
+        suite.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--quiet".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{table}");
+    assert!(table.contains("right tool"), "{table}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["cases"], 22);
+    let rate = |k: &str| report[k].as_f64().unwrap();
+    // Pinned: the three "no call" cases, no more (raise these as the calling improves).
+    assert!(rate("right_tool") >= 3.0 / 22.0 - 1e-9, "{report}");
+    for r in report["results"].as_array().unwrap() {
+        if r["id"].as_str().unwrap().starts_with("none-") {
+            assert_eq!(r["right_tool"], true, "{r}");
+        }
+    }
+    // A baseline that did better is a regression (exit status 1).
+    let mut better = report.clone();
+    better["right_tool"] = serde_json::json!(1.0);
+    let baseline = dir.path().join("better.json");
+    std::fs::write(&baseline, better.to_string()).unwrap();
+    let (code, table) = voxd_eval(&[
+        suite.as_os_str(),
+        "--out".as_ref(),
+        dir.path().join("again.json").as_os_str(),
+        "--baseline".as_ref(),
+        baseline.as_os_str(),
+        "--quiet".as_ref(),
+    ]);
+    assert_eq!(code, 1, "{table}");
+    assert!(table.contains("regressed: right tool"), "{table}");
+}

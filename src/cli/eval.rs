@@ -79,6 +79,9 @@ pub fn run(common: &CommonArgs, args: EvalArgs) -> Result<()> {
 
 /// True when a metric regressed against the baseline.
 async fn eval(args: EvalArgs) -> Result<bool> {
+    if eval::tools::ToolSuite::is_tool_suite(&args.suite) {
+        return eval_tools(&args).await;
+    }
     let suite = Suite::load(&args.suite)?;
     let baseline = args.baseline.as_deref().map(Report::read).transpose()?;
     let kb_dir = tempfile::tempdir()?;
@@ -141,6 +144,73 @@ async fn eval(args: EvalArgs) -> Result<bool> {
         println!("  {r}");
     }
     Ok(true)
+}
+
+/// A tool suite (`cases.jsonl`): are the calls right? Writes the JSON report; with a baseline,
+/// true when a rate fell by more than the tolerance.
+async fn eval_tools(args: &EvalArgs) -> Result<bool> {
+    let suite = eval::tools::ToolSuite::load(&args.suite)?;
+    let (_server, url) = super::child::endpoint(&args.url, &args.serve_args, false).await?;
+    let bar = if args.driver.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(suite.cases.len() as u64)
+    };
+    bar.set_style(super::bar_style(
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cases {msg}",
+    ));
+    let progress = bar.clone();
+    let on_case = move |r: &eval::tools::ToolCaseResult| {
+        progress.set_message(r.id.clone());
+        progress.inc(1);
+    };
+    let report = eval::tools::run(
+        &url,
+        args.driver.api_key.as_deref(),
+        &suite,
+        std::time::Duration::from_secs(args.turn_timeout_s),
+        &on_case,
+    )
+    .await?;
+    bar.finish_and_clear();
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    print!("{}", report.table());
+    println!("wrote {}", args.out.display());
+    let Some(path) = &args.baseline else {
+        return Ok(false);
+    };
+    let old: eval::tools::ToolReport = serde_json::from_str(&std::fs::read_to_string(path)?)
+        .with_context(|| format!("{} is not a tool suite report", path.display()))?;
+    let mut regressed = false;
+    for (name, new, was) in [
+        ("right tool", report.right_tool, old.right_tool),
+        (
+            "every argument right",
+            report.arguments_right,
+            old.arguments_right,
+        ),
+        (
+            "no extra arguments",
+            report.no_extra_arguments,
+            old.no_extra_arguments,
+        ),
+        (
+            "answer uses result",
+            report.answer_uses_result,
+            old.answer_uses_result,
+        ),
+    ] {
+        if new + args.tolerance < was {
+            println!(
+                "regressed: {name} {:.1} % (was {:.1} %)",
+                new * 100.0,
+                was * 100.0
+            );
+            regressed = true;
+        }
+    }
+    Ok(regressed)
 }
 
 /// Adds the suite's documents to a fresh knowledge base at `kb` with `voxd kb add`.

@@ -31,6 +31,7 @@ pub mod html;
 pub mod listen;
 pub mod report;
 pub mod score;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub enum EvalError {
     Client(#[from] client::ClientError),
     #[error("{0}")]
     Audio(String),
+    #[error("no answer within the turn timeout")]
+    Timeout,
 }
 
 /// The kinds of question.
