@@ -554,10 +554,9 @@ const CHECKED: Thresholds = Thresholds {
 
 /// `voxd eval` on the tool suite (tests/data/tools: 5 fixture tools, 22 cases) with the embedded
 /// model, as a user runs it: every case is scored (right tool, every argument, no extras, the
-/// answer using the result) and the rates are pinned at what the embedded model does today
-/// (with `tool_choice: auto` it answers without calling: only the cases where no call is right
-/// are right), so a change in either direction shows; a baseline with better figures fails the
-/// run.
+/// answer using the result), and the rates are pinned where a regression of the tool router or
+/// the argument filling would show (measured 2026-12-07: 100 %, 100 %, 100 %, 87.5 %); a
+/// baseline with better figures fails the run.
 #[test]
 fn the_tool_suite_scores_the_calls_the_model_makes() {
     let dir = tempfile::tempdir().unwrap();
@@ -575,8 +574,11 @@ fn the_tool_suite_scores_the_calls_the_model_makes() {
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(report["cases"], 22);
     let rate = |k: &str| report[k].as_f64().unwrap();
-    // Pinned: the three "no call" cases, no more (raise these as the calling improves).
-    assert!(rate("right_tool") >= 3.0 / 22.0 - 1e-9, "{report}");
+    assert!(rate("right_tool") >= 0.9, "{table}");
+    assert!(rate("arguments_right") >= 0.85, "{table}");
+    assert!(rate("no_extra_arguments") >= 0.95, "{table}");
+    assert!(rate("answer_uses_result") >= 0.75, "{table}");
+    // Small talk calls nothing.
     for r in report["results"].as_array().unwrap() {
         if r["id"].as_str().unwrap().starts_with("none-") {
             assert_eq!(r["right_tool"], true, "{r}");
@@ -584,6 +586,7 @@ fn the_tool_suite_scores_the_calls_the_model_makes() {
     }
     // A baseline that did better is a regression (exit status 1).
     let mut better = report.clone();
+    better["answer_uses_result"] = serde_json::json!(1.0);
     better["right_tool"] = serde_json::json!(1.0);
     let baseline = dir.path().join("better.json");
     std::fs::write(&baseline, better.to_string()).unwrap();
@@ -596,5 +599,5 @@ fn the_tool_suite_scores_the_calls_the_model_makes() {
         "--quiet".as_ref(),
     ]);
     assert_eq!(code, 1, "{table}");
-    assert!(table.contains("regressed: right tool"), "{table}");
+    assert!(table.contains("regressed"), "{table}");
 }

@@ -233,6 +233,11 @@ pub trait Llm: Send + Sync {
         let _ = (request, tokens);
         Box::pin(async { Ok(()) })
     }
+    /// Whether the model needs the tool router ([`crate::tools::route`]) to call tools: a small
+    /// embedded model answers in words when left to choose; capable remote models do not.
+    fn needs_tool_routing(&self) -> bool {
+        false
+    }
     /// The model's name (for `/v1/models` and logs).
     fn model_name(&self) -> &str;
     /// Tokens in `text` (an estimate for remote models).

@@ -7,6 +7,7 @@
 //! - [`server`]: tools the server runs itself (built-ins and HTTP tools from the configuration),
 //!   and who may call them.
 //! - [`mcp`]: MCP servers (Streamable HTTP or stdio) whose tools become server tools.
+//! - [`route`]: picks the tool a request asks for, and the values it gives, for a small model.
 //! - [`audit`]: the audit trail of every call.
 //!
 //! The model's side of calling (the `<tool_call>` prompt convention and the checked generation
@@ -15,6 +16,7 @@
 
 pub mod audit;
 pub mod mcp;
+pub mod route;
 pub mod schema;
 pub mod server;
 

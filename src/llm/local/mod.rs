@@ -297,6 +297,10 @@ impl LocalLlm {
 }
 
 impl Llm for LocalLlm {
+    fn needs_tool_routing(&self) -> bool {
+        true
+    }
+
     fn generate(&self, request: GenerateRequest) -> BoxFuture<'_, Result<LlmStream, LlmError>> {
         Box::pin(async move {
             if request.messages.is_empty() {

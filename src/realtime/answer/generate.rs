@@ -75,6 +75,19 @@ pub(super) async fn generate(
     );
     msgs.extend(ctx.after.iter().cloned());
     let mut req = request(answering, params, msgs);
+    // A small model left to choose answers in words: the router picks the tool the person
+    // asked for, if one clearly fits, and fixes the values they said.
+    if req.tool_choice == ToolChoice::Auto
+        && !params.follows_results
+        && !req.tools.is_empty()
+        && answering.llm.needs_tool_routing()
+    {
+        let embedder = answering.kb.as_ref().map(|kb| kb.embedder().clone());
+        if let Some(r) = crate::tools::route::route(&req.tools, ctx.user, embedder.as_ref()).await {
+            tracing::info!(tool = %r.name, score = r.score, known = r.known.len(), "tool routed");
+            r.apply(&mut req);
+        }
+    }
     let mut gen = Generation {
         ctx,
         check,
