@@ -18,6 +18,9 @@ use crate::rag::embed::Embedder;
 /// The least similarity (cosine, plus nudges) for a tool to be called. On the fixture tool
 /// suite, requests score 0.35-0.84 for their tool and small talk at most 0.17.
 const MIN_SCORE: f32 = 0.3;
+/// The bar for a tool none of whose required arguments the words hold ("What are your opening
+/// hours?" is near a booking tool in meaning, but gives it nothing to book).
+const MIN_SCORE_EMPTY: f32 = 0.55;
 /// Added when the words hold a value for one of the tool's required, patterned arguments.
 const PATTERN_NUDGE: f32 = 0.15;
 /// Added for each required argument whose value the words hold (so "email me about AB1234"
@@ -135,7 +138,12 @@ pub async fn route(
             + KNOWN_NUDGE * held as f32
             + if named_option { ENUM_NUDGE } else { 0.0 };
         tracing::debug!(tool = %t.name, score, "tool route score");
-        if best.as_ref().is_none_or(|b| score > b.score) {
+        let bar = if held == 0 && !required.is_empty() {
+            MIN_SCORE_EMPTY
+        } else {
+            MIN_SCORE
+        };
+        if score >= bar && best.as_ref().is_none_or(|b| score > b.score) {
             best = Some(Routed {
                 name: t.name.clone(),
                 known,
@@ -143,7 +151,7 @@ pub async fn route(
             });
         }
     }
-    best.filter(|b| b.score >= MIN_SCORE)
+    best
 }
 
 /// Lower-case words of `text` (letters, digits, `:` inside a time).
