@@ -42,7 +42,7 @@ pub fn normalize(text: &str) -> Vec<String> {
 /// A number from zero to twenty, or a ten up to ninety, written as a word: Whisper writes a
 /// spoken "twelve" as "12" one time and "twelve" the next, and a synthetic voice says "12"
 /// either way, so numbers count as the same word in both forms.
-fn number_word(word: &str) -> Option<u32> {
+pub(crate) fn number_word(word: &str) -> Option<u32> {
     const UNITS: [&str; 21] = [
         "zero",
         "one",

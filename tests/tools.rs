@@ -948,6 +948,37 @@ max_response_bytes = 1024
     )
 }
 
+/// `voxd serve` with the configuration file `cfg`, the knowledge base `kb` and the scripted
+/// model at `llm_url` (no voice), once it is ready; and its `http://` base.
+async fn serve_scripted(
+    cfg: &std::path::Path,
+    kb: &std::path::Path,
+    llm_url: &str,
+) -> (common::ServeProcess, String) {
+    let server = common::ServeProcess::start(&[
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--kb".as_ref(),
+        kb.as_os_str(),
+        "--llm-url".as_ref(),
+        llm_url.as_ref(),
+        "--llm-model".as_ref(),
+        "scripted".as_ref(),
+        "--no-tts".as_ref(),
+    ]);
+    let http = format!("http://{}", server.addr);
+    // The server is ready once the language model is.
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        let r = client.get(format!("{http}/readyz")).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    (server, http)
+}
+
 /// Asks one question in a text session opened with `key`; returns the response's events.
 async fn ask_as(url: &str, key: &str, question: &str) -> Vec<ServerEvent> {
     let (mut tx, mut rx) = client::connect(url, Some(key)).await.unwrap();
@@ -993,28 +1024,9 @@ async fn server_tools_run_within_their_limits_and_permissions_and_are_audited() 
     let cfg = dir.path().join("voxd.toml");
     std::fs::write(&cfg, config(&service_addr)).unwrap();
     let kb = dir.path().join("kb.sqlite");
-    let server = common::ServeProcess::start(&[
-        "--config".as_ref(),
-        cfg.as_os_str(),
-        "--kb".as_ref(),
-        kb.as_os_str(),
-        "--llm-url".as_ref(),
-        llm_url.as_ref(),
-        "--llm-model".as_ref(),
-        "scripted".as_ref(),
-        "--no-tts".as_ref(),
-    ]);
+    let (server, http) = serve_scripted(&cfg, &kb, &llm_url).await;
     let url = format!("ws://{}/v1/realtime", server.addr);
-    let http = format!("http://{}", server.addr);
-    // The server is ready once the language model is.
     let client = reqwest::Client::new();
-    for _ in 0..600 {
-        let r = client.get(format!("{http}/readyz")).send().await;
-        if r.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
 
     // 1. Staff: the booking runs on the server; its result goes back to the model, not to the
     //    client, and the answer uses it.
@@ -1231,27 +1243,9 @@ allowed_tools = ["echo", "get-sum"]
     )
     .unwrap();
     let kb = dir.path().join("kb.sqlite");
-    let server = common::ServeProcess::start(&[
-        "--config".as_ref(),
-        cfg.as_os_str(),
-        "--kb".as_ref(),
-        kb.as_os_str(),
-        "--llm-url".as_ref(),
-        llm_url.as_ref(),
-        "--llm-model".as_ref(),
-        "scripted".as_ref(),
-        "--no-tts".as_ref(),
-    ]);
+    let (server, http) = serve_scripted(&cfg, &kb, &llm_url).await;
     let url = format!("ws://{}/v1/realtime", server.addr);
-    let http = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
-    for _ in 0..600 {
-        let r = client.get(format!("{http}/readyz")).send().await;
-        if r.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
     script.queue(&[
         Reply::Call("everything__get-sum", r#"{"a": 2, "b": 40}"#),
         Reply::Text("Two and forty make 42."),
@@ -1309,26 +1303,8 @@ async fn server_tools_answer_chat_completions_too() {
     let cfg = dir.path().join("voxd.toml");
     std::fs::write(&cfg, config(&service_addr)).unwrap();
     let kb = dir.path().join("kb.sqlite");
-    let server = common::ServeProcess::start(&[
-        "--config".as_ref(),
-        cfg.as_os_str(),
-        "--kb".as_ref(),
-        kb.as_os_str(),
-        "--llm-url".as_ref(),
-        llm_url.as_ref(),
-        "--llm-model".as_ref(),
-        "scripted".as_ref(),
-        "--no-tts".as_ref(),
-    ]);
-    let http = format!("http://{}", server.addr);
+    let (_server, http) = serve_scripted(&cfg, &kb, &llm_url).await;
     let client = reqwest::Client::new();
-    for _ in 0..600 {
-        let r = client.get(format!("{http}/readyz")).send().await;
-        if r.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
     let chat = |key: &'static str, body: Value| {
         client
             .post(format!("{http}/v1/chat/completions"))

@@ -165,31 +165,7 @@ fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
-const NUMBER_WORDS: [&str; 21] = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-    "twenty",
-];
-
-/// The numbers said (digits or words up to twenty), leaving out those inside a time (19:30).
+/// The numbers said (digits, or words up to ninety), leaving out those inside a time (19:30).
 fn numbers(text: &str) -> Vec<i64> {
     words(text)
         .iter()
@@ -197,7 +173,7 @@ fn numbers(text: &str) -> Vec<i64> {
         .filter_map(|w| {
             w.parse::<i64>()
                 .ok()
-                .or_else(|| NUMBER_WORDS.iter().position(|n| n == w).map(|i| i as i64))
+                .or_else(|| crate::wer::number_word(w).map(i64::from))
         })
         .collect()
 }

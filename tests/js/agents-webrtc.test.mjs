@@ -6,13 +6,11 @@
 // `session.interrupt()` (barge-in) stops it.
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { join } from "node:path";
 
-import { chromium } from "playwright-core";
-import { env, wer } from "./helpers.mjs";
-import { writeFileSync } from "node:fs";
+import { env, wer, launchChromium } from "./helpers.mjs";
 
 // The app's own origin: served by the test on another port of loopback, not by voxd, so every call to voxd is
 // cross-origin, as it is for a real app (voxd lists this origin in --allowed-origins).
@@ -45,18 +43,7 @@ async function clientSecret() {
 }
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--no-first-run",
-      "--use-fake-ui-for-media-stream",
-      "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${env("VOXD_FAKE_AUDIO")}%noloop`,
-      "--autoplay-policy=no-user-gesture-required",
-    ],
-  });
+  browser = await launchChromium(env("VOXD_FAKE_AUDIO"));
   page = await (await browser.newContext()).newPage();
   page.on("pageerror", (err) => { pageErrors.push(err.message); console.log(`pageerror: ${err.message.replace(/\s+/g, " ")} ${err.stack?.slice(0, 300)}`); });
   page.on("console", (m) => console.log(`page: ${m.text()}`));

@@ -5,26 +5,14 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 
-import { chromium } from "playwright-core";
-import { env, wer } from "./helpers.mjs";
+import { env, wer, launchChromium } from "./helpers.mjs";
 
 let browser;
 let page;
 const pageErrors = [];
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--no-first-run",
-      "--use-fake-ui-for-media-stream",
-      "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${env("VOXD_FAKE_AUDIO")}%noloop`,
-      "--autoplay-policy=no-user-gesture-required",
-    ],
-  });
+  browser = await launchChromium(env("VOXD_FAKE_AUDIO"));
   page = await (await browser.newContext()).newPage();
   page.on("pageerror", (err) => pageErrors.push(err.message));
 });

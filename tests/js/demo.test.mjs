@@ -9,30 +9,14 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { chromium } from "playwright-core";
-import { env, reference, wer } from "./helpers.mjs";
+import { env, reference, wer, launchChromium } from "./helpers.mjs";
 
 let browser;
 let page;
 const pageErrors = [];
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--use-fake-ui-for-media-stream",
-      "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${env("VOXD_FAKE_AUDIO")}%noloop`,
-      "--autoplay-policy=no-user-gesture-required",
-    ],
-  });
+  browser = await launchChromium(env("VOXD_FAKE_AUDIO"));
   const context = await browser.newContext({ viewport: { width: 1000, height: 1200 } });
   page = await context.newPage();
   page.on("pageerror", (err) => pageErrors.push(err.message));

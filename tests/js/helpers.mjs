@@ -84,3 +84,24 @@ export function* chunks(samples, rate, ms = 20) {
   const n = Math.round((rate * ms) / 1000);
   for (let i = 0; i < samples.length; i += n) yield samples.subarray(i, i + n);
 }
+
+/** Debian's Chromium, headless, with a fake microphone playing `fakeAudio` once (WAV). */
+export async function launchChromium(fakeAudio) {
+  const { chromium } = await import("playwright-core");
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--use-fake-ui-for-media-stream",
+      "--use-fake-device-for-media-stream",
+      `--use-file-for-fake-audio-capture=${fakeAudio}%noloop`,
+      "--autoplay-policy=no-user-gesture-required",
+    ],
+  });
+}
