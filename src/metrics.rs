@@ -251,6 +251,9 @@ pub struct Metrics {
     pub tool_calls: LabelledCounter,
     /// Server tools' execution time.
     pub tool_seconds: Histogram,
+    /// Requests to clients' MCP servers by server label and outcome (`list_ok`, `list_failed`,
+    /// `ok`, `error`, `timeout`, `approval_requested`, `declined`).
+    pub mcp_requests: LabelledCounter,
     /// Answers drafted while the person paused (`made`) and drafts an answer used (`used`).
     pub llm_drafts: LabelledCounter,
     /// Requests and sessions refused by a key's quota, by key id and limit (`sessions`,
@@ -292,6 +295,7 @@ pub fn global() -> &'static Metrics {
         turn_checks: LabelledCounter::default(),
         tool_calls: LabelledCounter::default(),
         tool_seconds: Histogram::new(LATENCY_BUCKETS),
+        mcp_requests: LabelledCounter::default(),
         llm_drafts: LabelledCounter::default(),
         quota_rejections: LabelledCounter::default(),
         key_audio_ms: LabelledCounter::default(),
@@ -525,6 +529,13 @@ impl Metrics {
             "Tool calls by tool and outcome (ok, invalid_retried, invalid_arguments, refused, error, timeout).",
             ["tool", "status"],
             &self.tool_calls,
+        );
+        labelled_pairs(
+            out,
+            "voxd_mcp_requests_total",
+            "Requests to MCP servers clients attached, by server label and outcome.",
+            ["server", "outcome"],
+            &self.mcp_requests,
         );
         counter(
             out,

@@ -8,61 +8,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use voxd::tools::{Caller, ServerTools, ToolCall, ToolsConfig};
 
-fn everything_js() -> PathBuf {
-    let js = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/js/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(
-        js.exists(),
-        "{} is missing: run `bash scripts/deps --test`",
-        js.display()
-    );
-    js
-}
-
-/// The reference server over Streamable HTTP on a free port; killed on drop.
-struct Everything {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Everything {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn everything_over_http() -> Everything {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("node")
-        .arg(everything_js())
-        .arg("streamableHttp")
-        .env("PORT", port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server-everything did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Everything {
-        child,
-        url: format!("http://127.0.0.1:{port}/mcp"),
-    }
-}
+use common::everything::{everything_js, everything_over_http};
 
 async fn server_tools(toml_text: &str) -> ServerTools {
     let config: ToolsConfig = toml::from_str(toml_text).unwrap();

@@ -60,7 +60,7 @@ fn serve(cfg: Config, no_pull: bool) -> Result<()> {
         let mut server_tools = voxd::tools::ServerTools::new(&cfg.tools)?;
         // MCP servers' tools are listed now (each within its timeout).
         server_tools.list_mcp_tools().await;
-        if !server_tools.definitions().is_empty() {
+        if !server_tools.definitions().is_empty() || server_tools.client_mcp.is_some() {
             info!(
                 tools = server_tools.definitions().len(),
                 "server tools configured"

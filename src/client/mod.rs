@@ -42,8 +42,10 @@ pub enum ClientError {
     Decode(String),
 }
 
-/// A message from the server.
+/// A message from the server. (Events are by far the most common message, so they are not
+/// boxed.)
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Incoming {
     /// A known event.
     Event(ServerEvent),

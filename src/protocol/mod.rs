@@ -9,6 +9,7 @@
 //!   `turn_detection`) that older clients still send.
 
 pub mod client;
+pub mod mcp_items;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod session;

@@ -83,9 +83,27 @@ pub struct Item {
     /// A function call's arguments (a JSON text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<String>,
-    /// A function call output's result.
+    /// A function call output's result (or an MCP call's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// MCP items: the server the list, call or approval is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_label: Option<String>,
+    /// An `mcp_list_tools` item's tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Value>,
+    /// The approval request an MCP call or approval response belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_request_id: Option<String>,
+    /// Why an MCP call failed (`{"type": "tool_execution_error" | "protocol_error" |
+    /// "http_error", "message", …}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    /// An `mcp_approval_response`'s decision, and its reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approve: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn item_object() -> String {
@@ -93,7 +111,7 @@ fn item_object() -> String {
 }
 
 impl Item {
-    fn bare(id: &str, kind: &str, status: &str) -> Self {
+    pub(super) fn bare(id: &str, kind: &str, status: &str) -> Self {
         Item {
             id: id.to_string(),
             object: item_object(),
@@ -105,6 +123,12 @@ impl Item {
             name: None,
             arguments: None,
             output: None,
+            server_label: None,
+            tools: None,
+            approval_request_id: None,
+            error: None,
+            approve: None,
+            reason: None,
         }
     }
 
@@ -399,6 +423,32 @@ pub enum ServerEvent {
         name: String,
         arguments: String,
     },
+    #[serde(rename = "mcp_list_tools.in_progress")]
+    McpListToolsInProgress { item_id: String },
+    #[serde(rename = "mcp_list_tools.completed")]
+    McpListToolsCompleted { item_id: String },
+    #[serde(rename = "mcp_list_tools.failed")]
+    McpListToolsFailed { item_id: String },
+    #[serde(rename = "response.mcp_call_arguments.delta")]
+    McpCallArgumentsDelta {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        delta: String,
+    },
+    #[serde(rename = "response.mcp_call_arguments.done")]
+    McpCallArgumentsDone {
+        response_id: String,
+        item_id: String,
+        output_index: u32,
+        arguments: String,
+    },
+    #[serde(rename = "response.mcp_call.in_progress")]
+    McpCallInProgress { item_id: String, output_index: u32 },
+    #[serde(rename = "response.mcp_call.completed")]
+    McpCallCompleted { item_id: String, output_index: u32 },
+    #[serde(rename = "response.mcp_call.failed")]
+    McpCallFailed { item_id: String, output_index: u32 },
     #[serde(rename = "response.output_item.done")]
     OutputItemDone {
         response_id: String,
@@ -499,6 +549,14 @@ impl ServerEvent {
             ServerEvent::FunctionCallArgumentsDone { .. } => {
                 "response.function_call_arguments.done"
             }
+            ServerEvent::McpListToolsInProgress { .. } => "mcp_list_tools.in_progress",
+            ServerEvent::McpListToolsCompleted { .. } => "mcp_list_tools.completed",
+            ServerEvent::McpListToolsFailed { .. } => "mcp_list_tools.failed",
+            ServerEvent::McpCallArgumentsDelta { .. } => "response.mcp_call_arguments.delta",
+            ServerEvent::McpCallArgumentsDone { .. } => "response.mcp_call_arguments.done",
+            ServerEvent::McpCallInProgress { .. } => "response.mcp_call.in_progress",
+            ServerEvent::McpCallCompleted { .. } => "response.mcp_call.completed",
+            ServerEvent::McpCallFailed { .. } => "response.mcp_call.failed",
             ServerEvent::OutputItemDone { .. } => "response.output_item.done",
             ServerEvent::ResponseDone { .. } => "response.done",
             ServerEvent::Citations { .. } => "voxd.response.citations",

@@ -29,4 +29,8 @@ pub enum Command {
         event_id: Option<String>,
         item_id: String,
     },
+    /// A `session.update` changed the MCP servers attached to the session.
+    AttachMcp {
+        servers: Vec<crate::tools::mcp::client::McpSpec>,
+    },
 }

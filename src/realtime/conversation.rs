@@ -35,6 +35,8 @@ pub struct ConvItem {
     pub call: Option<ToolCall>,
     /// A function call output item (role tool; `text` is the output): the call it answers.
     pub call_id: Option<String>,
+    /// An MCP item (a server's tool list, a call, an approval request or response), as sent.
+    pub mcp: Option<Item>,
 }
 
 impl ConvItem {
@@ -50,6 +52,7 @@ impl ConvItem {
             audio: None,
             call: None,
             call_id: None,
+            mcp: None,
         }
     }
 
@@ -70,9 +73,16 @@ impl ConvItem {
         ConvItem::from_message(id, ChatMessage::calls("", vec![call]))
     }
 
-    /// Whether this is a function call or a function's output.
+    /// An MCP item.
+    pub fn mcp(item: Item) -> Self {
+        let mut c = ConvItem::text(item.id.clone(), Role::Assistant, String::new());
+        c.mcp = Some(item);
+        c
+    }
+
+    /// Whether this is a function call, a function's output, or an MCP item.
     pub fn is_tool_item(&self) -> bool {
-        self.call.is_some() || self.call_id.is_some()
+        self.call.is_some() || self.call_id.is_some() || self.mcp.is_some()
     }
 
     /// A spoken user turn whose transcript is on its way.
@@ -87,12 +97,15 @@ impl ConvItem {
             audio: None,
             call: None,
             call_id: None,
+            mcp: None,
         }
     }
 
     /// The item on the wire.
     pub fn to_item(&self) -> Item {
-        if let Some(c) = &self.call {
+        if let Some(m) = &self.mcp {
+            m.clone()
+        } else if let Some(c) = &self.call {
             Item::function_call(&self.id, &c.id, &c.name, &c.arguments, "completed")
         } else if let Some(call_id) = &self.call_id {
             Item::function_call_output(&self.id, call_id, &self.text)
@@ -117,19 +130,49 @@ pub fn history(items: &[ConvItem]) -> Vec<ChatMessage> {
             .iter()
             .any(|i| i.call.as_ref().is_some_and(|c| c.id == id))
     };
-    items
-        .iter()
-        .filter(|i| match (&i.call, &i.call_id) {
-            (Some(c), _) => answered(&c.id),
-            (None, Some(id)) => called(id),
-            (None, None) => !i.text.trim().is_empty(),
-        })
-        .map(|i| match (&i.call, &i.call_id) {
-            (Some(call), _) => ChatMessage::calls("", vec![call.clone()]),
-            (None, Some(id)) => ChatMessage::tool_result(id.clone(), i.text.clone()),
-            (None, None) => ChatMessage::new(i.role, i.text.clone()),
-        })
-        .collect()
+    let mut out = Vec::new();
+    for i in items {
+        match (&i.mcp, &i.call, &i.call_id) {
+            (Some(m), _, _) => out.extend(mcp_call_messages(m)),
+            (None, Some(c), _) if answered(&c.id) => {
+                out.push(ChatMessage::calls("", vec![c.clone()]))
+            }
+            (None, None, Some(id)) if called(id) => {
+                out.push(ChatMessage::tool_result(id.clone(), i.text.clone()))
+            }
+            (None, None, None) if !i.text.trim().is_empty() => {
+                out.push(ChatMessage::new(i.role, i.text.clone()))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// An MCP call that ran, as the call and its result (other MCP items are not part of the
+/// prompt).
+fn mcp_call_messages(m: &Item) -> Vec<ChatMessage> {
+    if m.kind != "mcp_call" {
+        return Vec::new();
+    }
+    let label = m.server_label.as_deref().unwrap_or_default();
+    let call = ToolCall {
+        id: m.id.clone(),
+        name: super::answer::mcp::function_name(label, m.name.as_deref().unwrap_or_default()),
+        arguments: m.arguments.clone().unwrap_or_else(|| "{}".into()),
+    };
+    let result = match (&m.output, &m.error) {
+        (Some(o), _) => o.clone(),
+        (None, Some(e)) => format!(
+            "The tool failed: {}",
+            e.get("message").and_then(|v| v.as_str()).unwrap_or("error")
+        ),
+        (None, None) => return Vec::new(),
+    };
+    vec![
+        ChatMessage::calls("", vec![call]),
+        ChatMessage::tool_result(m.id.clone(), result),
+    ]
 }
 
 /// A session's conversation.

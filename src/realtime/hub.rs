@@ -12,6 +12,7 @@ use super::answer::Answering;
 use super::audio_stage::{AudioInput, AudioSignal};
 use super::command::Command;
 use super::conversation::{parse_item, truncate_spoken, ConvItem, Conversation};
+use super::mcp::{approval_response, AttachedMcp};
 use super::options::SessionOptions;
 use super::out::Out;
 use super::responses::Responses;
@@ -19,7 +20,7 @@ use super::turns::{Heard, Turns};
 use crate::asr::Asr;
 use crate::prompt::Role;
 use crate::protocol::server::TranscriptionUsage;
-use crate::protocol::{new_id, ProtocolError, ServerEvent};
+use crate::protocol::{new_id, Item, ProtocolError, ServerEvent};
 
 pub(super) struct Hub {
     out: Out,
@@ -39,6 +40,8 @@ pub(super) struct Hub {
     /// calls (sent on `response.output_item.done`, before `response.done`), and every command
     /// after it, in order (a cancel excepted).
     deferred: std::collections::VecDeque<Command>,
+    /// The MCP servers the client attached.
+    mcp: AttachedMcp,
 }
 
 /// Where the session's turns find the knowledge base: the one it started with, else the one the
@@ -84,6 +87,7 @@ impl Hub {
             told_responding: false,
             deferred_truncate: None,
             deferred: std::collections::VecDeque::new(),
+            mcp: AttachedMcp::new(),
         }
     }
 
@@ -119,6 +123,13 @@ impl Hub {
                 Some(f) = self.responses.finished.recv() => self.on_finished(f),
                 Some(p) = self.responses.prepared_rx.recv() => {
                     self.responses.set_prepared(p);
+                    true
+                }
+                Some(l) = self.mcp.listed.recv() => {
+                    let session_id = self.opts.borrow().session_id.clone();
+                    let answering = self.responses.answering().cloned();
+                    self.mcp.listed(l, &mut self.conversation, &self.out, answering.as_ref(), &session_id);
+                    self.responses.set_mcp(self.mcp.offers());
                     true
                 }
             };
@@ -178,6 +189,12 @@ impl Hub {
     /// Whether `c` adds the output of a call that is not in the conversation while a response
     /// runs: that response's own call, which joins the conversation when it ends.
     fn output_of_a_running_call(&self, c: &Command) -> bool {
+        // An item of the running response (an MCP call under way, say) is retrieved once the
+        // response ends and its items have joined the conversation.
+        if let Command::Retrieve { item_id, .. } = c {
+            return self.responses.active_item().is_some()
+                && self.conversation.get(item_id).is_none();
+        }
         let Command::CreateItem { item, .. } = c else {
             return false;
         };
@@ -361,7 +378,68 @@ impl Hub {
                     self.unknown_item("item_delete_invalid_item_id", &item_id, event_id)
                 }
             }
+            Command::AttachMcp { servers } => {
+                let answering = self.responses.answering().cloned();
+                self.mcp.attach(
+                    servers,
+                    &mut self.conversation,
+                    &self.out,
+                    answering.as_ref(),
+                );
+                self.responses.set_mcp(self.mcp.offers());
+                true
+            }
         }
+    }
+
+    /// A client's `mcp_approval_response`: it must answer an approval request of the
+    /// conversation that is not answered yet; then a response runs (or reports) the call.
+    fn approval_response(&mut self, event_id: Option<String>, item: Item) -> bool {
+        let request_id = item.approval_request_id.clone().unwrap_or_default();
+        let asked = self.conversation.get(&request_id).is_some_and(|i| {
+            i.mcp
+                .as_ref()
+                .is_some_and(|m| m.kind == "mcp_approval_request")
+        });
+        let answered = self.conversation.items.iter().any(|i| {
+            i.mcp.as_ref().is_some_and(|m| {
+                m.kind == "mcp_approval_response"
+                    && m.approval_request_id.as_deref() == Some(request_id.as_str())
+            })
+        });
+        let problem = if !asked {
+            Some(format!(
+                "there is no MCP approval request `{request_id}` in the conversation"
+            ))
+        } else if answered {
+            Some(format!(
+                "the approval request `{request_id}` was already answered"
+            ))
+        } else if self.conversation.get(&item.id).is_some() {
+            Some(format!(
+                "the conversation already has an item `{}`",
+                item.id
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            return self.out.error(
+                &ProtocolError::new("invalid_item", message)
+                    .param("item.approval_request_id")
+                    .event(event_id),
+            );
+        }
+        let previous_item_id = self.conversation.push(ConvItem::mcp(item.clone()));
+        let ok = self.out.send(ServerEvent::ItemAdded {
+            previous_item_id: previous_item_id.clone(),
+            item: item.clone(),
+        }) && self.out.send(ServerEvent::ItemDone {
+            previous_item_id,
+            item,
+        });
+        self.responses.request(&self.conversation, None, None);
+        ok
     }
 
     /// `conversation.item.create`: a message or a function call's output, appended or inserted
@@ -372,6 +450,17 @@ impl Hub {
         item: &serde_json::Value,
         previous_item_id: Option<String>,
     ) -> bool {
+        match approval_response(item) {
+            Ok(Some(approval)) => return self.approval_response(event_id, approval),
+            Ok(None) => {}
+            Err(message) => {
+                return self.out.error(
+                    &ProtocolError::new("invalid_item", message)
+                        .param("item")
+                        .event(event_id),
+                )
+            }
+        }
         match parse_item(item) {
             Ok((message, id)) => {
                 let id = id.unwrap_or_else(|| new_id("item"));

@@ -33,6 +33,7 @@ mod command;
 mod conversation;
 mod hub;
 mod input;
+mod mcp;
 mod options;
 mod out;
 pub mod partials;

@@ -333,6 +333,7 @@ impl Client<'_> {
         let event_id = msg.event_id.clone();
         let input = match msg.event {
             ClientEvent::SessionUpdate { session } => {
+                let mcp_before = self.config.mcp.clone();
                 if let Err(e) = self.config.apply_update(&session) {
                     self.out.error(&e.event(event_id));
                     return true;
@@ -341,6 +342,14 @@ impl Client<'_> {
                 self.out.send(ServerEvent::SessionUpdated {
                     session: self.config.to_view(),
                 });
+                // Attached MCP servers are listed after `session.updated`.
+                if self.config.mcp != mcp_before {
+                    let servers = self.config.mcp.clone();
+                    let attach = AudioInput::Client(Command::AttachMcp { servers });
+                    if self.audio_tx.send(attach).await.is_err() {
+                        return false;
+                    }
+                }
                 if !self.config.ignored.is_empty() {
                     info!(ignored = ?self.config.ignored, "session.update asked for what voxd does not do");
                 }

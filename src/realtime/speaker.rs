@@ -98,6 +98,8 @@ pub struct Target {
     pub item_id: String,
     /// Set by a cancel (a barge-in) before the cancel itself: nothing is sent once it is.
     pub silence: Arc<AtomicBool>,
+    /// The message's output index (set when the message opens; MCP items may come first).
+    pub output_index: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Speaker {
@@ -267,7 +269,7 @@ impl Speaking {
         self.out.send(ServerEvent::OutputAudioTranscriptDelta {
             response_id: self.target.response_id.clone(),
             item_id: self.target.item_id.clone(),
-            output_index: 0,
+            output_index: self.target.output_index.load(Ordering::Relaxed),
             content_index: 0,
             delta,
         });
@@ -330,7 +332,7 @@ impl Speaking {
                 self.out.send(ServerEvent::OutputAudioDelta {
                     response_id: self.target.response_id.clone(),
                     item_id: self.target.item_id.clone(),
-                    output_index: 0,
+                    output_index: self.target.output_index.load(Ordering::Relaxed),
                     content_index: 0,
                     delta: base64::engine::general_purpose::STANDARD.encode(part),
                 });

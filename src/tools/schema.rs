@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+use super::mcp::client::{McpSpec, MAX_CLIENT_SERVERS};
 use super::ToolError;
 
 /// Most tools one request or session may offer.
@@ -94,8 +95,17 @@ impl PartialEq for ToolSet {
 }
 
 impl ToolSet {
-    /// Reads and checks a `tools` array (`param` names it in errors).
+    /// Reads and checks a `tools` array of function tools (`param` names it in errors).
     pub fn parse(value: &Value, param: &str) -> Result<Self, ToolError> {
+        Self::parse_all(value, param, false).map(|(set, _)| set)
+    }
+
+    /// Reads a realtime session's `tools`: function tools, and MCP servers (`{"type": "mcp"}`).
+    pub fn parse_with_mcp(value: &Value, param: &str) -> Result<(Self, Vec<McpSpec>), ToolError> {
+        Self::parse_all(value, param, true)
+    }
+
+    fn parse_all(value: &Value, param: &str, mcp: bool) -> Result<(Self, Vec<McpSpec>), ToolError> {
         let list = value.as_array().ok_or_else(|| ToolError::InvalidTool {
             param: param.to_string(),
             message: "must be an array".into(),
@@ -114,12 +124,30 @@ impl ToolSet {
             });
         }
         let mut tools = Vec::with_capacity(list.len());
+        let mut servers: Vec<McpSpec> = Vec::new();
         for (i, def) in list.iter().enumerate() {
             let at = format!("{param}[{i}]");
+            if mcp && def.get("type").and_then(Value::as_str) == Some("mcp") {
+                let spec = McpSpec::parse(def, &at)?;
+                if servers.iter().any(|s| s.server_label == spec.server_label) {
+                    return Err(ToolError::InvalidTool {
+                        param: format!("{at}.server_label"),
+                        message: format!("`{}` is used twice", spec.server_label),
+                    });
+                }
+                if servers.len() == MAX_CLIENT_SERVERS {
+                    return Err(ToolError::InvalidTool {
+                        param: at,
+                        message: format!("at most {MAX_CLIENT_SERVERS} MCP servers"),
+                    });
+                }
+                servers.push(spec);
+                continue;
+            }
             let (tool, nested) = parse_one(def, &at)?;
             tools.push((tool, format!("{at}{nested}")));
         }
-        Self::compile_all(tools)
+        Ok((Self::compile_all(tools)?, servers))
     }
 
     /// Compiles definitions already read (from the server's configuration, say).

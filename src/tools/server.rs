@@ -97,6 +97,10 @@ pub struct ToolsConfig {
     /// MCP servers whose tools are offered as server tools.
     #[serde(default)]
     pub mcp: Vec<McpServerConfig>,
+    /// Whether, and where, clients may attach their own MCP servers to realtime sessions
+    /// (`{"type": "mcp"}` tools); absent: they may not.
+    #[serde(default)]
+    pub client_mcp: Option<super::mcp::client::ClientMcpPolicy>,
     /// Role → the server tools it may call (`"*"`: all; `label__*`: every tool of that MCP
     /// server). Empty: every caller may call every tool.
     #[serde(default)]
@@ -157,6 +161,8 @@ pub struct ServerTools {
     mcp: Vec<Arc<McpServer>>,
     definitions: ToolSet,
     pub permissions: Permissions,
+    /// Whether, and where, clients may attach MCP servers.
+    pub client_mcp: Option<super::mcp::client::ClientMcpPolicy>,
     http: reqwest::Client,
 }
 
@@ -229,6 +235,7 @@ impl ServerTools {
             permissions: Permissions {
                 roles: config.roles.clone(),
             },
+            client_mcp: config.client_mcp.clone(),
             http,
         })
     }

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod bomb;
+pub mod everything;
 pub mod pg;
+pub mod scripted;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

@@ -196,6 +196,8 @@ pub struct SessionConfig {
     pub knowledge_base: bool,
     /// Functions the model may call (checked when set).
     pub tools: crate::tools::ToolSet,
+    /// MCP servers the client attached (`{"type": "mcp"}` entries of `tools`).
+    pub mcp: Vec<crate::tools::mcp::client::McpSpec>,
     pub tool_choice: crate::tools::ToolChoice,
     /// voxd: the voice detector under turn detection.
     pub vad: VadEngine,
@@ -243,6 +245,7 @@ impl SessionConfig {
             binary_audio_out: false,
             knowledge_base: true,
             tools: Default::default(),
+            mcp: Vec::new(),
             tool_choice: Default::default(),
             vad: VadEngine::WebRtc,
             available: TurnModelsAvailable::default(),
@@ -282,6 +285,16 @@ impl SessionConfig {
         }
         self.voices = voices;
         self
+    }
+
+    /// The `tools` list as shown: the functions, then the MCP servers (without their secrets).
+    fn tools_view(&self) -> Value {
+        let mut list = match self.tools.to_view() {
+            Value::Array(l) => l,
+            _ => Vec::new(),
+        };
+        list.extend(self.mcp.iter().map(|m| m.to_view()));
+        Value::Array(list)
     }
 
     /// Whether responses are spoken.
@@ -377,7 +390,7 @@ impl SessionConfig {
                 "output_modalities": self.output_modalities,
                 "max_output_tokens": match self.max_output_tokens { Some(n) => json!(n), None => json!("inf") },
                 "audio": { "input": input, "output": output },
-                "tools": self.tools.to_view(),
+                "tools": self.tools_view(),
                 "tool_choice": self.tool_choice.to_view(),
                 "tracing": null,
                 "truncation": "auto",

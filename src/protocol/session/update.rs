@@ -267,13 +267,19 @@ impl SessionConfig {
     /// The tools, the tool choice and the output token limit.
     fn update_tools(&mut self, obj: &Map<String, Value>) -> Result<(), ProtocolError> {
         if let Some(v) = obj.get("tools").filter(|v| !v.is_null()) {
-            self.tools = crate::tools::ToolSet::parse(v, "session.tools").map_err(tool_error)?;
+            (self.tools, self.mcp) =
+                crate::tools::ToolSet::parse_with_mcp(v, "session.tools").map_err(tool_error)?;
         }
         if let Some(v) = obj.get("tool_choice").filter(|v| !v.is_null()) {
             self.tool_choice =
                 crate::tools::ToolChoice::parse(v, "session.tool_choice").map_err(tool_error)?;
         }
-        if !self.tools.is_empty() || self.tool_choice != crate::tools::ToolChoice::Auto {
+        // With MCP servers attached, "required" can be met by their tools (listed later).
+        let mcp_required =
+            !self.mcp.is_empty() && self.tool_choice == crate::tools::ToolChoice::Required;
+        if !mcp_required
+            && (!self.tools.is_empty() || self.tool_choice != crate::tools::ToolChoice::Auto)
+        {
             self.tool_choice
                 .check(&self.tools, "session.tool_choice")
                 .map_err(tool_error)?;

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::audit::Auditor;
 use super::choose::{answer_mode, messages, request};
+use super::mcp;
 use super::{Answer, Cancel, Ctx, Stop, MAX_SERVER_ROUNDS};
 use crate::grounding::repeat::{Guarded, RepeatGuard};
 use crate::grounding::{AnswerMode, Check, Focus, Verdict};
@@ -75,6 +76,17 @@ pub(super) async fn generate(
     );
     msgs.extend(ctx.after.iter().cloned());
     let mut req = request(answering, params, msgs);
+    let audit = Auditor::new(answering, params, ctx.response_id);
+    // Calls the client approved (or declined) since the user's words come first.
+    mcp::run_approved(
+        ctx.writer,
+        &audit,
+        params,
+        &mut answer.call_items,
+        &mut req.messages,
+        cancel,
+    )
+    .await?;
     // A small model left to choose answers in words: the router picks the tool the person
     // asked for, if one clearly fits, and fixes the values they said.
     if req.tool_choice == ToolChoice::Auto
@@ -95,7 +107,7 @@ pub(super) async fn generate(
         span: tracing::info_span!("llm", first_token_ms = tracing::field::Empty),
         generating: Instant::now(),
         model_started: false,
-        audit: Auditor::new(answering, params, ctx.response_id),
+        audit,
         rounds: 0,
     };
     let checks = gen.checks();
@@ -108,18 +120,29 @@ pub(super) async fn generate(
             Round::Done => return Ok(()),
             Round::ServerCalls(calls) => calls,
         };
-        let Some(server) = answering.server_tools.as_ref() else {
-            return Ok(());
-        };
         for call in server_calls {
-            let outcome = cancel
-                .or(server.call(&call, &answering.caller, answering.kb.as_ref()))
-                .await?;
-            gen.record_server_call(&call, &outcome, answer);
+            let output = if let Some(offer) = params.mcp.get(&call.name) {
+                let (item, ran) =
+                    mcp::run_call(ctx.writer, &gen.audit, offer, &call, None, cancel).await?;
+                answer.call_items.push(item);
+                ran.output
+            } else if let Some(server) = answering.server_tools.as_ref() {
+                let outcome = cancel
+                    .or(server.call(&call, &answering.caller, answering.kb.as_ref()))
+                    .await?;
+                gen.record_server_call(&call, &outcome, answer);
+                outcome.output
+            } else {
+                continue;
+            };
             req.messages
                 .push(ChatMessage::calls("", vec![call.clone()]));
             req.messages
-                .push(ChatMessage::tool_result(call.id.clone(), outcome.output));
+                .push(ChatMessage::tool_result(call.id.clone(), output));
+        }
+        // A call waits for the client's approval: the answer comes after it.
+        if answer.awaiting_approval {
+            return Ok(());
         }
         gen.rounds += 1;
         // After a few rounds of server tools, the model must answer.
@@ -223,6 +246,17 @@ impl Generation<'_, '_> {
                         }
                     }
                 }
+                LlmEvent::ToolCall(call) if self.ctx.params.mcp.get(&call.name).is_some() => {
+                    let offer = self.ctx.params.mcp.get(&call.name).expect("checked");
+                    if offer.approval {
+                        let item =
+                            mcp::request_approval(self.ctx.writer, &self.audit, offer, &call);
+                        answer.call_items.push(item);
+                        answer.awaiting_approval = true;
+                    } else {
+                        server_calls.push(call);
+                    }
+                }
                 LlmEvent::ToolCall(call) if self.is_server_call(&call.name) => {
                     server_calls.push(call)
                 }
@@ -281,19 +315,14 @@ impl Generation<'_, '_> {
             self.first_token();
         }
         let writer = self.ctx.writer;
-        let previous = match answer.calls.last() {
-            Some((id, _)) => Some(id.clone()),
-            None if writer.opened() => Some(self.ctx.item_id.to_string()),
-            None => self.ctx.params.conversation.clone().flatten(),
-        };
         tracing::info!(tool = %call.name, call_id = %call.id, arguments = %self.audit.redact(&call), "function call for the client");
         crate::metrics::global()
             .tool_calls
             .inc_pair(&call.name, "sent");
         self.audit
             .record(&call, "client", "valid", "sent", 0.0, None);
-        let (id, item) = writer.send_call(&call, answer.calls.len(), previous);
-        answer.call_items.push(item);
+        let (id, index, item) = writer.send_call(&call);
+        answer.call_items.push((index, item));
         answer.calls.push((id, call));
     }
 

@@ -1,12 +1,15 @@
 //! The response's output items on the wire: the assistant's message (opened once, its deltas
-//! spoken or written, closed with its final text) and each function call as its own item.
+//! spoken or written, closed with its final text), each function call as its own item, and MCP
+//! calls and approval requests. Each item takes the next output index as it is added.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
 use super::super::out::Out;
 use super::super::speaker::Speaker;
+use crate::protocol::mcp_items::McpCallView;
 use crate::protocol::{Item, ServerEvent};
 use crate::tools::ToolCall;
 
@@ -22,6 +25,11 @@ pub(crate) struct Writer {
     spoken: bool,
     /// Whether the assistant's message item was opened.
     opened: AtomicBool,
+    /// The output index the next item takes, and the message's.
+    next_index: AtomicU32,
+    message_index: Arc<AtomicU32>,
+    /// The id of the last item this response added to the conversation.
+    last_item: Mutex<Option<String>>,
 }
 
 impl Writer {
@@ -31,16 +39,36 @@ impl Writer {
         item_id: &str,
         conversation: Option<Option<String>>,
         speaker: Option<Speaker>,
+        message_index: Arc<AtomicU32>,
     ) -> Self {
         Writer {
             out,
             response_id: response_id.to_string(),
             item_id: item_id.to_string(),
-            conversation,
             spoken: speaker.is_some(),
+            last_item: Mutex::new(conversation.clone().flatten()),
+            conversation,
             speaker,
             opened: AtomicBool::new(false),
+            next_index: AtomicU32::new(0),
+            message_index,
         }
+    }
+
+    /// The output index of a new item.
+    fn take_index(&self) -> u32 {
+        self.next_index.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The message's output index.
+    pub fn message_index(&self) -> u32 {
+        self.message_index.load(Ordering::Relaxed)
+    }
+
+    /// Records `id` as the conversation's newest item of this response; returns the one before.
+    fn follow(&self, id: &str) -> Option<String> {
+        let mut last = self.last_item.lock().unwrap_or_else(|e| e.into_inner());
+        last.replace(id.to_string())
     }
 
     /// Whether the assistant's message item was opened.
@@ -70,22 +98,24 @@ impl Writer {
         if self.opened.swap(true, Ordering::Relaxed) {
             return;
         }
+        let output_index = self.take_index();
+        self.message_index.store(output_index, Ordering::Relaxed);
         self.out.send(ServerEvent::OutputItemAdded {
             response_id: self.response_id.clone(),
-            output_index: 0,
+            output_index,
             item: self.item("", "in_progress"),
         });
         self.out.send(ServerEvent::ContentPartAdded {
             response_id: self.response_id.clone(),
             item_id: self.item_id.clone(),
-            output_index: 0,
+            output_index,
             content_index: 0,
             part: self.part(""),
         });
         // The assistant's item joins the conversation (not for an out-of-band response).
-        if let Some(previous_item_id) = &self.conversation {
+        if self.conversation.is_some() {
             self.out.send(ServerEvent::ItemAdded {
-                previous_item_id: previous_item_id.clone(),
+                previous_item_id: self.follow(&self.item_id),
                 item: self.item("", "in_progress"),
             });
         }
@@ -100,7 +130,7 @@ impl Writer {
                 self.out.send(ServerEvent::OutputTextDelta {
                     response_id: self.response_id.clone(),
                     item_id: self.item_id.clone(),
-                    output_index: 0,
+                    output_index: self.message_index(),
                     content_index: 0,
                     delta,
                 });
@@ -108,16 +138,12 @@ impl Writer {
         }
     }
 
-    /// Sends a function call for the client as its own output item (the `index`-th call,
-    /// after the message if one was opened) and returns its item id and finished item.
-    pub fn send_call(
-        &self,
-        call: &ToolCall,
-        index: usize,
-        previous: Option<String>,
-    ) -> (String, Item) {
+    /// Sends a function call for the client as its own output item and returns its item id,
+    /// output index and finished item.
+    pub fn send_call(&self, call: &ToolCall) -> (String, u32, Item) {
         let call_item_id = crate::ids::new_id("item");
-        let output_index = (index + usize::from(self.opened())) as u32;
+        let output_index = self.take_index();
+        let previous = self.follow(&call_item_id);
         let adding = Item::function_call(&call_item_id, &call.id, &call.name, "", "in_progress");
         self.out.send(ServerEvent::OutputItemAdded {
             response_id: self.response_id.clone(),
@@ -163,7 +189,118 @@ impl Writer {
                 item: done.clone(),
             });
         }
-        (call_item_id, done)
+        (call_item_id, output_index, done)
+    }
+
+    /// Sends an item that is complete as it is added (an MCP approval request); returns its
+    /// output index.
+    pub fn send_whole_item(&self, item: &Item) -> u32 {
+        let output_index = self.take_index();
+        let previous = self.follow(&item.id);
+        let response_id = self.response_id.clone();
+        self.out.send(ServerEvent::OutputItemAdded {
+            response_id: response_id.clone(),
+            output_index,
+            item: item.clone(),
+        });
+        if self.conversation.is_some() {
+            self.out.send(ServerEvent::ItemAdded {
+                previous_item_id: previous.clone(),
+                item: item.clone(),
+            });
+        }
+        self.out.send(ServerEvent::OutputItemDone {
+            response_id,
+            output_index,
+            item: item.clone(),
+        });
+        if self.conversation.is_some() {
+            self.out.send(ServerEvent::ItemDone {
+                previous_item_id: previous,
+                item: item.clone(),
+            });
+        }
+        output_index
+    }
+
+    /// Opens an `mcp_call` item (its arguments, then `response.mcp_call.in_progress`); returns
+    /// its output index.
+    pub fn start_mcp_call(&self, id: &str, view: &McpCallView) -> u32 {
+        let output_index = self.take_index();
+        let previous = self.follow(id);
+        let response_id = self.response_id.clone();
+        let adding = Item::mcp_call(
+            id,
+            &McpCallView {
+                arguments: String::new(),
+                ..view.clone()
+            },
+            "in_progress",
+        );
+        self.out.send(ServerEvent::OutputItemAdded {
+            response_id: response_id.clone(),
+            output_index,
+            item: adding.clone(),
+        });
+        if self.conversation.is_some() {
+            self.out.send(ServerEvent::ItemAdded {
+                previous_item_id: previous,
+                item: adding,
+            });
+        }
+        self.out.send(ServerEvent::McpCallArgumentsDelta {
+            response_id: response_id.clone(),
+            item_id: id.to_string(),
+            output_index,
+            delta: view.arguments.clone(),
+        });
+        self.out.send(ServerEvent::McpCallArgumentsDone {
+            response_id,
+            item_id: id.to_string(),
+            output_index,
+            arguments: view.arguments.clone(),
+        });
+        self.out.send(ServerEvent::McpCallInProgress {
+            item_id: id.to_string(),
+            output_index,
+        });
+        output_index
+    }
+
+    /// Closes an `mcp_call` item with its output or error; returns the finished item.
+    pub fn finish_mcp_call(
+        &self,
+        id: &str,
+        output_index: u32,
+        view: &McpCallView,
+        ok: bool,
+    ) -> Item {
+        let item_id = id.to_string();
+        self.out.send(if ok {
+            ServerEvent::McpCallCompleted {
+                item_id,
+                output_index,
+            }
+        } else {
+            ServerEvent::McpCallFailed {
+                item_id,
+                output_index,
+            }
+        });
+        let status = if ok { "completed" } else { "failed" };
+        let done = Item::mcp_call(id, view, status);
+        self.out.send(ServerEvent::OutputItemDone {
+            response_id: self.response_id.clone(),
+            output_index,
+            item: done.clone(),
+        });
+        if self.conversation.is_some() {
+            self.out.send(ServerEvent::ItemDone {
+                previous_item_id: None,
+                item: done.clone(),
+            });
+        }
+        done
     }
 
     /// Closes the message with its final `text` (if it was opened) and returns its item.
@@ -172,17 +309,18 @@ impl Writer {
             return None;
         }
         let (response_id, item_id) = (self.response_id.clone(), self.item_id.clone());
+        let output_index = self.message_index();
         if self.spoken {
             self.out.send(ServerEvent::OutputAudioDone {
                 response_id: response_id.clone(),
                 item_id: item_id.clone(),
-                output_index: 0,
+                output_index,
                 content_index: 0,
             });
             self.out.send(ServerEvent::OutputAudioTranscriptDone {
                 response_id: response_id.clone(),
                 item_id: item_id.clone(),
-                output_index: 0,
+                output_index,
                 content_index: 0,
                 transcript: text.to_string(),
             });
@@ -190,7 +328,7 @@ impl Writer {
             self.out.send(ServerEvent::OutputTextDone {
                 response_id: response_id.clone(),
                 item_id: item_id.clone(),
-                output_index: 0,
+                output_index,
                 content_index: 0,
                 text: text.to_string(),
             });
@@ -198,14 +336,14 @@ impl Writer {
         self.out.send(ServerEvent::ContentPartDone {
             response_id: response_id.clone(),
             item_id,
-            output_index: 0,
+            output_index,
             content_index: 0,
             part: self.part(text),
         });
         let item = self.item(text, item_status);
         self.out.send(ServerEvent::OutputItemDone {
             response_id,
-            output_index: 0,
+            output_index,
             item: item.clone(),
         });
         if let Some(previous_item_id) = &self.conversation {

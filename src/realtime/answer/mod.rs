@@ -20,6 +20,7 @@ mod choose;
 mod generate;
 mod ground;
 mod items;
+pub mod mcp;
 mod report;
 
 use std::sync::Arc;
@@ -136,6 +137,11 @@ pub struct ResponseParams {
     pub tools: ToolSet,
     /// The client's own (a call to one of these goes to the client).
     pub client_tools: ToolSet,
+    /// The tools of the MCP servers the client attached (also in `tools`).
+    pub mcp: mcp::McpOffers,
+    /// Approval requests the client has answered since the user's words: approved calls run
+    /// first, declined ones are reported to the model.
+    pub approvals: Vec<mcp::Approved>,
     pub tool_choice: ToolChoice,
     /// The session's id (for the audit trail).
     pub session_id: String,
@@ -164,6 +170,8 @@ pub struct Finished {
     pub audio: Option<Vec<Spoken>>,
     /// The function calls it made (item id, call).
     pub calls: Vec<(String, ToolCall)>,
+    /// Its MCP calls and approval requests, in order.
+    pub mcp_items: Vec<Item>,
 }
 
 /// Retrieval done ahead of time for a question.
@@ -240,7 +248,11 @@ struct Answer {
     finish: FinishReason,
     /// Function calls for the client (item id, call) and their finished items.
     calls: Vec<(String, ToolCall)>,
-    call_items: Vec<Item>,
+    /// Output items other than the message (function calls, MCP calls and approval requests),
+    /// with their output indexes.
+    call_items: Vec<(u32, Item)>,
+    /// A call waits for the client's approval: the response ends without answering.
+    awaiting_approval: bool,
     /// The server tools it ran (reported in `response.done` as `voxd.tool_calls`).
     server_log: Vec<Value>,
     /// For a spoken answer: the pieces sent, and when its first audio went out.
@@ -261,6 +273,7 @@ impl Default for Answer {
             finish: FinishReason::Stop,
             calls: Vec::new(),
             call_items: Vec::new(),
+            awaiting_approval: false,
             server_log: Vec::new(),
             audio: None,
             first_audio: None,
@@ -275,7 +288,6 @@ struct Ctx<'a> {
     writer: &'a Writer,
     out: &'a Out,
     response_id: &'a str,
-    item_id: &'a str,
     /// Earlier turns, the user's words, and the calls and results that followed them.
     history: &'a [ChatMessage],
     user: &'a str,
@@ -368,6 +380,7 @@ pub(crate) async fn run(
         ending,
         ..
     } = job;
+    let message_index = Arc::new(std::sync::atomic::AtomicU32::new(0));
     // A spoken answer's voice: it sends the answer's transcript with its audio.
     let speaker = params
         .speech
@@ -378,6 +391,7 @@ pub(crate) async fn run(
                 response_id: response_id.clone(),
                 item_id: item_id.clone(),
                 silence,
+                output_index: message_index.clone(),
             };
             Speaker::start(tts, speech, out.clone(), target)
         });
@@ -387,6 +401,7 @@ pub(crate) async fn run(
         &item_id,
         params.conversation.clone(),
         speaker,
+        message_index,
     );
     out.send(ServerEvent::ResponseCreated {
         response: report::response_object(
@@ -409,7 +424,6 @@ pub(crate) async fn run(
         writer: &writer,
         out: &out,
         response_id: &response_id,
-        item_id: &item_id,
         history: &history,
         user: &user,
         after: &after,
@@ -425,7 +439,7 @@ pub(crate) async fn run(
     )
     .await;
     // A failure or cancel before anything was said still closes with a (empty) message.
-    if answer.calls.is_empty() {
+    if answer.calls.is_empty() && !answer.awaiting_approval {
         writer.open_message();
     }
     let item_status = if status == "completed" {
@@ -433,11 +447,20 @@ pub(crate) async fn run(
     } else {
         "incomplete"
     };
-    let mut output: Vec<Item> = writer
+    let mut indexed: Vec<(u32, Item)> = writer
         .close_message(&answer.text, item_status)
+        .map(|m| (writer.message_index(), m))
         .into_iter()
         .collect();
-    output.append(&mut answer.call_items);
+    let mcp_items: Vec<Item> = answer
+        .call_items
+        .iter()
+        .filter(|(_, i)| i.kind.starts_with("mcp_"))
+        .map(|(_, i)| i.clone())
+        .collect();
+    indexed.append(&mut answer.call_items);
+    indexed.sort_by_key(|(i, _)| *i);
+    let output: Vec<Item> = indexed.into_iter().map(|(_, i)| i).collect();
     let response = report::finished(
         &response_id,
         (status, details),
@@ -458,6 +481,7 @@ pub(crate) async fn run(
             in_conversation: params.conversation.is_some(),
             audio: answer.audio,
             calls: answer.calls,
+            mcp_items,
         })
         .await;
 }

@@ -2,6 +2,7 @@
 //! words, the calls and results that followed them), whether a question leans on the one
 //! before it, and its parameters (the request's settings over the session's over the server's).
 
+use super::super::answer::mcp::{Approved, McpOffers};
 use super::super::answer::{Answering, ResponseParams};
 use super::super::conversation::{self, ConvItem, Conversation};
 use super::super::options::SessionOptions;
@@ -68,7 +69,9 @@ pub(super) fn response_params(
     answering: &Answering,
     after: &[ChatMessage],
     conversation: Option<Option<String>>,
+    mcp: (&McpOffers, Vec<Approved>),
 ) -> ResponseParams {
+    let (mcp, approvals) = mcp;
     let mut instructions = r
         .instructions
         .clone()
@@ -100,9 +103,12 @@ pub(super) fn response_params(
                     .as_ref()
                     .map(|s| s.offered_to(&answering.caller))
                     .unwrap_or_default(),
-            ),
+            )
+            .merged(&mcp_tools(mcp)),
+        mcp: mcp.clone(),
         session_id: opts.session_id.clone(),
-        follows_results: after.iter().any(|m| m.tool_call_id.is_some()),
+        follows_results: after.iter().any(|m| m.tool_call_id.is_some()) || !approvals.is_empty(),
+        approvals,
         tool_choice: match r
             .tool_choice
             .clone()
@@ -120,6 +126,14 @@ pub(super) fn response_params(
             c => c,
         },
     }
+}
+
+/// The MCP tools as function tools (those whose schemas compile; listing checked them).
+pub(super) fn mcp_tools(mcp: &McpOffers) -> crate::tools::ToolSet {
+    if mcp.is_empty() {
+        return Default::default();
+    }
+    crate::tools::ToolSet::new(mcp.definitions(), "mcp").unwrap_or_default()
 }
 
 /// Whether a short question leans on the one before it: it names its subject with a pronoun

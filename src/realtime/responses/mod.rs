@@ -20,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, Instrument};
 
+use super::answer::mcp::McpOffers;
 use super::answer::{self, Answering, Finished, Prepared, ResponseJob};
 use super::conversation::{self, ConvItem, Conversation};
 use super::options::SessionOptions;
@@ -80,6 +81,8 @@ pub(super) struct Responses {
     /// person goes on talking: the passages usually stay the same, so the prefix it caches still
     /// serves the final question.)
     preparing: Option<tokio::task::JoinHandle<()>>,
+    /// The tools of the MCP servers the client attached.
+    mcp: McpOffers,
 }
 
 impl Drop for Responses {
@@ -110,6 +113,7 @@ impl Responses {
             prepared_rx,
             prepared: None,
             preparing: None,
+            mcp: McpOffers::default(),
         }
     }
 
@@ -119,6 +123,17 @@ impl Responses {
             self.answering = self.answering_later.as_ref().and_then(|later| later());
         }
         self.answering.is_some()
+    }
+
+    /// The server's answering parts, once loaded.
+    pub(super) fn answering(&mut self) -> Option<&Answering> {
+        self.ready();
+        self.answering.as_ref()
+    }
+
+    /// The tools of the client's MCP servers, for the responses that start from now on.
+    pub(super) fn set_mcp(&mut self, mcp: McpOffers) {
+        self.mcp = mcp;
     }
 
     /// The message item of the response being generated.
@@ -179,7 +194,8 @@ impl Responses {
             } else {
                 "incomplete"
             };
-            let mut items = vec![item];
+            let mut items: Vec<ConvItem> = f.mcp_items.into_iter().map(ConvItem::mcp).collect();
+            items.push(item);
             items.extend(
                 f.calls
                     .into_iter()
@@ -223,6 +239,7 @@ impl Responses {
                     .unwrap_or_else(|| opts.tool_choice.clone()),
             )
         };
+        let tools = tools.merged(&context::mcp_tools(&self.mcp));
         if let Err(e) = choice.check(&tools, "response.tool_choice") {
             self.out
                 .error(&tool_error(e).event(request.event_id.clone()));
@@ -381,6 +398,16 @@ impl Responses {
                 }
             }
         }
+        // Approval requests answered since the user's words: the response runs them first.
+        let approvals = match (&r.input, &w.answers) {
+            (None, Some(id)) => conversation
+                .items
+                .iter()
+                .position(|i| &i.id == id)
+                .map(|pos| super::mcp::answered_approvals(&conversation.items[pos + 1..]))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
         let item_id = new_id("item");
         self.active = Some(ActiveResponse {
             id: response_id.clone(),
@@ -411,6 +438,7 @@ impl Responses {
                 &answering,
                 &after,
                 in_conversation.then_some(previous_item_id),
+                (&self.mcp, approvals),
             ),
             after,
             history,
@@ -519,6 +547,7 @@ impl Responses {
             &answering,
             &[],
             Some(None),
+            (&self.mcp, Vec::new()),
         );
         self.preparing = Some(tokio::spawn(
             async move {

@@ -21,6 +21,8 @@ pub enum Endpoint {
     Http {
         url: String,
         headers: Vec<(String, String)>,
+        /// The host name and the address it must connect to (checked once, then pinned).
+        pin: Option<(String, std::net::SocketAddr)>,
     },
     /// A command voxd starts (operator configuration only), with its environment.
     Stdio {
@@ -79,7 +81,7 @@ pub async fn connect(
     // is read, then cut to MAX_TOOLS).
     let limit = (max_result_bytes + RESPONSE_SLACK).max(MIN_RESPONSE_LIMIT);
     let service = match endpoint {
-        Endpoint::Http { url, headers } => {
+        Endpoint::Http { url, headers, pin } => {
             use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
             use rmcp::transport::StreamableHttpClientTransport;
             let mut custom = HashMap::new();
@@ -102,11 +104,13 @@ pub async fn connect(
             if let Some(token) = auth {
                 config = config.auth_header(token);
             }
-            let http = reqwest::Client::builder()
+            let mut http = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(std::time::Duration::from_secs(5))
-                .build()
-                .map_err(|e| unreachable(e.to_string()))?;
+                .connect_timeout(std::time::Duration::from_secs(5));
+            if let Some((host, addr)) = pin {
+                http = http.resolve(host, *addr);
+            }
+            let http = http.build().map_err(|e| unreachable(e.to_string()))?;
             let transport = StreamableHttpClientTransport::with_client(http, config);
             client_config()
                 .serve(transport)
@@ -168,6 +172,11 @@ pub async fn list_tools(peer: &Peer, label: &str) -> Result<Vec<McpTool>, McpErr
                 name: t.name.to_string(),
                 description: t.description.map(|d| d.to_string()).unwrap_or_default(),
                 input_schema: Value::Object((*t.input_schema).clone()),
+                read_only: t
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.read_only_hint)
+                    .unwrap_or(false),
             });
         }
         cursor = page.next_cursor;

@@ -11,6 +11,7 @@
 //! answer, invalid JSON-RPC, thousands of tools) can hold the caller longer than its timeout or
 //! grow voxd's memory past the limits.
 
+pub mod client;
 mod connect;
 
 use std::collections::BTreeMap;
@@ -50,6 +51,9 @@ pub enum McpError {
     /// The tool ran and reported an error.
     #[error("{0}")]
     Tool(String),
+    /// The server's policy refuses it (a client's server URL, say).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
 }
 
 impl McpError {
@@ -61,6 +65,7 @@ impl McpError {
             McpError::Protocol { .. } => "mcp_protocol_error",
             McpError::TooLarge { .. } => "mcp_result_too_large",
             McpError::Tool(_) => "mcp_tool_error",
+            McpError::Refused { code, .. } => code,
         }
     }
 }
@@ -137,6 +142,7 @@ impl McpServerConfig {
                 Ok(Endpoint::Http {
                     url: url.clone(),
                     headers: resolve(&self.headers)?,
+                    pin: None,
                 })
             }
             (None, false) => Ok(Endpoint::Stdio {
@@ -155,6 +161,8 @@ pub struct McpTool {
     pub description: String,
     /// The arguments' JSON Schema (an object schema).
     pub input_schema: Value,
+    /// The server marks it read-only (`readOnlyHint`).
+    pub read_only: bool,
 }
 
 /// What a call returned to pass on to the model.
@@ -196,6 +204,29 @@ impl McpServer {
             sensitive_result: config.sensitive_result,
             connection: tokio::sync::Mutex::new(None),
         }))
+    }
+
+    /// A server from checked parts (a client's, see [`client`]): every tool listed.
+    pub(crate) fn from_parts(
+        label: &str,
+        endpoint: Endpoint,
+        timeout: Duration,
+        max_result_bytes: usize,
+    ) -> Arc<Self> {
+        Arc::new(McpServer {
+            label: label.to_string(),
+            endpoint,
+            timeout,
+            max_result_bytes,
+            allowed_tools: None,
+            sensitive_result: false,
+            connection: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Closes the connection (a session that attached the server has ended).
+    pub async fn close(&self) {
+        self.forget().await;
     }
 
     /// The client connection, made now if there is none.
@@ -386,6 +417,7 @@ mod tests {
             name: name.into(),
             description,
             input_schema: serde_json::json!({"type": "object"}),
+            read_only: false,
         };
         let long = bounded(tool("echo", "word ".repeat(1000))).unwrap();
         assert!(long.description.chars().count() <= MAX_DESCRIPTION_CHARS + 1);
