@@ -102,14 +102,27 @@ async fn attach(url: &str, key: &str, tools: Value) -> (Sender, Receiver, Vec<Se
 
 /// Says `text` and asks for a response; returns the events up to its `response.done`.
 async fn ask(tx: &mut Sender, rx: &mut Receiver, text: &str) -> Vec<ServerEvent> {
+    ask_with(tx, rx, text, json!({})).await
+}
+
+/// Says `text` and asks for a response with these settings.
+async fn ask_with(
+    tx: &mut Sender,
+    rx: &mut Receiver,
+    text: &str,
+    response: Value,
+) -> Vec<ServerEvent> {
     send(
         tx,
         json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
             "content": [{"type": "input_text", "text": text}]}}),
     )
     .await;
-    send(tx, json!({"type": "response.create"})).await;
-    read_until(rx, |e| count(e, "response.done") == 1).await
+    send(tx, json!({"type": "response.create", "response": response})).await;
+    read_until(rx, |e| {
+        count(e, "response.done") == 1 || count(e, "error") == 1
+    })
+    .await
 }
 
 /// The `response.done` response of `events`.
@@ -273,7 +286,14 @@ async fn a_clients_mcp_server_is_listed_called_and_approved() {
         ),
         Reply::Text("The operation did not finish in time."),
     ]);
-    let events = ask(&mut tx, &mut rx, "Run the long operation.").await;
+    // (A response may name the session's servers in its own tools.)
+    let events = ask_with(
+        &mut tx,
+        &mut rx,
+        "Run the long operation.",
+        json!({"tools": everything_tool(&everything.url)}),
+    )
+    .await;
     assert_eq!(count(&events, "response.mcp_call.failed"), 1);
     let call = done(&events)["output"][0].clone();
     assert_eq!(call["error"]["type"], "protocol_error", "{call}");
@@ -492,6 +512,15 @@ async fn the_policy_refuses_what_the_operator_did_not_allow() {
         .unwrap();
     let bad = read_until(&mut rx, |e| count(e, "error") == 1).await;
     assert_eq!(error_codes(&bad), ["invalid_tool"]);
+    // A response cannot name a server the session has not attached.
+    let refused = ask_with(
+        &mut tx,
+        &mut rx,
+        "Hello?",
+        json!({"tools": [mcp("bounce", &redirecting)]}),
+    )
+    .await;
+    assert_eq!(error_codes(&refused), ["mcp_not_attached"]);
     // The session goes on.
     script.queue(&[Reply::Text("Still here.")]);
     let events = ask(&mut tx, &mut rx, "Are you there?").await;

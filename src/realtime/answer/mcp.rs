@@ -41,6 +41,20 @@ impl McpOffers {
         self.0.is_empty()
     }
 
+    /// Only the tools of the servers `labels` names (`None`: all).
+    pub fn only(&self, labels: Option<&[String]>) -> McpOffers {
+        match labels {
+            None => self.clone(),
+            Some(l) => McpOffers(Arc::new(
+                self.0
+                    .iter()
+                    .filter(|o| l.contains(&o.label))
+                    .cloned()
+                    .collect(),
+            )),
+        }
+    }
+
     /// The tools as function definitions for the model.
     pub fn definitions(&self) -> Vec<FunctionTool> {
         self.0

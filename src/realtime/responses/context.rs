@@ -72,6 +72,7 @@ pub(super) fn response_params(
     mcp: (&McpOffers, Vec<Approved>),
 ) -> ResponseParams {
     let (mcp, approvals) = mcp;
+    let mcp = &mcp.only(r.mcp_labels.as_deref());
     let mut instructions = r
         .instructions
         .clone()

@@ -239,7 +239,26 @@ impl Responses {
                     .unwrap_or_else(|| opts.tool_choice.clone()),
             )
         };
-        let tools = tools.merged(&context::mcp_tools(&self.mcp));
+        // A response's own MCP entries name servers attached (and listed) in the session.
+        if let Some(label) = request
+            .mcp_labels
+            .iter()
+            .flatten()
+            .find(|l| !self.mcp.0.iter().any(|o| &o.label == *l))
+        {
+            self.out.error(
+                &ProtocolError::new(
+                    "mcp_not_attached",
+                    format!("the MCP server `{label}` is not attached to the session (or has no tools): attach it with session.update first"),
+                )
+                .param("response.tools")
+                .event(request.event_id.clone()),
+            );
+            return;
+        }
+        let tools = tools.merged(&context::mcp_tools(
+            &self.mcp.only(request.mcp_labels.as_deref()),
+        ));
         if let Err(e) = choice.check(&tools, "response.tool_choice") {
             self.out
                 .error(&tool_error(e).event(request.event_id.clone()));

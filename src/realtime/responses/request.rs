@@ -38,6 +38,8 @@ pub(super) struct ResponseRequest {
     pub tools: Option<ToolSet>,
     /// `tool_choice`: this response's own.
     pub tool_choice: Option<ToolChoice>,
+    /// With its own `tools`: the MCP servers (of those attached to the session) it offers.
+    pub mcp_labels: Option<Vec<String>>,
 }
 
 /// How a response is spoken: the session's settings with the response's own over them; `None`
@@ -278,10 +280,10 @@ impl ResponseRequest {
     /// `tools` and `tool_choice` for this response.
     fn read_tools(&mut self, obj: &Map<String, Value>) -> Result<(), ProtocolError> {
         if let Some(t) = obj.get("tools").filter(|v| !v.is_null()) {
-            self.tools = Some(
-                ToolSet::parse(t, "response.tools")
-                    .map_err(|e| tool_error(e).event(self.event_id.clone()))?,
-            );
+            let (tools, mcp) = ToolSet::parse_with_mcp(t, "response.tools")
+                .map_err(|e| tool_error(e).event(self.event_id.clone()))?;
+            self.tools = Some(tools);
+            self.mcp_labels = Some(mcp.into_iter().map(|m| m.server_label).collect());
         }
         if let Some(c) = obj.get("tool_choice").filter(|v| !v.is_null()) {
             self.tool_choice = Some(
