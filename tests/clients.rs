@@ -437,47 +437,7 @@ fn write_wav(path: &Path, samples: &[f32], rate: u32) {
     std::fs::write(path, b).unwrap();
 }
 
-/// The Python packages the SDK tests use, pinned: the official SDK (its types are the
-/// conformance reference) and the OpenAI Agents SDK.
-const PYTHON_PACKAGES: &[&str] = &[
-    "openai[realtime]==3.57.0",
-    "openai-agents==0.24.0",
-    "aiortc==1.14.0",
-];
-
-/// A virtualenv with [`PYTHON_PACKAGES`], made once and kept under target/.
-fn openai_python() -> PathBuf {
-    let venv = root().join("target/openai-venv");
-    let python = venv.join("bin/python");
-    let ok = |p: &Path| {
-        Command::new(p)
-            .args([
-                "-c",
-                "import importlib.metadata as m, sys; import websockets, agents, aiortc; \
-                 sys.exit(m.version('openai') != '3.57.0' or m.version('openai-agents') != '0.24.0' \
-                 or m.version('aiortc') != '1.14.0')",
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ok(&python) {
-        if !python.exists() {
-            let status = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .unwrap_or_else(|e| panic!("python3: {e}\n{HINT}"));
-            assert!(status.success(), "python3 -m venv failed: {HINT}");
-        }
-        let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet"])
-            .args(PYTHON_PACKAGES)
-            .status()
-            .unwrap();
-        assert!(status.success(), "pip install {PYTHON_PACKAGES:?} failed");
-    }
-    python
-}
+use common::python::openai_python;
 
 #[test]
 fn official_openai_python_sdk() {

@@ -132,12 +132,7 @@ fn done(events: &[ServerEvent]) -> Value {
 
 /// Every event validates as openai-python's `RealtimeServerEvent`.
 fn conforms(events: &[ServerEvent]) {
-    let python =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/openai-venv/bin/python");
-    assert!(
-        python.exists(),
-        "the openai-python venv is made by tests/clients.rs (run the whole suite once)"
-    );
+    let python = common::python::openai_python();
     let lines: String = events.iter().map(|e| e.to_json() + "\n").collect();
     let mut child = std::process::Command::new(python)
         .arg(
@@ -536,4 +531,70 @@ async fn the_policy_refuses_what_the_operator_did_not_allow() {
         .await
         .unwrap();
     assert!(rows["data"].as_array().unwrap().len() >= 2, "{rows}");
+}
+
+/// A spoken question, the embedded models, and an MCP server written with the official Python
+/// SDK: voxd hears the question, its tool router calls the server's tool, and the spoken answer
+/// says what the tool returned.
+#[tokio::test]
+async fn a_spoken_question_is_answered_from_a_python_mcp_servers_tool() {
+    let shop = common::python::shop_mcp();
+    let dir = tempfile::tempdir().unwrap();
+    // The knowledge base's sentence embedder is what the tool router compares meanings with.
+    let kb = common::fixture_kb(dir.path()).await;
+    let (url, _) = common::start_with_tools(
+        voxd::server::ServerSettings::default(),
+        Some(kb),
+        Some(common::llm()),
+        Some(common::tts()),
+        Some(
+            "[client_mcp]\nroles = [\"*\"]\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true",
+        ),
+    )
+    .await;
+    let (mut tx, mut rx) = client::connect(&url, None).await.unwrap();
+    read_until(&mut rx, |e| !e.is_empty()).await;
+    tx.update_session(json!({"type": "realtime",
+        "tools": [{"type": "mcp", "server_label": "shop", "server_url": shop.url,
+                   "require_approval": "never"}],
+        "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}}))
+        .await
+        .unwrap();
+    let listed = read_until(&mut rx, |e| {
+        count(e, "mcp_list_tools.completed") + count(e, "mcp_list_tools.failed") == 1
+    })
+    .await;
+    assert!(
+        error_codes(&listed).is_empty(),
+        "{:?}",
+        error_codes(&listed)
+    );
+    let mut speech = common::speak(dir.path(), "What is the weather in Paris today?", 24_000);
+    speech.extend(std::iter::repeat_n(0.0, 24_000));
+    tx.append(&speech).await.unwrap();
+    let events = read_until(&mut rx, |e| count(e, "response.done") == 1).await;
+    assert!(
+        error_codes(&events).is_empty(),
+        "{:?}",
+        error_codes(&events)
+    );
+    let response = done(&events);
+    let call = &response["output"][0];
+    assert_eq!(call["type"], "mcp_call", "{response}");
+    assert_eq!(call["name"], "weather", "{response}");
+    let arguments: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        arguments["city"].as_str().map(str::to_lowercase).as_deref(),
+        Some("paris")
+    );
+    let said = response["output"][1]["content"][0]["transcript"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    eprintln!("spoken answer: {said:?}");
+    assert!(
+        count(&events, "response.output_audio.delta") > 0,
+        "not spoken"
+    );
+    assert!(said.contains("sunny") || said.contains("24"), "{said:?}");
 }

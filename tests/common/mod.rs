@@ -5,6 +5,7 @@
 pub mod bomb;
 pub mod everything;
 pub mod pg;
+pub mod python;
 pub mod scripted;
 
 use std::path::PathBuf;
@@ -320,6 +321,17 @@ pub async fn start_speaking(
     llm: Option<Arc<dyn voxd::llm::Llm>>,
     tts: Option<Arc<dyn voxd::tts::Tts>>,
 ) -> (String, String) {
+    start_with_tools(settings, kb, llm, tts, None).await
+}
+
+/// [`start_speaking`] with server tools (and the client MCP policy) from a `[tools]` table.
+pub async fn start_with_tools(
+    settings: voxd::server::ServerSettings,
+    kb: Option<voxd::rag::KnowledgeBase>,
+    llm: Option<Arc<dyn voxd::llm::Llm>>,
+    tts: Option<Arc<dyn voxd::tts::Tts>>,
+    tools: Option<&str>,
+) -> (String, String) {
     if std::env::var_os("VOXD_TEST_LOG").is_some() {
         voxd::telemetry::init(voxd::config::LogFormat::Text);
     }
@@ -334,6 +346,10 @@ pub async fn start_speaking(
     }
     if let Some(tts) = tts {
         state.set_tts(tts);
+    }
+    if let Some(toml_text) = tools {
+        let config: voxd::tools::ToolsConfig = toml::from_str(toml_text).unwrap();
+        state.set_server_tools(Arc::new(voxd::tools::ServerTools::new(&config).unwrap()));
     }
     // As `voxd serve` does by default: Smart Turn for semantic_vad, Silero VAD on request.
     let models = tokio::task::spawn_blocking(turn_models).await.unwrap();
