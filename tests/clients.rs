@@ -477,6 +477,21 @@ fn openai_agents_sdk_realtime_agent() {
     assert!(out.contains("ok: "), "{out}");
 }
 
+/// The Agents SDK with an MCP server attached (one written with the official Python MCP SDK):
+/// it offers the server's tool to voxd, runs the call the model makes, and the agent answers.
+#[test]
+fn openai_agents_sdk_with_an_mcp_server() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let python = openai_python();
+    let shop = common::python::shop_mcp();
+    let server = Server::start();
+    let mut cmd = Command::new(python);
+    cmd.arg(root().join("tests/python/agents_mcp.py"))
+        .env("VOXD_MCP_URL", &shop.url);
+    let out = server.run("the Agents SDK MCP script", cmd);
+    assert!(out.contains("ok: "), "{out}");
+}
+
 /// `examples/stream_file.rs`, which cargo builds beside the tests, streams JFK and prints the
 /// transcript and the answer.
 #[test]

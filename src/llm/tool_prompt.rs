@@ -94,7 +94,10 @@ pub fn inline(
                 content.push_str(&render_call(call));
             }
             if m.role == Role::Tool {
-                content = format!("{RESULT_OPEN}\n{}\n{RESULT_CLOSE}", m.content.trim());
+                content = format!(
+                    "{RESULT_OPEN}\n{}\n{RESULT_CLOSE}",
+                    readable_result(m.content.trim())
+                );
             }
             ChatMessage::new(m.role, content)
         })
@@ -111,6 +114,26 @@ pub fn inline(
         }
     }
     out
+}
+
+/// A result as the model reads it: MCP content (`{"type": "text", "text": …}`, or a list of such
+/// parts, as SDKs pass an MCP tool's result on) becomes its text, so a small model repeats the
+/// words rather than the JSON around them; any other result is left as it is.
+pub fn readable_result(output: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(output) else {
+        return output.to_string();
+    };
+    let text_of = |p: &serde_json::Value| {
+        (p.get("type").and_then(|t| t.as_str()) == Some("text"))
+            .then(|| p.get("text").and_then(|t| t.as_str()).map(str::to_string))
+            .flatten()
+    };
+    let parts: Option<Vec<String>> = match &v {
+        serde_json::Value::Array(list) if !list.is_empty() => list.iter().map(text_of).collect(),
+        serde_json::Value::Object(_) => text_of(&v).map(|t| vec![t]),
+        _ => None,
+    };
+    parts.map_or_else(|| output.to_string(), |p| p.join("\n"))
 }
 
 /// The tag that opens a function's result.
@@ -167,5 +190,24 @@ mod tests {
         );
         assert!(parse_calls("<tool_call>\n{broken").is_empty());
         assert!(call_prefix(Some("f")).ends_with("\"arguments\": "));
+    }
+
+    #[test]
+    fn mcp_content_is_read_as_its_text() {
+        assert_eq!(
+            readable_result(r#"{"type": "text", "text": "Order AB1234 has shipped."}"#),
+            "Order AB1234 has shipped."
+        );
+        assert_eq!(
+            readable_result(r#"[{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]"#),
+            "a\nb"
+        );
+        for other in [
+            r#"{"status": "shipped"}"#,
+            "plain words",
+            r#"[{"type": "image"}]"#,
+        ] {
+            assert_eq!(readable_result(other), other);
+        }
     }
 }

@@ -221,6 +221,20 @@ pub fn slots(tool: &FunctionTool, utterance: &str) -> Map<String, Value> {
             if let [one] = names.as_slice() {
                 known.insert(name.clone(), Value::String(one.to_string()));
             }
+        } else if p["type"] == "string" && is_id_field(name) {
+            // An id said as a token mixing letters and digits (AB1234), or a long number.
+            let ids: Vec<&str> = raw
+                .iter()
+                .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+                .filter(|w| {
+                    let digits = w.chars().filter(char::is_ascii_digit).count();
+                    w.chars().all(|c| c.is_alphanumeric() || c == '-')
+                        && (digits > 0 && digits < w.len() || digits >= 3)
+                })
+                .collect();
+            if let [one] = ids.as_slice() {
+                known.insert(name.clone(), Value::String(one.to_string()));
+            }
         } else if p["type"] == "integer" && integers == 1 {
             let lo = p["minimum"].as_i64().unwrap_or(i64::MIN);
             let hi = p["maximum"].as_i64().unwrap_or(i64::MAX);
@@ -234,6 +248,17 @@ pub fn slots(tool: &FunctionTool, utterance: &str) -> Map<String, Value> {
         }
     }
     known
+}
+
+/// Whether a field takes an identifier (`order_id`, `id`, `tracking_number`, `code`).
+fn is_id_field(name: &str) -> bool {
+    let n = name.to_lowercase();
+    n == "id"
+        || n.ends_with("_id")
+        || name.ends_with("Id")
+        || ["number", "code", "reference"]
+            .iter()
+            .any(|k| n.contains(k))
 }
 
 /// The one enum value the words name: the value itself, or a word its description gives it
@@ -319,6 +344,16 @@ mod tests {
         assert_eq!(slots(&weather, "Is it raining in Leeds?")["city"], "Leeds");
         assert!(slots(&weather, "Is it raining in Leeds or York?").is_empty());
         assert!(slots(&weather, "Is it raining?").is_empty());
+        // An id field without a pattern (as MCP servers' schemas often are) takes the one
+        // token that mixes letters and digits.
+        let status =
+            tool(json!({"type": "object", "properties": {"order_id": {"type": "string"}}}));
+        assert_eq!(
+            slots(&status, "Where is my order AB1234?")["order_id"],
+            "AB1234"
+        );
+        assert!(slots(&status, "Where is my order?").is_empty());
+        assert!(slots(&status, "Is it AB1234 or CD5678?").is_empty());
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub(super) async fn generate(
     .await?;
     // A small model left to choose answers in words: the router picks the tool the person
     // asked for, if one clearly fits, and fixes the values they said.
-    if req.tool_choice == ToolChoice::Auto
+    if matches!(req.tool_choice, ToolChoice::Auto | ToolChoice::Required)
         && !params.follows_results
         && !req.tools.is_empty()
         && answering.llm.needs_tool_routing()
