@@ -16,7 +16,7 @@
 //! right** (each expected argument equal, strings compared without case); **no extra arguments**
 //! (none the case does not name); and, with a `result`, the **answer uses it**: voxd is given the
 //! result as the call's output, and the answer that follows must match every `answer_accepts`
-//! (case-insensitive regular expressions).
+//! (case-insensitive regular expressions) and must not be JSON (it is spoken).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -260,12 +260,17 @@ async fn run_case(
         tx.create_response().await?;
         let second = response_done(rx, timeout).await?;
         r.answer = answer_text(&second);
-        r.answer_uses_result = Some(case.answer_accepts.iter().all(|re| {
-            regex::RegexBuilder::new(re)
-                .case_insensitive(true)
-                .build()
-                .is_ok_and(|re| re.is_match(&r.answer))
-        }));
+        // The answer is spoken: it must say what the result holds, and not as JSON.
+        let speakable = !r.answer.contains("{\"") && !r.answer.contains("\":");
+        r.answer_uses_result = Some(
+            speakable
+                && case.answer_accepts.iter().all(|re| {
+                    regex::RegexBuilder::new(re)
+                        .case_insensitive(true)
+                        .build()
+                        .is_ok_and(|re| re.is_match(&r.answer))
+                }),
+        );
     } else if case.result.is_some() {
         r.answer_uses_result = Some(false);
     }

@@ -117,8 +117,9 @@ pub fn inline(
 }
 
 /// A result as the model reads it: MCP content (`{"type": "text", "text": …}`, or a list of such
-/// parts, as SDKs pass an MCP tool's result on) becomes its text, so a small model repeats the
-/// words rather than the JSON around them; any other result is left as it is.
+/// parts, as SDKs pass an MCP tool's result on) becomes its text, and any other JSON object its
+/// fields in plain words (`eta: Friday`), so a small model repeats words a voice can say rather
+/// than JSON; anything else is left as it is.
 pub fn readable_result(output: &str) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(output) else {
         return output.to_string();
@@ -133,7 +134,29 @@ pub fn readable_result(output: &str) -> String {
         serde_json::Value::Object(_) => text_of(&v).map(|t| vec![t]),
         _ => None,
     };
-    parts.map_or_else(|| output.to_string(), |p| p.join("\n"))
+    match (parts, &v) {
+        (Some(p), _) => p.join("\n"),
+        // Any other object reads as its fields, in words a voice can say.
+        (None, serde_json::Value::Object(_)) => plain(&v),
+        (None, _) => output.to_string(),
+    }
+}
+
+/// A JSON value in plain words: `{"eta": "Friday", "booked": true}` → `eta: Friday, booked: yes`.
+fn plain(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "none".into(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Array(list) => list.iter().map(plain).collect::<Vec<_>>().join(", "),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{}: {}", k.replace('_', " "), plain(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 /// The tag that opens a function's result.
@@ -202,12 +225,13 @@ mod tests {
             readable_result(r#"[{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]"#),
             "a\nb"
         );
-        for other in [
-            r#"{"status": "shipped"}"#,
-            "plain words",
-            r#"[{"type": "image"}]"#,
-        ] {
+        for other in ["plain words", r#"[{"type": "image"}]"#, "42"] {
             assert_eq!(readable_result(other), other);
         }
+        // Other objects read as their fields, in words a voice can say.
+        assert_eq!(
+            readable_result(r#"{"booked": true, "table": 12, "eta_day": "Friday"}"#),
+            "booked: yes, table: 12, eta day: Friday"
+        );
     }
 }
