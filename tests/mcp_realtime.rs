@@ -273,6 +273,49 @@ async fn a_clients_mcp_server_is_listed_called_and_approved() {
     assert!(told.to_string().contains("42"), "{told}");
     seen.extend(events);
 
+    // Two calls at once (as a remote model makes them) run together; both results reach it.
+    script.queue(&[
+        Reply::Calls(vec![
+            ("everything__get-sum", r#"{"a": 1, "b": 2}"#),
+            ("everything__get-sum", r#"{"a": 30, "b": 4}"#),
+        ]),
+        Reply::Text("Three, and thirty-four."),
+    ]);
+    let events = ask(
+        &mut tx,
+        &mut rx,
+        "What are one plus two and thirty plus four?",
+    )
+    .await;
+    assert_eq!(count(&events, "response.mcp_call.completed"), 2);
+    let outputs: Vec<String> = done(&events)["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "mcp_call")
+        .map(|i| i["output"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        outputs.iter().any(|o| o.contains('3')) && outputs.iter().any(|o| o.contains("34")),
+        "{outputs:?}"
+    );
+    let results: Vec<String> = script.take_bodies()[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].to_string())
+        .collect();
+    // (The first call's result is there too: earlier MCP calls are part of the history.)
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert!(
+        results[0].contains("is 42")
+            && results[1].contains("is 3.")
+            && results[2].contains("is 34"),
+        "{results:?}"
+    );
+    seen.extend(events);
+
     // A call that fails (cut at the 3 s timeout) is a failed item, and the model is told.
     script.queue(&[
         Reply::Call(
@@ -428,7 +471,7 @@ async fn a_clients_mcp_server_is_listed_called_and_approved() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"voxd_mcp_requests_total{server="everything",outcome="ok"} 2"#),
+        metrics.contains(r#"voxd_mcp_requests_total{server="everything",outcome="ok"} 4"#),
         "{}",
         metrics
             .lines()

@@ -1225,7 +1225,8 @@ async fn server_tools_answer_chat_completions_too() {
         "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}]);
     let text = chat(
         STAFF,
-        json!({"model": "x", "messages": question, "tools": own, "stream": true}),
+        json!({"model": "x", "messages": question, "tools": own, "stream": true,
+               "parallel_tool_calls": false}),
     )
     .await
     .unwrap()
@@ -1236,7 +1237,10 @@ async fn server_tools_answer_chat_completions_too() {
         text.contains("lookup_order") && text.contains("[DONE]"),
         "{text}"
     );
-    assert_eq!(offered(&script.take_bodies()[0])[0], "lookup_order");
+    let body = &script.take_bodies()[0];
+    assert_eq!(offered(body)[0], "lookup_order");
+    // `parallel_tool_calls` reaches the model's endpoint.
+    assert_eq!(body["parallel_tool_calls"], false, "{body}");
     // The kiosk is offered only what its role lists.
     script.queue(&[Reply::Text("It is noon.")]);
     chat(KIOSK, json!({"model": "x", "messages": question}))

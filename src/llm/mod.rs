@@ -143,6 +143,9 @@ pub struct GenerateRequest {
     pub tools: ToolSet,
     /// Whether it may, must, or must not call them.
     pub tool_choice: ToolChoice,
+    /// Whether it may make several calls at once (`None`: the endpoint's default, which for
+    /// OpenAI's is yes). The embedded model makes one.
+    pub parallel_tool_calls: Option<bool>,
 }
 
 impl GenerateRequest {
@@ -158,6 +161,7 @@ impl GenerateRequest {
             cache_points: Vec::new(),
             tools: ToolSet::default(),
             tool_choice: ToolChoice::Auto,
+            parallel_tool_calls: None,
         }
     }
 }

@@ -154,6 +154,9 @@ impl RemoteLlm {
                 }
                 other => other.to_view(),
             };
+            if let Some(p) = req.parallel_tool_calls {
+                body["parallel_tool_calls"] = json!(p);
+            }
         }
         serde_json::from_value(body).map_err(|e| LlmError::Invalid(e.to_string()))
     }

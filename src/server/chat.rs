@@ -127,6 +127,7 @@ struct Body {
     n: Option<u32>,
     tools: Option<Value>,
     tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
 }
 
 fn bad(code: &'static str, message: impl Into<String>, param: &'static str) -> ApiError {
@@ -207,6 +208,7 @@ fn request(body: Body, default_max: usize) -> Result<GenerateRequest, ApiError> 
     req.stop = stop;
     req.tools = tools;
     req.tool_choice = tool_choice;
+    req.parallel_tool_calls = body.parallel_tool_calls;
     Ok(req)
 }
 

@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 #[derive(Clone)]
 pub enum Reply {
     Call(&'static str, &'static str),
+    /// Several calls at once (a model making parallel calls).
+    Calls(Vec<(&'static str, &'static str)>),
     Text(&'static str),
 }
 
@@ -40,17 +42,25 @@ pub fn sse(reply: Reply) -> String {
     };
     let mut out = String::new();
     match reply {
-        Reply::Call(name, args) => {
-            let (a, b) = args.split_at(args.len() / 2);
-            out += &chunk(
-                json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_remote", "type": "function", "function": {"name": name, "arguments": ""}}]}),
-                Value::Null,
-            );
-            for piece in [a, b] {
+        Reply::Call(name, args) => return sse(Reply::Calls(vec![(name, args)])),
+        Reply::Calls(calls) => {
+            for (i, (name, args)) in calls.into_iter().enumerate() {
+                let id = if i == 0 {
+                    "call_remote".to_string()
+                } else {
+                    format!("call_remote_{i}")
+                };
+                let (a, b) = args.split_at(args.len() / 2);
                 out += &chunk(
-                    json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    json!({"role": "assistant", "tool_calls": [{"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
                     Value::Null,
                 );
+                for piece in [a, b] {
+                    out += &chunk(
+                        json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
+                        Value::Null,
+                    );
+                }
             }
             out += &chunk(json!({}), json!("tool_calls"));
         }

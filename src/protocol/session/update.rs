@@ -77,7 +77,7 @@ fn unsupported(obj: &Map<String, Value>, ignored: &mut Vec<Ignored>) {
         ("reasoning", "the model does not reason"),
         (
             "parallel_tool_calls",
-            "a response makes at most one function call",
+            "not a Realtime session setting: every call the model makes at once is made (server and MCP tools run together)",
         ),
         ("input_audio_noise_reduction", "voxd does not reduce noise"),
     ] {

@@ -120,21 +120,8 @@ pub(super) async fn generate(
             Round::Done => return Ok(()),
             Round::ServerCalls(calls) => calls,
         };
-        for call in server_calls {
-            let output = if let Some(offer) = params.mcp.get(&call.name) {
-                let (item, ran) =
-                    mcp::run_call(ctx.writer, &gen.audit, offer, &call, None, cancel).await?;
-                answer.call_items.push(item);
-                ran.output
-            } else if let Some(server) = answering.server_tools.as_ref() {
-                let outcome = cancel
-                    .or(server.call(&call, &answering.caller, answering.kb.as_ref()))
-                    .await?;
-                gen.record_server_call(&call, &outcome, answer);
-                outcome.output
-            } else {
-                continue;
-            };
+        // The calls of one round run together (a remote model may make several at once).
+        for (call, output) in gen.run_calls(server_calls, answer, cancel).await? {
             req.messages
                 .push(ChatMessage::calls("", vec![call.clone()]));
             req.messages
@@ -192,6 +179,50 @@ impl Generation<'_, '_> {
                 },
             )),
         }
+    }
+
+    /// Runs a round's server and MCP calls concurrently; returns each call with what the model
+    /// is told.
+    async fn run_calls(
+        &self,
+        calls: Vec<ToolCall>,
+        answer: &mut Answer,
+        cancel: &mut Cancel,
+    ) -> Result<Vec<(ToolCall, String)>, Stop> {
+        enum Ran {
+            Mcp(Box<(u32, crate::protocol::Item)>, String),
+            Server(crate::tools::server::Outcome),
+        }
+        let (answering, params) = (self.ctx.answering, self.ctx.params);
+        let runs = calls.iter().map(|call| async move {
+            if let Some(offer) = params.mcp.get(&call.name) {
+                let (item, ran) =
+                    mcp::run_call(self.ctx.writer, &self.audit, offer, call, None).await;
+                Some(Ran::Mcp(Box::new(item), ran.output))
+            } else {
+                let server = answering.server_tools.as_ref()?;
+                let outcome = server
+                    .call(call, &answering.caller, answering.kb.as_ref())
+                    .await;
+                Some(Ran::Server(outcome))
+            }
+        });
+        let done = cancel.or(futures::future::join_all(runs)).await?;
+        let mut told = Vec::new();
+        for (call, ran) in calls.into_iter().zip(done) {
+            match ran {
+                Some(Ran::Mcp(item, output)) => {
+                    answer.call_items.push(*item);
+                    told.push((call, output));
+                }
+                Some(Ran::Server(outcome)) => {
+                    self.record_server_call(&call, &outcome, answer);
+                    told.push((call, outcome.output));
+                }
+                None => {}
+            }
+        }
+        Ok(told)
     }
 
     /// Whether `name` is a server tool (and not one of the client's own).

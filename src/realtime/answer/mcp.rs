@@ -139,8 +139,7 @@ pub(super) async fn run_call(
     offer: &McpOffer,
     call: &ToolCall,
     approval_request_id: Option<String>,
-    cancel: &mut Cancel,
-) -> Result<((u32, Item), Ran), Stop> {
+) -> ((u32, Item), Ran) {
     let id = crate::ids::new_id("mcp");
     let mut view = McpCallView {
         server_label: offer.label.clone(),
@@ -153,17 +152,7 @@ pub(super) async fn run_call(
     let index = writer.start_mcp_call(&id, &view);
     let arguments: Map<String, Value> = serde_json::from_str(&call.arguments).unwrap_or_default();
     let started = Instant::now();
-    let result = cancel
-        .or(offer.server.call(&offer.tool.name, arguments))
-        .await;
-    let result = match result {
-        Ok(r) => r,
-        Err(stop) => {
-            view.error = Some(mcp_error("protocol_error", "the response was cancelled"));
-            writer.finish_mcp_call(&id, index, &view, false);
-            return Err(stop);
-        }
-    };
+    let result = offer.server.call(&offer.tool.name, arguments).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
     let validation = if view.approval_request_id.is_some() {
         "approved"
@@ -203,13 +192,13 @@ pub(super) async fn run_call(
     crate::metrics::global().tool_seconds.observe_ms(latency_ms);
     let ok = view.error.is_none();
     let item = writer.finish_mcp_call(&id, index, &view, ok);
-    Ok((
+    (
         (index, item),
         Ran {
             call: call.clone(),
             output: told,
         },
-    ))
+    )
 }
 
 /// What the model is told of a call the client declined.
@@ -255,15 +244,9 @@ pub(super) async fn run_approved(
     for a in &params.approvals {
         let ran = match params.mcp.get(&a.function) {
             Some(offer) if a.approve => {
-                let (item, ran) = run_call(
-                    writer,
-                    audit,
-                    offer,
-                    &a.call(),
-                    Some(a.request_id.clone()),
-                    cancel,
-                )
-                .await?;
+                let call = a.call();
+                let running = run_call(writer, audit, offer, &call, Some(a.request_id.clone()));
+                let (item, ran) = cancel.or(running).await?;
                 items.push(item);
                 ran
             }
