@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use voxd::tools::{Caller, ServerTools, ToolCall, ToolsConfig};
 
-use common::everything::{everything_js, everything_over_http};
+use common::everything::{everything_js, everything_over_http, everything_over_sse};
 
 async fn server_tools(toml_text: &str) -> ServerTools {
     let config: ToolsConfig = toml::from_str(toml_text).unwrap();
@@ -75,6 +75,24 @@ async fn exercise_everything(tools: &ServerTools) {
 #[tokio::test]
 async fn the_reference_server_over_streamable_http() {
     let server = everything_over_http();
+    let tools = server_tools(&format!(
+        r#"
+        [[mcp]]
+        label = "everything"
+        url = "{}"
+        timeout_ms = 2000
+        allowed_tools = ["echo", "get-sum", "trigger-long-running-operation"]
+        "#,
+        server.url
+    ))
+    .await;
+    exercise_everything(&tools).await;
+}
+
+/// A server that predates Streamable HTTP: voxd falls back to the HTTP+SSE transport.
+#[tokio::test]
+async fn the_reference_server_over_the_older_sse_transport() {
+    let server = everything_over_sse();
     let tools = server_tools(&format!(
         r#"
         [[mcp]]

@@ -30,6 +30,15 @@ impl Drop for Everything {
 }
 
 pub fn everything_over_http() -> Everything {
+    everything_over("streamableHttp", "/mcp")
+}
+
+/// The reference server over the older HTTP+SSE transport (its stream at `/sse`).
+pub fn everything_over_sse() -> Everything {
+    everything_over("sse", "/sse")
+}
+
+fn everything_over(mode: &str, path: &str) -> Everything {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -37,7 +46,7 @@ pub fn everything_over_http() -> Everything {
         .port();
     let child = Command::new("node")
         .arg(everything_js())
-        .arg("streamableHttp")
+        .arg(mode)
         .env("PORT", port.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -50,6 +59,6 @@ pub fn everything_over_http() -> Everything {
     }
     Everything {
         child,
-        url: format!("http://127.0.0.1:{port}/mcp"),
+        url: format!("http://127.0.0.1:{port}{path}"),
     }
 }

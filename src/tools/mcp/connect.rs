@@ -112,10 +112,14 @@ pub async fn connect(
             }
             let http = http.build().map_err(|e| unreachable(e.to_string()))?;
             let transport = StreamableHttpClientTransport::with_client(http, config);
-            client_config()
-                .serve(transport)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?
+            match client_config().serve(transport).await {
+                Ok(service) => service,
+                // A server that predates Streamable HTTP: the HTTP+SSE transport.
+                Err(first) => match sse_fallback(url, headers, pin.as_ref(), limit).await {
+                    Some(service) => service,
+                    None => return Err(unreachable(first.to_string())),
+                },
+            }
         }
         Endpoint::Stdio { command, env } => {
             use rmcp::transport::TokioChildProcess;
@@ -135,6 +139,37 @@ pub async fn connect(
         }
     };
     Ok(Connection { service })
+}
+
+/// Connects over the HTTP+SSE transport; `None` when that fails too.
+async fn sse_fallback(
+    url: &str,
+    headers: &[(String, String)],
+    pin: Option<&(String, std::net::SocketAddr)>,
+    limit: usize,
+) -> Option<RunningService<RoleClient, ClientConfig>> {
+    let mut default_headers = reqwest::header::HeaderMap::new();
+    for (k, v) in headers {
+        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).ok()?;
+        let value = if k.eq_ignore_ascii_case("authorization") && !v.starts_with("Bearer ") {
+            format!("Bearer {v}")
+        } else {
+            v.clone()
+        };
+        default_headers.insert(name, reqwest::header::HeaderValue::from_str(&value).ok()?);
+    }
+    let mut http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .default_headers(default_headers);
+    if let Some((host, addr)) = pin {
+        http = http.resolve(host, *addr);
+    }
+    let (sink, stream) = super::sse::open(http.build().ok()?, url, limit)
+        .await
+        .ok()?;
+    tracing::info!(%url, "the MCP server speaks the HTTP+SSE transport");
+    client_config().serve((sink, stream)).await.ok()
 }
 
 /// A request's failure as an [`McpError`].

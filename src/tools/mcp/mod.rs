@@ -1,5 +1,6 @@
 //! MCP (Model Context Protocol) servers as tools: voxd is the MCP client, over the official Rust
-//! SDK (`rmcp`). A server is reached over Streamable HTTP (a URL) or, for servers the operator
+//! SDK (`rmcp`). A server is reached over Streamable HTTP (a URL; the older HTTP+SSE transport
+//! when a server refuses Streamable HTTP) or, for servers the operator
 //! configures, over stdio (a command voxd starts; a client can never make voxd start a process).
 //!
 //! - [`McpServerConfig`]: a `[[tools.mcp]]` entry of the configuration file.
@@ -13,6 +14,7 @@
 
 pub mod client;
 mod connect;
+mod sse;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
