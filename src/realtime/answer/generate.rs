@@ -52,7 +52,7 @@ pub(super) async fn generate(
 ) -> Result<(), Stop> {
     let (answering, params) = (ctx.answering, ctx.params);
     let mode = answer_mode(answering, params, &answer.results, &answer.focus, ctx.user);
-    let check = (mode == AnswerMode::Checked).then(|| {
+    let mut check = (mode == AnswerMode::Checked).then(|| {
         let sources: Vec<String> = answer.focus.texts().into_iter().map(String::from).collect();
         let titles = answer
             .results
@@ -87,6 +87,10 @@ pub(super) async fn generate(
         cancel,
     )
     .await?;
+    // A small model answering from tool results is held to them, as to passages.
+    if check.is_none() && params.follows_results && answering.llm.needs_tool_routing() {
+        check = check_by_results(&req.messages, ctx.user, answering, answer);
+    }
     // A small model left to choose answers in words: the router picks the tool the person
     // asked for, if one clearly fits, and fixes the values they said.
     if matches!(req.tool_choice, ToolChoice::Auto | ToolChoice::Required)
@@ -406,6 +410,41 @@ impl Generation<'_, '_> {
         }
         answer.server_log.push(json!({"call_id": call.id, "name": call.name, "status": outcome.status, "latency_ms": outcome.latency_ms}));
     }
+}
+
+/// The check of an answer that follows tool results: each sentence must be supported by a
+/// result (the person's words may be repeated beside it); one that is not is replaced by the
+/// newest result in plain words (`table: 7, time: 19:30`), so a small model cannot garble what
+/// the tool said. `None` when there is no result.
+fn check_by_results(
+    messages: &[ChatMessage],
+    user: &str,
+    answering: &super::Answering,
+    answer: &mut Answer,
+) -> Option<Check> {
+    let results: Vec<String> = messages
+        .iter()
+        .filter(|m| m.role == crate::prompt::Role::Tool)
+        .map(|m| crate::llm::tool_prompt::readable_result(m.content.trim()))
+        .filter(|r| !r.trim().is_empty())
+        .collect();
+    let newest = results.last()?.clone();
+    answer.focus = Focus {
+        sentences: vec![crate::grounding::Sentence {
+            text: newest,
+            passage: 0,
+            position: 0,
+            score: 1.0,
+            referent: None,
+            title: String::new(),
+        }],
+        question: user.to_string(),
+    };
+    Some(Check::new(
+        results,
+        vec![user.to_string()],
+        answering.settings.min_support,
+    ))
 }
 
 /// The verdicts for what the repeat guard let through: the text, then the end of a loop.
