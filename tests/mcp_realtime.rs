@@ -225,7 +225,14 @@ async fn a_clients_mcp_server_is_listed_called_and_approved() {
         Reply::Call("everything__get-sum", r#"{"a": 2, "b": 40}"#),
         Reply::Text("Two and forty make 42."),
     ]);
-    let events = ask(&mut tx, &mut rx, "What is two plus forty?").await;
+    // (A response may choose an MCP tool, in OpenAI's shape.)
+    let events = ask_with(
+        &mut tx,
+        &mut rx,
+        "What is two plus forty?",
+        json!({"tool_choice": {"type": "mcp", "server_label": "everything", "name": "get-sum"}}),
+    )
+    .await;
     assert!(
         error_codes(&events).is_empty(),
         "{:?}",
@@ -268,6 +275,11 @@ async fn a_clients_mcp_server_is_listed_called_and_approved() {
             "everything__get-sum",
             "everything__trigger-long-running-operation"
         ]
+    );
+    assert_eq!(
+        bodies[0]["tool_choice"]["function"]["name"], "everything__get-sum",
+        "{}",
+        bodies[0]["tool_choice"]
     );
     let told = bodies[1]["messages"].as_array().unwrap().last().unwrap()["content"].clone();
     assert!(told.to_string().contains("42"), "{told}");
@@ -349,6 +361,32 @@ async fn a_clients_mcp_server_is_listed_called_and_approved() {
         .unwrap()["content"]
         .to_string();
     assert!(told.contains("failed"), "{told}");
+    seen.extend(events);
+
+    // A response cancelled while its call runs ends that call as a failed item.
+    script.queue(&[Reply::Call(
+        "everything__trigger-long-running-operation",
+        r#"{"duration": 20, "steps": 2}"#,
+    )]);
+    send(
+        &mut tx,
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "Run it again."}]}}),
+    )
+    .await;
+    send(&mut tx, json!({"type": "response.create"})).await;
+    let mut events = read_until(&mut rx, |e| count(e, "response.mcp_call.in_progress") == 1).await;
+    send(&mut tx, json!({"type": "response.cancel"})).await;
+    events.extend(read_until(&mut rx, |e| count(e, "response.done") == 1).await);
+    assert_eq!(count(&events, "response.mcp_call.failed"), 1);
+    let response = done(&events);
+    assert_eq!(response["status"], "cancelled", "{response}");
+    assert_eq!(response["output"][0]["type"], "mcp_call", "{response}");
+    assert!(
+        response["output"][0]["error"]["message"].is_string(),
+        "{response}"
+    );
+    script.take_bodies();
     seen.extend(events);
 
     // A call that needs approval waits for it; approved, it runs in the next response.

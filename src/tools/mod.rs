@@ -98,8 +98,20 @@ impl ToolChoice {
                 )),
             },
             serde_json::Value::Object(o) => {
+                // An attached MCP server's tool: {"type": "mcp", "server_label", "name"}.
+                if o.get("type").and_then(|t| t.as_str()) == Some("mcp") {
+                    let field = |k: &str| o.get(k).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+                    return match (field("server_label"), field("name")) {
+                        (Some(label), Some(name)) => {
+                            Ok(ToolChoice::Function(mcp::function_name(label, name)))
+                        }
+                        _ => Err(bad("an MCP tool choice needs `server_label` and `name`")),
+                    };
+                }
                 if o.get("type").and_then(|t| t.as_str()) != Some("function") {
-                    return Err(bad("an object tool choice must have \"type\": \"function\""));
+                    return Err(bad(
+                        "an object tool choice must have \"type\": \"function\" or \"mcp\"",
+                    ));
                 }
                 let name = o
                     .get("name")

@@ -275,8 +275,15 @@ impl SessionConfig {
                 crate::tools::ToolChoice::parse(v, "session.tool_choice").map_err(tool_error)?;
         }
         // With MCP servers attached, "required" can be met by their tools (listed later).
-        let mcp_required =
-            !self.mcp.is_empty() && self.tool_choice == crate::tools::ToolChoice::Required;
+        // (as can a choice of one of their tools).
+        let mcp_required = match &self.tool_choice {
+            crate::tools::ToolChoice::Required => !self.mcp.is_empty(),
+            crate::tools::ToolChoice::Function(name) => self
+                .mcp
+                .iter()
+                .any(|m| name.starts_with(&format!("{}__", m.server_label))),
+            _ => false,
+        };
         if !mcp_required
             && (!self.tools.is_empty() || self.tool_choice != crate::tools::ToolChoice::Auto)
         {

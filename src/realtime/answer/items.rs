@@ -30,6 +30,8 @@ pub(crate) struct Writer {
     message_index: Arc<AtomicU32>,
     /// The id of the last item this response added to the conversation.
     last_item: Mutex<Option<String>>,
+    /// MCP calls started and not yet finished (a cancel fails them).
+    open_mcp: Mutex<Vec<(String, u32, McpCallView)>>,
 }
 
 impl Writer {
@@ -51,6 +53,7 @@ impl Writer {
             speaker,
             opened: AtomicBool::new(false),
             next_index: AtomicU32::new(0),
+            open_mcp: Mutex::new(Vec::new()),
             message_index,
         }
     }
@@ -264,7 +267,26 @@ impl Writer {
             item_id: id.to_string(),
             output_index,
         });
+        self.open_mcp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id.to_string(), output_index, view.clone()));
         output_index
+    }
+
+    /// Fails the MCP calls still running (the response was cancelled or failed meanwhile);
+    /// returns their finished items with their output indexes.
+    pub fn fail_open_mcp_calls(&self) -> Vec<(u32, Item)> {
+        let open = std::mem::take(&mut *self.open_mcp.lock().unwrap_or_else(|e| e.into_inner()));
+        open.into_iter()
+            .map(|(id, index, mut view)| {
+                view.error = Some(crate::protocol::mcp_items::mcp_error(
+                    "protocol_error",
+                    "the response ended before the call did",
+                ));
+                (index, self.finish_mcp_call(&id, index, &view, false))
+            })
+            .collect()
     }
 
     /// Closes an `mcp_call` item with its output or error; returns the finished item.
@@ -275,6 +297,10 @@ impl Writer {
         view: &McpCallView,
         ok: bool,
     ) -> Item {
+        self.open_mcp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(open, _, _)| open != id);
         let item_id = id.to_string();
         self.out.send(if ok {
             ServerEvent::McpCallCompleted {

@@ -69,21 +69,7 @@ impl McpOffers {
     }
 }
 
-/// The function name of an MCP server's tool: `{label}__{tool}`, with characters a function
-/// name cannot hold replaced by `_`, at most 64 characters.
-pub fn function_name(label: &str, tool: &str) -> String {
-    format!("{label}__{tool}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect()
-}
+pub use crate::tools::mcp::function_name;
 
 /// An approval request the client answered, for the response that follows the answer.
 #[derive(Debug, Clone, PartialEq)]

@@ -438,6 +438,8 @@ pub(crate) async fn run(
         &mut answer,
     )
     .await;
+    // MCP calls cut off by a cancel or failure end as failed items.
+    answer.call_items.extend(writer.fail_open_mcp_calls());
     // A failure or cancel before anything was said still closes with a (empty) message.
     if answer.calls.is_empty() && !answer.awaiting_approval {
         writer.open_message();

@@ -156,6 +156,22 @@ impl McpServerConfig {
     }
 }
 
+/// The function name of an MCP server's tool: `{label}__{tool}`, with characters a function
+/// name cannot hold replaced by `_`, at most 64 characters.
+pub fn function_name(label: &str, tool: &str) -> String {
+    format!("{label}__{tool}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
 /// A tool an MCP server offers, as voxd keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct McpTool {
