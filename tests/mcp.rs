@@ -72,39 +72,32 @@ async fn exercise_everything(tools: &ServerTools) {
     assert_eq!(status, "ok", "{out}");
 }
 
-#[tokio::test]
-async fn the_reference_server_over_streamable_http() {
-    let server = everything_over_http();
+/// The reference server at `url` as a `[[mcp]]` entry, exercised.
+async fn exercise_over_url(url: &str) {
     let tools = server_tools(&format!(
         r#"
         [[mcp]]
         label = "everything"
-        url = "{}"
+        url = "{url}"
         timeout_ms = 2000
         allowed_tools = ["echo", "get-sum", "trigger-long-running-operation"]
-        "#,
-        server.url
+        "#
     ))
     .await;
     exercise_everything(&tools).await;
+}
+
+#[tokio::test]
+async fn the_reference_server_over_streamable_http() {
+    let server = everything_over_http();
+    exercise_over_url(&server.url).await;
 }
 
 /// A server that predates Streamable HTTP: voxd falls back to the HTTP+SSE transport.
 #[tokio::test]
 async fn the_reference_server_over_the_older_sse_transport() {
     let server = everything_over_sse();
-    let tools = server_tools(&format!(
-        r#"
-        [[mcp]]
-        label = "everything"
-        url = "{}"
-        timeout_ms = 2000
-        allowed_tools = ["echo", "get-sum", "trigger-long-running-operation"]
-        "#,
-        server.url
-    ))
-    .await;
-    exercise_everything(&tools).await;
+    exercise_over_url(&server.url).await;
 }
 
 #[tokio::test]

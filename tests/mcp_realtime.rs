@@ -130,6 +130,20 @@ fn done(events: &[ServerEvent]) -> Value {
     all(events, "response.done").pop().unwrap()["response"].clone()
 }
 
+/// `GET url` with the admin key: its JSON, or its text as a JSON string.
+async fn admin_get(url: &str) -> Value {
+    let text = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
 /// Every event validates as openai-python's `RealtimeServerEvent`.
 fn conforms(events: &[ServerEvent]) {
     let python = common::python::openai_python();
@@ -467,15 +481,7 @@ async fn a_clients_mcp_server_is_listed_called_and_approved() {
     conforms(&seen);
 
     // Audited: the listing, the call, the approval asked, approved and declined.
-    let rows: Value = reqwest::Client::new()
-        .get(format!("{http}/v1/audit?session={session_id}"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rows = admin_get(&format!("{http}/v1/audit?session={session_id}")).await;
     let rows: Vec<(String, String, String, String)> = rows["data"]
         .as_array()
         .unwrap()
@@ -499,15 +505,8 @@ async fn a_clients_mcp_server_is_listed_called_and_approved() {
         has("everything__echo", "mcp", "declined", "declined"),
         "{rows:?}"
     );
-    let metrics = reqwest::Client::new()
-        .get(format!("{http}/metrics"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_get(&format!("{http}/metrics")).await;
+    let metrics = metrics.as_str().unwrap();
     assert!(
         metrics.contains(r#"voxd_mcp_requests_total{server="everything",outcome="ok"} 4"#),
         "{}",
@@ -602,15 +601,7 @@ async fn the_policy_refuses_what_the_operator_did_not_allow() {
     let events = ask(&mut tx, &mut rx, "Are you there?").await;
     assert_eq!(done(&events)["status"], "completed");
     // Refusals are audited.
-    let rows: Value = reqwest::Client::new()
-        .get(format!("{http}/v1/audit?status=refused"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rows = admin_get(&format!("{http}/v1/audit?status=refused")).await;
     assert!(rows["data"].as_array().unwrap().len() >= 2, "{rows}");
 }
 

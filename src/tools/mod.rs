@@ -4,8 +4,8 @@
 //! - [`schema`]: tool definitions as clients send them (OpenAI's `function` tools), checked
 //!   once (name, JSON Schema) and compiled into validators; arguments are validated against
 //!   them; `"x-sensitive": true` parts are redacted for logs.
-//! - [`server`]: tools the server runs itself (built-ins and HTTP tools from the configuration),
-//!   and who may call them.
+//! - [`server`]: tools the server runs itself (built-ins and HTTP tools from the configuration).
+//! - [`permissions`]: who calls ([`Caller`]) and which server tools each role may call.
 //! - [`mcp`]: MCP servers (Streamable HTTP or stdio) whose tools become server tools.
 //! - [`route`]: picks the tool a request asks for, and the values it gives, for a small model.
 //! - [`audit`]: the audit trail of every call.
@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod mcp;
+pub mod permissions;
 pub mod route;
 pub mod schema;
 pub mod server;

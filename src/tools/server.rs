@@ -17,32 +17,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::mcp::{McpError, McpServer, McpServerConfig};
+pub use super::permissions::{Caller, Permissions};
 use super::{FunctionTool, ToolCall, ToolError, ToolSet};
 use crate::rag::{KnowledgeBase, SearchRequest};
-
-/// Who is calling: the API key's id (never the key) and its role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Caller {
-    pub key_id: String,
-    pub role: String,
-    /// May read the audit trail and use every tool.
-    pub admin: bool,
-}
-
-impl Caller {
-    /// A caller on a server without API keys: everything is open, as the rest of the API.
-    pub fn anonymous() -> Self {
-        Caller {
-            key_id: "anonymous".into(),
-            role: "default".into(),
-            admin: true,
-        }
-    }
-}
 
 /// An HTTP tool as the configuration declares it.
 #[derive(Debug, Clone, Deserialize)]
@@ -124,23 +105,6 @@ struct ServerTool {
     def: FunctionTool,
     kind: Kind,
     sensitive_result: bool,
-}
-
-/// Which roles may call which tools.
-#[derive(Debug, Clone, Default)]
-pub struct Permissions {
-    roles: BTreeMap<String, Vec<String>>,
-}
-
-impl Permissions {
-    pub fn allows(&self, caller: &Caller, tool: &str) -> bool {
-        if caller.admin || self.roles.is_empty() {
-            return true;
-        }
-        self.roles
-            .get(&caller.role)
-            .is_some_and(|names| names.iter().any(|n| names_tool(n, tool)))
-    }
 }
 
 /// How a server tool's call ended.
@@ -540,14 +504,6 @@ fn http_tool(i: usize, h: &HttpToolConfig) -> Result<ServerTool, ToolError> {
 
 /// Whether a role's entry `entry` names `tool`: `*`, the tool's name, or `label__*` for every
 /// tool of an MCP server.
-fn names_tool(entry: &str, tool: &str) -> bool {
-    entry == "*"
-        || entry == tool
-        || entry
-            .strip_suffix('*')
-            .is_some_and(|prefix| prefix.ends_with("__") && tool.starts_with(prefix))
-}
-
 /// Calls an MCP server's tool: its text for the model, or the error as `{"error": …}`.
 async fn mcp_call(server: &McpServer, tool: &str, args: Value) -> (&'static str, String) {
     let args = match args {

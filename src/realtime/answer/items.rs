@@ -148,17 +148,7 @@ impl Writer {
         let output_index = self.take_index();
         let previous = self.follow(&call_item_id);
         let adding = Item::function_call(&call_item_id, &call.id, &call.name, "", "in_progress");
-        self.out.send(ServerEvent::OutputItemAdded {
-            response_id: self.response_id.clone(),
-            output_index,
-            item: adding.clone(),
-        });
-        if self.conversation.is_some() {
-            self.out.send(ServerEvent::ItemAdded {
-                previous_item_id: previous.clone(),
-                item: adding,
-            });
-        }
+        self.added(output_index, previous.clone(), &adding);
         self.out.send(ServerEvent::FunctionCallArgumentsDelta {
             response_id: self.response_id.clone(),
             item_id: call_item_id.clone(),
@@ -181,18 +171,38 @@ impl Writer {
             &call.arguments,
             "completed",
         );
+        self.finished(output_index, previous, &done);
+        (call_item_id, output_index, done)
+    }
+
+    /// An item added to the response (and to the conversation, unless out of band).
+    fn added(&self, output_index: u32, previous: Option<String>, item: &Item) {
+        self.out.send(ServerEvent::OutputItemAdded {
+            response_id: self.response_id.clone(),
+            output_index,
+            item: item.clone(),
+        });
+        if self.conversation.is_some() {
+            self.out.send(ServerEvent::ItemAdded {
+                previous_item_id: previous,
+                item: item.clone(),
+            });
+        }
+    }
+
+    /// An item of the response finished (in the conversation too, unless out of band).
+    fn finished(&self, output_index: u32, previous: Option<String>, item: &Item) {
         self.out.send(ServerEvent::OutputItemDone {
             response_id: self.response_id.clone(),
             output_index,
-            item: done.clone(),
+            item: item.clone(),
         });
         if self.conversation.is_some() {
             self.out.send(ServerEvent::ItemDone {
                 previous_item_id: previous,
-                item: done.clone(),
+                item: item.clone(),
             });
         }
-        (call_item_id, output_index, done)
     }
 
     /// Sends an item that is complete as it is added (an MCP approval request); returns its
@@ -200,29 +210,8 @@ impl Writer {
     pub fn send_whole_item(&self, item: &Item) -> u32 {
         let output_index = self.take_index();
         let previous = self.follow(&item.id);
-        let response_id = self.response_id.clone();
-        self.out.send(ServerEvent::OutputItemAdded {
-            response_id: response_id.clone(),
-            output_index,
-            item: item.clone(),
-        });
-        if self.conversation.is_some() {
-            self.out.send(ServerEvent::ItemAdded {
-                previous_item_id: previous.clone(),
-                item: item.clone(),
-            });
-        }
-        self.out.send(ServerEvent::OutputItemDone {
-            response_id,
-            output_index,
-            item: item.clone(),
-        });
-        if self.conversation.is_some() {
-            self.out.send(ServerEvent::ItemDone {
-                previous_item_id: previous,
-                item: item.clone(),
-            });
-        }
+        self.added(output_index, previous.clone(), item);
+        self.finished(output_index, previous, item);
         output_index
     }
 
@@ -240,17 +229,7 @@ impl Writer {
             },
             "in_progress",
         );
-        self.out.send(ServerEvent::OutputItemAdded {
-            response_id: response_id.clone(),
-            output_index,
-            item: adding.clone(),
-        });
-        if self.conversation.is_some() {
-            self.out.send(ServerEvent::ItemAdded {
-                previous_item_id: previous,
-                item: adding,
-            });
-        }
+        self.added(output_index, previous.clone(), &adding);
         self.out.send(ServerEvent::McpCallArgumentsDelta {
             response_id: response_id.clone(),
             item_id: id.to_string(),
@@ -315,17 +294,7 @@ impl Writer {
         });
         let status = if ok { "completed" } else { "failed" };
         let done = Item::mcp_call(id, view, status);
-        self.out.send(ServerEvent::OutputItemDone {
-            response_id: self.response_id.clone(),
-            output_index,
-            item: done.clone(),
-        });
-        if self.conversation.is_some() {
-            self.out.send(ServerEvent::ItemDone {
-                previous_item_id: None,
-                item: done.clone(),
-            });
-        }
+        self.finished(output_index, None, &done);
         done
     }
 
